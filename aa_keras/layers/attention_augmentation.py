@@ -1,0 +1,384 @@
+"""The attention-augmented convolution (Bello et al., ICCV 2019)."""
+
+import keras
+import tensorflow as tf
+
+from aa_keras.layers import position_encoding as pe
+from aa_keras.layers.attention import auto_query_block_size, multi_head_attention_2d
+from aa_keras.layers.shapes import dims
+
+POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
+
+
+def _positive_pair(name, value):
+    """An int or a pair of ints, all positive, as a tuple of two ints."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if value is not None else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(
+            f"Invalid `{name}`: expected a positive int or a tuple of two positive ints, "
+            f"received {name}={value!r}."
+        )
+    return pair
+
+
+def _resolve_depth(name, value, filters, num_heads):
+    """`depth_k` / `depth_v` as an int: an int as given, a float as a fraction of `filters`
+    rounded to the nearest multiple of `num_heads`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"Invalid `{name}`: expected an int or a float fraction of filters, received {name}={value!r}."
+        )
+    if isinstance(value, float):
+        if not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"Invalid `{name}`: a fraction of filters must be in (0, 1], received {name}={value!r}."
+            )
+        depth = int(round(value * filters / num_heads)) * num_heads
+    else:
+        depth = value
+    if depth < num_heads:
+        raise ValueError(
+            f"Invalid `{name}`: {name}={value!r} gives {depth} channels for num_heads={num_heads}, "
+            f"fewer than one channel per head; use at least {num_heads} channels."
+        )
+    if depth % num_heads:
+        raise ValueError(
+            f"Invalid `{name}`: {name}={value!r} is not divisible by num_heads={num_heads}; "
+            f"use a multiple of {num_heads}."
+        )
+    return depth
+
+
+def _conv_output_length(length, kernel, stride, padding):
+    if length is None:
+        return None
+    if padding == "same":
+        return -(-length // stride)
+    return (length - kernel) // stride + 1
+
+
+def _clone_initializer(initializer):
+    """A fresh copy, so that sub-layers sharing one initializer do not get identical weights."""
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+@keras.saving.register_keras_serializable(package="aa_keras")
+class AttentionAugmentation2D(keras.layers.Layer):
+    """Attention-augmented 2D convolution (Bello et al., "Attention Augmented Convolutional
+    Networks", ICCV 2019).
+
+    The output concatenates, along channels, a convolution with `filters - depth_v` filters and
+    a multi-head self-attention over all spatial positions with `depth_v` channels:
+
+        output = activation(concat([conv(x), attn_out(MHA(x))], axis=-1))
+
+    One 1x1 projection `qkv` gives the channels [q | k | v]; each is split into `num_heads`
+    contiguous heads; q is scaled by (depth_k / num_heads) ** -0.5; the logits of query i and
+    key j are q_i . k_j plus, with `position_encoding="relative"`, the 2D relative logits
+    q_i . rel_width[wj - wi + W - 1] + q_i . rel_height[hj - hi + H - 1] (computed as two
+    1D terms added by broadcast); the softmax (in float32) weights v; the heads, concatenated
+    head-major, are mixed by a 1x1 projection `attn_out`.
+
+    With `strides > 1` (or `padding="valid"`) the attention branch runs on the input
+    average-pooled to the convolution's output size: pool `strides` with padding "same", or pool
+    `kernel_size` with stride `strides` and padding "valid". With `downsample_attention=True`
+    attention runs on that map further average-pooled 3x3 / stride 2 and its output is
+    resized back bilinearly (the paper's lever for its largest layers).
+
+    Args:
+        filters: int, output channels, `F_out`.
+        kernel_size: int or pair, the convolution's kernel size.
+        strides: int or pair, the convolution's strides.
+        depth_k: int, or float fraction of `filters` rounded to a multiple of `num_heads`:
+            the total key (and query) depth `dk`.
+        depth_v: same form, the total value depth `dv`, at most `filters`. `depth_v == filters`
+            makes the layer fully attentional (no convolution branch).
+        num_heads: int, `Nh`; `dk` and `dv` must be multiples of it.
+        position_encoding: `"relative"` (the paper's), `"none"`, `"sine"` (2D sinusoidal
+            encoding concatenated to the attention input) or `"coordconv"` (normalised (y, x)
+            coordinates concatenated).
+        padding: `"same"` or `"valid"`, of the convolution.
+        activation: applied to the concatenated output; None for linear.
+        use_bias: whether the `conv`, `qkv` and `attn_out` projections have biases.
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+        kernel_constraint, bias_constraint: as in `keras.layers.Conv2D`, for the `conv`, `qkv`
+            and `attn_out` kernels and biases.
+        max_size: (H, W) input size the relative embeddings are built for when the input's
+            spatial dims are None. Any input up to the built size works exactly.
+        query_block_size: queries per block of the memory-bounded attention path; None picks
+            it from the size (unblocked for small maps).
+        downsample_attention: bool, run attention at half resolution (see above).
+        data_format: only `"channels_last"` (or None with that global setting).
+
+    Call arguments:
+        inputs: (B, H, W, C) tensor.
+
+    Returns:
+        (B, H_out, W_out, filters) tensor, the convolution's channels first.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        depth_k=0.2,
+        depth_v=0.2,
+        num_heads=8,
+        position_encoding="relative",
+        padding="same",
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        max_size=None,
+        query_block_size=None,
+        downsample_attention=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
+            raise ValueError(f"Invalid `filters`: expected a positive int, received filters={filters!r}.")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(
+                f"Invalid `num_heads`: expected a positive int, received num_heads={num_heads!r}."
+            )
+        self.filters = filters
+        self.num_heads = num_heads
+        self.kernel_size = _positive_pair("kernel_size", kernel_size)
+        self.strides = _positive_pair("strides", strides)
+        self.depth_k = depth_k
+        self.depth_v = depth_v
+        self.dk = _resolve_depth("depth_k", depth_k, filters, num_heads)
+        self.dv = _resolve_depth("depth_v", depth_v, filters, num_heads)
+        if self.dv > filters:
+            raise ValueError(
+                f"Invalid `depth_v`: depth_v={depth_v!r} gives {self.dv} value channels, more than "
+                f"filters={filters}; use at most {filters} (== filters is fully attentional)."
+            )
+        if position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"Invalid `position_encoding`: received {position_encoding!r}, expected one of "
+                f"{POSITION_ENCODINGS}."
+            )
+        self.position_encoding = position_encoding
+        padding = padding.lower() if isinstance(padding, str) else padding
+        if padding not in ("same", "valid"):
+            raise ValueError(f"Invalid `padding`: received {padding!r}, expected 'same' or 'valid'.")
+        self.padding = padding
+        data_format = data_format or keras.config.image_data_format()
+        if data_format != "channels_last":
+            raise ValueError(
+                f"Invalid `data_format`: received {data_format!r}; AttentionAugmentation2D supports "
+                "only 'channels_last' (B, H, W, C) inputs."
+            )
+        self.max_size = None if max_size is None else _positive_pair("max_size", max_size)
+        if query_block_size is not None and (
+            isinstance(query_block_size, bool) or not isinstance(query_block_size, int) or query_block_size <= 0
+        ):
+            raise ValueError(
+                "Invalid `query_block_size`: expected a positive int or None, "
+                f"received query_block_size={query_block_size!r}."
+            )
+        self.query_block_size = query_block_size
+        self.downsample_attention = bool(downsample_attention)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.dkh = self.dk // num_heads
+        self.dvh = self.dv // num_heads
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _projection(self, name, filters, kernel_size, strides=1, padding="same"):
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=self.use_bias,
+            kernel_initializer=_clone_initializer(self.kernel_initializer),
+            bias_initializer=_clone_initializer(self.bias_initializer),
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _attention_size(self, height, width):
+        """Spatial size of the attention grid for an input of (height, width)."""
+        sizes = []
+        for length, kernel, stride in zip((height, width), self.kernel_size, self.strides):
+            length = _conv_output_length(length, kernel, stride, self.padding)
+            if self.downsample_attention:
+                length = -(-length // 2)
+            sizes.append(length)
+        return tuple(sizes)
+
+    def _encoding_channels(self):
+        if self.position_encoding == "sine":
+            return pe.sine_encoding_channels(self.dk)
+        if self.position_encoding == "coordconv":
+            return 2
+        return 0
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"AttentionAugmentation2D expects a rank-4 (B, H, W, C) input, received shape {input_shape}."
+            )
+        height, width, channels = input_shape[1:]
+        if channels is None:
+            raise ValueError(f"The channel dimension of the input must be known, received shape {input_shape}.")
+        if self.max_size is not None:
+            if (height is not None and height > self.max_size[0]) or (width is not None and width > self.max_size[1]):
+                raise ValueError(
+                    f"Input spatial size {(height, width)} exceeds max_size={self.max_size}; "
+                    "raise max_size to at least the input size."
+                )
+            height, width = self.max_size
+        if height is None or width is None:
+            raise ValueError(
+                f"AttentionAugmentation2D needs the input's spatial size to build its relative "
+                f"embeddings, received shape {input_shape}; pass max_size=(H, W) for inputs of "
+                "unknown or varying size."
+            )
+        self.built_size = (height, width)
+        attn_h, attn_w = self._attention_size(height, width)
+        if attn_h <= 0 or attn_w <= 0:
+            raise ValueError(
+                f"Input spatial size {(height, width)} is smaller than kernel_size={self.kernel_size} "
+                "with padding='valid'."
+            )
+        self.conv = None
+        if self.dv < self.filters:
+            self.conv = self._projection(
+                "conv", self.filters - self.dv, self.kernel_size, self.strides, self.padding
+            )
+            self.conv.build(input_shape)
+        self.qkv = self._projection("qkv", 2 * self.dk + self.dv, 1)
+        self.qkv.build((None, None, None, channels + self._encoding_channels()))
+        self.attn_out = self._projection("attn_out", self.dv, 1)
+        self.attn_out.build((None, None, None, self.dv))
+        self.rel_height = self.rel_width = None
+        if self.position_encoding == "relative":
+            rel_init = keras.initializers.RandomNormal(stddev=self.dkh**-0.5)
+            self.rel_height = self.add_weight(
+                name="rel_height", shape=(2 * attn_h - 1, self.dkh), initializer=rel_init, autocast=False
+            )
+            self.rel_width = self.add_weight(
+                name="rel_width",
+                shape=(2 * attn_w - 1, self.dkh),
+                initializer=_clone_initializer(rel_init),
+                autocast=False,
+            )
+
+    def _check_spatial_size(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        too_large = [
+            (name, size, limit)
+            for name, size, limit in zip(("height", "width"), (height, width), self.built_size)
+            if size is not None and size > limit
+        ]
+        if too_large:
+            name, size, limit = too_large[0]
+            raise ValueError(
+                f"Input {name} {size} exceeds the {name} {limit} this AttentionAugmentation2D was "
+                f"built for (input shape {tuple(inputs.shape)}); build it with max_size >= the "
+                "largest input size."
+            )
+
+    def _pool_to_output_size(self, inputs):
+        """The input average-pooled to the convolution's output size (see the class docstring)."""
+        if self.padding == "same" and self.strides != (1, 1):
+            return tf.nn.avg_pool2d(inputs, self.strides, self.strides, "SAME")
+        if self.padding == "valid" and (self.kernel_size != (1, 1) or self.strides != (1, 1)):
+            return tf.nn.avg_pool2d(inputs, self.kernel_size, self.strides, "VALID")
+        return inputs
+
+    def _add_position_encoding(self, x):
+        if self.position_encoding not in ("sine", "coordconv"):
+            return x
+        batch, height, width, _ = dims(x)
+        if self.position_encoding == "sine":
+            encoding = pe.sine_encoding(height, width, self._encoding_channels())
+        else:
+            encoding = pe.coordconv_encoding(height, width)
+        encoding = tf.broadcast_to(tf.cast(encoding, x.dtype), [batch, height, width, encoding.shape[-1]])
+        return tf.concat([x, encoding], axis=-1)
+
+    def _split_heads(self, x, depth):
+        """(B, H, W, Nh * d) -> (B, Nh, H, W, d), channel c in head c // d."""
+        batch, height, width, _ = dims(x)
+        x = tf.reshape(x, [batch, height, width, self.num_heads, depth])
+        return tf.transpose(x, [0, 3, 1, 2, 4])
+
+    def call(self, inputs):
+        self._check_spatial_size(inputs)
+        x = self._pool_to_output_size(inputs)
+        out_height, out_width = dims(x)[1:3]
+        if self.downsample_attention:
+            x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
+        x = self._add_position_encoding(x)
+        batch, height, width, _ = dims(x)
+        q, k, v = tf.split(self.qkv(x), [self.dk, self.dk, self.dv], axis=-1)
+        q = self._split_heads(tf.cast(q, tf.float32), self.dkh) * (self.dkh**-0.5)
+        k = self._split_heads(tf.cast(k, tf.float32), self.dkh)
+        v = self._split_heads(v, self.dvh)
+        block_size = self.query_block_size
+        if block_size is None:
+            positions = height * width if isinstance(height * width, int) else None
+            block_size = auto_query_block_size(self.num_heads, positions)
+        attn = multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, block_size)
+        # (B, Nh, HW, dvh) -> (B, H, W, Nh * dvh), head-major.
+        attn = tf.reshape(tf.transpose(attn, [0, 2, 1, 3]), [batch, height, width, self.dv])
+        attn = self.attn_out(attn)
+        if self.downsample_attention:
+            attn = tf.cast(tf.image.resize(attn, [out_height, out_width], "bilinear"), attn.dtype)
+        outputs = [attn] if self.conv is None else [self.conv(inputs), attn]
+        return self.activation(tf.concat(outputs, axis=-1))
+
+    def compute_output_shape(self, input_shape):
+        sizes = [
+            _conv_output_length(length, kernel, stride, self.padding)
+            for length, kernel, stride in zip(input_shape[1:3], self.kernel_size, self.strides)
+        ]
+        return (input_shape[0], *sizes, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "depth_k": self.depth_k,
+                "depth_v": self.depth_v,
+                "num_heads": self.num_heads,
+                "position_encoding": self.position_encoding,
+                "padding": self.padding,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "max_size": self.max_size,
+                "query_block_size": self.query_block_size,
+                "downsample_attention": self.downsample_attention,
+            }
+        )
+        return config

@@ -1,0 +1,58 @@
+"""Relative position logits of 2D self-attention (Bello et al., 2019, section 3.2).
+
+For a query at (hi, wi) and a key at (hj, wj) the relative logit is
+
+    q_i . rel_width[wj - wi + W - 1]  +  q_i . rel_height[hj - hi + H - 1]
+
+where the tables have 2W - 1 and 2H - 1 rows for the largest size the layer was built for.
+It is computed as two 1D terms, each of size O(HW * (H + W)); the caller adds them to the
+(HW x HW) content logits by broadcasting. No per-head (HW x HW x dkh) tensor is formed.
+"""
+
+import tensorflow as tf
+
+from aa_keras.layers.shapes import dims
+
+
+def relative_embeddings_2d(table, length):
+    """Gathers a table of relative embeddings into absolute (query, key) pairs.
+
+    Args:
+        table: (2 * max_length - 1, depth) tensor; row m embeds the offset
+            (key - query) = m - (max_length - 1).
+        length: the actual length (static int or scalar tensor), at most max_length.
+            A shorter length uses the central rows of the table, which is exact.
+
+    Returns:
+        (length, length, depth) tensor E with E[i, j] = table[j - i + max_length - 1].
+    """
+    max_length = (table.shape[0] + 1) // 2
+    positions = tf.range(length)
+    offsets = positions[None, :] - positions[:, None] + (max_length - 1)
+    return tf.gather(table, offsets)
+
+
+def relative_logits(q, rel_height, rel_width):
+    """The height and width relative logits of every query.
+
+    Args:
+        q: (B, Nh, H, W, dkh) queries, already scaled.
+        rel_height: (2 * H_max - 1, dkh) table, H <= H_max.
+        rel_width: (2 * W_max - 1, dkh) table, W <= W_max.
+
+    Returns:
+        (height_logits, width_logits) of shapes (B, Nh, H * W, H, 1) and (B, Nh, H * W, 1, W):
+        broadcast-added to content logits reshaped to (B, Nh, H * W, H, W) they give the full
+        relative term.
+    """
+    batch, heads, height, width, _ = dims(q)
+    num_queries = height * width
+    emb_h = relative_embeddings_2d(rel_height, height)
+    emb_w = relative_embeddings_2d(rel_width, width)
+    # logits_h[b, n, hi, wi, hj] = q[b, n, hi, wi] . emb_h[hi, hj]
+    logits_h = tf.einsum("bnhwd,hgd->bnhwg", q, emb_h)
+    # logits_w[b, n, hi, wi, wj] = q[b, n, hi, wi] . emb_w[wi, wj]
+    logits_w = tf.einsum("bnhwd,wvd->bnhwv", q, emb_w)
+    logits_h = tf.reshape(logits_h, [batch, heads, num_queries, height, 1])
+    logits_w = tf.reshape(logits_w, [batch, heads, num_queries, 1, width])
+    return logits_h, logits_w
