@@ -1,0 +1,15 @@
+"""Test-session setup shared by every test file.
+
+The host CPU is split into two logical devices, "/cpu:0" and "/cpu:1", at import time, so
+that tests can run `tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])` without a GPU. This
+must happen before any TensorFlow op runs (the runtime's devices are fixed once it starts),
+which is why it is done here and not in a fixture. Code that does not name a device still
+runs on "/cpu:0", exactly as without this file.
+"""
+
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
