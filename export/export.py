@@ -1,0 +1,338 @@
+"""Exports a Keras image classifier to SavedModel, TFLite and ONNX and proves each artifact
+computes what the Keras model computes.
+
+    python -m export.export --model=runs/aa_small/model.keras --output_dir=runs/aa_small/export
+    python -m export.export --model=aa_small --image_size=32 --formats=saved_model,tflite,onnx \
+        --output_dir=/tmp/aa_small_export
+
+Artifacts (for the model, and under `baseline/` for the `--baseline` model):
+    saved_model/          `serving_default`: images (B, H, W, C) float32 in [0, 1], or uint8 in
+                          [0, 255] with `--uint8_input`, -> predictions (B, classes)
+    model_float32.tflite, model_float16.tflite, model_dynamic.tflite, model_int8.tflite
+                          batch `--batch`; int8 takes int8 images and gives int8 scores
+    model.onnx            images (B, H, W, C) float32 -> predictions
+    export_report.json    per artifact: size, median latency, parity metrics and check, ops
+
+Everything is written to a temporary directory next to `--output_dir` and moved into place only
+when every artifact passed its parity check (see `export.parity`) and uses builtin ops only.
+"""
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags
+
+from export import model_source, parity, report, saved_model, tflite
+
+TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
+ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
+FORMATS = ("saved_model", "tflite", *TFLITE_KINDS, "onnx")
+REPORT_FILE = "export_report.json"
+
+
+class ParityError(RuntimeError):
+    """An exported artifact does not compute what the Keras model computes."""
+
+
+def parse_formats(formats):
+    """`formats` (comma-separated names, or a list) as artifact kinds in `ARTIFACT_KINDS` order;
+    `tflite` stands for all four TFLite modes."""
+    names = [name.strip() for name in (formats.split(",") if isinstance(formats, str) else formats)]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"Invalid `--formats`: received {formats!r}; use names from {FORMATS}.")
+    kinds = {kind for name in names for kind in (TFLITE_KINDS if name == "tflite" else (name,))}
+    return [kind for kind in ARTIFACT_KINDS if kind in kinds]
+
+
+def check_output_dir(output_dir, overwrite):
+    """The absolute output directory, checked to be absent, empty, or replaceable."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"Invalid `--output_dir`: {output_dir!r} exists and is not a directory.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ValueError(
+            f"Invalid `--output_dir`: {output_dir!r} exists and is not empty; pass `--overwrite` to "
+            "replace it or choose another directory."
+        )
+    return output_dir
+
+
+def _artifact_path(directory, kind):
+    if kind == "saved_model":
+        return os.path.join(directory, "saved_model")
+    if kind == "onnx":
+        return os.path.join(directory, "model.onnx")
+    return os.path.join(directory, f"model_{kind.removeprefix('tflite_')}.tflite")
+
+
+def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, calibration_images):
+    """Writes the artifacts `kinds` of `model` into `directory`.
+
+    Returns:
+        {kind: {"path": ..., "ops": sorted op names}} (ops only for TFLite and ONNX).
+    """
+    os.makedirs(directory, exist_ok=True)
+    artifacts = {}
+    if "saved_model" in kinds:
+        path = _artifact_path(directory, "saved_model")
+        saved_model.write_saved_model(model, path, image_shape, uint8_input=uint8_input)
+        artifacts["saved_model"] = {"path": path}
+    tflite_kinds = [kind for kind in kinds if kind in TFLITE_KINDS]
+    if tflite_kinds:
+        source = tempfile.mkdtemp(prefix=".tflite_source-", dir=directory)
+        saved_model.write_saved_model(model, source, image_shape, batch=batch)
+        calibration, _ = parity.batches(calibration_images, batch)
+        for kind in tflite_kinds:
+            flatbuffer = tflite.convert(source, kind.removeprefix("tflite_"), calibration)
+            ops = tflite.list_ops(flatbuffer)
+            tflite.check_builtin_ops(ops, what=f"{kind} model")
+            path = _artifact_path(directory, kind)
+            with open(path, "wb") as f:
+                f.write(flatbuffer)
+            artifacts[kind] = {"path": path, "ops": ops}
+        shutil.rmtree(source)
+    if "onnx" in kinds:
+        from export import onnx_model  # tf2onnx and onnxruntime load only when ONNX is asked for.
+
+        path = _artifact_path(directory, "onnx")
+        onnx_model.write_onnx(model, path, image_shape)
+        artifacts["onnx"] = {"path": path, "ops": onnx_model.list_ops(path)}
+    return artifacts
+
+
+def _runner(kind, path, threads):
+    if kind == "saved_model":
+        return saved_model.SavedModelRunner(path)
+    if kind == "onnx":
+        from export import onnx_model
+
+        return onnx_model.OnnxRunner(path, threads)
+    return tflite.TFLiteRunner(path, threads)
+
+
+def evaluate(model, artifacts, images, batch, threads, latency_runs):
+    """One report row per artifact: parity with `model` on `images`, size and latency."""
+    reference = parity.predict(lambda x: np.asarray(model(x, training=False)), images, batch)
+    rows = []
+    for kind, artifact in artifacts.items():
+        runner = _runner(kind, artifact["path"], threads)
+        values = parity.metrics(parity.predict(runner, images, batch), reference)
+        rows.append({
+            "artifact": kind,
+            "file": artifact["path"],
+            "runtime": runner.runtime,
+            "size_bytes": report.size_bytes(artifact["path"]),
+            "latency_ms": report.median_latency_ms(runner, images[:batch], latency_runs),
+            "parity": values,
+            "check": parity.check(kind, values),
+            **({"ops": artifact["ops"]} if "ops" in artifact else {}),
+        })
+    return rows
+
+
+def snap_to_8_bit(images):
+    """Float images in [0, 1] rounded to the 8-bit grid, so that float and uint8 inputs carry
+    the same values."""
+    return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def export(
+    model,
+    output_dir,
+    formats,
+    eval_images,
+    calibration_images,
+    baseline=None,
+    batch=1,
+    threads=1,
+    latency_runs=50,
+    uint8_input=False,
+    overwrite=False,
+    image_size=None,
+    description=None,
+):
+    """Exports `model` (and `baseline`) to `output_dir` and checks every artifact.
+
+    Args:
+        model, baseline: Keras models from (B, H, W, C) float32 images in [0, 1] to
+            (B, classes); `baseline` (optional) is exported the same way under `baseline/`.
+        output_dir: where the artifacts go; must be absent or empty unless `overwrite`.
+        formats: names from `FORMATS` (comma-separated string or list).
+        eval_images: (N, H, W, C) float32 images for parity and latency.
+        calibration_images: (M, H, W, C) float32 images for int8 calibration.
+        batch: static batch of the TFLite models, and the batch of parity and latency runs.
+        threads: interpreter / onnxruntime threads.
+        latency_runs: timed runs per artifact (the median is reported).
+        uint8_input: SavedModel signature takes uint8 images and scales them inside.
+        image_size: fixes an unknown spatial input size (see `model_source.image_shape`).
+        description: free-form dict recorded in the report (e.g. the command line flags).
+
+    Returns:
+        The report dict, also written to `output_dir/export_report.json`.
+
+    Raises:
+        ValueError: bad arguments (before anything is written).
+        ParityError: an artifact failed its check; nothing is left in `output_dir`.
+    """
+    kinds = parse_formats(formats)
+    output_dir = check_output_dir(output_dir, overwrite)
+    for name, value in (("batch", batch), ("threads", threads), ("latency_runs", latency_runs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
+    image_shape = model_source.image_shape(model, image_size)
+    for name, images in (("evaluation", eval_images), ("calibration", calibration_images)):
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or len(images) == 0:
+            raise ValueError(
+                f"The {name} images have shape {images.shape}; the model needs (N, *{image_shape}) "
+                "with N > 0. Check `--dataset`, `--image_size` and the model's input channels."
+            )
+    models = [("model", model)]
+    if baseline is not None:
+        if tuple(model_source.image_shape(baseline, image_size)) != tuple(image_shape):
+            raise ValueError(
+                f"Invalid `--baseline`: its input {baseline.inputs[0].shape} differs from the model's "
+                f"{image_shape}; the baseline must take the same images."
+            )
+        models.append(("baseline", baseline))
+    eval_images = snap_to_8_bit(eval_images)
+
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the output is an ordinary directory.
+    try:
+        rows = []
+        for label, network in models:
+            directory = staging if label == "model" else os.path.join(staging, "baseline")
+            artifacts = write_artifacts(
+                network, directory, kinds, image_shape, batch, uint8_input, calibration_images
+            )
+            for row in evaluate(network, artifacts, eval_images, batch, threads, latency_runs):
+                row["model"] = label
+                row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))
+                rows.append(row)
+        report.add_baseline_ratios(rows)
+        result = {
+            "description": description or {},
+            "image_shape": list(image_shape),
+            "batch": batch,
+            "threads": threads,
+            "latency_runs": latency_runs,
+            "num_eval_images": len(eval_images),
+            "num_calibration_images": len(calibration_images),
+            "uint8_input": uint8_input,
+            "rows": rows,
+            "table": report.format_table(rows),
+        }
+        failed = [f"{row['model']}/{row['artifact']}" for row in rows if not row["check"]["passed"]]
+        if failed:
+            raise ParityError(
+                f"Artifacts failed their parity check: {failed}; nothing was written to "
+                f"{output_dir!r}.\n{result['table']}"
+            )
+        report.write_json(os.path.join(staging, REPORT_FILE), result)
+        _move_into_place(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _move_into_place(staging, output_dir):
+    """Replaces `output_dir` by `staging`; the old directory is removed only after the rename."""
+    if not os.path.exists(output_dir):
+        os.rename(staging, output_dir)
+        return
+    retired = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir))
+    old = os.path.join(retired, "old")
+    os.rename(output_dir, old)
+    try:
+        os.rename(staging, output_dir)
+    except OSError:
+        os.rename(old, output_dir)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def dataset_images(name, split, image_shape, count, data_dir=None):
+    """The first `count` images of `split` of the dataset `name`, through the training input
+    pipeline `training.data.build_dataset` (float32 in [0, 1])."""
+    height, width, _ = image_shape
+    if height != width:
+        raise ValueError(f"The input pipeline makes square images; the model's input is {(height, width)}.")
+    data = importlib.import_module("training.data")
+    dataset = data.build_dataset(name, split, height, global_batch_size=None, data_dir=data_dir, training=False)
+    images = [np.asarray(image) for image, _ in dataset.take(count).as_numpy_iterator()]
+    if not images:
+        raise ValueError(f"Invalid `--dataset`: split {split!r} of {name!r} gave no images.")
+    return np.stack(images).astype(np.float32)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A `.keras` model file, or a builder name of aa_keras.applications (e.g. aa_small).")
+flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.")
+flags.DEFINE_list("formats", ["saved_model", "tflite"], f"Artifacts to write, from {FORMATS}.")
+flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.")
+flags.DEFINE_integer("classes", 10, "Number of classes of a model built from a builder name.")
+flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.")
+flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.")
+flags.DEFINE_string("dataset", "glyph_pairs", "Dataset of training.data.build_dataset for calibration and parity images.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.")
+flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.")
+flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 calibration.")
+flags.DEFINE_integer("threads", 1, "Threads of the LiteRT interpreter and onnxruntime.")
+flags.DEFINE_integer("latency_runs", 50, "Timed runs per artifact; the median is reported.")
+flags.DEFINE_bool("uint8_input", False, "SavedModel takes uint8 images in [0, 255] and scales them to [0, 1] inside.")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
+flags.mark_flags_as_required(["model", "output_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        parse_formats(FLAGS.formats)
+        check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
+        model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=FLAGS.classes)
+        image_shape = model_source.image_shape(model, FLAGS.image_size)
+        baseline = None
+        if FLAGS.baseline.lower() != "none":
+            baseline = model_source.load_model(
+                FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1]
+            )
+        eval_images = dataset_images(FLAGS.dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
+        calibration_images = dataset_images(
+            FLAGS.dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir
+        )
+        result = export(
+            model,
+            FLAGS.output_dir,
+            FLAGS.formats,
+            eval_images,
+            calibration_images,
+            baseline=baseline,
+            batch=FLAGS.batch,
+            threads=FLAGS.threads,
+            latency_runs=FLAGS.latency_runs,
+            uint8_input=FLAGS.uint8_input,
+            overwrite=FLAGS.overwrite,
+            image_size=FLAGS.image_size,
+            description={"model": FLAGS.model, "baseline": FLAGS.baseline, "dataset": FLAGS.dataset},
+        )
+    except (ValueError, ParityError) as error:
+        sys.exit(f"aa-export: error: {error}")
+    print(result["table"])
+    print(f"Wrote {os.path.join(os.path.abspath(FLAGS.output_dir), REPORT_FILE)}")
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

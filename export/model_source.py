@@ -1,0 +1,92 @@
+"""The model to export: a `.keras` file, or a builder name for a randomly initialised model."""
+
+import os
+import re
+import zipfile
+
+import keras
+
+import aa_keras  # noqa: F401  (registers the aa_keras serializable objects for loading)
+
+
+def is_model_file(spec):
+    """Whether `spec` names a file (a path or a `.keras` name) rather than a builder."""
+    return spec.endswith(".keras") or os.sep in spec or os.path.exists(spec)
+
+
+def load_keras_file(path):
+    """Loads a `.keras` model, with a ValueError for a missing, non-Keras or unloadable file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Invalid `--model`: {path!r} does not exist or is not a file.")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Invalid `--model`: {path!r} is not a Keras 3 `.keras` archive; save the model with "
+            "`model.save('name.keras')` or pass a builder name such as 'aa_small'."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except TypeError as error:
+        unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
+        if unknown is None:
+            raise
+        raise ValueError(
+            f"Invalid `--model`: {path!r} uses the custom object {unknown.group(1)!r}, which is not "
+            "registered. Only aa_keras and built-in Keras objects can be loaded; register the object "
+            "with `keras.saving.register_keras_serializable` in an imported module."
+        ) from None
+
+
+def build_named_model(name, image_size, channels, classes):
+    """A randomly initialised model from `aa_keras.applications.build_model`."""
+    try:
+        from aa_keras.applications import build_model
+    except ImportError as error:
+        raise ValueError(
+            f"Invalid `--model`: {name!r} is not a file, and builder names need "
+            f"`aa_keras.applications.build_model`, which cannot be imported ({error})."
+        ) from None
+    if image_size is None:
+        raise ValueError(f"`--image_size` is required to build the model {name!r}.")
+    return build_model(name, input_shape=(image_size, image_size, channels), classes=classes)
+
+
+def load_model(spec, image_size=None, channels=3, classes=10):
+    """The model named by `spec` (a `.keras` path or a builder name).
+
+    Returns:
+        A single-input, single-output Keras model whose input is (B, H, W, C) with H and W known.
+    """
+    if is_model_file(spec):
+        model = load_keras_file(spec)
+    else:
+        model = build_named_model(spec, image_size, channels, classes)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"Invalid `--model`: {spec!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs; the exporter handles image classifiers with one input and one output."
+        )
+    if len(model.inputs[0].shape) != 4 or len(model.outputs[0].shape) != 2:
+        raise ValueError(
+            f"Invalid `--model`: {spec!r} maps {model.inputs[0].shape} to {model.outputs[0].shape}; "
+            "expected (B, H, W, C) images to (B, classes) scores."
+        )
+    return model
+
+
+def image_shape(model, image_size):
+    """The (H, W, C) input of `model`, with `image_size` filling unknown spatial dims and
+    checked against known ones."""
+    height, width, channels = model.inputs[0].shape[1:]
+    if image_size is not None:
+        if height not in (None, image_size) or width not in (None, image_size):
+            raise ValueError(
+                f"Invalid `--image_size`: {image_size} does not match the model's input size "
+                f"{(height, width)}; leave it unset or pass {height}."
+            )
+        height = height or image_size
+        width = width or image_size
+    if height is None or width is None:
+        raise ValueError(
+            f"The model's input size is {(height, width)}; pass `--image_size` to fix it for export."
+        )
+    return height, width, channels

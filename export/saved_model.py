@@ -1,0 +1,58 @@
+"""SavedModel with a `serving_default` signature: named image input, named output."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "predictions"
+SIGNATURE = "serving_default"
+
+
+def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
+    """Writes `model` as a SavedModel with one `serving_default` signature.
+
+    Args:
+        model: Keras model from (B, H, W, C) float32 images in [0, 1] to (B, classes).
+        path: directory to write.
+        image_shape: (H, W, C) of the signature's input.
+        batch: static batch size of the signature, or None for any batch.
+        uint8_input: take uint8 images in [0, 255] and scale them to [0, 1] inside the graph.
+
+    The signature maps `images` (B, H, W, C) float32 (or uint8) to `predictions` (B, classes).
+    """
+    dtype = tf.uint8 if uint8_input else tf.float32
+
+    def serve(images):
+        if uint8_input:
+            images = tf.cast(images, tf.float32) / 255.0
+        return {OUTPUT_NAME: model(images, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SIGNATURE, serve, input_signature=[tf.TensorSpec((batch, *image_shape), dtype, name=INPUT_NAME)]
+    )
+    archive.write_out(path, verbose=False)
+
+
+class SavedModelRunner:
+    """Serves images through a reloaded SavedModel's `serving_default` signature."""
+
+    runtime = "tf.saved_model"
+
+    def __init__(self, path):
+        self._function = tf.saved_model.load(path).signatures[SIGNATURE]
+        self._dtype = self._function.structured_input_signature[1][INPUT_NAME].dtype
+
+    def prepare(self, images):
+        """(B, H, W, C) float32 images in [0, 1] -> the signature's input tensor."""
+        if self._dtype == tf.uint8:
+            images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+        return tf.constant(images)
+
+    def run(self, prepared):
+        return self._function(**{INPUT_NAME: prepared})[OUTPUT_NAME].numpy()
+
+    def __call__(self, images):
+        return self.run(self.prepare(images))
