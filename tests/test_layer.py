@@ -1,0 +1,363 @@
+"""Behaviour of `AttentionAugmentation2D`: symmetry, gradients, training, serialization, mixed
+precision, XLA, MirroredStrategy and argument/input validation.
+
+The exact arithmetic is checked against the NumPy reference in `test_layer_reference.py`.
+"""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aa_keras.layers import AttentionAugmentation2D
+
+SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
+
+
+def _inputs(shape, seed=0, scale=1.0):
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype("float32")
+
+
+def _built(input_shape, **kwargs):
+    layer = AttentionAugmentation2D(**{**SMALL, "bias_initializer": "random_normal", **kwargs})
+    layer.build(input_shape)
+    return layer
+
+
+@pytest.fixture
+def global_policy():
+    """Sets the global dtype policy for one test and restores float32 afterwards."""
+    yield keras.config.set_dtype_policy
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def channels_first():
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format("channels_last")
+
+
+# --- Position enters only through the encoding ------------------------------------------------
+
+
+@pytest.mark.parametrize("query_block_size", [None, 7])
+def test_no_position_encoding_is_permutation_equivariant(query_block_size):
+    batch, height, width, channels = 2, 5, 6, 3
+    layer = _built(
+        (None, height, width, channels), depth_v=8, position_encoding="none", query_block_size=query_block_size
+    )
+    x = _inputs((batch, height, width, channels))
+    perm = np.random.default_rng(1).permutation(height * width)
+    permute = lambda t: np.reshape(np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1))
+
+    np.testing.assert_allclose(layer(permute(x)).numpy(), permute(layer(x).numpy()), rtol=0, atol=1e-5)
+
+
+def test_relative_encoding_is_not_permutation_equivariant():
+    batch, height, width, channels = 2, 5, 6, 3
+    layer = _built((None, height, width, channels), depth_v=8, position_encoding="relative")
+    x = _inputs((batch, height, width, channels))
+    perm = np.random.default_rng(1).permutation(height * width)
+    permute = lambda t: np.reshape(np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1))
+
+    assert np.max(np.abs(layer(permute(x)).numpy() - permute(layer(x).numpy()))) > 1e-3
+
+
+# --- Gradients and training -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(query_block_size=5),
+        dict(strides=2, downsample_attention=True),
+        dict(position_encoding="sine", depth_k=8),
+    ],
+    ids=["unblocked", "blocked", "stride_2_downsampled", "sine"],
+)
+def test_gradients_reach_every_weight(kwargs):
+    layer = _built((None, 6, 7, 3), **kwargs)
+    x = tf.constant(_inputs((2, 6, 7, 3)))
+    with tf.GradientTape() as tape:
+        out = layer(x)
+        loss = tf.reduce_sum(out * _inputs(out.shape, seed=2))
+    grads = tape.gradient(loss, layer.trainable_weights)
+
+    names = [w.path for w in layer.trainable_weights]
+    expected = 6 + (2 if kwargs.get("position_encoding", "relative") == "relative" else 0)
+    assert len(names) == expected, names
+    for name, grad in zip(names, grads):
+        assert grad is not None, name
+        assert np.any(np.asarray(tf.convert_to_tensor(grad)) != 0), name
+
+
+def test_blocked_gradients_equal_unblocked():
+    unblocked = _built((None, 6, 6, 3))
+    blocked = _built((None, 6, 6, 3), query_block_size=5)
+    blocked.set_weights(unblocked.get_weights())
+    x = tf.constant(_inputs((2, 6, 6, 3)))
+    target = _inputs((2, 6, 6, 8), seed=2)
+
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * target)
+        return tape.gradient(loss, [x, *layer.trainable_weights])
+
+    for a, b in zip(grads(unblocked), grads(blocked)):
+        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), atol=1e-5)
+
+
+def _classifier(**kwargs):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            AttentionAugmentation2D(**{**SMALL, **kwargs}),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+def test_training_lowers_the_loss():
+    model = _classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=False)
+    x, y = _inputs((16, 6, 6, 3)), _inputs((16, 2), seed=1)
+    history = model.fit(x, y, batch_size=16, epochs=15, shuffle=False, verbose=0).history["loss"]
+    assert history[-1] < 0.7 * history[0], history
+
+
+# --- Serialization ----------------------------------------------------------------------------
+
+
+def test_registered_serializable():
+    assert keras.saving.get_registered_name(AttentionAugmentation2D) == "aa_keras>AttentionAugmentation2D"
+    assert keras.saving.get_registered_object("aa_keras>AttentionAugmentation2D") is AttentionAugmentation2D
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(
+            kernel_size=(3, 1),
+            strides=(2, 1),
+            depth_k=0.5,
+            depth_v=0.25,
+            position_encoding="coordconv",
+            padding="valid",
+            activation="relu",
+            use_bias=False,
+            kernel_initializer=keras.initializers.HeNormal(seed=3),
+            kernel_regularizer=keras.regularizers.L2(1e-4),
+            max_size=(9, 8),
+            query_block_size=4,
+            downsample_attention=True,
+        ),
+    ],
+    ids=["defaults", "everything_set"],
+)
+def test_get_config_round_trip(kwargs):
+    layer = _built((None, 9, 8, 3), **kwargs)
+    config = layer.get_config()
+    clone = AttentionAugmentation2D.from_config(config)
+    clone.build((None, 9, 8, 3))
+    clone.set_weights(layer.get_weights())
+    x = _inputs((2, 9, 8, 3))
+
+    assert clone.get_config() == config
+    # The config survives a JSON round trip (tuples come back as lists).
+    json_clone = keras.layers.deserialize(keras.saving.serialize_keras_object(layer))
+    assert json_clone.get_config() == config
+    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+
+
+def _functional(**kwargs):
+    inputs = keras.Input((6, 7, 3))
+    x = AttentionAugmentation2D(**{**SMALL, **kwargs})(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = AttentionAugmentation2D(**{**SMALL, "strides": 2, "position_encoding": "sine", **kwargs})(x)
+    return keras.Model(inputs, x)
+
+
+def _sequential(**kwargs):
+    return keras.Sequential(
+        [
+            keras.Input((6, 7, 3)),
+            AttentionAugmentation2D(**{**SMALL, "query_block_size": 5, **kwargs}),
+            AttentionAugmentation2D(**{**SMALL, "downsample_attention": True, **kwargs}),
+        ]
+    )
+
+
+@pytest.mark.parametrize("build", [_functional, _sequential], ids=["functional", "sequential"])
+def test_keras_save_and_load_reproduce_outputs(build, tmp_path):
+    model = build(bias_initializer="random_normal")
+    x = _inputs((2, 6, 7, 3))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+# --- Mixed precision --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy, atol", [("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)])
+def test_mixed_precision_is_close_to_float32(global_policy, policy, atol):
+    reference = _built((None, 6, 7, 3), query_block_size=9)
+    global_policy(policy)
+    layer = _built((None, 6, 7, 3), query_block_size=9)
+    layer.set_weights(reference.get_weights())
+    x = _inputs((2, 6, 7, 3))
+
+    out = layer(x)
+    compute_dtype = keras.mixed_precision.Policy(policy).compute_dtype
+    assert out.dtype == compute_dtype
+    assert layer.rel_height.dtype == layer.rel_width.dtype == "float32"
+    assert all(w.dtype == "float32" for w in layer.weights)
+    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), reference(x).numpy(), rtol=0, atol=atol)
+
+
+def test_float16_logits_do_not_overflow(global_policy):
+    """q . k above the float16 maximum (65504) must not become inf: the logits are float32."""
+    global_policy("mixed_float16")
+    layer = AttentionAugmentation2D(
+        filters=4, kernel_size=1, depth_k=4, depth_v=4, num_heads=1, position_encoding="none",
+        use_bias=False, kernel_initializer="ones",
+    )  # fmt: skip
+    # Integer inputs: exact in float16, so float16 and float32 see the same q, k and v.
+    x = np.random.default_rng(0).integers(180, 200, size=(1, 3, 3, 1)).astype("float32")
+    out = layer(x)
+    # With all-ones kernels q = k = v = x in every channel, so the largest logit is
+    # 4 * 200 ** 2 * 4 ** -0.5 = 80000: it overflows in float16.
+    q = x.reshape(-1)
+    assert np.max(4 * np.outer(q, q) * 0.5) > np.finfo(np.float16).max
+
+    global_policy("float32")
+    reference = AttentionAugmentation2D.from_config({**layer.get_config(), "dtype": "float32"})
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    assert out.dtype == "float16"
+    assert np.all(np.isfinite(out.numpy()))
+    np.testing.assert_allclose(out.numpy().astype("float32"), reference(x).numpy(), rtol=2e-3)
+
+
+# --- XLA and MirroredStrategy -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(query_block_size=5), dict(strides=2, downsample_attention=True, position_encoding="coordconv")],
+    ids=["unblocked", "blocked", "stride_2_downsampled"],
+)
+def test_xla_matches_eager(kwargs):
+    layer = _built((None, 6, 7, 3), **kwargs)
+    x = tf.constant(_inputs((2, 6, 7, 3)))
+    compiled = tf.function(layer, jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), layer(x).numpy(), rtol=0, atol=1e-5)
+
+
+def test_mirrored_strategy_training_step_matches_single_device():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    x, y = _inputs((8, 6, 6, 3)), _inputs((8, 2), seed=1)
+
+    single = _classifier(query_block_size=10)
+    single.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", jit_compile=False)
+    with strategy.scope():
+        mirrored = _classifier(query_block_size=10)
+        mirrored.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", jit_compile=False)
+    initial = single.get_weights()
+    mirrored.set_weights(initial)
+    for model in (single, mirrored):
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+
+    assert any(np.max(np.abs(w - w0)) > 1e-4 for w, w0 in zip(single.get_weights(), initial))
+    for a, b in zip(mirrored.get_weights(), single.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(mirrored.predict(x, verbose=0), single.predict(x, verbose=0), atol=1e-5)
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+BAD_ARGUMENTS = [
+    (dict(filters=0), "filters=0"),
+    (dict(filters=-8), "filters=-8"),
+    (dict(filters=8.0), "filters=8.0"),
+    (dict(kernel_size=0), "kernel_size=0"),
+    (dict(kernel_size=(3, -1)), "kernel_size=(3, -1)"),
+    (dict(kernel_size=(3, 3, 3)), "kernel_size=(3, 3, 3)"),
+    (dict(strides=0), "strides=0"),
+    (dict(strides=(1, -2)), "strides=(1, -2)"),
+    (dict(num_heads=0), "num_heads=0"),
+    (dict(num_heads=-2), "num_heads=-2"),
+    (dict(depth_k=6, num_heads=4), "depth_k=6 is not divisible by num_heads=4"),
+    (dict(depth_v=6, num_heads=4), "depth_v=6 is not divisible by num_heads=4"),
+    (dict(depth_k=2, num_heads=4), "depth_k=2 gives 2 channels for num_heads=4"),
+    (dict(depth_k=0), "depth_k=0"),
+    (dict(depth_k=0.1, num_heads=2), "depth_k=0.1 gives 0 channels for num_heads=2"),
+    (dict(depth_v=1.5), "depth_v=1.5"),
+    (dict(depth_v="half"), "depth_v='half'"),
+    (dict(depth_v=16), "depth_v=16 gives 16 value channels, more than filters=8"),
+    (dict(position_encoding="learned"), "position_encoding.*'learned'"),
+    (dict(padding="causal"), "padding.*'causal'"),
+    (dict(data_format="channels_first"), "data_format.*'channels_first'"),
+    (dict(max_size=(6, 0)), "max_size=(6, 0)"),
+    (dict(query_block_size=0), "query_block_size=0"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_ARGUMENTS, ids=[m for _, m in BAD_ARGUMENTS])
+def test_bad_arguments_raise(kwargs, message):
+    pattern = message if ".*" in message else re.escape(message)
+    with pytest.raises(ValueError, match=pattern):
+        AttentionAugmentation2D(**{**SMALL, **kwargs})
+
+
+def test_global_channels_first_raises(channels_first):
+    with pytest.raises(ValueError, match="data_format.*'channels_first'"):
+        AttentionAugmentation2D(**SMALL)
+
+
+@pytest.mark.parametrize("shape, ndim", [((2, 6, 3), 3), ((2, 6, 6, 6, 3), 5)])
+def test_input_rank_other_than_4_raises(shape, ndim):
+    with pytest.raises(ValueError, match=f"expected ndim=4, found ndim={ndim}"):
+        AttentionAugmentation2D(**SMALL)(np.zeros(shape, "float32"))
+
+
+def test_input_larger_than_built_raises():
+    layer = _built((None, 6, 6, 3))
+    with pytest.raises(ValueError, match="height 8 exceeds the height 6"):
+        layer(np.zeros((1, 8, 6, 3), "float32"))
+    with pytest.raises(ValueError, match="width 7 exceeds the width 6"):
+        layer(np.zeros((1, 6, 7, 3), "float32"))
+
+
+def test_input_larger_than_max_size_raises():
+    with pytest.raises(ValueError, match=re.escape("(6, 9) exceeds max_size=(6, 8)")):
+        AttentionAugmentation2D(**SMALL, max_size=(6, 8))(keras.Input((6, 9, 3)))
+
+
+def test_unknown_spatial_size_without_max_size_raises():
+    with pytest.raises(ValueError, match=re.escape("max_size=(H, W)")):
+        AttentionAugmentation2D(**SMALL)(keras.Input((None, None, 3)))
+
+
+def test_valid_padding_input_smaller_than_kernel_raises():
+    with pytest.raises(ValueError, match=re.escape("kernel_size=(3, 3)")):
+        AttentionAugmentation2D(**SMALL, padding="valid")(keras.Input((2, 6, 3)))
+
+
+def test_unknown_spatial_size_with_max_size_runs():
+    layer = AttentionAugmentation2D(**SMALL, max_size=(8, 8))
+    model = keras.Sequential([keras.Input((None, None, 3)), layer])
+    for shape in [(1, 8, 8, 3), (2, 3, 5, 3)]:
+        assert model(np.zeros(shape, "float32")).shape == (*shape[:3], 8)

@@ -1,0 +1,64 @@
+"""`AttentionAugmentation2D` converts to TFLite builtin ops only, and LiteRT reproduces Keras."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from aa_keras.layers import AttentionAugmentation2D
+
+INPUT_SHAPE = (1, 8, 7, 3)
+SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2, bias_initializer="random_normal")
+
+
+def _model(**kwargs):
+    """Two augmented convolutions around a BatchNorm, the second with `kwargs`."""
+    inputs = keras.Input(INPUT_SHAPE[1:], batch_size=INPUT_SHAPE[0])
+    x = AttentionAugmentation2D(**SMALL)(inputs)
+    x = keras.layers.BatchNormalization(moving_variance_initializer="random_uniform")(x)
+    x = AttentionAugmentation2D(**{**SMALL, **kwargs})(x)
+    return keras.Model(inputs, x)
+
+
+def _convert_builtins_only(model):
+    """TFLite flatbuffer of `model`, the converter restricted to TFLite builtin ops."""
+    function = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(INPUT_SHAPE)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(strides=2),
+        dict(downsample_attention=True),
+        dict(strides=2, downsample_attention=True, padding="valid"),
+        dict(query_block_size=10),
+        dict(position_encoding="sine"),
+        dict(position_encoding="coordconv", depth_v=8),
+    ],
+    ids=["relative", "stride_2", "downsample", "valid_stride_2_downsample", "blocked", "sine", "coordconv_full"],
+)
+def test_converts_to_builtin_ops_and_matches_keras(kwargs):
+    model = _model(**kwargs)
+    flatbuffer = _convert_builtins_only(model)
+
+    # No default delegate, so that the op list is the model's own ops and not "DELEGATE" nodes.
+    interpreter = Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "BATCH_MATMUL" in ops and "SOFTMAX" in ops, ops
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+
+    x = np.random.default_rng(0).normal(size=INPUT_SHAPE).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    want = model(x, training=False).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
