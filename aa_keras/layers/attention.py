@@ -2,7 +2,7 @@
 
 The logits are (B, Nh, HW, HW): at 56x56 and batch 8 one float32 copy is 2.5 GB. The blocked
 path splits the queries into blocks, computes one block's logits, softmax and output at a
-time, and recomputes a block's logits in the backward pass (`tf.recompute_grad`) instead of
+time, and recomputes a block's logits in the backward pass (a custom gradient) instead of
 keeping them, so peak memory grows with the block and not with (HW)^2. Both paths compute the
 same function.
 """
@@ -25,41 +25,65 @@ def auto_query_block_size(num_heads, num_positions):
     return max(1, _BLOCK_LOGITS // (num_heads * num_positions))
 
 
-def _weighted_values(logits, v):
-    """softmax(logits) v, the softmax in float32: (B, Nh, Q, HW), (B, Nh, HW, dvh) -> (B, Nh, Q, dvh)."""
-    weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    return tf.einsum("bnqk,bnkd->bnqd", weights, v)
-
-
-def _attend(q, k, v):
-    """softmax(q k^T) v for one block of queries.
+def _probabilities(q, k, rel):
+    """Attention weights softmax(q k^T [+ relative logits]) in float32.
 
     Args:
         q: (B, Nh, Q, dkh) float32 queries.
         k: (B, Nh, HW, dkh) float32 keys.
-        v: (B, Nh, HW, dvh) values, in the compute dtype.
+        rel: () or the (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) float32 relative logits.
 
     Returns:
-        (B, Nh, Q, dvh) in the dtype of v.
+        (B, Nh, Q, HW) float32.
     """
-    return _weighted_values(tf.einsum("bnqd,bnkd->bnqk", q, k), v)
+    logits = tf.matmul(q, k, transpose_b=True)
+    if rel:
+        logits_h, logits_w = rel
+        # Summing the two small terms first and adding that without broadcasting is faster than
+        # broadcasting each into the (Q, H, W) logits.
+        logits += tf.reshape(logits_h + logits_w, dims(logits))
+    return tf.nn.softmax(logits, axis=-1)
 
 
-def _attend_relative(q, k, v, logits_h, logits_w):
-    """softmax(q k^T + relative logits) v for one block of queries.
+def _attention(recompute):
+    """softmax(q k^T + relative logits) v for one block of queries, with a hand-written gradient.
 
-    Args:
-        q, k, v: as in `_attend`.
-        logits_h, logits_w: (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) float32 relative logits.
+    The gradient uses rowsum(dP * P) = rowsum(dO * O), so the backward pass makes few passes over
+    the (Q, HW) weights. With `recompute=True` the weights are not kept for the backward pass
+    but recomputed from q, k and the relative logits there, so memory does not grow with the
+    number of blocks.
 
-    Returns:
-        (B, Nh, Q, dvh) in the dtype of v.
+    The returned function takes q (B, Nh, Q, dkh), k (B, Nh, HW, dkh), v (B, Nh, HW, dvh) and
+    optionally the relative logits (see `_probabilities`) and returns (B, Nh, Q, dvh) in the
+    dtype of v.
     """
-    logits = tf.einsum("bnqd,bnkd->bnqk", q, k)
-    batch, heads, queries, keys = dims(logits)
-    height, width = dims(logits_h)[3], dims(logits_w)[4]
-    logits = tf.reshape(logits, [batch, heads, queries, height, width]) + logits_h + logits_w
-    return _weighted_values(tf.reshape(logits, [batch, heads, queries, keys]), v)
+
+    @tf.custom_gradient
+    def attend(q, k, v, *rel):
+        probs = _probabilities(q, k, rel)
+        out = tf.matmul(tf.cast(probs, v.dtype), v)
+        saved_probs = None if recompute else probs
+
+        def grad(d_out):
+            p = _probabilities(q, k, rel) if saved_probs is None else saved_probs
+            d_v = tf.matmul(tf.cast(p, v.dtype), d_out, transpose_a=True)
+            d_p = tf.cast(tf.matmul(d_out, v, transpose_b=True), tf.float32)
+            row = tf.reduce_sum(tf.cast(d_out, tf.float32) * tf.cast(out, tf.float32), -1, keepdims=True)
+            d_logits = p * (d_p - row)
+            d_q = tf.matmul(d_logits, k)
+            d_k = tf.matmul(d_logits, q, transpose_a=True)
+            if not rel:
+                return d_q, d_k, d_v
+            batch, heads, queries, _ = dims(d_logits)
+            height, width = dims(rel[0])[3], dims(rel[1])[4]
+            d_logits = tf.reshape(d_logits, [batch, heads, queries, height, width])
+            d_h = tf.reduce_sum(d_logits, axis=4, keepdims=True)
+            d_w = tf.reduce_sum(d_logits, axis=3, keepdims=True)
+            return d_q, d_k, d_v, d_h, d_w
+
+        return out, grad
+
+    return attend
 
 
 def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None):
@@ -80,19 +104,17 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     batch, heads, height, width, _ = dims(q)
     num_positions = height * width
     rel = ()
-    attend = _attend
     if rel_height is not None:
         rel = relative_logits(q, rel_height, rel_width)
-        attend = _attend_relative
     q = tf.reshape(q, [batch, heads, num_positions, q.shape[-1]])
     k = tf.reshape(k, [batch, heads, num_positions, k.shape[-1]])
     v = tf.reshape(v, [batch, heads, num_positions, v.shape[-1]])
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
     if not blocked or query_block_size >= num_positions:
-        return attend(q, k, v, *rel)
+        return _attention(recompute=False)(q, k, v, *rel)
 
-    attend_block = tf.recompute_grad(attend)
+    attend_block = _attention(recompute=True)
     outputs = []
     for start in range(0, num_positions, query_block_size):
         stop = min(start + query_block_size, num_positions)

@@ -324,6 +324,14 @@ class AttentionAugmentation2D(keras.layers.Layer):
         x = tf.reshape(x, [batch, height, width, self.num_heads, depth])
         return tf.transpose(x, [0, 3, 1, 2, 4])
 
+    def _multi_head_attention(self, q, k, v):
+        """(B, Nh, H, W, dkh) q, k and (B, Nh, H, W, dvh) v -> (B, Nh, H * W, dvh)."""
+        block_size = self.query_block_size
+        if block_size is None:
+            positions = q.shape[2] * q.shape[3] if None not in q.shape[2:4] else None
+            block_size = auto_query_block_size(self.num_heads, positions)
+        return multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, block_size)
+
     def call(self, inputs):
         self._check_spatial_size(inputs)
         x = self._pool_to_output_size(inputs)
@@ -336,11 +344,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         q = self._split_heads(tf.cast(q, tf.float32), self.dkh) * (self.dkh**-0.5)
         k = self._split_heads(tf.cast(k, tf.float32), self.dkh)
         v = self._split_heads(v, self.dvh)
-        block_size = self.query_block_size
-        if block_size is None:
-            positions = height * width if isinstance(height * width, int) else None
-            block_size = auto_query_block_size(self.num_heads, positions)
-        attn = multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, block_size)
+        attn = self._multi_head_attention(q, k, v)
         # (B, Nh, HW, dvh) -> (B, H, W, Nh * dvh), head-major.
         attn = tf.reshape(tf.transpose(attn, [0, 2, 1, 3]), [batch, height, width, self.dv])
         attn = self.attn_out(attn)
