@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing), installs the pinned requirements and the package, runs pytest.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow`.
+# Sets up .venv (scripts/setup_env.sh) and runs the test suite. Extra arguments go to pytest,
+# e.g. `bash scripts/test.sh -m slow` for the long tests. No tests collected is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python -m pip install -q --no-deps -e .
+bash scripts/setup_env.sh
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates the virtual environment .venv (if missing) and installs the pinned requirements and
+# this package (editable) into it. Safe to run again. Sourced by train.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
