@@ -1,0 +1,91 @@
+"""Applications: attention augmentation of existing models, the paper's networks, and a
+registry of named models.
+
+    model, summary = augment(keras.applications.ResNet50(weights=None))
+    model = build_model("aa_resnet50", classes=1000)
+"""
+
+import importlib
+
+from aa_keras.applications._backbone import feature_extractor
+from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
+from aa_keras.applications.resnet import AAResNet, ResNet
+from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
+
+
+def _resnet(depth, augmented):
+    builder = AAResNet if augmented else ResNet
+    return lambda **kwargs: builder(depth=depth, **kwargs)
+
+
+def _wrn(augmented):
+    builder = AAWideResNet if augmented else WideResNet
+    return lambda **kwargs: builder(depth=28, width=10, **kwargs)
+
+
+def _small_net(function_name):
+    def build(input_shape=None, classes=None):
+        if input_shape is None or classes is None:
+            raise ValueError(
+                f"The small networks need `input_shape` and `classes`, received "
+                f"input_shape={input_shape!r}, classes={classes!r}."
+            )
+        small_nets = importlib.import_module("aa_keras.applications.small_nets")
+        return getattr(small_nets, function_name)(input_shape, classes)
+
+    return build
+
+
+_BUILDERS = {
+    **{f"resnet{d}": _resnet(d, False) for d in (18, 34, 50, 101, 152)},
+    **{f"aa_resnet{d}": _resnet(d, True) for d in (18, 34, 50, 101, 152)},
+    "wrn28_10": _wrn(False),
+    "aa_wrn28_10": _wrn(True),
+    "aa_small": _small_net("aa_small_net"),
+    "conv_small": _small_net("conv_small_net"),
+}
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def build_model(name, input_shape=None, classes=None, **kwargs):
+    """Builds a registered model by name.
+
+    Args:
+        name: one of `MODEL_NAMES`.
+        input_shape: (H, W, C); None for the network's default ((224, 224, 3) for the ResNets,
+            (32, 32, 3) for the WRNs). Required by "aa_small" and "conv_small".
+        classes: number of classes; None for the network's default (1000 for the ResNets,
+            100 for the WRNs). Required by "aa_small" and "conv_small".
+        **kwargs: further arguments of the builder (`AAResNet`, `WideResNet`, ...); the small
+            networks take none.
+
+    Returns:
+        A `keras.Model`.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"Unknown model name {name!r}; valid names are {', '.join(MODEL_NAMES)}.")
+    if name in ("aa_small", "conv_small"):
+        if kwargs:
+            raise ValueError(f"Model {name!r} takes only input_shape and classes, received {sorted(kwargs)}.")
+        return _BUILDERS[name](input_shape, classes)
+    if input_shape is not None:
+        kwargs["input_shape"] = input_shape
+    if classes is not None:
+        kwargs["classes"] = classes
+    return _BUILDERS[name](**kwargs)
+
+
+__all__ = [
+    "AAResNet",
+    "AAWideResNet",
+    "AugmentSummary",
+    "LastStages",
+    "MODEL_NAMES",
+    "PRESETS",
+    "Replacement",
+    "ResNet",
+    "WideResNet",
+    "augment",
+    "build_model",
+    "feature_extractor",
+]
