@@ -1,0 +1,192 @@
+"""TFDS input pipelines: `build_dataset` gives (float32 images in [0, 1], int labels).
+
+Any TFDS image classification dataset works (`cifar10`, `cifar100`, `imagenet2012` with a
+`manual_dir`, ...), as does the embedded `glyph_pairs`, which is generated on first use.
+Preprocessing follows the recipe: Inception crops (`official.vision.ops.preprocess_ops`) with
+optional RandAugment (`official.vision.ops.augment`), CIFAR pad-crop-flip, or a plain resize.
+"""
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from official.vision.ops import augment, preprocess_ops
+
+import aa_keras.datasets  # noqa: F401  (registers glyph_pairs with TFDS)
+from training.recipes import PREPROCESSING
+
+EMBEDDED_DATASETS = ("glyph_pairs",)
+_CIFAR_PAD = 4
+
+
+def _builder(name, data_dir=None):
+    """The TFDS builder of `name`, prepared; a clear error when its data is missing."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Unknown dataset: received dataset={name!r}, which TFDS does not know. Use a TFDS image "
+            f"classification name (e.g. 'cifar10', 'cifar100', 'imagenet2012') or {EMBEDDED_DATASETS[0]!r}."
+        ) from error
+    if name in EMBEDDED_DATASETS:
+        builder.download_and_prepare()  # Generated on this machine, nothing is downloaded.
+    supervised = builder.info.supervised_keys
+    if not supervised or len(supervised) != 2 or "image" not in builder.info.features:
+        raise ValueError(
+            f"Invalid dataset: {name!r} is not a TFDS image classification dataset (it needs an "
+            f"'image' feature and (image, label) supervised keys, has {supervised!r})."
+        )
+    return builder
+
+
+def _load(builder, split, training, seed, data_dir=None):
+    """The raw (encoded image, label) examples of `split`, in shuffled file order when training."""
+    read_config = tfds.ReadConfig(shuffle_seed=seed) if training else None
+    try:
+        return builder.as_dataset(
+            split=split,
+            shuffle_files=training,
+            as_supervised=True,
+            decoders={builder.info.supervised_keys[0]: tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+    except AssertionError as error:  # TFDS's "could not find data" for an unprepared dataset.
+        name = builder.name
+        where = f" --data_dir={data_dir}" if data_dir else ""
+        if name.startswith("imagenet2012"):
+            how = (
+                "ImageNet cannot be downloaded automatically: download ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar from https://image-net.org into a folder DIR, then run "
+                f"`tfds build {name} --manual_dir=DIR{where}` (or pass --manual_dir=DIR to the trainer's "
+                "first run)."
+            )
+        else:
+            how = f"prepare it with `tfds build {name}{where}`."
+        raise ValueError(f"Dataset {name!r} is not prepared in {builder.data_dir}: {how}") from error
+
+
+def prepare(name, data_dir=None, manual_dir=None):
+    """Prepares `name` (generating `glyph_pairs`; with `manual_dir` building e.g. ImageNet from
+    its archives). Returns the builder."""
+    builder = _builder(name, data_dir)
+    if manual_dir is not None and not builder.is_prepared():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def num_classes(name, data_dir=None):
+    """Number of classes of the dataset's label."""
+    builder = _builder(name, data_dir)
+    return builder.info.features[builder.info.supervised_keys[1]].num_classes
+
+
+def split_size(name, split, data_dir=None):
+    """Number of examples in `split`."""
+    return int(_load(_builder(name, data_dir), split, training=False, seed=None, data_dir=data_dir).cardinality())
+
+
+def _decode(encoded):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _resize(image, image_size):
+    return tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+
+
+def _preprocess(image, image_size, preprocessing, training, randaugment):
+    """uint8 (H, W, 3) -> float32 (image_size, image_size, 3) in [0, 1]."""
+    if preprocessing == "inception":
+        if training:
+            image = preprocess_ops.random_crop_image(image)
+        else:
+            image = preprocess_ops.center_crop_image(image)
+        image = _resize(image, image_size)
+    elif preprocessing == "cifar":
+        image = _resize(image, image_size)
+        if training:
+            padded = image_size + 2 * _CIFAR_PAD
+            image = tf.image.pad_to_bounding_box(image, _CIFAR_PAD, _CIFAR_PAD, padded, padded)
+            image = tf.image.random_crop(image, [image_size, image_size, 3])
+    else:
+        image = _resize(image, image_size)
+    if training and preprocessing != "none":
+        image = tf.image.random_flip_left_right(image)
+    if training and randaugment is not None:
+        image = tf.cast(randaugment.distort(tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)), tf.float32)
+    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def build_dataset(
+    name,
+    split,
+    image_size,
+    global_batch_size=None,
+    data_dir=None,
+    training=False,
+    preprocessing="none",
+    randaugment_magnitude=0,
+    input_context=None,
+    seed=0,
+    skip_batches=0,
+    shuffle_buffer=10000,
+):
+    """A `tf.data.Dataset` of (float32 image (image_size, image_size, 3) in [0, 1], int32 label).
+
+    Args:
+        name: TFDS dataset name; `glyph_pairs` is generated into `data_dir` on first use.
+        split: TFDS split, e.g. "train", "test", "validation", "train[:10%]".
+        image_size: side of the output images.
+        global_batch_size: batch over all replicas; None for unbatched examples. Training
+            batches drop the remainder.
+        data_dir: TFDS data directory; None for the TFDS default (~/tensorflow_datasets).
+        training: shuffle (files and examples, from `seed`) and augment.
+        preprocessing: one of "inception", "cifar", "none" (see `training.recipes.Recipe`).
+        randaugment_magnitude: RandAugment magnitude for training images; 0 is off.
+        input_context: a `tf.distribute.InputContext`: the split is cut into one even part per
+            input pipeline and batches are per replica.
+        seed: shuffle seed; the same seed gives the same order.
+        skip_batches: batches (of this pipeline) to skip from the start, to resume mid-epoch.
+        shuffle_buffer: examples in the shuffle buffer.
+
+    Returns:
+        The dataset, batched when `global_batch_size` is given.
+    """
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"Invalid `preprocessing`: received {preprocessing!r}, expected one of {PREPROCESSING}.")
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"Invalid `image_size`: expected a positive int, received image_size={image_size!r}.")
+    batch_size = global_batch_size
+    if input_context is not None:
+        if global_batch_size is None:
+            raise ValueError("`global_batch_size` is required with an `input_context`.")
+        batch_size = per_replica_batch_size(global_batch_size, input_context.num_replicas_in_sync)
+        split = tfds.even_splits(split, n=input_context.num_input_pipelines)[input_context.input_pipeline_id]
+    builder = _builder(name, data_dir)
+    dataset = _load(builder, split, training, seed, data_dir=data_dir)
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    if skip_batches:
+        replicas_per_pipeline = 1 if input_context is None else (
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        )
+        dataset = dataset.skip(skip_batches * batch_size * replicas_per_pipeline)
+    randaugment = augment.RandAugment(num_layers=2, magnitude=randaugment_magnitude) if randaugment_magnitude else None
+
+    def preprocess(encoded, label):
+        image = tf.cast(_decode(encoded), tf.float32)
+        return _preprocess(image, image_size, preprocessing, training, randaugment), tf.cast(label, tf.int32)
+
+    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=training)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def per_replica_batch_size(global_batch_size, num_replicas):
+    """`global_batch_size / num_replicas`; a ValueError when it does not divide."""
+    if not isinstance(global_batch_size, int) or global_batch_size <= 0 or global_batch_size % num_replicas:
+        raise ValueError(
+            f"Invalid global batch size: received global_batch_size={global_batch_size!r}, which does not "
+            f"split evenly over {num_replicas} replicas; use a multiple of {num_replicas}."
+        )
+    return global_batch_size // num_replicas

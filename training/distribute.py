@@ -1,0 +1,53 @@
+"""`tf.distribute` strategies for the trainer, through Model Garden's `distribute_utils`."""
+
+import tensorflow as tf
+from official.common import distribute_utils
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def create_strategy(name, num_gpus=0, tpu=None, devices=None):
+    """The strategy `name`.
+
+    Args:
+        name: "default" (no distribution), "one_device", "mirrored" (over `num_gpus` GPUs, or
+            the explicit `devices`), "multi_worker_mirrored" (cluster from `TF_CONFIG`) or "tpu".
+        num_gpus: GPUs for "one_device" / "mirrored"; 0 runs on the CPU.
+        tpu: TPU address or name for "tpu" ("local" for TPUs attached to this host).
+        devices: device names for "mirrored", e.g. ["CPU:0", "CPU:1"]; overrides `num_gpus`.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Invalid `strategy`: received strategy={name!r}, expected one of {STRATEGIES}.")
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+        raise ValueError(f"Invalid `num_gpus`: expected an int >= 0, received num_gpus={num_gpus!r}.")
+    if name == "tpu" and not tpu:
+        raise ValueError("Invalid `tpu`: strategy='tpu' needs a TPU address or name (`--tpu`), 'local' for local TPUs.")
+    if devices:
+        if name != "mirrored":
+            raise ValueError(f"Invalid `devices`: devices={devices!r} is only valid with strategy='mirrored', not {name!r}.")
+        return tf.distribute.MirroredStrategy(devices=list(devices))
+    return distribute_utils.get_distribution_strategy(
+        distribution_strategy="off" if name == "default" else name, num_gpus=num_gpus, tpu_address=tpu
+    )
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's outputs: the chief, or worker 0 without a chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_id(strategy):
+    """"task_type_task_id" of this process in a cluster, "" outside one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return ""
+    return f"{resolver.task_type}_{resolver.task_id}"

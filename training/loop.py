@@ -1,0 +1,316 @@
+"""The custom training loop: one network, one recipe, any `tf.distribute` strategy.
+
+Model, optimizer and checkpoint are built under the strategy's scope; the training data is
+distributed with `distribute_datasets_from_function` (one even part of the split per input
+pipeline, per-replica batches); gradients are summed over replicas by the optimizer. The run
+resumes from the last checkpoint in `model_dir`, mid-epoch included, and stops on a
+non-finite loss without saving.
+"""
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from training import artifacts, data
+from training.distribute import is_chief, worker_id
+from training.schedules import WarmupDecay
+
+MIXED_PRECISION = (None, "bfloat16", "float16")
+METRICS = "metrics.json"
+FINAL_MODEL = "model.keras"
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+def build_registered_model(name, input_shape, classes):
+    """The network `name` from the aa_keras registry."""
+    from aa_keras.applications import build_model  # The registry imports every network family.
+
+    return build_model(name, input_shape=input_shape, classes=classes)
+
+
+def _optimizer(recipe, steps_per_epoch, mixed_precision):
+    total_steps = steps_per_epoch * recipe.epochs
+    schedule = WarmupDecay(
+        peak=recipe.peak_learning_rate,
+        total_steps=total_steps,
+        warmup_steps=int(recipe.warmup_fraction * total_steps),
+        decay=recipe.schedule,
+        boundaries=[epoch * steps_per_epoch for epoch in recipe.decay_epochs],
+        decay_factor=recipe.decay_factor,
+    )
+    if recipe.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    if mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _all_finite(variables):
+    return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+
+
+class _Diverged(FloatingPointError):
+    pass
+
+
+def train_model(
+    model_name,
+    recipe,
+    model_dir,
+    strategy,
+    data_dir=None,
+    mixed_precision=None,
+    checkpoint_steps=200,
+    steps_per_epoch=None,
+    seed=0,
+    verbose=True,
+    model_fn=build_registered_model,
+):
+    """Trains `model_name` with `recipe` into `model_dir`, resuming a run found there.
+
+    Writes `model_dir/checkpoints` (every `checkpoint_steps` steps and each epoch),
+    `logs/{train,eval}` (TensorBoard), and at the end `model.keras` and `metrics.json`; the
+    last two atomically. Outside the chief of a cluster, writes go to a scratch folder that
+    is removed at the end.
+
+    Args:
+        model_name: network name, passed to `model_fn`.
+        recipe: a `training.recipes.Recipe`.
+        model_dir: output folder.
+        strategy: a `tf.distribute.Strategy`.
+        data_dir: TFDS data directory.
+        mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
+        checkpoint_steps: steps between checkpoints.
+        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
+        seed: seed of the data order (epoch e shuffles with seed + e).
+        verbose: show a progress bar (on the chief).
+        model_fn: `(name, input_shape, classes) -> keras.Model`.
+
+    Returns:
+        (model, metrics dict as written to metrics.json).
+
+    Raises:
+        ValueError: bad arguments, or a `model_dir` holding a different run.
+        FloatingPointError: the loss or the weights became non-finite; the last good
+            checkpoint is kept.
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"Invalid `mixed_precision`: received {mixed_precision!r}, expected one of {MIXED_PRECISION}."
+        )
+    if isinstance(checkpoint_steps, bool) or not isinstance(checkpoint_steps, int) or checkpoint_steps <= 0:
+        raise ValueError(f"Invalid `checkpoint_steps`: expected a positive int, received {checkpoint_steps!r}.")
+    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0):
+        raise ValueError(f"Invalid `steps_per_epoch`: expected a positive int or None, received {steps_per_epoch!r}.")
+    batch = recipe.global_batch_size
+    per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
+    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
+    config.update(model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch)
+    artifacts.check_run_config(model_dir, config)
+    classes = data.num_classes(recipe.dataset, data_dir)
+    full_epoch = data.split_size(recipe.dataset, recipe.train_split, data_dir) // batch
+    if full_epoch == 0:
+        raise ValueError(
+            f"Invalid global batch size: global_batch_size={batch} is larger than the "
+            f"{recipe.train_split!r} split of {recipe.dataset!r}; use a smaller --batch_size."
+        )
+    epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
+    eval_size = data.split_size(recipe.dataset, recipe.eval_split, data_dir)
+
+    chief = is_chief(strategy)
+    write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
+    if chief:
+        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes)
+            optimizer = _optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer.build(model.trainable_variables)
+            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+
+    decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
+
+    def replica_train_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            targets = tf.one_hot(labels, classes)
+            per_example = keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=recipe.label_smoothing
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+            penalties = [tf.cast(l, tf.float32) for l in model.losses]
+            if decayed:
+                penalties.append(0.5 * recipe.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed]))
+            if penalties:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(penalties))
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct
+
+    @tf.function
+    def train_step(iterator):
+        loss, correct = strategy.run(replica_train_step, args=next(iterator))
+        return strategy.reduce(_SUM, loss, axis=None), strategy.reduce(_SUM, correct, axis=None)
+
+    def replica_eval_step(images, labels, weights):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return tf.reduce_sum(per_example * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
+
+    @tf.function
+    def eval_step(iterator):
+        sums = strategy.run(replica_eval_step, args=next(iterator))
+        return [strategy.reduce(_SUM, s, axis=None) for s in sums]
+
+    eval_steps = -(-eval_size // batch)
+
+    def eval_dataset(context):
+        # Every pipeline yields exactly eval_steps batches per local replica: its part of the
+        # split, then zero-weight copies of its first example, so all replicas stay in step.
+        part = tfds.even_splits(recipe.eval_split, n=context.num_input_pipelines)[context.input_pipeline_id]
+        real = data.build_dataset(
+            recipe.dataset, part, recipe.image_size, data_dir=data_dir, preprocessing=recipe.preprocessing
+        ).map(lambda image, label: (image, label, 1.0))
+        padding = real.take(1).map(lambda image, label, _: (image, label, 0.0)).repeat()
+        length = eval_steps * batch // context.num_input_pipelines
+        return real.concatenate(padding).take(length).batch(per_replica)
+
+    def evaluate():
+        iterator = iter(strategy.distribute_datasets_from_function(eval_dataset))
+        totals = np.zeros(3)
+        for _ in range(eval_steps):
+            totals += [float(s) for s in eval_step(iterator)]
+        loss, correct, count = totals
+        return {"loss": float(loss / count), "accuracy": float(correct / count)}
+
+    def save(step):
+        if not _all_finite(model.trainable_variables):
+            raise _Diverged(f"the weights became non-finite before step {step}")
+        manager.save(checkpoint_number=step)
+
+    def summary_writer(name):
+        if chief:
+            return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
+        return tf.summary.create_noop_writer()
+
+    train_writer, eval_writer = summary_writer("train"), summary_writer("eval")
+    step = int(optimizer.iterations.numpy())
+    metrics_path = os.path.join(model_dir, METRICS)
+    history = [h for h in artifacts.read_json(metrics_path, {}).get("history", []) if h["epoch"] < step // epoch_steps]
+    seconds = float(train_seconds.numpy())
+
+    def write_metrics(results, finished):
+        metrics = {
+            "model": model_name,
+            "dataset": recipe.dataset,
+            "params": model.count_params(),
+            "steps": step,
+            "epochs": recipe.epochs,
+            "finished": finished,
+            "test_loss": results["loss"],
+            "test_accuracy": results["accuracy"],
+            "train_seconds": seconds,
+            "history": history,
+        }
+        if chief:
+            artifacts.write_json(metrics_path, metrics)
+        return metrics
+
+    try:
+        for epoch in range(step // epoch_steps, recipe.epochs):
+            offset = step - epoch * epoch_steps
+            train_data = strategy.distribute_datasets_from_function(
+                lambda context, epoch=epoch, offset=offset: data.build_dataset(
+                    recipe.dataset,
+                    recipe.train_split,
+                    recipe.image_size,
+                    global_batch_size=batch,
+                    data_dir=data_dir,
+                    training=True,
+                    preprocessing=recipe.preprocessing,
+                    randaugment_magnitude=recipe.randaugment_magnitude,
+                    input_context=context,
+                    seed=seed + epoch,
+                    skip_batches=offset,
+                )
+            )
+            iterator = iter(train_data)
+            progbar = keras.utils.Progbar(
+                epoch_steps, verbose=1 if chief and verbose else 0, stateful_metrics=["images/s"], unit_name="step"
+            )
+            if chief and verbose:
+                print(f"{model_name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
+            epoch_start, epoch_loss, epoch_correct = time.perf_counter(), 0.0, 0.0
+            for index in range(offset, epoch_steps):
+                started = time.perf_counter()
+                loss, correct = (float(v) for v in train_step(iterator))
+                if not math.isfinite(loss):
+                    raise _Diverged(f"the loss is {loss} at step {step + 1}")
+                seconds += time.perf_counter() - started
+                step += 1
+                epoch_loss += loss
+                epoch_correct += correct
+                done = index + 1 - offset
+                throughput = done * batch / (time.perf_counter() - epoch_start)
+                progbar.update(index + 1, [("loss", loss), ("accuracy", correct / batch), ("images/s", throughput)])
+                if step % checkpoint_steps == 0 or index + 1 == epoch_steps:
+                    train_seconds.assign(seconds)
+                    save(step)
+            done = epoch_steps - offset
+            results = evaluate()
+            record = {
+                "epoch": epoch,
+                "train_loss": epoch_loss / done,
+                "train_accuracy": epoch_correct / (done * batch),
+                "eval_loss": results["loss"],
+                "eval_accuracy": results["accuracy"],
+                "images_per_second": throughput,
+            }
+            history.append(record)
+            with train_writer.as_default(step=step):
+                tf.summary.scalar("loss", record["train_loss"])
+                tf.summary.scalar("accuracy", record["train_accuracy"])
+                tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                tf.summary.scalar("images_per_second", throughput)
+            with eval_writer.as_default(step=step):
+                tf.summary.scalar("loss", results["loss"])
+                tf.summary.scalar("accuracy", results["accuracy"])
+            write_metrics(results, finished=False)
+            if chief and verbose:
+                print(f"{model_name}: eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}", flush=True)
+    except _Diverged as error:
+        raise FloatingPointError(
+            f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
+            f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate (--learning_rate) or "
+            "use a longer warm-up, then re-run the command to resume from that checkpoint."
+        ) from None
+
+    final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
+    results = evaluate() if final is None else {"loss": final["eval_loss"], "accuracy": final["eval_accuracy"]}
+    artifacts.save_model(model, os.path.join(write_dir, FINAL_MODEL))
+    metrics = write_metrics(results, finished=True)
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return model, metrics
