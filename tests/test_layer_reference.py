@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from aa_keras.layers import AttentionAugmentation2D
 import reference
@@ -94,3 +95,60 @@ def test_matches_naive_reference(name):
     assert got.dtype == np.float32
     assert got.shape == want.shape == layer.compute_output_shape(x.shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+
+def _central_difference(loss, variable, index, step=1e-3):
+    """d loss() / d variable[index], by central differences of a float64 `loss`.
+
+    The difference is divided by the change actually stored in the float32 variable, so the
+    rounding of the perturbed entry does not enter the estimate.
+    """
+    original = variable.numpy()
+    values = []
+    for sign in (1, -1):
+        perturbed = original.copy()
+        perturbed[index] += sign * step
+        variable.assign(perturbed)
+        values.append((loss(), np.float64(perturbed[index])))
+    variable.assign(original)
+    (plus, w_plus), (minus, w_minus) = values
+    return (plus - minus) / (w_plus - w_minus)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(query_block_size=3),
+        dict(position_encoding="none", depth_v=8),
+        dict(strides=2, downsample_attention=True, position_encoding="sine"),
+    ],
+    ids=["relative", "blocked", "none_fully_attentional", "stride_2_downsampled_sine"],
+)
+def test_gradients_match_reference_finite_differences(kwargs):
+    """The layer's gradients (the attention's is hand-written) against numerical derivatives
+    of the float64 reference, for the input and every weight."""
+    layer = AttentionAugmentation2D(
+        **{**dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2), **kwargs},
+        bias_initializer="random_normal",
+    )
+    layer.build((None, 4, 5, 3))
+    rng = np.random.default_rng(0)
+    x = tf.Variable(rng.normal(size=(1, 4, 5, 3)).astype("float32"))
+    target = rng.normal(size=layer.compute_output_shape(x.shape))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * tf.constant(target, tf.float32))
+    variables = [x, *layer.trainable_weights]
+    grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
+
+    def reference_loss():
+        return np.sum(reference.attention_augmentation(layer, x.numpy()) * target)
+
+    for variable, grad in zip(variables, grads):
+        # The two entries with the largest gradient and one at random.
+        flat = [*np.argsort(-np.abs(grad), axis=None)[:2], rng.integers(grad.size)]
+        for index in (np.unravel_index(i, grad.shape) for i in flat):
+            want = _central_difference(reference_loss, variable, index)
+            name = getattr(variable, "path", "inputs")
+            assert abs(grad[index] - want) <= 1e-4 + 1e-3 * abs(want), (name, index, grad[index], want)
