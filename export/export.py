@@ -44,7 +44,9 @@ def parse_formats(formats):
     names = [name.strip() for name in (formats.split(",") if isinstance(formats, str) else formats)]
     unknown = [name for name in names if name not in FORMATS]
     if unknown or not names:
-        raise ValueError(f"Invalid `--formats`: received {formats!r}; use names from {FORMATS}.")
+        raise ValueError(
+            f"Invalid `--formats`: received {formats!r}, unknown {unknown or 'empty'}; use names from {FORMATS}."
+        )
     kinds = {kind for name in names for kind in (TFLITE_KINDS if name == "tflite" else (name,))}
     return [kind for kind in ARTIFACT_KINDS if kind in kinds]
 
