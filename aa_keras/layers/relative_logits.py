@@ -21,12 +21,21 @@ def relative_embeddings_2d(table, length):
         table: (2 * max_length - 1, depth) tensor; row m embeds the offset
             (key - query) = m - (max_length - 1).
         length: the actual length (static int or scalar tensor), at most max_length.
-            A shorter length uses the central rows of the table, which is exact.
+            A shorter length uses the central rows of the table, which is exact; a longer
+            one raises `tf.errors.InvalidArgumentError`.
 
     Returns:
         (length, length, depth) tensor E with E[i, j] = table[j - i + max_length - 1].
     """
     max_length = (table.shape[0] + 1) // 2
+    # A longer length would gather outside the table, which fails obscurely on CPU and
+    # silently gives zeros on GPU; a length known only at run time is checked here.
+    tf.debugging.assert_less_equal(
+        length,
+        max_length,
+        message=f"The attention grid is longer than the {max_length} positions its relative "
+        "embeddings were built for: build the layer with a larger max_size.",
+    )
     positions = tf.range(length)
     offsets = positions[None, :] - positions[:, None] + (max_length - 1)
     return tf.gather(table, offsets)
