@@ -361,3 +361,14 @@ def test_unknown_spatial_size_with_max_size_runs():
     model = keras.Sequential([keras.Input((None, None, 3)), layer])
     for shape in [(1, 8, 8, 3), (2, 3, 5, 3)]:
         assert model(np.zeros(shape, "float32")).shape == (*shape[:3], 8)
+
+
+def test_runtime_size_larger_than_max_size_raises():
+    """A size known only at run time cannot be checked when the layer is called: the relative
+    embedding lookup then raises instead of reading outside its table. (Under XLA the check is
+    dropped: XLA ignores Assert ops.)"""
+    layer = _built((None, None, None, 3), max_size=(6, 6))
+    run = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    assert run(tf.zeros((1, 6, 5, 3))).shape == (1, 6, 5, 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
+        run(tf.zeros((1, 6, 7, 3)))
