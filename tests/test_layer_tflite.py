@@ -21,12 +21,25 @@ def _model(**kwargs):
     return keras.Model(inputs, x)
 
 
-def _convert_builtins_only(model):
-    """TFLite flatbuffer of `model`, the converter restricted to TFLite builtin ops."""
-    function = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(INPUT_SHAPE)])
+def _convert_builtins_only(function, input_shape):
+    """TFLite flatbuffer of `function`, the converter restricted to TFLite builtin ops."""
+    function = tf.function(function, input_signature=[tf.TensorSpec(input_shape)])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def _interpreter(flatbuffer):
+    """A LiteRT interpreter without default delegates, so that its op list is the model's own
+    ops and not "DELEGATE" nodes."""
+    return Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+
+
+def _non_builtin_ops(interpreter):
+    names = [op["op_name"] for op in interpreter._get_ops_details()]
+    return [name for name in names if name.startswith("Flex") or name == "CUSTOM"]
 
 
 @pytest.mark.parametrize(
@@ -44,16 +57,11 @@ def _convert_builtins_only(model):
 )
 def test_converts_to_builtin_ops_and_matches_keras(kwargs):
     model = _model(**kwargs)
-    flatbuffer = _convert_builtins_only(model)
-
-    # No default delegate, so that the op list is the model's own ops and not "DELEGATE" nodes.
-    interpreter = Interpreter(
-        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    )
+    interpreter = _interpreter(_convert_builtins_only(lambda x: model(x, training=False), INPUT_SHAPE))
     interpreter.allocate_tensors()
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "BATCH_MATMUL" in ops and "SOFTMAX" in ops, ops
-    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    assert not _non_builtin_ops(interpreter)
 
     x = np.random.default_rng(0).normal(size=INPUT_SHAPE).astype("float32")
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
@@ -62,3 +70,19 @@ def test_converts_to_builtin_ops_and_matches_keras(kwargs):
     want = model(x, training=False).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_dynamic_spatial_size_converts_to_builtin_ops():
+    """A layer built with max_size converts with unknown (H, W) and runs on a smaller input."""
+    layer = AttentionAugmentation2D(**SMALL, max_size=(8, 8))
+    layer.build((None, None, None, 3))
+    interpreter = _interpreter(_convert_builtins_only(layer, (1, None, None, 3)))
+    x = np.random.default_rng(0).normal(size=(1, 5, 6, 3)).astype("float32")
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+    interpreter.allocate_tensors()
+    assert not _non_builtin_ops(interpreter)
+
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, layer(x).numpy(), rtol=0, atol=1e-4)
