@@ -17,7 +17,6 @@ Everything is written to a temporary directory next to `--output_dir` and moved 
 when every artifact passed its parity check (see `export.parity`) and uses builtin ops only.
 """
 
-import importlib
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from export import model_source, parity, report, saved_model, tflite
+from training import data
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
@@ -267,7 +267,6 @@ def dataset_images(name, split, image_shape, count, data_dir=None):
     height, width, _ = image_shape
     if height != width:
         raise ValueError(f"The input pipeline makes square images; the model's input is {(height, width)}.")
-    data = importlib.import_module("training.data")
     dataset = data.build_dataset(name, split, height, global_batch_size=None, data_dir=data_dir, training=False)
     images = [np.asarray(image) for image, _ in dataset.take(count).as_numpy_iterator()]
     if not images:
@@ -276,11 +275,13 @@ def dataset_images(name, split, image_shape, count, data_dir=None):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A `.keras` model file, or a builder name of aa_keras.applications (e.g. aa_small).")
+flags.DEFINE_string(
+    "model", None, "A `.keras` model file, or a builder name of aa_keras.applications (e.g. aa_small) for a "
+    "randomly initialised model with the classes of --dataset."
+)
 flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.")
 flags.DEFINE_list("formats", ["saved_model", "tflite"], f"Artifacts to write, from {FORMATS}.")
 flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.")
-flags.DEFINE_integer("classes", 10, "Number of classes of a model built from a builder name.")
 flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.")
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.")
 flags.DEFINE_string("dataset", "glyph_pairs", "Dataset of training.data.build_dataset for calibration and parity images.")
@@ -300,12 +301,15 @@ def main(argv):
     try:
         parse_formats(FLAGS.formats)
         check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
-        model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=FLAGS.classes)
+        classes = None
+        if not model_source.is_model_file(FLAGS.model):
+            classes = data.num_classes(FLAGS.dataset, FLAGS.data_dir)
+        model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=classes)
         image_shape = model_source.image_shape(model, FLAGS.image_size)
         baseline = None
         if FLAGS.baseline.lower() != "none":
             baseline = model_source.load_model(
-                FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1]
+                FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline"
             )
         eval_images = dataset_images(FLAGS.dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
         calibration_images = dataset_images(

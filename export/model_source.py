@@ -6,7 +6,7 @@ import zipfile
 
 import keras
 
-import aa_keras  # noqa: F401  (registers the aa_keras serializable objects for loading)
+from aa_keras.applications import MODEL_NAMES, build_model  # also registers aa_keras objects for loading
 
 
 def is_model_file(spec):
@@ -14,13 +14,14 @@ def is_model_file(spec):
     return spec.endswith(".keras") or os.sep in spec or os.path.exists(spec)
 
 
-def load_keras_file(path):
-    """Loads a `.keras` model, with a ValueError for a missing, non-Keras or unloadable file."""
+def load_keras_file(path, flag="--model"):
+    """Loads a `.keras` model, with a ValueError naming `flag` for a missing, non-Keras or
+    unloadable file."""
     if not os.path.isfile(path):
-        raise ValueError(f"Invalid `--model`: {path!r} does not exist or is not a file.")
+        raise ValueError(f"Invalid `{flag}`: {path!r} does not exist or is not a file.")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ValueError(
-            f"Invalid `--model`: {path!r} is not a Keras 3 `.keras` archive; save the model with "
+            f"Invalid `{flag}`: {path!r} is not a Keras 3 `.keras` archive; save the model with "
             "`model.save('name.keras')` or pass a builder name such as 'aa_small'."
         )
     try:
@@ -30,44 +31,43 @@ def load_keras_file(path):
         if unknown is None:
             raise
         raise ValueError(
-            f"Invalid `--model`: {path!r} uses the custom object {unknown.group(1)!r}, which is not "
+            f"Invalid `{flag}`: {path!r} uses the custom object {unknown.group(1)!r}, which is not "
             "registered. Only aa_keras and built-in Keras objects can be loaded; register the object "
             "with `keras.saving.register_keras_serializable` in an imported module."
         ) from None
 
 
-def build_named_model(name, image_size, channels, classes):
+def build_named_model(name, image_size, channels, classes, flag="--model"):
     """A randomly initialised model from `aa_keras.applications.build_model`."""
-    try:
-        from aa_keras.applications import build_model
-    except ImportError as error:
+    if name not in MODEL_NAMES:
         raise ValueError(
-            f"Invalid `--model`: {name!r} is not a file, and builder names need "
-            f"`aa_keras.applications.build_model`, which cannot be imported ({error})."
-        ) from None
+            f"Invalid `{flag}`: {name!r} is neither an existing `.keras` file nor a builder name; "
+            f"builder names are {', '.join(MODEL_NAMES)}."
+        )
     if image_size is None:
         raise ValueError(f"`--image_size` is required to build the model {name!r}.")
     return build_model(name, input_shape=(image_size, image_size, channels), classes=classes)
 
 
-def load_model(spec, image_size=None, channels=3, classes=10):
-    """The model named by `spec` (a `.keras` path or a builder name).
+def load_model(spec, image_size=None, channels=3, classes=None, flag="--model"):
+    """The model named by `spec` (a `.keras` path or a builder name with `image_size`,
+    `channels` and `classes`); errors name `flag`.
 
     Returns:
         A single-input, single-output Keras model whose input is (B, H, W, C) with H and W known.
     """
     if is_model_file(spec):
-        model = load_keras_file(spec)
+        model = load_keras_file(spec, flag)
     else:
-        model = build_named_model(spec, image_size, channels, classes)
+        model = build_named_model(spec, image_size, channels, classes, flag)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(
-            f"Invalid `--model`: {spec!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
+            f"Invalid `{flag}`: {spec!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
             "outputs; the exporter handles image classifiers with one input and one output."
         )
     if len(model.inputs[0].shape) != 4 or len(model.outputs[0].shape) != 2:
         raise ValueError(
-            f"Invalid `--model`: {spec!r} maps {model.inputs[0].shape} to {model.outputs[0].shape}; "
+            f"Invalid `{flag}`: {spec!r} maps {model.inputs[0].shape} to {model.outputs[0].shape}; "
             "expected (B, H, W, C) images to (B, classes) scores."
         )
     return model

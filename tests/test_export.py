@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 import zipfile
 
 import keras
@@ -234,6 +233,18 @@ def test_missing_and_non_keras_files(tmp_path):
         model_source.load_model(str(archive))
 
 
+def test_builder_names(tmp_path):
+    from export import model_source
+
+    model = model_source.load_model("aa_small", image_size=SIZE, classes=3)
+    assert tuple(model.outputs[0].shape) == (None, 3)
+    assert any(isinstance(layer, aa_keras.AttentionAugmentation2D) for layer in model.layers)
+    with pytest.raises(ValueError, match="--baseline.*'aa_tiny'.*builder names are"):
+        model_source.load_model("aa_tiny", image_size=SIZE, classes=3, flag="--baseline")
+    with pytest.raises(ValueError, match="--image_size` is required"):
+        model_source.load_model("conv_small", classes=3)
+
+
 def test_unknown_custom_object(tmp_path, monkeypatch):
     from export import model_source
 
@@ -252,14 +263,14 @@ def test_unknown_custom_object(tmp_path, monkeypatch):
 
 
 def test_command_line_exports_a_keras_file(model_files, tmp_path, monkeypatch, capsys):
-    """`main` end to end, with a stand-in `training.data` module for the dataset."""
+    """`main` end to end, with a stand-in for the dataset of `training.data.build_dataset`."""
 
     def build_dataset(name, split, image_size, global_batch_size=None, data_dir=None, training=False):
         assert (name, image_size, global_batch_size, training) == ("stand_in", SIZE, None, False)
         images, labels = quadrant_images(32, seed={"train": 4, "test": 5}[split])
         return tf.data.Dataset.from_tensor_slices((images, labels))
 
-    monkeypatch.setitem(sys.modules, "training.data", types.SimpleNamespace(build_dataset=build_dataset))
+    monkeypatch.setattr(exporter.data, "build_dataset", build_dataset)
     output_dir = str(tmp_path / "cli")
     argv = [
         "aa-export", f"--model={model_files[0]}", f"--baseline={model_files[1]}", f"--output_dir={output_dir}",
