@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from aa_keras.applications import build_model
 from training import artifacts, data
 from training.distribute import is_chief, worker_id
 from training.schedules import WarmupDecay
@@ -30,8 +31,6 @@ _SUM = tf.distribute.ReduceOp.SUM
 
 def build_registered_model(name, input_shape, classes):
     """The network `name` from the aa_keras registry."""
-    from aa_keras.applications import build_model  # The registry imports every network family.
-
     return build_model(name, input_shape=input_shape, classes=classes)
 
 
@@ -218,8 +217,10 @@ def train_model(
     train_writer, eval_writer = summary_writer("train"), summary_writer("eval")
     step = int(optimizer.iterations.numpy())
     metrics_path = os.path.join(model_dir, METRICS)
-    history = [h for h in artifacts.read_json(metrics_path, {}).get("history", []) if h["epoch"] < step // epoch_steps]
     seconds = float(train_seconds.numpy())
+    previous = artifacts.read_json(metrics_path, {})
+    resumed_at = previous.get("resumed_at_steps", []) + ([step] if step else [])
+    history = [h for h in previous.get("history", []) if h["epoch"] < step // epoch_steps]
 
     def write_metrics(results, finished):
         metrics = {
@@ -232,6 +233,7 @@ def train_model(
             "test_loss": results["loss"],
             "test_accuracy": results["accuracy"],
             "train_seconds": seconds,
+            "resumed_at_steps": resumed_at,
             "history": history,
         }
         if chief:

@@ -1,0 +1,121 @@
+"""Trains aa_keras networks with the paper's recipes on any tf.distribute strategy.
+
+    python -m training.train                      # the default run: aa_small vs conv_small on glyph_pairs
+    python -m training.train --recipe=paper_cifar100 --model=aa_wrn28_10 --strategy=mirrored --num_gpus=8
+    python -m training.train --recipe=paper_imagenet --manual_dir=/data/imagenet --strategy=tpu --tpu=NAME
+
+Each network trains into `<model_dir>/<name>` (checkpoints, TensorBoard logs, model.keras,
+metrics.json); re-running the same command resumes. A table compares the networks at the end.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from aa_keras.applications import MODEL_NAMES
+from training import data, recipes
+from training.distribute import STRATEGIES, create_strategy
+from training.loop import MIXED_PRECISION, train_model
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("recipe", "quick", sorted(recipes.RECIPES), "Training recipe (see training/recipes.py).")
+flags.DEFINE_list("model", None, f"Networks to train, in turn; default: the recipe's. One of {', '.join(MODEL_NAMES)}.")
+flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.")
+flags.DEFINE_string("dataset", None, "TFDS image classification dataset; default: the recipe's.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).")
+flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_integer("num_gpus", 0, "GPUs for one_device / mirrored.")
+flags.DEFINE_list("devices", None, "Explicit devices for mirrored, e.g. GPU:0,GPU:1 (overrides --num_gpus).")
+flags.DEFINE_string("tpu", None, "TPU address or name for --strategy=tpu ('local' for attached TPUs).")
+flags.DEFINE_enum("mixed_precision", None, [p for p in MIXED_PRECISION if p], "Mixed precision policy.")
+flags.DEFINE_enum("optimizer", None, recipes.OPTIMIZERS, "Overrides the recipe's optimizer.")
+flags.DEFINE_float("learning_rate", None, "Overrides the recipe's peak learning rate per 256 images.")
+flags.DEFINE_float("momentum", None, "Overrides the recipe's SGD momentum.")
+flags.DEFINE_float("weight_decay", None, "Overrides the recipe's L2 weight decay.")
+flags.DEFINE_float("label_smoothing", None, "Overrides the recipe's label smoothing.")
+flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "Overrides the recipe's schedule after warm-up.")
+flags.DEFINE_float("warmup_fraction", None, "Overrides the recipe's warm-up fraction of all steps.")
+flags.DEFINE_integer("epochs", None, "Overrides the recipe's epochs.")
+flags.DEFINE_integer("batch_size", None, "Overrides the recipe's global batch size (over all replicas).")
+flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.")
+flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).")
+flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).")
+flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).")
+flags.DEFINE_integer("seed", 0, "Seed of the data order.")
+
+
+def comparison_table(rows):
+    """A text table of metrics.json dicts: network, parameters, test accuracy, training time."""
+    lines = [f"{'model':<16}{'params':>12}{'test accuracy':>16}{'train time':>14}"]
+    for row in rows:
+        lines.append(
+            f"{row['model']:<16}{row['params']:>12,}{row['test_accuracy'] * 100:>15.2f}%"
+            f"{row['train_seconds']:>13.0f}s"
+        )
+    return "\n".join(lines)
+
+
+def _recipe_from_flags():
+    return recipes.get_recipe(
+        FLAGS.recipe,
+        dataset=FLAGS.dataset,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        label_smoothing=FLAGS.label_smoothing,
+        schedule=FLAGS.schedule,
+        warmup_fraction=FLAGS.warmup_fraction,
+        epochs=FLAGS.epochs,
+        global_batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size,
+        randaugment_magnitude=FLAGS.randaugment,
+    )
+
+
+def run(argv):
+    """Trains every requested network; returns their metrics."""
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
+    recipe = _recipe_from_flags()
+    models = tuple(FLAGS.model) if FLAGS.model else recipe.models
+    unknown = [name for name in models if name not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"Invalid `--model`: unknown networks {unknown}; valid names are {', '.join(MODEL_NAMES)}.")
+    model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.recipe)
+    strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
+    data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+    rows = []
+    for name in models:
+        _, metrics = train_model(
+            name,
+            recipe,
+            os.path.join(model_dir, name),
+            strategy,
+            data_dir=FLAGS.data_dir,
+            mixed_precision=FLAGS.mixed_precision,
+            checkpoint_steps=FLAGS.checkpoint_steps,
+            steps_per_epoch=FLAGS.steps_per_epoch,
+            seed=FLAGS.seed,
+        )
+        rows.append(metrics)
+    print(comparison_table(rows), flush=True)
+    return rows
+
+
+def main(argv):
+    try:
+        run(argv)
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"training.train: {error}")
+
+
+def run_main():
+    """Entry point of the `aa-train` console script."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
