@@ -1,0 +1,238 @@
+"""RetinaNet with a ResNet or attention-augmented ResNet backbone (paper, section 4.4, table 6).
+
+The detector is keras-hub's: `RetinaNetBackbone` (our network as its image encoder, then an
+FPN from P3 to P7) and `RetinaNetObjectDetector` (shared class and box heads over 9 anchors
+per position, focal loss, box decoding and non-maximum suppression). What is ours is the image
+encoder, `ResNetEncoder`: the `ResNet` / `AAResNet` body exposed as a keras-hub
+`FeaturePyramidBackbone` whose pyramid outputs P2..P5 are the stage outputs C2..C5 (strides 4
+to 32), with the same augmented layers as the classifier.
+
+    detector = aa_retinanet_r50(num_classes=80)           # 640x640 inputs, as the paper
+    outputs = detector(images)                            # raw heads, see `RetinaNet`
+    detections = detector.predict(images)                 # {"boxes", "confidence", "labels", "num_detections"}
+
+The augmented backbone uses the paper's kappa = 0.2, upsilon = 0.1 literally, without the
+"at least 20 key channels per head" floor of the classifiers (`min_key_depth_per_head=0`): with
+it the backbone gains parameters, while the paper's COCO table shows AA-RetinaNet slightly
+smaller than RetinaNet (see `benchmarks/detection_param_table.py`).
+"""
+
+import keras
+import keras_hub
+
+from aa_keras.applications._backbone import feature_extractor
+from aa_keras.applications.resnet import DEPTHS, AAResNet, ResNet
+
+MIN_LEVEL = 3
+MAX_LEVEL = 7
+PAPER_IMAGE_SIZE = 640
+# Arguments of `AAResNet` that `ResNetEncoder` passes through.
+ATTENTION_ARGUMENTS = (
+    "depth_k",
+    "depth_v",
+    "num_heads",
+    "min_key_depth_per_head",
+    "position_encoding",
+    "augmented_stages",
+    "downsample_attention_stages",
+)
+
+
+@keras.saving.register_keras_serializable(package="aa_keras")
+class ResNetEncoder(keras_hub.models.FeaturePyramidBackbone):
+    """A `ResNet` or `AAResNet` body as a keras-hub feature pyramid backbone.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        augmented: build `AAResNet` (True) or `ResNet` (False).
+        image_shape: (H, W, C) of the images; an augmented encoder needs a fixed H and W.
+        attention: dict of `AAResNet` arguments (`ATTENTION_ARGUMENTS`), only when augmented.
+        dtype: dtype policy of the model.
+
+    Call arguments:
+        images: (B, H, W, C) float images in [0, 1].
+
+    Returns:
+        The (B, H / 32, W / 32, C5) output of the last stage; `pyramid_outputs` maps
+        "P2".."P5" to the stage outputs C2..C5, (B, H / 2**l, W / 2**l, C_l).
+    """
+
+    def __init__(self, depth=50, augmented=True, image_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
+                 attention=None, dtype=None, **kwargs):
+        if not isinstance(augmented, bool):
+            raise ValueError(f"Invalid `augmented`: expected a bool, received augmented={augmented!r}.")
+        attention = dict(attention or {})
+        unknown = sorted(set(attention) - set(ATTENTION_ARGUMENTS))
+        if unknown or (attention and not augmented):
+            raise ValueError(
+                f"Invalid `attention`: received attention={attention!r}; it takes keys from "
+                f"{ATTENTION_ARGUMENTS}, and only with augmented=True."
+            )
+        image_shape = tuple(image_shape)
+        if augmented:
+            network = AAResNet(depth=depth, include_top=False, input_shape=image_shape, **attention)
+        else:
+            network = ResNet(depth=depth, include_top=False, input_shape=image_shape)
+        features = feature_extractor(network, ["C2", "C3", "C4", "C5"])
+        super().__init__(inputs=features.inputs, outputs=network.outputs[0], dtype=dtype, **kwargs)
+        self.pyramid_outputs = {f"P{name[1:]}": tensor for name, tensor in features.output.items()}
+        self.depth = depth
+        self.augmented = augmented
+        self.image_shape = image_shape
+        self.attention = attention
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            depth=self.depth, augmented=self.augmented, image_shape=self.image_shape, attention=self.attention
+        )
+        return config
+
+
+def _check_detector_arguments(num_classes, input_shape, confidence_threshold, iou_threshold, max_detections):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"Invalid `num_classes`: expected a positive int, received num_classes={num_classes!r}.")
+    shape = tuple(input_shape)
+    stride = 2**MAX_LEVEL
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape) or min(shape[:2]) < stride // 2:
+        raise ValueError(
+            f"Invalid `input_shape`: expected (height, width, channels) with fixed positive ints and height "
+            f"and width at least {stride // 2} (P{MAX_LEVEL} has stride {stride}), received "
+            f"input_shape={input_shape!r}."
+        )
+    for name, value in (("confidence_threshold", confidence_threshold), ("iou_threshold", iou_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"Invalid `{name}`: expected a float in [0, 1], received {name}={value!r}.")
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections <= 0:
+        raise ValueError(
+            f"Invalid `max_detections`: expected a positive int, received max_detections={max_detections!r}."
+        )
+    return shape
+
+
+def _build(depth, augmented, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
+           max_detections, name):
+    if depth not in DEPTHS:
+        raise ValueError(f"Invalid `depth`: expected one of {DEPTHS}, received depth={depth!r}.")
+    input_shape = _check_detector_arguments(
+        num_classes, input_shape, confidence_threshold, iou_threshold, max_detections
+    )
+    encoder = ResNetEncoder(depth, augmented, input_shape, attention if augmented else None, name="encoder")
+    backbone = keras_hub.models.RetinaNetBackbone(
+        image_encoder=encoder,
+        min_level=MIN_LEVEL,
+        max_level=MAX_LEVEL,
+        use_p5=True,  # P6 from the FPN's P5, as in the TPU RetinaNet the paper trained.
+        image_shape=input_shape,
+        name="retinanet_backbone",
+    )
+    decoder = keras_hub.layers.NonMaxSuppression(
+        bounding_box_format="yxyx",
+        from_logits=True,
+        iou_threshold=iou_threshold,
+        confidence_threshold=confidence_threshold,
+        max_detections=max_detections,
+    )
+    return keras_hub.models.RetinaNetObjectDetector(
+        backbone=backbone,
+        num_classes=num_classes,
+        bounding_box_format="yxyx",
+        prediction_decoder=decoder,
+        name=name,
+    )
+
+
+def RetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
+              confidence_threshold=0.05, iou_threshold=0.5, max_detections=100, name=None):
+    """The paper's baseline RetinaNet: ResNet backbone, FPN P3-P7, 9 anchors per position.
+
+    Args:
+        depth: ResNet depth, 18, 34, 50, 101 or 152.
+        num_classes: object classes (80 for COCO); no background class.
+        input_shape: (H, W, C), fixed; H and W at least 64.
+        confidence_threshold, iou_threshold, max_detections: of the non-maximum suppression
+            applied by `predict` / `decode_predictions` (0.05, 0.5, 100 for COCO AP).
+        name: model name, default "retinanet_r{depth}".
+
+    Returns:
+        A `keras_hub.models.RetinaNetObjectDetector` with "yxyx" boxes in pixels. Called on
+        (B, H, W, C) images in [0, 1] it gives {"bbox_regression": (B, A, 4) anchor deltas,
+        "cls_logits": (B, A, num_classes)}, A anchors in all.
+    """
+    return _build(depth, False, None, num_classes, input_shape, confidence_threshold, iou_threshold,
+                  max_detections, name or f"retinanet_r{depth}")
+
+
+def AARetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
+                confidence_threshold=0.05, iou_threshold=0.5, max_detections=100, depth_k=0.2, depth_v=0.1,
+                num_heads=8, min_key_depth_per_head=0, position_encoding="relative", augmented_stages=3,
+                downsample_attention_stages=1, name=None):
+    """RetinaNet with the attention-augmented ResNet backbone of the paper (table 6).
+
+    Args:
+        depth, num_classes, confidence_threshold, iou_threshold, max_detections: as in `RetinaNet`.
+        input_shape: (H, W, C), fixed (the relative position embeddings are sized by it).
+        depth_k, depth_v, num_heads, min_key_depth_per_head, position_encoding,
+            augmented_stages, downsample_attention_stages: as in `AAResNet`; the defaults
+            are the paper's detection setting (see the module docstring).
+        name: model name, default "aa_retinanet_r{depth}".
+
+    Returns:
+        A `keras_hub.models.RetinaNetObjectDetector`, as `RetinaNet`.
+    """
+    attention = dict(
+        depth_k=depth_k,
+        depth_v=depth_v,
+        num_heads=num_heads,
+        min_key_depth_per_head=min_key_depth_per_head,
+        position_encoding=position_encoding,
+        augmented_stages=augmented_stages,
+        downsample_attention_stages=downsample_attention_stages,
+    )
+    return _build(depth, True, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
+                  max_detections, name or f"aa_retinanet_r{depth}")
+
+
+def _named(builder, depth):
+    def build(**kwargs):
+        return builder(depth=depth, **kwargs)
+
+    build.__name__ = f"{'aa_' if builder is AARetinaNet else ''}retinanet_r{depth}"
+    build.__doc__ = f"`{builder.__name__}(depth={depth}, **kwargs)`."
+    return build
+
+
+retinanet_r50 = _named(RetinaNet, 50)
+retinanet_r101 = _named(RetinaNet, 101)
+aa_retinanet_r50 = _named(AARetinaNet, 50)
+aa_retinanet_r101 = _named(AARetinaNet, 101)
+retinanet_r18 = _named(RetinaNet, 18)
+aa_retinanet_r18 = _named(AARetinaNet, 18)
+
+DETECTORS = {
+    builder.__name__: builder
+    for builder in (retinanet_r18, aa_retinanet_r18, retinanet_r50, aa_retinanet_r50, retinanet_r101,
+                    aa_retinanet_r101)
+}
+DETECTOR_NAMES = tuple(DETECTORS)
+
+
+def build_detector(name, input_shape=None, num_classes=None, **kwargs):
+    """Builds a registered detector by name.
+
+    Args:
+        name: one of `DETECTOR_NAMES`.
+        input_shape: (H, W, C); None for (640, 640, 3).
+        num_classes: None for 80 (COCO).
+        **kwargs: further arguments of `RetinaNet` / `AARetinaNet`.
+
+    Returns:
+        A `keras_hub.models.RetinaNetObjectDetector`.
+    """
+    if name not in DETECTORS:
+        raise ValueError(f"Unknown detector name {name!r}; valid names are {', '.join(DETECTOR_NAMES)}.")
+    if input_shape is not None:
+        kwargs["input_shape"] = input_shape
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return DETECTORS[name](**kwargs)
