@@ -205,6 +205,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
             kernel_size,
             strides=strides,
             padding=padding,
+            data_format="channels_last",
             use_bias=self.use_bias,
             kernel_initializer=_clone_initializer(self.kernel_initializer),
             bias_initializer=_clone_initializer(self.bias_initializer),
@@ -383,6 +384,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "max_size": self.max_size,
                 "query_block_size": self.query_block_size,
                 "downsample_attention": self.downsample_attention,
+                "data_format": "channels_last",
             }
         )
         return config
