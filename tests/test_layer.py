@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import reference
 from aa_keras.layers import AttentionAugmentation2D
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
@@ -372,3 +373,22 @@ def test_runtime_size_larger_than_max_size_raises():
     assert run(tf.zeros((1, 6, 5, 3))).shape == (1, 6, 5, 8)
     with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
         run(tf.zeros((1, 6, 7, 3)))
+
+
+def test_explicit_channels_last_works_under_global_channels_first(channels_first):
+    layer = _built((None, 5, 6, 3), data_format="channels_last")
+    x = _inputs((2, 5, 6, 3))
+    np.testing.assert_allclose(layer(x).numpy(), reference.attention_augmentation(layer, x), atol=1e-5)
+
+
+def test_saved_layer_loads_under_global_channels_first(tmp_path):
+    model = _sequential()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    x = _inputs((2, 6, 7, 3))
+    keras.config.set_image_data_format("channels_first")
+    try:
+        loaded = keras.saving.load_model(path)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
