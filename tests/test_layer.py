@@ -48,11 +48,16 @@ def channels_first():
 def test_no_position_encoding_is_permutation_equivariant(query_block_size):
     batch, height, width, channels = 2, 5, 6, 3
     layer = _built(
-        (None, height, width, channels), depth_v=8, position_encoding="none", query_block_size=query_block_size
+        (None, height, width, channels),
+        depth_v=8,
+        position_encoding="none",
+        query_block_size=query_block_size,
     )
     x = _inputs((batch, height, width, channels))
     perm = np.random.default_rng(1).permutation(height * width)
-    permute = lambda t: np.reshape(np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1))
+    permute = lambda t: np.reshape(
+        np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1)
+    )
 
     np.testing.assert_allclose(layer(permute(x)).numpy(), permute(layer(x).numpy()), rtol=0, atol=1e-5)
 
@@ -62,7 +67,9 @@ def test_relative_encoding_is_not_permutation_equivariant():
     layer = _built((None, height, width, channels), depth_v=8, position_encoding="relative")
     x = _inputs((batch, height, width, channels))
     perm = np.random.default_rng(1).permutation(height * width)
-    permute = lambda t: np.reshape(np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1))
+    permute = lambda t: np.reshape(
+        np.reshape(t, (batch, height * width, -1))[:, perm], (batch, height, width, -1)
+    )
 
     assert np.max(np.abs(layer(permute(x)).numpy() - permute(layer(x).numpy()))) > 1e-3
 
@@ -110,7 +117,9 @@ def test_blocked_gradients_equal_unblocked():
         return tape.gradient(loss, [x, *layer.trainable_weights])
 
     for a, b in zip(grads(unblocked), grads(blocked)):
-        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), atol=1e-5
+        )
 
 
 def _classifier(**kwargs):
@@ -227,6 +236,29 @@ def test_mixed_precision_is_close_to_float32(global_policy, policy, atol):
     np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), reference(x).numpy(), rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("policy, rtol", [("mixed_float16", 1e-2), ("mixed_bfloat16", 5e-2)])
+@pytest.mark.parametrize("query_block_size", [None, 7])
+def test_mixed_precision_gradients_are_close_to_float32(global_policy, policy, rtol, query_block_size):
+    """Relative to each weight's largest float32 gradient."""
+    x = tf.constant(_inputs((2, 6, 7, 3)))
+    target = _inputs((2, 6, 7, 8), seed=1)
+
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * target)
+        return [
+            tf.cast(tf.convert_to_tensor(g), tf.float32).numpy()
+            for g in tape.gradient(loss, layer.trainable_weights)
+        ]
+
+    reference_layer = _built((None, 6, 7, 3), query_block_size=query_block_size)
+    global_policy(policy)
+    layer = _built((None, 6, 7, 3), query_block_size=query_block_size)
+    layer.set_weights(reference_layer.get_weights())
+    for want, got, weight in zip(grads(reference_layer), grads(layer), layer.trainable_weights):
+        assert np.max(np.abs(got - want)) <= rtol * np.max(np.abs(want)), weight.path
+
+
 def test_float16_logits_do_not_overflow(global_policy):
     """q . k above the float16 maximum (65504) must not become inf: the logits are float32."""
     global_policy("mixed_float16")
@@ -256,7 +288,11 @@ def test_float16_logits_do_not_overflow(global_policy):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(query_block_size=5), dict(strides=2, downsample_attention=True, position_encoding="coordconv")],
+    [
+        dict(),
+        dict(query_block_size=5),
+        dict(strides=2, downsample_attention=True, position_encoding="coordconv"),
+    ],
     ids=["unblocked", "blocked", "stride_2_downsampled"],
 )
 def test_xla_matches_eager(kwargs):

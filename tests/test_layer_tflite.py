@@ -33,7 +33,8 @@ def _interpreter(flatbuffer):
     """A LiteRT interpreter without default delegates, so that its op list is the model's own
     ops and not "DELEGATE" nodes."""
     return Interpreter(
-        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
 
 
@@ -53,7 +54,15 @@ def _non_builtin_ops(interpreter):
         dict(position_encoding="sine"),
         dict(position_encoding="coordconv", depth_v=8),
     ],
-    ids=["relative", "stride_2", "downsample", "valid_stride_2_downsample", "blocked", "sine", "coordconv_full"],
+    ids=[
+        "relative",
+        "stride_2",
+        "downsample",
+        "valid_stride_2_downsample",
+        "blocked",
+        "sine",
+        "coordconv_full",
+    ],
 )
 def test_converts_to_builtin_ops_and_matches_keras(kwargs):
     model = _model(**kwargs)
