@@ -205,7 +205,16 @@ def _sequential(**kwargs):
     )
 
 
-@pytest.mark.parametrize("build", [_functional, _sequential], ids=["functional", "sequential"])
+def _dynamic_size(**kwargs):
+    inputs = keras.Input((None, None, 3))
+    x = AttentionAugmentation2D(**{**SMALL, "max_size": (8, 8), **kwargs})(inputs)
+    x = AttentionAugmentation2D(**{**SMALL, "max_size": (8, 8), "strides": 2, **kwargs})(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize(
+    "build", [_functional, _sequential, _dynamic_size], ids=["functional", "sequential", "dynamic_size"]
+)
 def test_keras_save_and_load_reproduce_outputs(build, tmp_path):
     model = build(bias_initializer="random_normal")
     x = _inputs((2, 6, 7, 3))
