@@ -159,4 +159,4 @@ def feature_extractor(model, levels=None):
             f"{model.name!r}, which are {available}."
         )
     outputs = {level: model.get_layer(level).output for level in levels}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")

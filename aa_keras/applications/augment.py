@@ -134,10 +134,9 @@ def _augmented(conv, settings):
         return f"dilation_rate={tuple(conv.dilation_rate)}; only undilated convolutions can be augmented"
     if conv.groups != 1:
         return f"groups={conv.groups}; only ungrouped convolutions can be augmented"
-    try:
-        input_shape = tuple(conv.input.shape)
-    except (AttributeError, ValueError):
-        return "it is shared (called on several inputs) or not connected to the model's graph"
+    if len(conv._inbound_nodes) != 1:
+        return f"it is called {len(conv._inbound_nodes)} times; only a conv called once can be replaced"
+    input_shape = tuple(conv.input.shape)
     if None in input_shape[1:3]:
         return (
             f"its input shape {input_shape} has no fixed spatial size, which the relative embeddings "
