@@ -11,7 +11,7 @@ metrics.json); re-running the same command resumes. A table compares the network
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from aa_keras.applications import MODEL_NAMES
 from training import data, recipes
@@ -106,6 +106,8 @@ def run(argv):
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
     try:
         run(argv)
     except (ValueError, FloatingPointError) as error:

@@ -1,0 +1,436 @@
+"""Trains and evaluates RetinaNet / AA-RetinaNet detectors: the `--task=detection` path of the
+trainer (`train_detection`).
+
+The run mirrors the classification loop (`training.loop`): model, optimizer and checkpoint
+are built under the strategy's scope, the training data is distributed with
+`distribute_datasets_from_function`, the run resumes from the last checkpoint in `model_dir`
+(mid-epoch included) and stops on a non-finite loss without saving, and the same recipe
+fields (optimizer, warm-up and decay schedule, weight decay, mixed precision) mean the same.
+The losses, anchors, box encoding and decoding are keras-hub's `RetinaNetObjectDetector`'s;
+the classification loss is its focal loss with the RetinaNet paper's alpha = 0.25, gamma = 2.
+Evaluation runs the detector's non-maximum suppression and Model Garden's COCO evaluator
+(pycocotools) for AP, AP50, AP75, APs, APm, APl and the recalls.
+"""
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from official.vision.evaluation import coco_evaluator
+
+from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector
+from training import artifacts, detection_data, recipes
+from training.data import per_replica_batch_size
+from training.distribute import is_chief, worker_id
+from training.loop import FINAL_MODEL, METRICS, MIXED_PRECISION, _all_finite, _Diverged, _optimizer
+
+_SUM = tf.distribute.ReduceOp.SUM
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionRecipe(recipes.Recipe):
+    """A `training.recipes.Recipe` for detection, with the augmentation of detection.
+
+    The classification fields mean the same here, except `preprocessing`, which must be
+    "none"; `label_smoothing` and `randaugment_magnitude` must be 0 (detection has neither).
+
+    Attributes:
+        scale_min, scale_max: scale jitter range of training images (1, 1 is off).
+        flip: random horizontal flips of training images.
+        max_instances: objects per image kept for training and evaluation.
+    """
+
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    flip: bool = True
+    max_instances: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        recipes._check(self, "preprocessing", self.preprocessing == "none", "'none' for detection")
+        recipes._check(self, "label_smoothing", self.label_smoothing == 0, "0 for detection")
+        recipes._check(self, "randaugment_magnitude", self.randaugment_magnitude == 0, "0 for detection")
+        recipes._check(self, "scale_min", 0 < self.scale_min <= 1, "a float in (0, 1]")
+        recipes._check(self, "scale_max", self.scale_max >= 1, "a float >= 1")
+        recipes._check(self, "flip", isinstance(self.flip, bool), "a bool")
+        recipes._check(
+            self,
+            "max_instances",
+            isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool) and self.max_instances > 0,
+            "a positive int",
+        )
+        unknown = [name for name in self.models if name not in DETECTOR_NAMES]
+        recipes._check(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
+
+
+DETECTION_RECIPES = {
+    # Bello et al. 2019, section 4.4: RetinaNet on COCO with the training setup of the TPU
+    # RetinaNet reference they used: 640x640 images, flips and [0.8, 1.2] scale jitter, SGD
+    # momentum 0.9, weight decay 1e-4, 0.08 per 64 images (0.32 per 256), a linear warm-up
+    # of 1000 of 22500 steps, divided by 10 at steps 15000 and 20000: at batch 64 on the
+    # 118287 train2017 images, 12 epochs with decays at epochs 8 and 11.
+    "paper_coco": DetectionRecipe(
+        dataset="coco/2017",
+        models=("aa_retinanet_r50", "retinanet_r50"),
+        image_size=640,
+        epochs=12,
+        global_batch_size=64,
+        optimizer="sgd",
+        learning_rate=0.32,
+        momentum=0.9,
+        weight_decay=1e-4,
+        warmup_fraction=0.044,
+        schedule="step",
+        decay_epochs=(8, 11),
+        decay_factor=0.1,
+        scale_min=0.8,
+        scale_max=1.2,
+        train_split="train",
+        eval_split="validation",
+    ),
+    # The offline run: AA-RetinaNet-18 against RetinaNet-18 on glyph_boxes, sized for a CPU.
+    "quick_detection": DetectionRecipe(
+        dataset="glyph_boxes",
+        models=("aa_retinanet_r18", "retinanet_r18"),
+        image_size=128,
+        epochs=3,
+        global_batch_size=16,
+        optimizer="adam",
+        learning_rate=1e-3,
+        warmup_fraction=0.05,
+        schedule="cosine",
+        scale_min=0.9,
+        scale_max=1.1,
+        max_instances=8,
+    ),
+}
+
+
+def get_detection_recipe(name, **overrides):
+    """The detection recipe `name` with the fields in `overrides` replaced (None values are
+    ignored). Raises a ValueError for an unknown recipe, an unknown field or a bad value."""
+    if name not in DETECTION_RECIPES:
+        raise ValueError(f"Unknown detection recipe: received recipe={name!r}, expected one of {sorted(DETECTION_RECIPES)}.")
+    fields = {f.name for f in dataclasses.fields(DetectionRecipe)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown recipe fields {unknown}; valid fields are {sorted(fields)}.")
+    return dataclasses.replace(DETECTION_RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_named_detector(name, input_shape, num_classes):
+    """The detector `name` from `aa_keras.applications.retinanet`."""
+    return build_detector(name, input_shape=input_shape, num_classes=num_classes)
+
+
+def compile_detector(model, optimizer):
+    """Compiles `model` with keras-hub's RetinaNet losses (Huber box loss) and the focal loss
+    of the RetinaNet paper (alpha = 0.25, gamma = 2, summed and normalized by the positive
+    anchors, as `RetinaNetObjectDetector.compute_loss` does)."""
+    model.compile(
+        optimizer=optimizer,
+        classification_loss=keras.losses.BinaryFocalCrossentropy(
+            apply_class_balancing=True, alpha=0.25, gamma=2.0, from_logits=True, reduction="sum"
+        ),
+    )
+
+
+def detect_fn(model):
+    """A `tf.function` from images (B, H, W, 3) to the detector's decoded detections:
+    {"boxes" (B, K, 4) yxyx pixels, "confidence" (B, K), "labels" (B, K), "num_detections" (B,)}."""
+
+    @tf.function
+    def detect(images):
+        return model.decode_predictions(model(images, training=False), images)
+
+    return detect
+
+
+def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_size=8, max_instances=100,
+                      max_examples=None):
+    """COCO metrics of `model` on `split` of `dataset`, from Model Garden's `COCOEvaluator`.
+
+    Args:
+        model: a detector from `aa_keras.applications.retinanet` taking (image_size, image_size, 3).
+        dataset, split, data_dir: the TFDS detection data (see `training.detection_data`).
+        image_size: side of the square images.
+        batch_size: images per prediction batch.
+        max_instances: ground-truth objects kept per image.
+        max_examples: evaluate on the first this many images only; None for the whole split.
+
+    Returns:
+        {metric: float} for `COCO_METRICS` (AP in [0, 1], -1 where COCO has no objects of a size).
+    """
+    data = detection_data.build_dataset(
+        dataset, split, image_size, global_batch_size=batch_size, data_dir=data_dir, max_instances=max_instances
+    )
+    if max_examples is not None:
+        data = data.unbatch().take(max_examples).batch(batch_size)
+    evaluator = coco_evaluator.COCOEvaluator(annotation_file=None, include_mask=False, need_rescale_bboxes=True)
+    detect = detect_fn(model)
+    for images, groundtruth in data:
+        detections = detect(images)
+        count = detections["num_detections"].numpy()
+        valid = np.arange(detections["labels"].shape[1])[None, :] < count[:, None]
+        predictions = {
+            "source_id": groundtruth["source_id"].numpy(),
+            "image_info": groundtruth["image_info"].numpy(),
+            "num_detections": count,
+            "detection_boxes": detections["boxes"].numpy(),
+            # Category ids are label + 1, as in the ground truth; 0 (no category) marks padding.
+            "detection_classes": np.where(valid, detections["labels"].numpy() + 1, 0),
+            "detection_scores": np.where(valid, detections["confidence"].numpy(), 0.0),
+        }
+        evaluator.update_state({k: v.numpy() for k, v in groundtruth.items()}, predictions)
+    results = evaluator.result()
+    return {name: float(results[name]) for name in COCO_METRICS}
+
+
+def train_detection(
+    strategy,
+    model_name,
+    model_dir,
+    recipe="quick_detection",
+    dataset=None,
+    data_dir=None,
+    epochs=None,
+    steps_per_epoch=None,
+    global_batch_size=None,
+    mixed_precision=None,
+    checkpoint_steps=200,
+    eval_examples=None,
+    seed=0,
+    verbose=True,
+    model_fn=build_named_detector,
+):
+    """Trains the detector `model_name` into `model_dir`, resuming a run found there, and
+    evaluates it with the COCO evaluator after each epoch.
+
+    Writes `model_dir/checkpoints` (every `checkpoint_steps` steps and each epoch),
+    `logs/{train,eval}` (TensorBoard), `run_config.json`, and at the end `model.keras` and
+    `metrics.json` (the COCO metrics of the last evaluation, and the history); the last two
+    atomically. Outside the chief of a cluster, writes go to a scratch folder removed at the
+    end, and every worker evaluates the (whole) evaluation split by itself.
+
+    Args:
+        strategy: a `tf.distribute.Strategy` (see `training.distribute.create_strategy`).
+        model_name: one of `aa_keras.applications.retinanet.DETECTOR_NAMES`.
+        model_dir: output folder.
+        recipe: a `DetectionRecipe`, or the name of one in `DETECTION_RECIPES`.
+        dataset, epochs, global_batch_size: override the recipe's (None keeps it).
+        data_dir: TFDS data directory.
+        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
+        mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
+        checkpoint_steps: steps between checkpoints.
+        eval_examples: evaluate on the first this many images of the evaluation split (None: all).
+        seed: seed of the data order (epoch e shuffles with seed + e).
+        verbose: show a progress bar (on the chief).
+        model_fn: `(name, input_shape, num_classes) -> detector`.
+
+    Returns:
+        (model, metrics dict as written to metrics.json).
+
+    Raises:
+        ValueError: bad arguments, or a `model_dir` holding a different run (nothing is written).
+        FloatingPointError: the loss or the weights became non-finite; the last good
+            checkpoint is kept.
+    """
+    if isinstance(recipe, str):
+        recipe = get_detection_recipe(recipe)
+    if not isinstance(recipe, DetectionRecipe):
+        raise ValueError(f"Invalid `recipe`: expected a DetectionRecipe or a name from {sorted(DETECTION_RECIPES)}, "
+                         f"received {recipe!r}.")
+    recipe = dataclasses.replace(
+        recipe, **{k: v for k, v in (("dataset", dataset), ("epochs", epochs),
+                                     ("global_batch_size", global_batch_size)) if v is not None}
+    )
+    if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
+        raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"Invalid `mixed_precision`: received {mixed_precision!r}, expected one of {MIXED_PRECISION}.")
+    for name, value in (("checkpoint_steps", checkpoint_steps), ("steps_per_epoch", steps_per_epoch),
+                        ("eval_examples", eval_examples)):
+        if (value is not None or name == "checkpoint_steps") and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ValueError(f"Invalid `{name}`: expected a positive int, received {name}={value!r}.")
+    batch = recipe.global_batch_size
+    per_replica_batch_size(batch, strategy.num_replicas_in_sync)
+    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
+    config.update(task="detection", model=model_name, mixed_precision=mixed_precision, seed=seed,
+                  steps_per_epoch=steps_per_epoch)
+    artifacts.check_run_config(model_dir, config)
+    num_classes = detection_data.num_classes(recipe.dataset, data_dir)
+    full_epoch = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir) // batch
+    detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
+    if full_epoch == 0:
+        raise ValueError(
+            f"Invalid global batch size: global_batch_size={batch} is larger than the {recipe.train_split!r} "
+            f"split of {recipe.dataset!r}; use a smaller batch size."
+        )
+    epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
+
+    chief = is_chief(strategy)
+    write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
+    if chief:
+        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes)
+            optimizer = _optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer.build(model.trainable_variables)
+            compile_detector(model, optimizer)
+            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+
+    decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
+
+    def replica_train_step(images, targets):
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=True)
+            # The detector's losses are sums normalized by this replica's positive anchors;
+            # gradients are summed over replicas, so each replica contributes 1 / replicas.
+            # (These detectors have no `model.losses`; weight decay is added here.)
+            loss = model.compute_loss(x=images, y=targets, y_pred=predictions, sample_weight=None)
+            loss = tf.cast(loss, tf.float32) / strategy.num_replicas_in_sync
+            if decayed:
+                penalty = 0.5 * recipe.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
+                loss += tf.nn.scale_regularization_loss(penalty)
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        return strategy.reduce(_SUM, strategy.run(replica_train_step, args=next(iterator)), axis=None)
+
+    def evaluate():
+        return evaluate_detector(
+            model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir,
+            batch_size=per_replica_batch_size(batch, strategy.num_replicas_in_sync),
+            max_instances=recipe.max_instances, max_examples=eval_examples,
+        )
+
+    def save(step):
+        if not _all_finite(model.trainable_variables):
+            raise _Diverged(f"the weights became non-finite before step {step}")
+        manager.save(checkpoint_number=step)
+
+    def summary_writer(name):
+        if chief:
+            return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
+        return tf.summary.create_noop_writer()
+
+    train_writer, eval_writer = summary_writer("train"), summary_writer("eval")
+    step = int(optimizer.iterations.numpy())
+    metrics_path = os.path.join(model_dir, METRICS)
+    history = [h for h in artifacts.read_json(metrics_path, {}).get("history", []) if h["epoch"] < step // epoch_steps]
+    seconds = float(train_seconds.numpy())
+
+    def write_metrics(results, finished):
+        metrics = {
+            "task": "detection",
+            "model": model_name,
+            "dataset": recipe.dataset,
+            "params": model.count_params(),
+            "steps": step,
+            "epochs": recipe.epochs,
+            "finished": finished,
+            "eval_split": recipe.eval_split,
+            "eval_examples": eval_examples,
+            "coco": results,
+            "train_seconds": seconds,
+            "history": history,
+        }
+        if chief:
+            artifacts.write_json(metrics_path, metrics)
+        return metrics
+
+    try:
+        for epoch in range(step // epoch_steps, recipe.epochs):
+            offset = step - epoch * epoch_steps
+            train_data = strategy.distribute_datasets_from_function(
+                lambda context, epoch=epoch, offset=offset: detection_data.build_dataset(
+                    recipe.dataset,
+                    recipe.train_split,
+                    recipe.image_size,
+                    global_batch_size=batch,
+                    data_dir=data_dir,
+                    training=True,
+                    scale_min=recipe.scale_min,
+                    scale_max=recipe.scale_max,
+                    flip=recipe.flip,
+                    max_instances=recipe.max_instances,
+                    input_context=context,
+                    seed=seed + epoch,
+                    skip_batches=offset,
+                )
+            )
+            iterator = iter(train_data)
+            progbar = keras.utils.Progbar(
+                epoch_steps, verbose=1 if chief and verbose else 0, stateful_metrics=["images/s"], unit_name="step"
+            )
+            if chief and verbose:
+                print(f"{model_name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
+            epoch_start, epoch_loss = time.perf_counter(), 0.0
+            for index in range(offset, epoch_steps):
+                started = time.perf_counter()
+                loss = float(train_step(iterator))
+                if not math.isfinite(loss):
+                    raise _Diverged(f"the loss is {loss} at step {step + 1}")
+                seconds += time.perf_counter() - started
+                step += 1
+                epoch_loss += loss
+                throughput = (index + 1 - offset) * batch / (time.perf_counter() - epoch_start)
+                progbar.update(index + 1, [("loss", loss), ("images/s", throughput)])
+                if step % checkpoint_steps == 0 or index + 1 == epoch_steps:
+                    train_seconds.assign(seconds)
+                    save(step)
+            results = evaluate()
+            record = {
+                "epoch": epoch,
+                "train_loss": epoch_loss / (epoch_steps - offset),
+                "images_per_second": throughput,
+                **{f"eval_{name}": value for name, value in results.items()},
+            }
+            history.append(record)
+            with train_writer.as_default(step=step):
+                tf.summary.scalar("loss", record["train_loss"])
+                tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                tf.summary.scalar("images_per_second", throughput)
+            with eval_writer.as_default(step=step):
+                for name, value in results.items():
+                    tf.summary.scalar(name, value)
+            write_metrics(results, finished=False)
+            if chief and verbose:
+                print(f"{model_name}: COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}", flush=True)
+    except _Diverged as error:
+        raise FloatingPointError(
+            f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
+            f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate or use a longer warm-up, "
+            "then re-run the command to resume from that checkpoint."
+        ) from None
+
+    final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
+    results = evaluate() if final is None else {name: final[f"eval_{name}"] for name in COCO_METRICS}
+    artifacts.save_model(model, os.path.join(write_dir, FINAL_MODEL))
+    metrics = write_metrics(results, finished=True)
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return model, metrics
