@@ -358,6 +358,7 @@ BAD_ARGUMENTS = [
     (dict(data_format="channels_first"), "data_format.*'channels_first'"),
     (dict(max_size=(6, 0)), "max_size=(6, 0)"),
     (dict(query_block_size=0), "query_block_size=0"),
+    (dict(use_bias="no"), "use_bias='no'"),
 ]
 
 
@@ -366,6 +367,14 @@ def test_bad_arguments_raise(kwargs, message):
     pattern = message if ".*" in message else re.escape(message)
     with pytest.raises(ValueError, match=pattern):
         AttentionAugmentation2D(**{**SMALL, **kwargs})
+
+
+def test_numpy_ints_and_half_up_rounding_of_fractional_depths():
+    layer = AttentionAugmentation2D(np.int64(20), np.int32(3), depth_k=0.2, depth_v=0.2, num_heads=np.int64(8))
+    assert (layer.filters, layer.kernel_size, layer.num_heads) == (20, (3, 3), 8)
+    assert all(type(v) is int for v in (layer.filters, layer.num_heads, *layer.kernel_size))
+    # 0.2 * 20 / 8 = 0.5 heads' worth of channels rounds up to one per head.
+    assert (layer.dk, layer.dv) == (8, 8)
 
 
 def test_global_channels_first_raises(channels_first):

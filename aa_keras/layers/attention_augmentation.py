@@ -1,6 +1,10 @@
 """The attention-augmented convolution (Bello et al., ICCV 2019)."""
 
+import math
+import numbers
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from aa_keras.layers import position_encoding as pe
@@ -10,21 +14,32 @@ from aa_keras.layers.shapes import dims
 POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
 
 
+def _is_int(value):
+    """True for Python and NumPy integers, False for bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_int(name, value):
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"Invalid `{name}`: expected a positive int, received {name}={value!r}.")
+    return int(value)
+
+
 def _positive_pair(name, value):
     """An int or a pair of ints, all positive, as a tuple of two ints."""
-    pair = (value, value) if isinstance(value, int) else tuple(value) if value is not None else ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
         raise ValueError(
             f"Invalid `{name}`: expected a positive int or a tuple of two positive ints, "
             f"received {name}={value!r}."
         )
-    return pair
+    return tuple(int(v) for v in pair)
 
 
 def _resolve_depth(name, value, filters, num_heads):
     """`depth_k` / `depth_v` as an int: an int as given, a float as a fraction of `filters`
     rounded to the nearest multiple of `num_heads`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_int(value) and not isinstance(value, float):
         raise ValueError(
             f"Invalid `{name}`: expected an int or a float fraction of filters, received {name}={value!r}."
         )
@@ -33,9 +48,10 @@ def _resolve_depth(name, value, filters, num_heads):
             raise ValueError(
                 f"Invalid `{name}`: a fraction of filters must be in (0, 1], received {name}={value!r}."
             )
-        depth = int(round(value * filters / num_heads)) * num_heads
+        # Rounded half up: 0.2 * 20 filters with 8 heads gives 8, not 0.
+        depth = math.floor(value * filters / num_heads + 0.5) * num_heads
     else:
-        depth = value
+        depth = int(value)
     if depth < num_heads:
         raise ValueError(
             f"Invalid `{name}`: {name}={value!r} gives {depth} channels for num_heads={num_heads}, "
@@ -142,14 +158,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
-            raise ValueError(f"Invalid `filters`: expected a positive int, received filters={filters!r}.")
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                f"Invalid `num_heads`: expected a positive int, received num_heads={num_heads!r}."
-            )
-        self.filters = filters
-        self.num_heads = num_heads
+        self.filters = filters = _positive_int("filters", filters)
+        self.num_heads = num_heads = _positive_int("num_heads", num_heads)
         self.kernel_size = _positive_pair("kernel_size", kernel_size)
         self.strides = _positive_pair("strides", strides)
         self.depth_k = depth_k
@@ -178,17 +188,14 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "only 'channels_last' (B, H, W, C) inputs."
             )
         self.max_size = None if max_size is None else _positive_pair("max_size", max_size)
-        if query_block_size is not None and (
-            isinstance(query_block_size, bool) or not isinstance(query_block_size, int) or query_block_size <= 0
-        ):
-            raise ValueError(
-                "Invalid `query_block_size`: expected a positive int or None, "
-                f"received query_block_size={query_block_size!r}."
-            )
+        if query_block_size is not None:
+            query_block_size = _positive_int("query_block_size", query_block_size)
         self.query_block_size = query_block_size
         self.downsample_attention = bool(downsample_attention)
         self.activation = keras.activations.get(activation)
-        self.use_bias = use_bias
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise ValueError(f"Invalid `use_bias`: expected True or False, received use_bias={use_bias!r}.")
+        self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
