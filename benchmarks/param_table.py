@@ -32,7 +32,9 @@ flags.DEFINE_list(
      "resnet152", "aa_resnet152", "wrn28_10", "aa_wrn28_10"],
     "Registered model names (aa_keras.applications.MODEL_NAMES).",
 )
-flags.DEFINE_string("output", "param_table.json", "JSON output path; the markdown goes to the same path with .md.")
+flags.DEFINE_string(
+    "output", "benchmarks/results/param_table.json", "JSON output path; the markdown goes next to it (.md)."
+)
 flags.DEFINE_bool("profile", True, "Also count FLOPs with the TensorFlow profiler.")
 
 # Bello et al., 2019: parameters (millions) of tables 1 and 3 and GFLOPs where reported.
@@ -136,11 +138,13 @@ def main(argv):
     rows = [measure(name, FLAGS.profile) for name in FLAGS.models]
     table = markdown(rows, FLAGS.profile)
     print(table)
+    if not FLAGS.output.endswith(".json"):
+        raise app.UsageError(f"--output must end with .json, received {FLAGS.output!r}.")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + ".md", "w") as f:
-        f.write(table + "\n")
+    for path, text in ((FLAGS.output, json.dumps(rows, indent=2)), (FLAGS.output[:-5] + ".md", table)):
+        with open(path + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,16 @@ def test_builder_loads_weights_file(tmp_path):
     np.testing.assert_allclose(loaded(x, training=False), source(x, training=False), rtol=1e-5, atol=1e-6)
 
 
+def test_aa_network_round_trips_through_keras_file(tmp_path):
+    model = AAWideResNet(depth=10, width=4, classes=3)
+    path = str(tmp_path / "aa_wrn.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = _images((2, 32, 32, 3))
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6)
+    assert _augmented_names(loaded) == _augmented_names(model)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

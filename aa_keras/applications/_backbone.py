@@ -45,13 +45,10 @@ class AttentionSettings:
                     f"Invalid `{name}`: expected a float fraction of filters in (0, 1], "
                     f"received {name}={value!r}."
                 )
-        for name in ("num_heads", "min_key_depth_per_head"):
+        for name, least in (("num_heads", 1), ("min_key_depth_per_head", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "num_heads"):
-                raise ValueError(
-                    f"Invalid `{name}`: expected a {'positive' if name == 'num_heads' else 'non-negative'} "
-                    f"int, received {name}={value!r}."
-                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"Invalid `{name}`: expected an int >= {least}, received {name}={value!r}.")
         if self.position_encoding not in POSITION_ENCODINGS:
             raise ValueError(
                 f"Invalid `position_encoding`: received {self.position_encoding!r}, expected one of "

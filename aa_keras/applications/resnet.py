@@ -94,9 +94,9 @@ def _build(depth, attention, augmented_stages, downsample_stages, include_top, w
     x = _bn("conv1_bn")(_conv(64, 7, 2, "conv1_conv")(inputs))
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1_pool")(x)
+    first_augmented = len(_WIDTHS) - augmented_stages
     for index, (filters, num_blocks) in enumerate(zip(_WIDTHS, blocks)):
         stage = index + 2
-        first_augmented = len(_WIDTHS) - augmented_stages
         stage_attention = attention if index >= first_augmented else None
         downsample = index < first_augmented + downsample_stages
         for b in range(num_blocks):
