@@ -217,6 +217,17 @@ def test_unknown_format(models, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_bad_image_size_and_batch(models, tmp_path):
+    images, _ = quadrant_images(4, seed=3)
+    with pytest.raises(ValueError, match=r"--image_size`: 24 does not match.*\(16, 16\)"):
+        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images, images, image_size=24)
+    with pytest.raises(ValueError, match="--batch`: expected a positive int, received 0"):
+        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images, images, batch=0)
+    with pytest.raises(ValueError, match=r"evaluation images have shape \(4, 16, 16, 1\)"):
+        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images[..., :1], images)
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_and_non_keras_files(tmp_path):
     from export import model_source
 
