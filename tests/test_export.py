@@ -197,6 +197,26 @@ def test_parity_failure_leaves_nothing_behind(models, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeypatch):
+    model, baseline = models
+    real_evaluate = exporter.evaluate
+
+    def evaluate_failing_baseline(network, *args):
+        rows = real_evaluate(network, *args)
+        for row in rows if network is baseline else ():
+            row["check"] = {**row["check"], "passed": False}
+        return rows
+
+    monkeypatch.setattr(exporter, "evaluate", evaluate_failing_baseline)
+    images, _ = quadrant_images(4, seed=3)
+    result = exporter.export(
+        model, str(tmp_path / "out"), "saved_model", images, images, baseline=baseline, latency_runs=1
+    )
+    assert [(row["model"], row["check"]["passed"]) for row in result["rows"]] == [("model", True), ("baseline", False)]
+    assert result["table"].splitlines()[-1].split()[-1] == "NO"
+    assert os.path.isdir(tmp_path / "out" / "baseline" / "saved_model")
+
+
 def test_overwrite_replaces_a_non_empty_directory(models, tmp_path):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
