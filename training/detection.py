@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
-from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector
+from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
 from training import artifacts, detection_data, recipes
 from training.data import per_replica_batch_size
 from training.distribute import is_chief, worker_id
@@ -102,7 +102,7 @@ DETECTION_RECIPES = {
         epochs=3,
         global_batch_size=16,
         optimizer="adam",
-        learning_rate=1e-3,
+        learning_rate=4e-3,
         warmup_fraction=0.05,
         schedule="cosine",
         scale_min=0.9,
@@ -141,17 +141,6 @@ def compile_detector(model, optimizer):
     )
 
 
-def detect_fn(model):
-    """A `tf.function` from images (B, H, W, 3) to the detector's decoded detections:
-    {"boxes" (B, K, 4) yxyx pixels, "confidence" (B, K), "labels" (B, K), "num_detections" (B,)}."""
-
-    @tf.function
-    def detect(images):
-        return model.decode_predictions(model(images, training=False), images)
-
-    return detect
-
-
 def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_size=8, max_instances=100,
                       max_examples=None):
     """COCO metrics of `model` on `split` of `dataset`, from Model Garden's `COCOEvaluator`.
@@ -173,21 +162,22 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
     if max_examples is not None:
         data = data.unbatch().take(max_examples).batch(batch_size)
     evaluator = coco_evaluator.COCOEvaluator(annotation_file=None, include_mask=False, need_rescale_bboxes=True)
-    detect = detect_fn(model)
+    detect = tf.function(lambda images: detections(model, images))
     for images, groundtruth in data:
-        detections = detect(images)
-        count = detections["num_detections"].numpy()
-        valid = np.arange(detections["labels"].shape[1])[None, :] < count[:, None]
+        found = detect(images)
+        count = found["num_detections"].numpy()
+        valid = np.arange(found["classes"].shape[1])[None, :] < count[:, None]
         predictions = {
-            "source_id": groundtruth["source_id"].numpy(),
-            "image_info": groundtruth["image_info"].numpy(),
+            "source_id": groundtruth["source_id"],
+            "image_info": groundtruth["image_info"],
             "num_detections": count,
-            "detection_boxes": detections["boxes"].numpy(),
+            "detection_boxes": found["boxes"],
             # Category ids are label + 1, as in the ground truth; 0 (no category) marks padding.
-            "detection_classes": np.where(valid, detections["labels"].numpy() + 1, 0),
-            "detection_scores": np.where(valid, detections["confidence"].numpy(), 0.0),
+            "detection_classes": np.where(valid, found["classes"].numpy() + 1, 0),
+            "detection_scores": np.where(valid, found["scores"].numpy(), 0.0),
         }
-        evaluator.update_state({k: v.numpy() for k, v in groundtruth.items()}, predictions)
+        # The evaluator takes tensors.
+        evaluator.update_state(groundtruth, {k: tf.convert_to_tensor(v) for k, v in predictions.items()})
     results = evaluator.result()
     return {name: float(results[name]) for name in COCO_METRICS}
 

@@ -9,13 +9,15 @@ to 32), with the same augmented layers as the classifier.
 
     detector = aa_retinanet_r50(num_classes=80)           # 640x640 inputs, as the paper
     outputs = detector(images)                            # raw heads, see `RetinaNet`
-    detections = detector.predict(images)                 # {"boxes", "confidence", "labels", "num_detections"}
+    found = detections(detector, images)                  # {"boxes", "scores", "classes", "num_detections"}
 
 The augmented backbone uses the paper's kappa = 0.2, upsilon = 0.1 literally, without the
 "at least 20 key channels per head" floor of the classifiers (`min_key_depth_per_head=0`): with
 it the backbone gains parameters, while the paper's COCO table shows AA-RetinaNet slightly
 smaller than RetinaNet (see `benchmarks/detection_param_table.py`).
 """
+
+import math
 
 import keras
 import keras_hub
@@ -110,6 +112,20 @@ def _check_detector_arguments(num_classes, input_shape, confidence_threshold, io
     return shape
 
 
+def _initialize_heads(detector):
+    """RetinaNet's initialization of the heads (Lin et al. 2017, section 4.1): kernels from
+    N(0, 0.01**2), biases 0, except the classification logits' bias, -log((1 - pi) / pi) with
+    the prior pi = 0.01. keras-hub 0.32.0 draws the kernels from N(0, 0.05**2), which makes the
+    initial logits and box deltas large, and gives the prior bias to the box head instead."""
+    for head in (detector.classification_head, detector.box_head):
+        for layer in [*head.conv_layers, head.prediction_layer]:
+            layer.kernel.assign(keras.initializers.RandomNormal(stddev=0.01)(layer.kernel.shape))
+            layer.bias.assign(keras.ops.zeros(layer.bias.shape))
+    prior = detector.classification_head.prior_probability
+    bias = detector.classification_head.prediction_layer.bias
+    bias.assign(keras.ops.full(bias.shape, -math.log((1 - prior) / prior)))
+
+
 def _build(depth, augmented, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
            max_detections, name):
     if depth not in DEPTHS:
@@ -133,13 +149,15 @@ def _build(depth, augmented, attention, num_classes, input_shape, confidence_thr
         confidence_threshold=confidence_threshold,
         max_detections=max_detections,
     )
-    return keras_hub.models.RetinaNetObjectDetector(
+    detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone,
         num_classes=num_classes,
         bounding_box_format="yxyx",
         prediction_decoder=decoder,
         name=name,
     )
+    _initialize_heads(detector)
+    return detector
 
 
 def RetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
@@ -191,6 +209,24 @@ def AARetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_I
     )
     return _build(depth, True, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
                   max_detections, name or f"aa_retinanet_r{depth}")
+
+
+def detections(detector, images):
+    """The decoded detections of `detector` on `images`, (B, H, W, C) in [0, 1]: its raw heads,
+    then keras-hub's box decoding and non-maximum suppression, under serving names.
+
+    Returns:
+        {"boxes": (B, K, 4) [ymin, xmin, ymax, xmax] in pixels of `images`, "scores": (B, K),
+        "classes": (B, K) int labels, "num_detections": (B,)}, K = `max_detections`; entries
+        past `num_detections` are padding.
+    """
+    decoded = detector.decode_predictions(detector(images, training=False), images)
+    return {
+        "boxes": decoded["boxes"],
+        "scores": decoded["confidence"],
+        "classes": decoded["labels"],
+        "num_detections": decoded["num_detections"],
+    }
 
 
 def _named(builder, depth):

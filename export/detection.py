@@ -1,0 +1,224 @@
+"""Exports a RetinaNet / AA-RetinaNet detector (`aa_keras.applications.retinanet`) and proves
+each artifact computes what the Keras model computes.
+
+    from export.detection import export_detector
+    export_detector(keras.saving.load_model("runs/det/model.keras"), "runs/det/export", images)
+
+Artifacts:
+    saved_model/           `serving_default`: images (batch, H, W, C) float32 in [0, 1] ->
+                           boxes (B, K, 4) [ymin, xmin, ymax, xmax] pixels, scores (B, K),
+                           classes (B, K) int32, num_detections (B,) int32; decoding and
+                           non-maximum suppression included. The batch is static:
+                           keras-hub's non-maximum suppression needs it.
+    model_raw.tflite       ("tflite_raw") batch `batch`: images -> bbox_regression (B, A, 4)
+                           anchor deltas ("center_xywh"), cls_logits (B, A, classes), anchors
+                           (A, 4) yxyx pixels: the network without decoding, TFLite builtin ops.
+    model.tflite           ("tflite") the full detector. Not possible with keras-hub 0.32.0: its
+                           non-maximum suppression lowers to the TF op BitwiseAnd (from
+                           `keras.ops.argmax`), which has no TFLite builtin; asking for it gives a
+                           ValueError that says so and names "tflite_raw" instead.
+    export_report.json     per artifact: size and parity metrics with their check.
+
+Everything is written to a temporary directory next to `output_dir` and moved into place only
+when every artifact passed its parity check and uses builtin ops only.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from aa_keras.applications.retinanet import detections
+from export import report, saved_model, tflite
+from export.export import _move_into_place, check_output_dir
+
+FORMATS = ("saved_model", "tflite_raw", "tflite")
+REPORT_FILE = "export_report.json"
+DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
+RAW_OUTPUTS = ("bbox_regression", "cls_logits", "anchors")
+# Bounds of the parity checks: decoded boxes in pixels, scores, raw head outputs.
+BOX_TOLERANCE = 1e-2
+SCORE_TOLERANCE = 1e-4
+RAW_TOLERANCE = 1e-3
+
+
+class DetectionParityError(RuntimeError):
+    """An exported detector does not compute what the Keras model computes."""
+
+
+def _serve_detections(model):
+    def serve(images):
+        found = detections(model, images)
+        return {name: tf.cast(found[name], tf.int32) if name in ("classes", "num_detections") else found[name]
+                for name in DETECTION_OUTPUTS}
+
+    return serve
+
+
+def _serve_raw(model):
+    def serve(images):
+        outputs = model(images, training=False)
+        anchors = model.anchor_generator(images)
+        return {
+            "bbox_regression": tf.cast(outputs["bbox_regression"], tf.float32),
+            "cls_logits": tf.cast(outputs["cls_logits"], tf.float32),
+            "anchors": tf.concat(list(anchors.values()), axis=0),
+        }
+
+    return serve
+
+
+def _write(model, serve, path, image_shape, batch):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        saved_model.SIGNATURE,
+        serve,
+        input_signature=[tf.TensorSpec((batch, *image_shape), tf.float32, name=saved_model.INPUT_NAME)],
+    )
+    archive.write_out(path, verbose=False)
+
+
+def _convert_builtin(source, what):
+    """A float32 TFLite flatbuffer of `source` with builtin ops only, and its op names; a
+    ValueError naming the offending TF ops otherwise."""
+    try:
+        flatbuffer = tflite.convert(source, "float32")
+    except Exception as error:  # The converter raises its own ConverterError type.
+        ops = sorted(set(re.findall(r"\btf\.[A-Z]\w*", str(error))))
+        raise ValueError(
+            f"The {what} cannot be converted to TFLite builtin ops: the converter rejected {ops or 'some ops'}. "
+            "keras-hub's non-maximum suppression lowers to tf.BitwiseAnd (from keras.ops.argmax), which has no "
+            "TFLite builtin. Export 'tflite_raw' (the network and its anchors, builtin ops) and decode on the host."
+        ) from None
+    ops = tflite.list_ops(flatbuffer)
+    tflite.check_builtin_ops(ops, what=what)
+    return flatbuffer, ops
+
+
+def _max_abs(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+
+
+def detection_parity(outputs, reference):
+    """Parity of decoded detections (dicts of `DETECTION_OUTPUTS` arrays) with the reference:
+    equal counts and classes, and the largest box and score differences over valid entries."""
+    counts_equal = bool(np.array_equal(outputs["num_detections"], reference["num_detections"]))
+    valid = np.arange(reference["scores"].shape[1])[None, :] < np.asarray(reference["num_detections"])[:, None]
+    values = {
+        "num_detections_equal": counts_equal,
+        "classes_equal": counts_equal and bool(np.array_equal(outputs["classes"][valid], reference["classes"][valid])),
+        "max_box_diff": _max_abs(outputs["boxes"][valid], reference["boxes"][valid]) if counts_equal else float("inf"),
+        "max_score_diff": _max_abs(outputs["scores"][valid], reference["scores"][valid]) if counts_equal else float("inf"),
+        "detections": int(np.sum(reference["num_detections"])),
+    }
+    values["passed"] = bool(
+        values["classes_equal"] and values["max_box_diff"] <= BOX_TOLERANCE and values["max_score_diff"] <= SCORE_TOLERANCE
+    )
+    return values
+
+
+def raw_parity(outputs, reference):
+    """Parity of the raw heads and anchors: the largest absolute difference of each."""
+    values = {f"max_abs_diff_{name}": _max_abs(outputs[name], reference[name]) for name in RAW_OUTPUTS}
+    values["passed"] = all(value <= RAW_TOLERANCE for value in values.values())
+    return values
+
+
+def _run_batched(function, images, batch):
+    """`function` (a batch of exactly `batch` images -> dict of arrays) over all `images`, the
+    last batch padded; outputs without a batch axis ("anchors") are taken from the first run."""
+    runs = []
+    for start in range(0, len(images), batch):
+        piece = images[start : start + batch]
+        padded = np.concatenate([piece, np.repeat(piece[:1], batch - len(piece), axis=0)])
+        runs.append(({k: np.asarray(v) for k, v in function(padded).items()}, len(piece)))
+    return {
+        name: runs[0][0][name] if name == "anchors" else np.concatenate([out[name][:n] for out, n in runs])
+        for name in runs[0][0]
+    }
+
+
+def export_detector(model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False):
+    """Exports `model` to `output_dir` and checks every artifact against it on `images`.
+
+    Args:
+        model: a `keras_hub.models.RetinaNetObjectDetector` from `aa_keras.applications.retinanet`.
+        output_dir: where the artifacts go; must be absent or empty unless `overwrite`.
+        images: (N, H, W, C) float32 images in [0, 1] for the parity checks, N > 0.
+        formats: names from `FORMATS`.
+        batch: static batch of the artifacts and of their parity runs.
+        overwrite: replace a non-empty `output_dir`.
+
+    Returns:
+        The report dict, also written to `output_dir/export_report.json`.
+
+    Raises:
+        ValueError: bad arguments, or "tflite" asked for (see the module docstring); nothing
+            is written.
+        DetectionParityError: an artifact failed its check; nothing is left in `output_dir`.
+    """
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"Invalid `formats`: received {formats!r}, unknown {unknown or 'empty'}; use names from {FORMATS}.")
+    output_dir = check_output_dir(output_dir, overwrite)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"Invalid `batch`: expected a positive int, received batch={batch!r}.")
+    if not all(hasattr(model, attribute) for attribute in ("decode_predictions", "anchor_generator")):
+        raise ValueError(
+            f"Invalid `model`: {getattr(model, 'name', model)!r} is not a RetinaNet detector (it needs "
+            "`decode_predictions` and `anchor_generator`); build one with aa_keras.applications.retinanet."
+        )
+    image_shape = tuple(model.inputs[0].shape[1:])
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != image_shape or len(images) == 0:
+        raise ValueError(f"Invalid `images`: shape {images.shape}; the detector needs (N, *{image_shape}) with N > 0.")
+
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)
+    try:
+        rows = []
+        if "saved_model" in formats:
+            path = os.path.join(staging, "saved_model")
+            _write(model, _serve_detections(model), path, image_shape, batch)
+            served = tf.saved_model.load(path).signatures[saved_model.SIGNATURE]
+            outputs = _run_batched(lambda x: served(**{saved_model.INPUT_NAME: tf.constant(x)}), images, batch)
+            reference = _run_batched(tf.function(_serve_detections(model)), images, batch)
+            rows.append({"artifact": "saved_model", "file": path, "parity": detection_parity(outputs, reference)})
+        for kind in [name for name in formats if name.startswith("tflite")]:
+            source = tempfile.mkdtemp(prefix=".tflite_source-", dir=staging)
+            raw = kind == "tflite_raw"
+            serve = _serve_raw(model) if raw else _serve_detections(model)
+            _write(model, serve, source, image_shape, batch)
+            flatbuffer, ops = _convert_builtin(source, "detector's raw network" if raw else "full detector")
+            shutil.rmtree(source)
+            path = os.path.join(staging, "model_raw.tflite" if raw else "model.tflite")
+            with open(path, "wb") as f:
+                f.write(flatbuffer)
+            runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
+            outputs = _run_batched(lambda x: runner(**{saved_model.INPUT_NAME: x}), images, batch)
+            reference = _run_batched(tf.function(serve), images, batch)
+            parity = raw_parity(outputs, reference) if raw else detection_parity(outputs, reference)
+            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": parity})
+        for row in rows:
+            row["size_bytes"] = report.size_bytes(row["file"])
+            row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))
+        result = {"image_shape": list(image_shape), "batch": batch, "num_images": len(images), "rows": rows}
+        failed = [row["artifact"] for row in rows if not row["parity"]["passed"]]
+        if failed:
+            raise DetectionParityError(
+                f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}. {rows}"
+            )
+        report.write_json(os.path.join(staging, REPORT_FILE), result)
+        _move_into_place(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
