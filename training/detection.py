@@ -102,7 +102,7 @@ DETECTION_RECIPES = {
         epochs=3,
         global_batch_size=16,
         optimizer="adam",
-        learning_rate=4e-3,
+        learning_rate=0.016,
         warmup_fraction=0.05,
         schedule="cosine",
         scale_min=0.9,
@@ -141,6 +141,25 @@ def compile_detector(model, optimizer):
     )
 
 
+def coco_predictions(found, groundtruth):
+    """The `COCOEvaluator` predictions of a batch: `found` from
+    `aa_keras.applications.retinanet.detections` on the images of the evaluation batch whose
+    ground truth is `groundtruth` (see `training.detection_data.preprocess_for_evaluation`).
+    Boxes stay in pixels of the resized image (the evaluator rescales them with `image_info`);
+    category ids are class + 1, as in the ground truth, and 0 (no category) marks padding."""
+    count = np.asarray(found["num_detections"])
+    valid = np.arange(np.shape(found["classes"])[1])[None, :] < count[:, None]
+    predictions = {
+        "source_id": groundtruth["source_id"],
+        "image_info": groundtruth["image_info"],
+        "num_detections": count,
+        "detection_boxes": found["boxes"],
+        "detection_classes": np.where(valid, np.asarray(found["classes"]) + 1, 0),
+        "detection_scores": np.where(valid, np.asarray(found["scores"]), 0.0),
+    }
+    return {k: tf.convert_to_tensor(v) for k, v in predictions.items()}  # The evaluator takes tensors.
+
+
 def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_size=8, max_instances=100,
                       max_examples=None):
     """COCO metrics of `model` on `split` of `dataset`, from Model Garden's `COCOEvaluator`.
@@ -164,20 +183,7 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
     evaluator = coco_evaluator.COCOEvaluator(annotation_file=None, include_mask=False, need_rescale_bboxes=True)
     detect = tf.function(lambda images: detections(model, images))
     for images, groundtruth in data:
-        found = detect(images)
-        count = found["num_detections"].numpy()
-        valid = np.arange(found["classes"].shape[1])[None, :] < count[:, None]
-        predictions = {
-            "source_id": groundtruth["source_id"],
-            "image_info": groundtruth["image_info"],
-            "num_detections": count,
-            "detection_boxes": found["boxes"],
-            # Category ids are label + 1, as in the ground truth; 0 (no category) marks padding.
-            "detection_classes": np.where(valid, found["classes"].numpy() + 1, 0),
-            "detection_scores": np.where(valid, found["scores"].numpy(), 0.0),
-        }
-        # The evaluator takes tensors.
-        evaluator.update_state(groundtruth, {k: tf.convert_to_tensor(v) for k, v in predictions.items()})
+        evaluator.update_state(groundtruth, coco_predictions(detect(images), groundtruth))
     results = evaluator.result()
     return {name: float(results[name]) for name in COCO_METRICS}
 

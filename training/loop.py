@@ -172,6 +172,17 @@ def train_model(
         loss, correct = strategy.run(replica_train_step, args=next(iterator))
         return strategy.reduce(_SUM, loss, axis=None), strategy.reduce(_SUM, correct, axis=None)
 
+    # Keras 3 updates BatchNormalization's moving statistics on each replica with no
+    # aggregation, so replicas (and workers) drift apart; they are averaged before each
+    # checkpoint and evaluation.
+    statistics = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
+
+    @tf.function
+    def sync_statistics():
+        local = strategy.run(lambda: [tf.convert_to_tensor(v) for v in statistics])
+        for variable, value in zip(statistics, local):
+            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
     def replica_eval_step(images, labels, weights):
         logits = tf.cast(model(images, training=False), tf.float32)
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -197,6 +208,8 @@ def train_model(
         return real.concatenate(padding).take(length).batch(per_replica)
 
     def evaluate():
+        if strategy.num_replicas_in_sync > 1:
+            sync_statistics()
         iterator = iter(strategy.distribute_datasets_from_function(eval_dataset))
         totals = np.zeros(3)
         for _ in range(eval_steps):
@@ -207,6 +220,8 @@ def train_model(
     def save(step):
         if not _all_finite(model.trainable_variables):
             raise _Diverged(f"the weights became non-finite before step {step}")
+        if strategy.num_replicas_in_sync > 1:
+            sync_statistics()
         manager.save(checkpoint_number=step)
 
     def summary_writer(name):
