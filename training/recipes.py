@@ -7,8 +7,9 @@ images and scaled linearly with the global batch size (`peak_learning_rate`).
 
 import dataclasses
 
+from training.schedules import DECAYS as SCHEDULES
+
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("step", "cosine", "constant")
 PREPROCESSING = ("inception", "cifar", "none")
 
 
