@@ -132,13 +132,21 @@ def build_named_detector(name, input_shape, num_classes):
 def compile_detector(model, optimizer):
     """Compiles `model` with keras-hub's RetinaNet losses (Huber box loss) and the focal loss
     of the RetinaNet paper (alpha = 0.25, gamma = 2, summed and normalized by the positive
-    anchors, as `RetinaNetObjectDetector.compute_loss` does)."""
+    anchors, as `RetinaNetObjectDetector.compute_loss` does), and builds them.
+
+    The compiled losses create their state (per-output loss trackers) on first use; building
+    them here, under the caller's strategy scope, keeps variable creation out of the
+    distributed training step, where `MirroredStrategy` does not allow it.
+    """
     model.compile(
         optimizer=optimizer,
         classification_loss=keras.losses.BinaryFocalCrossentropy(
             apply_class_balancing=True, alpha=0.25, gamma=2.0, from_logits=True, reduction="sum"
         ),
     )
+    images = tf.zeros((1, *model.inputs[0].shape[1:]))
+    no_objects = {"boxes": -tf.ones((1, 1, 4)), "labels": -tf.ones((1, 1), tf.int32)}
+    model.compute_loss(x=images, y=no_objects, y_pred=model(images), sample_weight=None)
 
 
 def coco_predictions(found, groundtruth):
