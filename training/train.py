@@ -11,6 +11,7 @@ metrics.json); re-running the same command resumes. A table compares the network
 import os
 import sys
 
+import keras
 from absl import app, flags, logging
 
 from aa_keras.applications import MODEL_NAMES
@@ -43,7 +44,7 @@ flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.")
 flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).")
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).")
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).")
-flags.DEFINE_integer("seed", 0, "Seed of the data order.")
+flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.")
 
 
 def comparison_table(rows):
@@ -89,6 +90,7 @@ def run(argv):
     data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
     rows = []
     for name in models:
+        keras.utils.set_random_seed(FLAGS.seed)
         _, metrics = train_model(
             name,
             recipe,
