@@ -72,6 +72,9 @@ def test_detector_outputs_initialization_and_round_trip(small_detector, tmp_path
     outputs = small_detector(images)
     assert outputs["bbox_regression"].shape == (2, num_anchors(SIZE), 4)
     assert outputs["cls_logits"].shape == (2, num_anchors(SIZE), CLASSES)
+    # P6 comes from the FPN's 256-channel P5, not from the backbone's C5 (512 channels here).
+    fpn = small_detector.backbone.feature_pyramid
+    assert fpn.output_conv_layers["P6"].kernel.shape[2] == fpn.num_filters == 256
     # RetinaNet's initialization: class probabilities start near the prior 0.01, deltas near 0.
     assert abs(float(tf.reduce_mean(tf.sigmoid(outputs["cls_logits"]))) - 0.01) < 0.005
     assert float(tf.reduce_max(tf.abs(outputs["bbox_regression"]))) < 0.5
