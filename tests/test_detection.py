@@ -86,6 +86,21 @@ def test_detector_outputs_initialization_and_round_trip(small_detector, tmp_path
     np.testing.assert_array_equal(restored(images)["cls_logits"], outputs["cls_logits"])
 
 
+def test_detections_under_mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        detector = retinanet.build_detector(
+            "aa_retinanet_r18", input_shape=(SIZE, SIZE, 3), num_classes=CLASSES, confidence_threshold=0.001
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    images = np.random.default_rng(0).random((1, SIZE, SIZE, 3)).astype(np.float32)
+    assert detector(images)["cls_logits"].dtype == tf.bfloat16
+    found = retinanet.detections(detector, images)
+    assert found["boxes"].dtype == "float32" and int(found["num_detections"][0]) > 0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

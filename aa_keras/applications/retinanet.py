@@ -223,7 +223,10 @@ def detections(detector, images):
         "classes": (B, K) int labels, "num_detections": (B,)}, K = `max_detections`; entries
         past `num_detections` are padding.
     """
-    decoded = detector.decode_predictions(detector(images, training=False), images)
+    # Decoding runs in float32: under a mixed precision policy the heads give float16 /
+    # bfloat16, which keras's box decoding cannot combine with its float32 anchors.
+    raw = {name: keras.ops.cast(value, "float32") for name, value in detector(images, training=False).items()}
+    decoded = detector.decode_predictions(raw, images)
     return {
         "boxes": decoded["boxes"],
         "scores": decoded["confidence"],
