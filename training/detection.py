@@ -124,6 +124,19 @@ def get_detection_recipe(name, **overrides):
     return dataclasses.replace(DETECTION_RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def comparison_table(rows):
+    """A text table of detection metrics.json dicts: network, parameters, COCO AP, AP50, AP75,
+    training time."""
+    lines = [f"{'model':<20}{'params':>12}{'AP':>8}{'AP50':>8}{'AP75':>8}{'train time':>13}"]
+    for row in rows:
+        coco = row["coco"]
+        lines.append(
+            f"{row['model']:<20}{row['params']:>12,}{coco['AP'] * 100:>8.2f}{coco['AP50'] * 100:>8.2f}"
+            f"{coco['AP75'] * 100:>8.2f}{row['train_seconds']:>12.0f}s"
+        )
+    return "\n".join(lines)
+
+
 def build_named_detector(name, input_shape, num_classes):
     """The detector `name` from `aa_keras.applications.retinanet`."""
     return build_detector(name, input_shape=input_shape, num_classes=num_classes)
