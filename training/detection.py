@@ -337,7 +337,20 @@ def train_detection(
     def train_step(iterator):
         return strategy.reduce(_SUM, strategy.run(replica_train_step, args=next(iterator)), axis=None)
 
+    # As in `training.loop`: Keras 3 updates BatchNormalization's moving statistics on each
+    # replica with no aggregation, so they are averaged over replicas (and workers) before each
+    # checkpoint and evaluation.
+    statistics = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
+
+    @tf.function
+    def sync_statistics():
+        local = strategy.run(lambda: [tf.convert_to_tensor(v) for v in statistics])
+        for variable, value in zip(statistics, local):
+            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
     def evaluate():
+        if strategy.num_replicas_in_sync > 1:
+            sync_statistics()
         return evaluate_detector(
             model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir,
             batch_size=per_replica_batch_size(batch, strategy.num_replicas_in_sync),
@@ -347,6 +360,8 @@ def train_detection(
     def save(step):
         if not _all_finite(model.trainable_variables):
             raise _Diverged(f"the weights became non-finite before step {step}")
+        if strategy.num_replicas_in_sync > 1:
+            sync_statistics()
         manager.save(checkpoint_number=step)
 
     def summary_writer(name):
