@@ -7,7 +7,7 @@ encoder, `ResNetEncoder`: the `ResNet` / `AAResNet` body exposed as a keras-hub
 `FeaturePyramidBackbone` whose pyramid outputs P2..P5 are the stage outputs C2..C5 (strides 4
 to 32), with the same augmented layers as the classifier.
 
-    detector = aa_retinanet_r50(num_classes=80)           # 640x640 inputs, as the paper
+    detector = aa_retinanet_r50(num_classes=80)           # 640x640 inputs (TPU RetinaNet default)
     outputs = detector(images)                            # raw heads, see `RetinaNet`
     found = detections(detector, images)                  # {"boxes", "scores", "classes", "num_detections"}
 
