@@ -277,28 +277,31 @@ def dataset_images(name, split, image_shape, count, data_dir=None):
     return np.stack(images).astype(np.float32)
 
 
-FLAGS = flags.FLAGS
+# The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
+# the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
+FLAGS = flags.FlagValues()
 flags.DEFINE_string(
     "model", None, "A `.keras` model file, or a builder name of aa_keras.applications (e.g. aa_small) for a "
     "randomly initialised model with the classes of --dataset."
-)
-flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.")
-flags.DEFINE_list("formats", ["saved_model", "tflite"], f"Artifacts to write, from {FORMATS}.")
-flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.")
-flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.")
-flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.")
-flags.DEFINE_string("dataset", "glyph_pairs", "Dataset of training.data.build_dataset for calibration and parity images.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.")
-flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.")
-flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 calibration.")
-flags.DEFINE_integer("threads", 1, "Threads of the LiteRT interpreter and onnxruntime.")
-flags.DEFINE_integer("latency_runs", 50, "Timed runs per artifact; the median is reported.")
-flags.DEFINE_bool("uint8_input", False, "SavedModel takes uint8 images in [0, 255] and scales them to [0, 1] inside.")
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
-flags.mark_flags_as_required(["model", "output_dir"])
+, flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.", flag_values=FLAGS)
+flags.DEFINE_list("formats", ["saved_model", "tflite"], f"Artifacts to write, from {FORMATS}.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.", flag_values=FLAGS)
+flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
+flags.DEFINE_string("dataset", "glyph_pairs", "Dataset of training.data.build_dataset for calibration and parity images.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
+flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)
+flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 calibration.", flag_values=FLAGS)
+flags.DEFINE_integer("threads", 1, "Threads of the LiteRT interpreter and onnxruntime.", flag_values=FLAGS)
+flags.DEFINE_integer("latency_runs", 50, "Timed runs per artifact; the median is reported.", flag_values=FLAGS)
+flags.DEFINE_bool("uint8_input", False, "SavedModel takes uint8 images in [0, 255] and scales them to [0, 1] inside.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.", flag_values=FLAGS)
+flags.mark_flags_as_required(["model", "output_dir"], flag_values=FLAGS)
 
 
 def main(argv):
+    FLAGS.mark_as_parsed()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
@@ -340,6 +343,9 @@ def main(argv):
 
 
 def run_main():
+    flags.FLAGS.append_flag_values(FLAGS)
+    for name in FLAGS:
+        flags.declare_key_flag(name)  # listed by --help
     app.run(main)
 
 

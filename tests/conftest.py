@@ -7,9 +7,21 @@ which is why it is done here and not in a fixture. Code that does not name a dev
 runs on "/cpu:0", exactly as without this file.
 """
 
+import pytest
 import tensorflow as tf
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over "/cpu:0" and "/cpu:1" for the whole session.
+
+    Every MirroredStrategy of a process starts its collective-op keys at the same values, so a
+    second one reuses the keys of the first and its all-reduces fail with "Shape mismatch in the
+    collective instance" (TensorFlow 2.20). Tests share this one instead of creating their own.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

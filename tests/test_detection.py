@@ -263,14 +263,14 @@ def test_recipes_validate_detection_fields():
         detection.get_detection_recipe("coco")
 
 
-def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path):
+def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, mirrored_strategy):
     model_dir = str(tmp_path / "run")
     arguments = dict(
         recipe=detection.get_detection_recipe("quick_detection", image_size=SIZE, max_instances=4),
         data_dir=small_glyph_boxes, global_batch_size=4, steps_per_epoch=1, eval_examples=4, verbose=False,
     )
     keras.utils.set_random_seed(0)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = mirrored_strategy
     _, first = detection.train_detection(mirrored, "aa_retinanet_r18", model_dir, epochs=1, **arguments)
     assert first["steps"] == 1 and first["finished"]
     assert set(first["coco"]) == set(detection.COCO_METRICS)

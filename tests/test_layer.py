@@ -311,8 +311,8 @@ def test_xla_matches_eager(kwargs):
     np.testing.assert_allclose(compiled(x).numpy(), layer(x).numpy(), rtol=0, atol=1e-5)
 
 
-def test_mirrored_strategy_training_step_matches_single_device():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_strategy_training_step_matches_single_device(mirrored_strategy):
+    strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     x, y = _inputs((8, 6, 6, 3)), _inputs((8, 2), seed=1)
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import flags
 
 from aa_keras.applications import small_nets
 from training import artifacts, data, recipes, train
@@ -235,8 +234,8 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, data_dir):
     assert "conv_small" in result.stdout and "test accuracy" in result.stdout
 
 
-def test_mirrored_over_two_cpus_matches_one_device(tmp_path, data_dir):
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, data_dir, mirrored_strategy):
+    mirrored = mirrored_strategy
     keras.utils.set_random_seed(1)
     initial = [w.numpy() for w in _small("conv_small", (32, 32, 3), 2).trainable_weights]
     keras.utils.set_random_seed(1)
@@ -262,12 +261,12 @@ def test_mixed_precision_trains(tmp_path, data_dir, policy):
 
 
 def test_cli_trains_and_prints_the_comparison(tmp_path, data_dir, capsys):
-    flags.FLAGS(["train", "--model=conv_small,aa_small", f"--data_dir={data_dir}", f"--model_dir={tmp_path}",
+    train.FLAGS(["train", "--model=conv_small,aa_small", f"--data_dir={data_dir}", f"--model_dir={tmp_path}",
                  "--epochs=1", "--batch_size=16", "--steps_per_epoch=1"])  # fmt: skip
     try:
         rows = train.run(["train"])
     finally:
-        flags.FLAGS.unparse_flags()
+        train.FLAGS.unparse_flags()
     assert [row["model"] for row in rows] == ["conv_small", "aa_small"]
     table = capsys.readouterr().out.splitlines()[-3:]
     assert table[0].split() == ["model", "params", "test", "accuracy", "train", "time"]

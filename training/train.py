@@ -19,32 +19,34 @@ from training import data, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.loop import MIXED_PRECISION, train_model
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("recipe", "quick", sorted(recipes.RECIPES), "Training recipe (see training/recipes.py).")
-flags.DEFINE_list("model", None, f"Networks to train, in turn; default: the recipe's. One of {', '.join(MODEL_NAMES)}.")
-flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.")
-flags.DEFINE_string("dataset", None, "TFDS image classification dataset; default: the recipe's.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).")
-flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).")
-flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_integer("num_gpus", 0, "GPUs for one_device / mirrored.")
-flags.DEFINE_list("devices", None, "Explicit devices for mirrored, e.g. GPU:0,GPU:1 (overrides --num_gpus).")
-flags.DEFINE_string("tpu", None, "TPU address or name for --strategy=tpu ('local' for attached TPUs).")
-flags.DEFINE_enum("mixed_precision", None, [p for p in MIXED_PRECISION if p], "Mixed precision policy.")
-flags.DEFINE_enum("optimizer", None, recipes.OPTIMIZERS, "Overrides the recipe's optimizer.")
-flags.DEFINE_float("learning_rate", None, "Overrides the recipe's peak learning rate per 256 images.")
-flags.DEFINE_float("momentum", None, "Overrides the recipe's SGD momentum.")
-flags.DEFINE_float("weight_decay", None, "Overrides the recipe's L2 weight decay.")
-flags.DEFINE_float("label_smoothing", None, "Overrides the recipe's label smoothing.")
-flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "Overrides the recipe's schedule after warm-up.")
-flags.DEFINE_float("warmup_fraction", None, "Overrides the recipe's warm-up fraction of all steps.")
-flags.DEFINE_integer("epochs", None, "Overrides the recipe's epochs.")
-flags.DEFINE_integer("batch_size", None, "Overrides the recipe's global batch size (over all replicas).")
-flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.")
-flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).")
-flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).")
-flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).")
-flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.")
+# The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
+# the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("recipe", "quick", sorted(recipes.RECIPES), "Training recipe (see training/recipes.py).", flag_values=FLAGS)
+flags.DEFINE_list("model", None, f"Networks to train, in turn; default: the recipe's. One of {', '.join(MODEL_NAMES)}.", flag_values=FLAGS)
+flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.", flag_values=FLAGS)
+flags.DEFINE_string("dataset", None, "TFDS image classification dataset; default: the recipe's.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).", flag_values=FLAGS)
+flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).", flag_values=FLAGS)
+flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.", flag_values=FLAGS)
+flags.DEFINE_integer("num_gpus", 0, "GPUs for one_device / mirrored.", flag_values=FLAGS)
+flags.DEFINE_list("devices", None, "Explicit devices for mirrored, e.g. GPU:0,GPU:1 (overrides --num_gpus).", flag_values=FLAGS)
+flags.DEFINE_string("tpu", None, "TPU address or name for --strategy=tpu ('local' for attached TPUs).", flag_values=FLAGS)
+flags.DEFINE_enum("mixed_precision", None, [p for p in MIXED_PRECISION if p], "Mixed precision policy.", flag_values=FLAGS)
+flags.DEFINE_enum("optimizer", None, recipes.OPTIMIZERS, "Overrides the recipe's optimizer.", flag_values=FLAGS)
+flags.DEFINE_float("learning_rate", None, "Overrides the recipe's peak learning rate per 256 images.", flag_values=FLAGS)
+flags.DEFINE_float("momentum", None, "Overrides the recipe's SGD momentum.", flag_values=FLAGS)
+flags.DEFINE_float("weight_decay", None, "Overrides the recipe's L2 weight decay.", flag_values=FLAGS)
+flags.DEFINE_float("label_smoothing", None, "Overrides the recipe's label smoothing.", flag_values=FLAGS)
+flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "Overrides the recipe's schedule after warm-up.", flag_values=FLAGS)
+flags.DEFINE_float("warmup_fraction", None, "Overrides the recipe's warm-up fraction of all steps.", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", None, "Overrides the recipe's epochs.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", None, "Overrides the recipe's global batch size (over all replicas).", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.", flag_values=FLAGS)
+flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).", flag_values=FLAGS)
+flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
+flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
 def comparison_table(rows):
@@ -108,7 +110,8 @@ def run(argv):
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:
+    FLAGS.mark_as_parsed()
+    if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
     try:
         run(argv)
@@ -118,6 +121,9 @@ def main(argv):
 
 def run_main():
     """Entry point of the `aa-train` console script."""
+    flags.FLAGS.append_flag_values(FLAGS)
+    for name in FLAGS:
+        flags.declare_key_flag(name)  # listed by --help
     app.run(main)
 
 
