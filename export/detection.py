@@ -35,7 +35,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from export import report, saved_model, tflite
-from export.export import _move_into_place, check_output_dir
+from export.export import move_into_place, check_output_dir
 
 FORMATS = ("saved_model", "tflite_raw", "tflite")
 REPORT_FILE = "export_report.json"
@@ -218,7 +218,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
                 f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}. {rows}"
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
-        _move_into_place(staging, output_dir)
+        move_into_place(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

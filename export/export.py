@@ -241,13 +241,13 @@ def export(
                 f"{output_dir!r}.\n{result['table']}"
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
-        _move_into_place(staging, output_dir)
+        move_into_place(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
-def _move_into_place(staging, output_dir):
+def move_into_place(staging, output_dir):
     """Replaces `output_dir` by `staging`; the old directory is removed only after the rename."""
     if not os.path.exists(output_dir):
         os.rename(staging, output_dir)

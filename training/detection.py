@@ -27,7 +27,7 @@ from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, dete
 from training import artifacts, detection_data, recipes
 from training.data import per_replica_batch_size
 from training.distribute import is_chief, worker_id
-from training.loop import FINAL_MODEL, METRICS, MIXED_PRECISION, _all_finite, _Diverged, _optimizer
+from training.loop import FINAL_MODEL, METRICS, MIXED_PRECISION, Diverged, all_finite, build_optimizer, statistics_sync
 
 _SUM = tf.distribute.ReduceOp.SUM
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
@@ -53,20 +53,20 @@ class DetectionRecipe(recipes.Recipe):
 
     def __post_init__(self):
         super().__post_init__()
-        recipes._check(self, "preprocessing", self.preprocessing == "none", "'none' for detection")
-        recipes._check(self, "label_smoothing", self.label_smoothing == 0, "0 for detection")
-        recipes._check(self, "randaugment_magnitude", self.randaugment_magnitude == 0, "0 for detection")
-        recipes._check(self, "scale_min", 0 < self.scale_min <= 1, "a float in (0, 1]")
-        recipes._check(self, "scale_max", self.scale_max >= 1, "a float >= 1")
-        recipes._check(self, "flip", isinstance(self.flip, bool), "a bool")
-        recipes._check(
+        recipes.check_field(self, "preprocessing", self.preprocessing == "none", "'none' for detection")
+        recipes.check_field(self, "label_smoothing", self.label_smoothing == 0, "0 for detection")
+        recipes.check_field(self, "randaugment_magnitude", self.randaugment_magnitude == 0, "0 for detection")
+        recipes.check_field(self, "scale_min", 0 < self.scale_min <= 1, "a float in (0, 1]")
+        recipes.check_field(self, "scale_max", self.scale_max >= 1, "a float >= 1")
+        recipes.check_field(self, "flip", isinstance(self.flip, bool), "a bool")
+        recipes.check_field(
             self,
             "max_instances",
             isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool) and self.max_instances > 0,
             "a positive int",
         )
         unknown = [name for name in self.models if name not in DETECTOR_NAMES]
-        recipes._check(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
+        recipes.check_field(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
 
 
 DETECTION_RECIPES = {
@@ -117,11 +117,7 @@ def get_detection_recipe(name, **overrides):
     ignored). Raises a ValueError for an unknown recipe, an unknown field or a bad value."""
     if name not in DETECTION_RECIPES:
         raise ValueError(f"Unknown detection recipe: received recipe={name!r}, expected one of {sorted(DETECTION_RECIPES)}.")
-    fields = {f.name for f in dataclasses.fields(DetectionRecipe)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"Unknown recipe fields {unknown}; valid fields are {sorted(fields)}.")
-    return dataclasses.replace(DETECTION_RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    return recipes.override(DETECTION_RECIPES[name], **overrides)
 
 
 def comparison_table(rows):
@@ -263,10 +259,7 @@ def train_detection(
     if not isinstance(recipe, DetectionRecipe):
         raise ValueError(f"Invalid `recipe`: expected a DetectionRecipe or a name from {sorted(DETECTION_RECIPES)}, "
                          f"received {recipe!r}.")
-    recipe = dataclasses.replace(
-        recipe, **{k: v for k, v in (("dataset", dataset), ("epochs", epochs),
-                                     ("global_batch_size", global_batch_size)) if v is not None}
-    )
+    recipe = recipes.override(recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
     if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
     if mixed_precision not in MIXED_PRECISION:
@@ -303,7 +296,7 @@ def train_detection(
     try:
         with strategy.scope():
             model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes)
-            optimizer = _optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
             optimizer.build(model.trainable_variables)
             compile_detector(model, optimizer)
             train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
@@ -337,20 +330,10 @@ def train_detection(
     def train_step(iterator):
         return strategy.reduce(_SUM, strategy.run(replica_train_step, args=next(iterator)), axis=None)
 
-    # As in `training.loop`: Keras 3 updates BatchNormalization's moving statistics on each
-    # replica with no aggregation, so they are averaged over replicas (and workers) before each
-    # checkpoint and evaluation.
-    statistics = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
-
-    @tf.function
-    def sync_statistics():
-        local = strategy.run(lambda: [tf.convert_to_tensor(v) for v in statistics])
-        for variable, value in zip(statistics, local):
-            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+    sync_statistics = statistics_sync(strategy, model)
 
     def evaluate():
-        if strategy.num_replicas_in_sync > 1:
-            sync_statistics()
+        sync_statistics()
         return evaluate_detector(
             model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir,
             batch_size=per_replica_batch_size(batch, strategy.num_replicas_in_sync),
@@ -358,10 +341,9 @@ def train_detection(
         )
 
     def save(step):
-        if not _all_finite(model.trainable_variables):
-            raise _Diverged(f"the weights became non-finite before step {step}")
-        if strategy.num_replicas_in_sync > 1:
-            sync_statistics()
+        if not all_finite(model.trainable_variables):
+            raise Diverged(f"the weights became non-finite before step {step}")
+        sync_statistics()
         manager.save(checkpoint_number=step)
 
     def summary_writer(name):
@@ -425,7 +407,7 @@ def train_detection(
                 started = time.perf_counter()
                 loss = float(train_step(iterator))
                 if not math.isfinite(loss):
-                    raise _Diverged(f"the loss is {loss} at step {step + 1}")
+                    raise Diverged(f"the loss is {loss} at step {step + 1}")
                 seconds += time.perf_counter() - started
                 step += 1
                 epoch_loss += loss
@@ -452,7 +434,7 @@ def train_detection(
             write_metrics(results, finished=False)
             if chief and verbose:
                 print(f"{model_name}: COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}", flush=True)
-    except _Diverged as error:
+    except Diverged as error:
         raise FloatingPointError(
             f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
             f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate or use a longer warm-up, "

@@ -56,9 +56,18 @@ def split_size(name, split, data_dir=None):
     try:
         return int(dataset_builder.info.splits[split].num_examples)
     except KeyError as error:
+        if not dataset_builder.is_prepared():  # An unprepared dataset has no splits yet.
+            raise _not_prepared(dataset_builder) from error
         raise ValueError(
             f"Invalid split {split!r} of {name!r}; its splits are {sorted(dataset_builder.info.splits)}."
         ) from error
+
+
+def _not_prepared(dataset_builder):
+    return ValueError(
+        f"Dataset {dataset_builder.name!r} is not prepared in {dataset_builder.data_dir}: prepare it with "
+        f"`tfds build {dataset_builder.name}` (with the same --data_dir)."
+    )
 
 
 def _load(dataset_builder, split, training, seed):
@@ -66,10 +75,7 @@ def _load(dataset_builder, split, training, seed):
     try:
         return dataset_builder.as_dataset(split=split, shuffle_files=training, read_config=read_config)
     except AssertionError as error:  # TFDS's "could not find data" for an unprepared dataset.
-        raise ValueError(
-            f"Dataset {dataset_builder.name!r} is not prepared in {dataset_builder.data_dir}: prepare it with "
-            f"`tfds build {dataset_builder.name}` (with the same --data_dir)."
-        ) from error
+        raise _not_prepared(dataset_builder) from error
 
 
 def _source_id(example):

@@ -34,7 +34,9 @@ def build_registered_model(name, input_shape, classes):
     return build_model(name, input_shape=input_shape, classes=classes)
 
 
-def _optimizer(recipe, steps_per_epoch, mixed_precision):
+def build_optimizer(recipe, steps_per_epoch, mixed_precision):
+    """The recipe's optimizer over `steps_per_epoch * recipe.epochs` steps: SGD with momentum or
+    Adam on its `WarmupDecay` schedule, with dynamic loss scaling under "float16"."""
     total_steps = steps_per_epoch * recipe.epochs
     schedule = WarmupDecay(
         peak=recipe.peak_learning_rate,
@@ -53,12 +55,33 @@ def _optimizer(recipe, steps_per_epoch, mixed_precision):
     return optimizer
 
 
-def _all_finite(variables):
+def all_finite(variables):
+    """Whether every value of every variable is finite."""
     return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
 
 
-class _Diverged(FloatingPointError):
-    pass
+class Diverged(FloatingPointError):
+    """The loss or the weights became non-finite during training."""
+
+
+def statistics_sync(strategy, model):
+    """A function that sets `model`'s float non-trainable variables (BatchNormalization's moving
+    statistics) to their mean over the replicas (and workers) of `strategy`.
+
+    Keras 3 updates the moving statistics on each replica with no aggregation, so replicas drift
+    apart; the training loops call this before each checkpoint and evaluation.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return lambda: None  # Nothing to average.
+    statistics = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
+
+    @tf.function
+    def sync():
+        local = strategy.run(lambda: [tf.convert_to_tensor(v) for v in statistics])
+        for variable, value in zip(statistics, local):
+            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
+    return sync
 
 
 def train_model(
@@ -135,7 +158,7 @@ def train_model(
     try:
         with strategy.scope():
             model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes)
-            optimizer = _optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
             optimizer.build(model.trainable_variables)
             train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     finally:
@@ -172,16 +195,7 @@ def train_model(
         loss, correct = strategy.run(replica_train_step, args=next(iterator))
         return strategy.reduce(_SUM, loss, axis=None), strategy.reduce(_SUM, correct, axis=None)
 
-    # Keras 3 updates BatchNormalization's moving statistics on each replica with no
-    # aggregation, so replicas (and workers) drift apart; they are averaged before each
-    # checkpoint and evaluation.
-    statistics = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
-
-    @tf.function
-    def sync_statistics():
-        local = strategy.run(lambda: [tf.convert_to_tensor(v) for v in statistics])
-        for variable, value in zip(statistics, local):
-            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+    sync_statistics = statistics_sync(strategy, model)
 
     def replica_eval_step(images, labels, weights):
         logits = tf.cast(model(images, training=False), tf.float32)
@@ -208,8 +222,7 @@ def train_model(
         return real.concatenate(padding).take(length).batch(per_replica)
 
     def evaluate():
-        if strategy.num_replicas_in_sync > 1:
-            sync_statistics()
+        sync_statistics()
         iterator = iter(strategy.distribute_datasets_from_function(eval_dataset))
         totals = np.zeros(3)
         for _ in range(eval_steps):
@@ -218,10 +231,9 @@ def train_model(
         return {"loss": float(loss / count), "accuracy": float(correct / count)}
 
     def save(step):
-        if not _all_finite(model.trainable_variables):
-            raise _Diverged(f"the weights became non-finite before step {step}")
-        if strategy.num_replicas_in_sync > 1:
-            sync_statistics()
+        if not all_finite(model.trainable_variables):
+            raise Diverged(f"the weights became non-finite before step {step}")
+        sync_statistics()
         manager.save(checkpoint_number=step)
 
     def summary_writer(name):
@@ -284,7 +296,7 @@ def train_model(
                 started = time.perf_counter()
                 loss, correct = (float(v) for v in train_step(iterator))
                 if not math.isfinite(loss):
-                    raise _Diverged(f"the loss is {loss} at step {step + 1}")
+                    raise Diverged(f"the loss is {loss} at step {step + 1}")
                 seconds += time.perf_counter() - started
                 step += 1
                 epoch_loss += loss
@@ -317,7 +329,7 @@ def train_model(
             write_metrics(results, finished=False)
             if chief and verbose:
                 print(f"{model_name}: eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}", flush=True)
-    except _Diverged as error:
+    except Diverged as error:
         raise FloatingPointError(
             f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
             f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate (--learning_rate) or "

@@ -59,21 +59,21 @@ class Recipe:
     eval_split: str = "test"
 
     def __post_init__(self):
-        _check(self, "dataset", isinstance(self.dataset, str) and self.dataset, "a TFDS dataset name")
-        _check(self, "models", isinstance(self.models, tuple) and self.models, "a non-empty tuple of names")
+        check_field(self, "dataset", isinstance(self.dataset, str) and self.dataset, "a TFDS dataset name")
+        check_field(self, "models", isinstance(self.models, tuple) and self.models, "a non-empty tuple of names")
         for name in ("image_size", "epochs", "global_batch_size"):
             value = getattr(self, name)
-            _check(self, name, isinstance(value, int) and not isinstance(value, bool) and value > 0, "a positive int")
-        _check(self, "optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
-        _check(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
-        _check(self, "preprocessing", self.preprocessing in PREPROCESSING, f"one of {PREPROCESSING}")
-        _check(self, "learning_rate", self.learning_rate > 0, "a positive float")
-        _check(self, "momentum", 0 <= self.momentum < 1, "a float in [0, 1)")
-        _check(self, "weight_decay", self.weight_decay >= 0, "a float >= 0")
-        _check(self, "label_smoothing", 0 <= self.label_smoothing < 1, "a float in [0, 1)")
-        _check(self, "warmup_fraction", 0 <= self.warmup_fraction < 1, "a float in [0, 1)")
-        _check(self, "decay_factor", 0 < self.decay_factor <= 1, "a float in (0, 1]")
-        _check(
+            check_field(self, name, isinstance(value, int) and not isinstance(value, bool) and value > 0, "a positive int")
+        check_field(self, "optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
+        check_field(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
+        check_field(self, "preprocessing", self.preprocessing in PREPROCESSING, f"one of {PREPROCESSING}")
+        check_field(self, "learning_rate", self.learning_rate > 0, "a positive float")
+        check_field(self, "momentum", 0 <= self.momentum < 1, "a float in [0, 1)")
+        check_field(self, "weight_decay", self.weight_decay >= 0, "a float >= 0")
+        check_field(self, "label_smoothing", 0 <= self.label_smoothing < 1, "a float in [0, 1)")
+        check_field(self, "warmup_fraction", 0 <= self.warmup_fraction < 1, "a float in [0, 1)")
+        check_field(self, "decay_factor", 0 < self.decay_factor <= 1, "a float in (0, 1]")
+        check_field(
             self,
             "decay_epochs",
             isinstance(self.decay_epochs, tuple)
@@ -81,7 +81,7 @@ class Recipe:
             and list(self.decay_epochs) == sorted(set(self.decay_epochs)),
             f"increasing epochs strictly between 0 and epochs={self.epochs}",
         )
-        _check(
+        check_field(
             self,
             "randaugment_magnitude",
             isinstance(self.randaugment_magnitude, int) and 0 <= self.randaugment_magnitude <= 30,
@@ -94,7 +94,9 @@ class Recipe:
         return self.learning_rate * self.global_batch_size / 256
 
 
-def _check(recipe, name, ok, valid):
+def check_field(recipe, name, ok, valid):
+    """Raises a ValueError naming the field `name` of `recipe`, its value and `valid` (what is
+    valid) unless `ok`."""
     if not ok:
         raise ValueError(f"Invalid recipe field `{name}`: received {name}={getattr(recipe, name)!r}, expected {valid}.")
 
@@ -162,8 +164,18 @@ def get_recipe(name, **overrides):
     """
     if name not in RECIPES:
         raise ValueError(f"Unknown recipe: received recipe={name!r}, expected one of {sorted(RECIPES)}.")
-    fields = {f.name for f in dataclasses.fields(Recipe)}
+    return override(RECIPES[name], **overrides)
+
+
+def override(recipe, **overrides):
+    """`recipe` (a `Recipe` or a subclass) with the fields in `overrides` replaced (None values
+    are ignored), validated again.
+
+    Raises:
+        ValueError: for an unknown field or an invalid value.
+    """
+    fields = {f.name for f in dataclasses.fields(recipe)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"Unknown recipe fields {unknown}; valid fields are {sorted(fields)}.")
-    return dataclasses.replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
