@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from official.vision.ops import box_ops, preprocess_ops
 
-import aa_keras.datasets.glyph_boxes  # noqa: F401  (registers glyph_boxes with TFDS)
+import aa_keras.datasets  # noqa: F401  (registers glyph_boxes with TFDS)
 from training.data import per_replica_batch_size
 
 EMBEDDED_DATASETS = ("glyph_boxes",)

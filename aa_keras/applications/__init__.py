@@ -1,8 +1,9 @@
-"""Applications: attention augmentation of existing models, the paper's networks, and a
-registry of named models.
+"""Applications: attention augmentation of existing models, the paper's networks, the
+RetinaNet detectors, and registries of named models and detectors.
 
     model, summary = augment(keras.applications.ResNet50(weights=None))
     model = build_model("aa_resnet50", classes=1000)
+    detector = build_detector("aa_retinanet_r50", num_classes=80)
 """
 
 import importlib
@@ -10,6 +11,14 @@ import importlib
 from aa_keras.applications._backbone import feature_extractor
 from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
 from aa_keras.applications.resnet import AAResNet, ResNet
+from aa_keras.applications.retinanet import (
+    DETECTOR_NAMES,
+    AARetinaNet,
+    ResNetEncoder,
+    RetinaNet,
+    build_detector,
+    detections,
+)
 from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
 
 
@@ -77,15 +86,21 @@ def build_model(name, input_shape=None, classes=None, **kwargs):
 
 __all__ = [
     "AAResNet",
+    "AARetinaNet",
     "AAWideResNet",
     "AugmentSummary",
+    "DETECTOR_NAMES",
     "LastStages",
     "MODEL_NAMES",
     "PRESETS",
     "Replacement",
     "ResNet",
+    "ResNetEncoder",
+    "RetinaNet",
     "WideResNet",
     "augment",
+    "build_detector",
     "build_model",
+    "detections",
     "feature_extractor",
 ]
