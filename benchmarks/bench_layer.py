@@ -1,17 +1,25 @@
 """Speed and memory of AttentionAugmentation2D against Conv2D and the straightforward reference.
 
-    python -m benchmarks.bench_layer                      # the full table (minutes)
+    python -m benchmarks.bench_layer                      # the full table (about 10 minutes)
     python -m benchmarks.bench_layer --sizes=14 --memory_sizes= --repeats=3
 
-For each spatial size the forward and training-step (forward + gradients w.r.t. the input and
-all weights) times of the three implementations are measured side by side, interleaved, in one
-fresh subprocess; peak memory (max RSS of the whole process) of one training step is measured
-in a fresh subprocess per implementation and size. Results are printed as a table and written
-as JSON. Ratios, not absolute times, are the figures to compare: the machine may be shared.
+Implementations: `aa` (the library layer), `conv` (`keras.layers.Conv2D(filters, kernel_size)`),
+`reference` (`benchmarks/reference_layer.py`: materialised, tiled logits as in the paper's
+appendix) and `softmax` (a bare `tf.nn.softmax` over the layer's (B, Nh, HW, HW) logits, forward
+and backward: a floor under any attention that materialises its weights in float32).
+
+For each spatial size the forward and training-step (forward + gradients w.r.t. the input and all
+weights) times are measured side by side, interleaved, in one fresh subprocess; above
+`--reference_alone_above` the reference runs in a second subprocess with only `aa` beside it
+(it needs tens of GB there). Peak memory (max RSS of the whole process) of one training step and
+of one forward pass is measured in a fresh subprocess per implementation, size and pass. Results
+are printed as a table and written as JSON. Ratios, not absolute times, are the figures to
+compare: the machine may be shared.
 """
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -22,13 +30,15 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["7", "14", "28", "56"], "Spatial sizes for the timings.")
 flags.DEFINE_list("memory_sizes", ["7", "14", "28", "56", "112"], "Spatial sizes for peak memory.")
-flags.DEFINE_list("impls", ["aa", "conv", "reference"], "Implementations: aa, conv, reference.")
-flags.DEFINE_integer("reference_max_size", 56, "Largest size at which the reference runs.")
+flags.DEFINE_list("impls", ["aa", "conv", "reference", "softmax"], "Implementations: aa, conv, reference, softmax.")
+flags.DEFINE_integer("reference_alone_above", 28, "Above this size the reference is timed in its own process.")
+flags.DEFINE_integer("reference_memory_max_size", 56, "Largest size at which the reference's memory is measured.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("filters", 256, "Input channels and output filters.")
 flags.DEFINE_integer("kernel_size", 3, "Kernel size.")
 flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 flags.DEFINE_float("depth", 0.2, "depth_k = depth_v as a fraction of filters.")
+flags.DEFINE_integer("query_block_size", None, "Passed to the layer (None: chosen from the size).")
 flags.DEFINE_integer("repeats", 5, "Timed runs per implementation (median reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed runs first.")
 flags.DEFINE_boolean("jit_compile", False, "Compile the timed functions with XLA.")
@@ -36,6 +46,10 @@ flags.DEFINE_string("output", "benchmarks/results/bench_layer.json", "Where to w
 flags.DEFINE_enum("worker", None, ["time", "memory"], "Internal: run one measurement and print JSON.")
 flags.DEFINE_integer("size", None, "Internal: the worker's spatial size.")
 flags.DEFINE_string("impl", None, "Internal: the memory worker's implementation.")
+flags.DEFINE_enum("pass_", "train_step", ["forward", "train_step"], "Internal: the memory worker's pass.")
+
+_WORKER_FLAGS = ("batch", "filters", "kernel_size", "num_heads", "depth", "query_block_size", "repeats", "warmup",
+                 "jit_compile")
 
 
 def _make_layer(impl):
@@ -48,19 +62,33 @@ def _make_layer(impl):
         return keras.layers.Conv2D(FLAGS.filters, FLAGS.kernel_size, padding="same")
     layer_class = {"aa": AttentionAugmentation2D, "reference": ReferenceAttentionAugmentation2D}[impl]
     return layer_class(
-        FLAGS.filters, FLAGS.kernel_size, depth_k=FLAGS.depth, depth_v=FLAGS.depth, num_heads=FLAGS.num_heads
+        FLAGS.filters,
+        FLAGS.kernel_size,
+        depth_k=FLAGS.depth,
+        depth_v=FLAGS.depth,
+        num_heads=FLAGS.num_heads,
+        query_block_size=FLAGS.query_block_size,
     )
 
 
 def _functions(impl, size):
-    """(forward, train_step) tf.functions of one implementation at one size."""
+    """{"forward": fn, "train_step": fn}: tf.functions of one implementation at one size."""
     import tensorflow as tf
 
-    layer = _make_layer(impl)
-    shape = (FLAGS.batch, size, size, FLAGS.filters)
-    x = tf.random.normal(shape, seed=1)
-    layer.build(shape)
-    upstream = tf.random.normal(layer.compute_output_shape(shape), seed=2)
+    if impl == "softmax":
+        positions = size * size
+        x = tf.random.normal((FLAGS.batch, FLAGS.num_heads, positions, positions), seed=1)
+        layer = tf.nn.softmax
+        variables = []
+        output_shape = x.shape
+    else:
+        layer = _make_layer(impl)
+        shape = (FLAGS.batch, size, size, FLAGS.filters)
+        x = tf.random.normal(shape, seed=1)
+        layer.build(shape)
+        variables = layer.trainable_variables
+        output_shape = layer.compute_output_shape(shape)
+    upstream = tf.random.normal(output_shape, seed=2)
 
     @tf.function(jit_compile=FLAGS.jit_compile)
     def forward():
@@ -71,19 +99,18 @@ def _functions(impl, size):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(layer(x) * upstream)
-        return tape.gradient(loss, [x] + layer.trainable_variables)
+        return tape.gradient(loss, [x] + variables)
 
-    return forward, train_step
+    return {"forward": forward, "train_step": train_step}
 
 
-def _time_worker(size):
-    """Times every implementation at `size`, interleaved; returns {impl: {forward_s, train_step_s}}."""
-    impls = [i for i in FLAGS.impls if i != "reference" or size <= FLAGS.reference_max_size]
+def _time_worker(size, impls):
+    """Times `impls` at `size`, interleaved; returns {impl: {forward_s, train_step_s}} (medians)."""
     functions = {impl: _functions(impl, size) for impl in impls}
     times = {impl: {"forward": [], "train_step": []} for impl in impls}
     for repeat in range(FLAGS.warmup + FLAGS.repeats):
         for impl in impls:
-            for kind, fn in zip(("forward", "train_step"), functions[impl]):
+            for kind, fn in functions[impl].items():
                 start = time.perf_counter()
                 fn()
                 elapsed = time.perf_counter() - start
@@ -95,57 +122,71 @@ def _time_worker(size):
     }
 
 
-def _memory_worker(impl, size):
-    """Peak RSS (GiB) of a process that runs one training step of `impl` at `size`."""
-    _, train_step = _functions(impl, size)
-    train_step()
+def _memory_worker(impl, size, pass_):
+    """Peak RSS (GiB) of a process that runs one `pass_` of `impl` at `size`."""
+    _functions(impl, size)[pass_]()
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def _run_worker(args):
-    """Runs this module as a worker subprocess; returns its JSON result, or an error string."""
-    command = [sys.executable, "-m", "benchmarks.bench_layer", *args] + [
-        FLAGS[name].serialize()
-        for name in ("impls", "reference_max_size", "batch", "filters", "kernel_size", "num_heads",
-                     "depth", "repeats", "warmup", "jit_compile")
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    """Runs this module as a worker subprocess; returns its JSON result, or {"error": ...}."""
+    command = [sys.executable, "-m", "benchmarks.bench_layer", *args] + [FLAGS[n].serialize() for n in _WORKER_FLAGS]
+    result = subprocess.run([c for c in command if c], capture_output=True, text=True)
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
-        return {"error": tail[0]}
+        return {"error": f"exit code {result.returncode}: {tail[0][:200]}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _ratio(numerator, denominator):
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
+def _timings(size):
+    """All timings at one size: {impl: {...}}, with "reference_vs_aa" taken from one process."""
+    together = [i for i in FLAGS.impls if i != "reference" or size <= FLAGS.reference_alone_above]
+    timing = _run_worker(["--worker=time", f"--size={size}", f"--impls={','.join(together)}"])
+    if "error" in timing:
+        return {"error": timing["error"]}
+    pair = timing
+    if "reference" in FLAGS.impls and size > FLAGS.reference_alone_above:
+        pair = _run_worker(["--worker=time", f"--size={size}", "--impls=aa,reference"])
+        timing["reference"] = pair if "error" in pair else pair["reference"]
+    if "reference" in pair and "aa" in pair and "error" not in pair:
+        timing["reference_vs_aa"] = {
+            kind: pair["reference"][f"{kind}_s"] / pair["aa"][f"{kind}_s"] for kind in ("forward", "train_step")
+        }
+    return timing
+
+
+def _fmt(value, scale=1.0, digits=1):
+    return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
 def _table(results):
     lines = [
-        "| size | impl | forward ms | train step ms | train vs conv | reference / aa (train) | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|",
+        "| size | impl | forward ms | train step ms | forward / conv | train step / conv | reference / aa "
+        "(fwd, train) | peak RSS GiB (fwd, train) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     sizes = sorted({int(s) for s in list(results["time"]) + list(results["memory"])})
     for size in sizes:
         timing = results["time"].get(str(size), {})
         memory = results["memory"].get(str(size), {})
+        conv = timing.get("conv", {})
         for impl in FLAGS.impls:
-            t = timing.get(impl, {})
-            m = memory.get(impl, {})
-            train = t.get("train_step_s")
-            conv_train = timing.get("conv", {}).get("train_step_s")
-            vs_conv = _ratio(train, conv_train)
-            ref_over_aa = _ratio(timing.get("reference", {}).get("train_step_s"), timing.get("aa", {}).get("train_step_s"))
+            t, m = timing.get(impl, {}), memory.get(impl, {})
             if not t and not m:
                 continue
-            fmt = lambda v, scale=1.0, digits=1: "-" if v is None else f"{v * scale:.{digits}f}"
-            rss = m.get("peak_rss_gib") if "error" not in m else None
+            ratios = [
+                _fmt(t.get(k) / conv[k], digits=2) if t.get(k) and conv.get(k) else "-"
+                for k in ("forward_s", "train_step_s")
+            ]
+            ref = timing.get("reference_vs_aa") if impl == "aa" else None
+            ref_cell = f"{ref['forward']:.2f}, {ref['train_step']:.2f}" if ref else ""
+            rss = [m.get(p, {}).get("peak_rss_gib") for p in ("forward", "train_step")]
+            rss_cell = ", ".join(_fmt(v, digits=2) for v in rss) if m else ""
+            if "error" in t:
+                ratios, ref_cell = ["error", t["error"][:40]], ""
             lines.append(
-                f"| {size} | {impl} | {fmt(t.get('forward_s'), 1e3)} | {fmt(train, 1e3)} | "
-                f"{fmt(vs_conv, digits=2)} | {fmt(ref_over_aa, digits=2) if impl == 'aa' else ''} | "
-                f"{fmt(rss, digits=2) if 'error' not in m else m['error'][:40]} |"
+                f"| {size} | {impl} | {_fmt(t.get('forward_s'), 1e3)} | {_fmt(t.get('train_step_s'), 1e3)} | "
+                f"{ratios[0]} | {ratios[1]} | {ref_cell} | {rss_cell} |"
             )
     return "\n".join(lines)
 
@@ -153,24 +194,31 @@ def _table(results):
 def main(argv):
     del argv
     if FLAGS.worker == "time":
-        print(json.dumps(_time_worker(FLAGS.size)))
+        print(json.dumps(_time_worker(FLAGS.size, FLAGS.impls)))
         return
     if FLAGS.worker == "memory":
-        print(json.dumps(_memory_worker(FLAGS.impl, FLAGS.size)))
+        print(json.dumps(_memory_worker(FLAGS.impl, FLAGS.size, FLAGS.pass_)))
         return
-    results = {"config": {name: FLAGS[name].value for name in ("batch", "filters", "kernel_size", "num_heads", "depth",
-                                                             "repeats", "jit_compile")},
-               "machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "time": {}, "memory": {}}
+    results = {
+        "config": {name: FLAGS[name].value for name in _WORKER_FLAGS},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "time": {},
+        "memory": {},
+    }
     for size in FLAGS.sizes:
         logging.info("timing size %s", size)
-        results["time"][size] = _run_worker(["--worker=time", f"--size={size}"])
+        results["time"][size] = _timings(int(size))
     for size in FLAGS.memory_sizes:
         results["memory"][size] = {}
         for impl in FLAGS.impls:
-            if impl == "reference" and int(size) > FLAGS.reference_max_size:
+            if impl == "softmax" or (impl == "reference" and int(size) > FLAGS.reference_memory_max_size):
                 continue
-            logging.info("memory size %s %s", size, impl)
-            results["memory"][size][impl] = _run_worker(["--worker=memory", f"--size={size}", f"--impl={impl}"])
+            results["memory"][size][impl] = {}
+            for pass_ in ("forward", "train_step"):
+                logging.info("memory size %s %s %s", size, impl, pass_)
+                results["memory"][size][impl][pass_] = _run_worker(
+                    ["--worker=memory", f"--size={size}", f"--impl={impl}", f"--pass_={pass_}"]
+                )
     table = _table(results)
     print(table)
     results["table"] = table

@@ -2,9 +2,9 @@
 
 The logits are (B, Nh, HW, HW): at 56x56 and batch 8 one float32 copy is 2.5 GB. The blocked
 path splits the queries into blocks, computes one block's logits, softmax and output at a
-time, and recomputes a block's logits in the backward pass (a custom gradient) instead of
-keeping them, so peak memory grows with the block and not with (HW)^2. Both paths compute the
-same function.
+time, one block after another, and recomputes a block's logits in the backward pass (a custom
+gradient) instead of keeping them, so peak memory grows with the block and not with (HW)^2.
+Both paths compute the same function.
 """
 
 import tensorflow as tf
@@ -45,41 +45,88 @@ def _probabilities(q, k, rel):
     return tf.nn.softmax(logits, axis=-1)
 
 
-def _attention(recompute):
-    """softmax(q k^T + relative logits) v for one block of queries, with a hand-written gradient.
+def _gradients(q, k, v, rel, probs, out, d_out):
+    """Gradients of out = softmax(q k^T + rel) v for one block of queries.
 
-    The gradient uses rowsum(dP * P) = rowsum(dO * O), so the backward pass makes few passes over
-    the (Q, HW) weights. With `recompute=True` the weights are not kept for the backward pass
-    but recomputed from q, k and the relative logits there, so memory does not grow with the
-    number of blocks.
+    Uses rowsum(dP * P) = rowsum(dO * O), so only a few passes go over the (Q, HW) weights.
 
-    The returned function takes q (B, Nh, Q, dkh), k (B, Nh, HW, dkh), v (B, Nh, HW, dvh) and
-    optionally the relative logits (see `_probabilities`) and returns (B, Nh, Q, dvh) in the
-    dtype of v.
+    Args:
+        q, k, v, rel: the block's inputs, as in `_probabilities` (v (B, Nh, HW, dvh)).
+        probs: (B, Nh, Q, HW) float32 attention weights of the block.
+        out, d_out: (B, Nh, Q, dvh) block output and its gradient.
+
+    Returns:
+        [d_q, d_k, d_v] followed by the gradients of the relative logits, if any.
+    """
+    d_v = tf.matmul(tf.cast(probs, v.dtype), d_out, transpose_a=True)
+    d_p = tf.cast(tf.matmul(d_out, v, transpose_b=True), tf.float32)
+    row = tf.reduce_sum(tf.cast(d_out, tf.float32) * tf.cast(out, tf.float32), -1, keepdims=True)
+    d_logits = probs * (d_p - row)
+    grads = [tf.matmul(d_logits, k), tf.matmul(d_logits, q, transpose_a=True), d_v]
+    if rel:
+        batch, heads, queries, _ = dims(d_logits)
+        height, width = dims(rel[0])[3], dims(rel[1])[4]
+        d_logits = tf.reshape(d_logits, [batch, heads, queries, height, width])
+        grads += [tf.reduce_sum(d_logits, axis=4, keepdims=True), tf.reduce_sum(d_logits, axis=3, keepdims=True)]
+    return grads
+
+
+@tf.custom_gradient
+def _attention(q, k, v, *rel):
+    """softmax(q k^T + rel) v in one piece; the weights are kept for the backward pass.
+
+    Takes q (B, Nh, HW, dkh), k (B, Nh, HW, dkh), v (B, Nh, HW, dvh) and the relative logits, if
+    any (see `_probabilities`); returns (B, Nh, HW, dvh) in the dtype of v.
+    """
+    probs = _probabilities(q, k, rel)
+    out = tf.matmul(tf.cast(probs, v.dtype), v)
+
+    def grad(d_out):
+        return _gradients(q, k, v, rel, probs, out, d_out)
+
+    return out, grad
+
+
+def _blocked_attention(block_size):
+    """`_attention` computed `block_size` queries at a time, the blocks one after another.
+
+    Only the output is kept for the backward pass, which recomputes each block's weights. The
+    blocks are chained by control dependencies, forward and backward, so that the runtime does
+    not run them side by side and hold every block's (Q, HW) weights at once.
     """
 
     @tf.custom_gradient
     def attend(q, k, v, *rel):
-        probs = _probabilities(q, k, rel)
-        out = tf.matmul(tf.cast(probs, v.dtype), v)
-        saved_probs = None if recompute else probs
+        num_positions = q.shape[2]
+        blocks = [(start, min(start + block_size, num_positions)) for start in range(0, num_positions, block_size)]
+
+        def block_inputs(start, stop):
+            return q[:, :, start:stop], [r[:, :, start:stop] for r in rel]
+
+        outputs = []
+        for start, stop in blocks:
+            with tf.control_dependencies(outputs[-1:]):
+                q_block, rel_block = block_inputs(start, stop)
+                probs = _probabilities(q_block, k, rel_block)
+                outputs.append(tf.matmul(tf.cast(probs, v.dtype), v))
+        out = tf.concat(outputs, axis=2)
 
         def grad(d_out):
-            p = _probabilities(q, k, rel) if saved_probs is None else saved_probs
-            d_v = tf.matmul(tf.cast(p, v.dtype), d_out, transpose_a=True)
-            d_p = tf.cast(tf.matmul(d_out, v, transpose_b=True), tf.float32)
-            row = tf.reduce_sum(tf.cast(d_out, tf.float32) * tf.cast(out, tf.float32), -1, keepdims=True)
-            d_logits = p * (d_p - row)
-            d_q = tf.matmul(d_logits, k)
-            d_k = tf.matmul(d_logits, q, transpose_a=True)
-            if not rel:
-                return d_q, d_k, d_v
-            batch, heads, queries, _ = dims(d_logits)
-            height, width = dims(rel[0])[3], dims(rel[1])[4]
-            d_logits = tf.reshape(d_logits, [batch, heads, queries, height, width])
-            d_h = tf.reduce_sum(d_logits, axis=4, keepdims=True)
-            d_w = tf.reduce_sum(d_logits, axis=3, keepdims=True)
-            return d_q, d_k, d_v, d_h, d_w
+            d_k, d_v = tf.zeros_like(k), tf.zeros_like(v)
+            d_q, d_rel = [], [[] for _ in rel]
+            for start, stop in blocks:
+                with tf.control_dependencies([d_k, d_v]):
+                    q_block, rel_block = block_inputs(start, stop)
+                    probs = _probabilities(q_block, k, rel_block)
+                    block_grads = _gradients(
+                        q_block, k, v, rel_block, probs, out[:, :, start:stop], d_out[:, :, start:stop]
+                    )
+                d_q.append(block_grads[0])
+                d_k += block_grads[1]
+                d_v += block_grads[2]
+                for d, g in zip(d_rel, block_grads[3:]):
+                    d.append(g)
+            return [tf.concat(d_q, axis=2), d_k, d_v] + [tf.concat(d, axis=2) for d in d_rel]
 
         return out, grad
 
@@ -112,12 +159,5 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
     if not blocked or query_block_size >= num_positions:
-        return _attention(recompute=False)(q, k, v, *rel)
-
-    attend_block = _attention(recompute=True)
-    outputs = []
-    for start in range(0, num_positions, query_block_size):
-        stop = min(start + query_block_size, num_positions)
-        block_rel = [r[:, :, start:stop] for r in rel]
-        outputs.append(attend_block(q[:, :, start:stop], k, v, *block_rel))
-    return tf.concat(outputs, axis=2)
+        return _attention(q, k, v, *rel)
+    return _blocked_attention(query_block_size)(q, k, v, *rel)
