@@ -17,7 +17,7 @@ Artifacts:
                            non-maximum suppression lowers to the TF op BitwiseAnd (from
                            `keras.ops.argmax`), which has no TFLite builtin; asking for it gives a
                            ValueError that says so and names "tflite_raw" instead.
-    export_report.json     per artifact: size and parity metrics with their check.
+    export_report.json     per artifact: size and parity metrics with their check, and their table.
 
 Everything is written to a temporary directory next to `output_dir` and moved into place only
 when every artifact passed its parity check and uses builtin ops only.
@@ -35,7 +35,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from export import report, saved_model, tflite
-from export.export import move_into_place, check_output_dir
+from export.export import ParityError, check_output_dir, move_into_place
 
 FORMATS = ("saved_model", "tflite_raw", "tflite")
 REPORT_FILE = "export_report.json"
@@ -47,8 +47,9 @@ SCORE_TOLERANCE = 1e-4
 RAW_TOLERANCE = 1e-3
 
 
-class DetectionParityError(RuntimeError):
-    """An exported detector does not compute what the Keras model computes."""
+def is_detector(model):
+    """Whether `model` is a RetinaNet detector (it decodes its predictions and has anchors)."""
+    return all(hasattr(model, attribute) for attribute in ("decode_predictions", "anchor_generator"))
 
 
 def _serve_detections(model):
@@ -130,6 +131,19 @@ def raw_parity(outputs, reference):
     return values
 
 
+def format_table(rows):
+    """A text table of report rows: artifact, size, the largest differences from the Keras
+    model, and the check."""
+    lines = [f"{'artifact':<14}{'size':>12}  {'check':<8}largest differences"]
+    for row in rows:
+        differences = ", ".join(
+            f"{name.removeprefix('max_')}={value:.2e}" for name, value in row["parity"].items() if name.startswith("max_")
+        )
+        check = "passed" if row["parity"]["passed"] else "FAILED"
+        lines.append(f"{row['artifact']:<14}{row['size_bytes'] / 2**20:>10.2f}MB  {check:<8}{differences}")
+    return "\n".join(lines)
+
+
 def _run_batched(function, images, batch):
     """`function` (a batch of exactly `batch` images -> dict of arrays) over all `images`, the
     last batch padded; outputs without a batch axis ("anchors") are taken from the first run."""
@@ -161,7 +175,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     Raises:
         ValueError: bad arguments, or "tflite" asked for (see the module docstring); nothing
             is written.
-        DetectionParityError: an artifact failed its check; nothing is left in `output_dir`.
+        ParityError: an artifact failed its check; nothing is left in `output_dir`.
     """
     formats = [formats] if isinstance(formats, str) else list(formats)
     unknown = [name for name in formats if name not in FORMATS]
@@ -170,7 +184,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     output_dir = check_output_dir(output_dir, overwrite)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"Invalid `batch`: expected a positive int, received batch={batch!r}.")
-    if not all(hasattr(model, attribute) for attribute in ("decode_predictions", "anchor_generator")):
+    if not is_detector(model):
         raise ValueError(
             f"Invalid `model`: {getattr(model, 'name', model)!r} is not a RetinaNet detector (it needs "
             "`decode_predictions` and `anchor_generator`); build one with aa_keras.applications.retinanet."
@@ -211,11 +225,17 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         for row in rows:
             row["size_bytes"] = report.size_bytes(row["file"])
             row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))
-        result = {"image_shape": list(image_shape), "batch": batch, "num_images": len(images), "rows": rows}
+        result = {
+            "image_shape": list(image_shape),
+            "batch": batch,
+            "num_images": len(images),
+            "rows": rows,
+            "table": format_table(rows),
+        }
         failed = [row["artifact"] for row in rows if not row["parity"]["passed"]]
         if failed:
-            raise DetectionParityError(
-                f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}. {rows}"
+            raise ParityError(
+                f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}.\n{result['table']}"
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
         move_into_place(staging, output_dir)

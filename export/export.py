@@ -1,9 +1,12 @@
 """Exports a Keras image classifier to SavedModel, TFLite and ONNX and proves each artifact
-computes what the Keras model computes.
+computes what the Keras model computes; with `--task=detection`, a RetinaNet detector (see
+`export.detection` for its artifacts).
 
     python -m export.export --model=runs/aa_small/model.keras --output_dir=runs/aa_small/export
     python -m export.export --model=aa_small --image_size=32 --formats=saved_model,tflite,onnx \
         --output_dir=/tmp/aa_small_export
+    python -m export.export --task=detection --model=runs/quick_detection/aa_retinanet_r18/model.keras \
+        --output_dir=/tmp/aa_retinanet_export
 
 Artifacts (for the model, and under `baseline/` for the `--baseline` model):
     saved_model/          `serving_default`: images (B, H, W, C) float32 in [0, 1], or uint8 in
@@ -26,8 +29,9 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from aa_keras.applications import DETECTOR_NAMES, build_detector
 from export import model_source, parity, report, saved_model, tflite
-from training import data
+from training import data, detection_data
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
@@ -264,13 +268,15 @@ def move_into_place(staging, output_dir):
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def dataset_images(name, split, image_shape, count, data_dir=None):
-    """The first `count` images of `split` of the dataset `name`, through the training input
-    pipeline `training.data.build_dataset` (float32 in [0, 1])."""
+def dataset_images(name, split, image_shape, count, data_dir=None, task="classification"):
+    """The first `count` images of `split` of the dataset `name`, through the evaluation input
+    pipeline of `task`: `training.data.build_dataset` for classification,
+    `training.detection_data.build_dataset` for detection (float32 in [0, 1])."""
     height, width, _ = image_shape
     if height != width:
         raise ValueError(f"The input pipeline makes square images; the model's input is {(height, width)}.")
-    dataset = data.build_dataset(name, split, height, global_batch_size=None, data_dir=data_dir, training=False)
+    pipeline = detection_data if task == "detection" else data
+    dataset = pipeline.build_dataset(name, split, height, global_batch_size=None, data_dir=data_dir, training=False)
     images = [np.asarray(image) for image, _ in dataset.take(count).as_numpy_iterator()]
     if not images:
         raise ValueError(f"Invalid `--dataset`: split {split!r} of {name!r} gave no images.")
@@ -280,16 +286,30 @@ def dataset_images(name, split, image_shape, count, data_dir=None):
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
 FLAGS = flags.FlagValues()
+TASKS = ("classification", "detection")
+DEFAULT_DATASETS = {"classification": "glyph_pairs", "detection": "glyph_boxes"}
+DEFAULT_FORMATS = {"classification": ["saved_model", "tflite"], "detection": ["saved_model", "tflite_raw"]}
+# Flags that only the classification export reads; giving one with --task=detection is an error.
+CLASSIFICATION_FLAGS = ("baseline", "calibration_images", "threads", "latency_runs", "uint8_input")
+flags.DEFINE_enum("task", "classification", TASKS, "Export an image classifier, or a RetinaNet detector.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "model", None, "A `.keras` model file, or a builder name of aa_keras.applications (e.g. aa_small) for a "
-    "randomly initialised model with the classes of --dataset."
+    "model", None, "A `.keras` model file, or a builder name for a randomly initialised model with the classes of "
+    "--dataset: a name of aa_keras.applications.MODEL_NAMES (e.g. aa_small), or of DETECTOR_NAMES with "
+    "--task=detection."
 , flag_values=FLAGS)
 flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.", flag_values=FLAGS)
-flags.DEFINE_list("formats", ["saved_model", "tflite"], f"Artifacts to write, from {FORMATS}.", flag_values=FLAGS)
+flags.DEFINE_list(
+    "formats", None, f"Artifacts to write. Classification: from {FORMATS}, default saved_model,tflite. Detection: "
+    "from saved_model, tflite_raw, tflite (not possible, see export/detection.py), default saved_model,tflite_raw.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.", flag_values=FLAGS)
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
-flags.DEFINE_string("dataset", "glyph_pairs", "Dataset of training.data.build_dataset for calibration and parity images.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "dataset", None, "Dataset of the task's input pipeline for calibration and parity images; default glyph_pairs "
+    "(classification) or glyph_boxes (detection).", flag_values=FLAGS,
+)
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)
 flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 calibration.", flag_values=FLAGS)
@@ -300,42 +320,91 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.", flag_
 flags.mark_flags_as_required(["model", "output_dir"], flag_values=FLAGS)
 
 
+def _export_classifier(formats, dataset):
+    classes = None
+    if not model_source.is_model_file(FLAGS.model):
+        classes = data.num_classes(dataset, FLAGS.data_dir)
+    model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=classes)
+    image_shape = model_source.image_shape(model, FLAGS.image_size)
+    baseline = None
+    if FLAGS.baseline.lower() != "none":
+        baseline = model_source.load_model(
+            FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline"
+        )
+    eval_images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
+    calibration_images = dataset_images(dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir)
+    return export(
+        model,
+        FLAGS.output_dir,
+        formats,
+        eval_images,
+        calibration_images,
+        baseline=baseline,
+        batch=FLAGS.batch,
+        threads=FLAGS.threads,
+        latency_runs=FLAGS.latency_runs,
+        uint8_input=FLAGS.uint8_input,
+        overwrite=FLAGS.overwrite,
+        image_size=FLAGS.image_size,
+        description={"model": FLAGS.model, "baseline": FLAGS.baseline, "dataset": dataset},
+    )
+
+
+def _export_detector(export_detection, formats, dataset):
+    if model_source.is_model_file(FLAGS.model):
+        model = model_source.load_keras_file(FLAGS.model)
+        if not export_detection.is_detector(model):
+            raise ValueError(
+                f"Invalid `--model`: {FLAGS.model!r} is not a RetinaNet detector; export it with "
+                "--task=classification, or pass a detector's `.keras` file."
+            )
+    else:
+        if FLAGS.model not in DETECTOR_NAMES:
+            raise ValueError(
+                f"Invalid `--model`: {FLAGS.model!r} is neither an existing `.keras` file nor a detector name; "
+                f"with --task=detection builder names are {', '.join(DETECTOR_NAMES)}."
+            )
+        if FLAGS.image_size is None:
+            raise ValueError(f"`--image_size` is required to build the detector {FLAGS.model!r}.")
+        model = build_detector(
+            FLAGS.model,
+            input_shape=(FLAGS.image_size, FLAGS.image_size, 3),
+            num_classes=detection_data.num_classes(dataset, FLAGS.data_dir),
+        )
+    image_shape = model_source.image_shape(model, FLAGS.image_size)
+    images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir, task="detection")
+    return export_detection.export_detector(
+        model, FLAGS.output_dir, images, formats=formats, batch=FLAGS.batch, overwrite=FLAGS.overwrite
+    )
+
+
 def main(argv):
     FLAGS.mark_as_parsed()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from export import detection as export_detection  # It builds on this module, so it loads after it.
+
+    task = FLAGS.task
+    formats = DEFAULT_FORMATS[task] if FLAGS.formats is None else FLAGS.formats
+    dataset = FLAGS.dataset or DEFAULT_DATASETS[task]
     try:
-        parse_formats(FLAGS.formats)
+        valid = export_detection.FORMATS if task == "detection" else FORMATS
+        misplaced = [name for name in formats if name not in valid]
+        if misplaced or not formats:
+            problem = f"{misplaced} do not apply to --task={task}" if misplaced else "no format given"
+            raise ValueError(f"Invalid `--formats`: {problem}; use names from {valid}.")
+        if task == "detection":
+            given = [name for name in CLASSIFICATION_FLAGS if FLAGS[name].present]
+            if given:
+                raise ValueError(
+                    f"Invalid flags for --task=detection: {', '.join('--' + name for name in given)} apply to "
+                    "--task=classification only."
+                )
         check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
-        classes = None
-        if not model_source.is_model_file(FLAGS.model):
-            classes = data.num_classes(FLAGS.dataset, FLAGS.data_dir)
-        model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=classes)
-        image_shape = model_source.image_shape(model, FLAGS.image_size)
-        baseline = None
-        if FLAGS.baseline.lower() != "none":
-            baseline = model_source.load_model(
-                FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline"
-            )
-        eval_images = dataset_images(FLAGS.dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
-        calibration_images = dataset_images(
-            FLAGS.dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir
-        )
-        result = export(
-            model,
-            FLAGS.output_dir,
-            FLAGS.formats,
-            eval_images,
-            calibration_images,
-            baseline=baseline,
-            batch=FLAGS.batch,
-            threads=FLAGS.threads,
-            latency_runs=FLAGS.latency_runs,
-            uint8_input=FLAGS.uint8_input,
-            overwrite=FLAGS.overwrite,
-            image_size=FLAGS.image_size,
-            description={"model": FLAGS.model, "baseline": FLAGS.baseline, "dataset": FLAGS.dataset},
-        )
+        if task == "detection":
+            result = _export_detector(export_detection, formats, dataset)
+        else:
+            result = _export_classifier(formats, dataset)
     except (ValueError, ParityError) as error:
         sys.exit(f"aa-export: error: {error}")
     print(result["table"])

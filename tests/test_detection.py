@@ -1,6 +1,7 @@
 """Detection: the (AA-)ResNet encoder as a keras-hub backbone, the AA-RetinaNet builders, the
 glyph_boxes dataset, the input pipelines (glyph_boxes and a mocked coco/2017), the COCO
-evaluation, training with resume on two replicas, and the export."""
+evaluation, training with resume on two replicas, the export, and both command lines with
+`--task=detection`."""
 
 import json
 import os
@@ -18,7 +19,8 @@ from aa_keras.datasets.glyph_pairs import SEED as ALPHABET_SEED
 from aa_keras.datasets.glyph_pairs import make_alphabet
 from aa_keras.layers import AttentionAugmentation2D
 from export import detection as export_detection
-from training import detection, detection_data
+from export import export as exporter
+from training import detection, detection_data, train
 
 SIZE = 64
 CLASSES = 3
@@ -297,20 +299,41 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
 # --- export ------------------------------------------------------------------------------
 
 
-def test_export_saved_model_and_builtin_tflite_of_the_raw_network(small_detector, tmp_path):
-    images = np.random.default_rng(1).random((3, SIZE, SIZE, 3)).astype(np.float32)
+def _export_cli(*flags):
+    argv = ["aa-export", "--task=detection", *flags]
+    exporter.FLAGS(argv)
+    try:
+        exporter.main(argv[:1])
+    finally:
+        exporter.FLAGS.unparse_flags()
+
+
+def test_export_cli_writes_saved_model_and_builtin_tflite_of_the_raw_network(
+    small_detector, small_glyph_boxes, tmp_path, capsys
+):
+    model_file = str(tmp_path / "detector.keras")
+    small_detector.save(model_file)
     output_dir = str(tmp_path / "export")
-    result = export_detection.export_detector(small_detector, output_dir, images, batch=2)
+    # The default formats of --task=detection, on 3 test images of glyph_boxes in batches of 2.
+    _export_cli(f"--model={model_file}", f"--output_dir={output_dir}", "--dataset=glyph_boxes",
+                f"--data_dir={small_glyph_boxes}", "--num_images=3", "--batch=2")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "tflite_raw" in printed and exporter.REPORT_FILE in printed
+    result = json.load(open(os.path.join(output_dir, "export_report.json")))
     rows = {row["artifact"]: row for row in result["rows"]}
+    assert list(rows) == ["saved_model", "tflite_raw"] and result["num_images"] == 3 and result["batch"] == 2
     assert rows["saved_model"]["parity"]["passed"] and rows["saved_model"]["parity"]["detections"] > 0
     assert rows["tflite_raw"]["parity"]["passed"]
     assert not [op for op in rows["tflite_raw"]["ops"] if op.startswith(("CUSTOM", "UNKNOWN"))]
+    images = np.random.default_rng(1).random((2, SIZE, SIZE, 3)).astype(np.float32)
     served = tf.saved_model.load(os.path.join(output_dir, "saved_model")).signatures["serving_default"]
-    outputs = served(images=tf.constant(images[:2]))
+    outputs = served(images=tf.constant(images))
     assert sorted(outputs) == ["boxes", "classes", "num_detections", "scores"]
-    assert json.load(open(os.path.join(output_dir, "export_report.json")))["num_images"] == 3
-    with pytest.raises(ValueError, match="not empty"):
-        export_detection.export_detector(small_detector, output_dir, images)
+    found = retinanet.detections(small_detector, images)
+    np.testing.assert_array_equal(outputs["num_detections"], found["num_detections"])
+    with pytest.raises(SystemExit, match="not empty"):
+        _export_cli(f"--model={model_file}", f"--output_dir={output_dir}", f"--data_dir={small_glyph_boxes}")
+    assert json.load(open(os.path.join(output_dir, "export_report.json"))) == result
 
 
 def test_full_tflite_detector_is_refused_with_the_reason(small_detector, tmp_path):
@@ -331,6 +354,80 @@ def test_export_rejects_bad_arguments(small_detector, tmp_path):
     with pytest.raises(ValueError, match="RetinaNet"):
         export_detection.export_detector(keras.Sequential([keras.Input((SIZE, SIZE, 3))]), str(tmp_path / "c"), images)
     assert os.listdir(tmp_path) == []
+
+
+# --- the trainer's command line, and flag errors of both command lines --------------------
+
+
+def _train_cli(*flags):
+    argv = ["train", "--task=detection", *flags]
+    train.FLAGS(argv)
+    try:
+        return train.run(argv[:1])
+    finally:
+        train.FLAGS.unparse_flags()
+
+
+def test_train_cli_trains_a_detector_and_prints_the_comparison(small_glyph_boxes, tmp_path, capsys):
+    rows = _train_cli("--model=aa_retinanet_r18", f"--data_dir={small_glyph_boxes}", f"--model_dir={tmp_path}",
+                      "--epochs=1", "--batch_size=4", "--steps_per_epoch=1", f"--image_size={SIZE}",
+                      "--eval_examples=4")  # fmt: skip
+    assert [row["model"] for row in rows] == ["aa_retinanet_r18"]
+    assert (rows[0]["task"], rows[0]["steps"], rows[0]["eval_examples"]) == ("detection", 1, 4)
+    config = json.load(open(tmp_path / "aa_retinanet_r18" / "run_config.json"))
+    quick = detection.get_detection_recipe("quick_detection")  # --task=detection's default recipe
+    assert (config["dataset"], config["optimizer"], config["image_size"]) == (quick.dataset, quick.optimizer, SIZE)
+    table = capsys.readouterr().out.splitlines()[-2:]
+    assert table[0].split() == ["model", "params", "AP", "AP50", "AP75", "train", "time"]
+    assert table[1].split()[:2] == ["aa_retinanet_r18", f"{rows[0]['params']:,}"]
+    restored = keras.saving.load_model(str(tmp_path / "aa_retinanet_r18" / "model.keras"))
+    assert restored.count_params() == rows[0]["params"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model=aa_small"], r"Invalid `--model`: unknown detection networks \['aa_small'\]"),
+        (["--recipe=quick"], r"Invalid `--recipe`: 'quick' is not a detection recipe.*quick_detection"),
+        (["--task=classification", "--recipe=paper_coco"], r"Invalid `--recipe`: 'paper_coco' is not a classification"),
+        (["--task=classification", "--eval_examples=4"], r"Invalid `--eval_examples`: it applies to --task=detection"),
+        (["--randaugment=5"], r"Invalid `--randaugment`: it applies to --task=classification"),
+    ],
+)
+def test_train_cli_flag_errors_name_the_flag(flags, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        _train_cli(f"--model_dir={tmp_path / 'run'}", *flags)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_on_unprepared_coco_says_how_to_prepare_it(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=f"'coco/2017' is not prepared.*tfds build coco/2017"):
+        _train_cli("--dataset=coco/2017", "--model=aa_retinanet_r50", "--recipe=paper_coco",
+                   f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model=aa_retinanet_r18", "--formats=saved_model,onnx"], r"\['onnx'\] do not apply to --task=detection"),
+        (["--model=aa_small", "--task=classification", "--formats=tflite_raw"],
+         r"\['tflite_raw'\] do not apply to --task=classification"),
+        (["--model=aa_retinanet_r18", "--threads=2"], r"--threads apply to --task=classification only"),
+        (["--model=aa_small", f"--image_size={SIZE}"], r"Invalid `--model`: 'aa_small' is neither.*aa_retinanet_r18"),
+        (["--model=CLASSIFIER"], r"Invalid `--model`: .* is not a RetinaNet detector"),
+    ],
+)
+def test_export_cli_flag_errors_name_the_flag(flags, message, tmp_path):
+    classifier = str(tmp_path / "classifier.keras")
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]).save(
+        classifier
+    )
+    flags = [flag.replace("CLASSIFIER", classifier) for flag in flags]
+    with pytest.raises(SystemExit, match=message):
+        _export_cli(f"--output_dir={tmp_path / 'out'}", *flags)
+    assert not (tmp_path / "out").exists()
 
 
 # --- the paper's parameter counts --------------------------------------------------------

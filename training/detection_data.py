@@ -64,9 +64,11 @@ def split_size(name, split, data_dir=None):
 
 
 def _not_prepared(dataset_builder):
+    config = dataset_builder.builder_config
+    name = f"{dataset_builder.name}/{config.name}" if config else dataset_builder.name
     return ValueError(
-        f"Dataset {dataset_builder.name!r} is not prepared in {dataset_builder.data_dir}: prepare it with "
-        f"`tfds build {dataset_builder.name}` (with the same --data_dir)."
+        f"Dataset {name!r} is not prepared in {dataset_builder.data_dir}: prepare it with `tfds build {name}` "
+        "(with the same --data_dir)."
     )
 
 

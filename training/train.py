@@ -3,9 +3,12 @@
     python -m training.train                      # the default run: aa_small vs conv_small on glyph_pairs
     python -m training.train --recipe=paper_cifar100 --model=aa_wrn28_10 --strategy=mirrored --num_gpus=8
     python -m training.train --recipe=paper_imagenet --manual_dir=/data/imagenet --strategy=tpu --tpu=NAME
+    python -m training.train --task=detection     # aa_retinanet_r18 vs retinanet_r18 on glyph_boxes
+    python -m training.train --task=detection --dataset=coco/2017 --model=aa_retinanet_r50 --recipe=paper_coco
 
 Each network trains into `<model_dir>/<name>` (checkpoints, TensorBoard logs, model.keras,
 metrics.json); re-running the same command resumes. A table compares the networks at the end.
+Classification runs `training.loop.train_model`, detection `training.detection.train_detection`.
 """
 
 import os
@@ -14,18 +17,30 @@ import sys
 import keras
 from absl import app, flags, logging
 
-from aa_keras.applications import MODEL_NAMES
-from training import data, recipes
+from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES
+from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.loop import MIXED_PRECISION, train_model
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
 FLAGS = flags.FlagValues()
-flags.DEFINE_enum("recipe", "quick", sorted(recipes.RECIPES), "Training recipe (see training/recipes.py).", flag_values=FLAGS)
-flags.DEFINE_list("model", None, f"Networks to train, in turn; default: the recipe's. One of {', '.join(MODEL_NAMES)}.", flag_values=FLAGS)
+TASKS = ("classification", "detection")
+DEFAULT_RECIPES = {"classification": "quick", "detection": "quick_detection"}
+# Flags that only one task reads; giving one to the other task is an error.
+TASK_FLAGS = {"classification": ("manual_dir", "label_smoothing", "randaugment"), "detection": ("eval_examples",)}
+flags.DEFINE_enum("task", "classification", TASKS, "Image classification, or object detection with RetinaNet.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "recipe", None, sorted({*recipes.RECIPES, *detection.DETECTION_RECIPES}),
+    "Training recipe (training/recipes.py for classification, training/detection.py for detection); "
+    "default: quick (classification) or quick_detection (detection).", flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    "model", None, f"Networks to train, in turn; default: the recipe's. Classification: {', '.join(MODEL_NAMES)}. "
+    f"Detection: {', '.join(DETECTOR_NAMES)}.", flag_values=FLAGS,
+)
 flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.", flag_values=FLAGS)
-flags.DEFINE_string("dataset", None, "TFDS image classification dataset; default: the recipe's.", flag_values=FLAGS)
+flags.DEFINE_string("dataset", None, "TFDS dataset: image classification, or detection in the layout of coco/2017; default: the recipe's.", flag_values=FLAGS)
 flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).", flag_values=FLAGS)
 flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.", flag_values=FLAGS)
@@ -46,6 +61,7 @@ flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.", f
 flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).", flag_values=FLAGS)
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
+flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
@@ -60,52 +76,78 @@ def comparison_table(rows):
     return "\n".join(lines)
 
 
-def _recipe_from_flags():
-    return recipes.get_recipe(
-        FLAGS.recipe,
+def _check_task_flags(task):
+    for other, names in TASK_FLAGS.items():
+        for name in names:
+            if other != task and FLAGS[name].value is not None:
+                raise ValueError(f"Invalid `--{name}`: it applies to --task={other} only, and this run has --task={task}.")
+
+
+def _recipe_from_flags(task):
+    """The recipe's name and the recipe of `--recipe` (or the task's default) with the flags' overrides."""
+    name = FLAGS.recipe or DEFAULT_RECIPES[task]
+    table = detection.DETECTION_RECIPES if task == "detection" else recipes.RECIPES
+    if name not in table:
+        raise ValueError(
+            f"Invalid `--recipe`: {name!r} is not a {task} recipe; with --task={task} use one of {sorted(table)}."
+        )
+    overrides = dict(
         dataset=FLAGS.dataset,
         optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate,
         momentum=FLAGS.momentum,
         weight_decay=FLAGS.weight_decay,
-        label_smoothing=FLAGS.label_smoothing,
         schedule=FLAGS.schedule,
         warmup_fraction=FLAGS.warmup_fraction,
         epochs=FLAGS.epochs,
         global_batch_size=FLAGS.batch_size,
         image_size=FLAGS.image_size,
-        randaugment_magnitude=FLAGS.randaugment,
     )
+    if task == "classification":
+        overrides.update(label_smoothing=FLAGS.label_smoothing, randaugment_magnitude=FLAGS.randaugment)
+    return name, recipes.override(table[name], **overrides)
 
 
 def run(argv):
-    """Trains every requested network; returns their metrics."""
+    """Trains every requested network of `--task`; returns their metrics."""
     if len(argv) > 1:
         raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
-    recipe = _recipe_from_flags()
+    task = FLAGS.task
+    _check_task_flags(task)
+    recipe_name, recipe = _recipe_from_flags(task)
+    valid = DETECTOR_NAMES if task == "detection" else MODEL_NAMES
     models = tuple(FLAGS.model) if FLAGS.model else recipe.models
-    unknown = [name for name in models if name not in MODEL_NAMES]
+    unknown = [name for name in models if name not in valid]
     if unknown:
-        raise ValueError(f"Invalid `--model`: unknown networks {unknown}; valid names are {', '.join(MODEL_NAMES)}.")
-    model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.recipe)
+        raise ValueError(
+            f"Invalid `--model`: unknown {task} networks {unknown}; with --task={task} valid names are {', '.join(valid)}."
+        )
+    model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
+    # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
-    data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+    if task == "detection":
+        trainer, table = detection.train_detection, detection.comparison_table
+        options = {"eval_examples": FLAGS.eval_examples}
+    else:
+        data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+        trainer, table, options = train_model, comparison_table, {}
     rows = []
     for name in models:
         keras.utils.set_random_seed(FLAGS.seed)
-        _, metrics = train_model(
-            name,
-            recipe,
-            os.path.join(model_dir, name),
-            strategy,
+        _, metrics = trainer(
+            strategy=strategy,
+            model_name=name,
+            model_dir=os.path.join(model_dir, name),
+            recipe=recipe,
             data_dir=FLAGS.data_dir,
             mixed_precision=FLAGS.mixed_precision,
             checkpoint_steps=FLAGS.checkpoint_steps,
             steps_per_epoch=FLAGS.steps_per_epoch,
             seed=FLAGS.seed,
+            **options,
         )
         rows.append(metrics)
-    print(comparison_table(rows), flush=True)
+    print(table(rows), flush=True)
     return rows
 
 
