@@ -25,13 +25,14 @@ def auto_query_block_size(num_heads, num_positions):
     return max(1, _BLOCK_LOGITS // (num_heads * num_positions))
 
 
-def _probabilities(q, k, rel):
-    """Attention weights softmax(q k^T [+ relative logits]) in float32.
+def _logits(q, k, rel, shift=None):
+    """Attention logits q k^T [+ relative logits] [- shift] in float32.
 
     Args:
         q: (B, Nh, Q, dkh) float32 queries.
         k: (B, Nh, HW, dkh) float32 keys.
         rel: () or the (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) float32 relative logits.
+        shift: None or (B, Nh, Q, 1) float32 subtracted from every logit of its query.
 
     Returns:
         (B, Nh, Q, HW) float32.
@@ -39,29 +40,39 @@ def _probabilities(q, k, rel):
     logits = tf.matmul(q, k, transpose_b=True)
     if rel:
         logits_h, logits_w = rel
+        if shift is not None:
+            logits_h -= shift[..., None]  # folded into the small term: no pass over the logits
         # Summing the two small terms first and adding that without broadcasting is faster than
         # broadcasting each into the (Q, H, W) logits.
-        logits += tf.reshape(logits_h + logits_w, dims(logits))
-    return tf.nn.softmax(logits, axis=-1)
+        return logits + tf.reshape(logits_h + logits_w, dims(logits))
+    return logits if shift is None else logits - shift
+
+
+def _weighted_values(probs, v):
+    """probs v in the dtype of v: (B, Nh, Q, HW) float32, (B, Nh, HW, dvh) -> (B, Nh, Q, dvh)."""
+    return tf.matmul(tf.cast(probs, v.dtype), v)
 
 
 def _gradients(q, k, v, rel, probs, out, d_out):
-    """Gradients of out = softmax(q k^T + rel) v for one block of queries.
+    """Gradients of out = probs v, probs = softmax(q k^T + rel), for one block of queries.
 
-    Uses rowsum(dP * P) = rowsum(dO * O), so only a few passes go over the (Q, HW) weights.
+    dLogits = P * (dP - rowsum(dP * P)) with rowsum(dP * P) = rowsum(dO * O); the subtraction is
+    folded into one small-depth matmul, [dO, -rowsum(dO * O)] [v, 1]^T, so the (Q, HW) weights
+    are read by one product and three matmuls only.
 
     Args:
-        q, k, v, rel: the block's inputs, as in `_probabilities` (v (B, Nh, HW, dvh)).
+        q, k, v, rel: the block's inputs, as in `_logits` (v (B, Nh, HW, dvh)).
         probs: (B, Nh, Q, HW) float32 attention weights of the block.
         out, d_out: (B, Nh, Q, dvh) block output and its gradient.
 
     Returns:
         [d_q, d_k, d_v] followed by the gradients of the relative logits, if any.
     """
-    d_v = tf.matmul(tf.cast(probs, v.dtype), d_out, transpose_a=True)
-    d_p = tf.cast(tf.matmul(d_out, v, transpose_b=True), tf.float32)
-    row = tf.reduce_sum(tf.cast(d_out, tf.float32) * tf.cast(out, tf.float32), -1, keepdims=True)
-    d_logits = probs * (d_p - row)
+    d_out = tf.cast(d_out, tf.float32)
+    row = tf.reduce_sum(d_out * tf.cast(out, tf.float32), axis=-1, keepdims=True)
+    values_and_one = tf.concat([tf.cast(v, tf.float32), tf.ones_like(v[..., :1], tf.float32)], axis=-1)
+    d_logits = probs * tf.matmul(tf.concat([d_out, -row], axis=-1), values_and_one, transpose_b=True)
+    d_v = tf.cast(tf.matmul(probs, d_out, transpose_a=True), v.dtype)
     grads = [tf.matmul(d_logits, k), tf.matmul(d_logits, q, transpose_a=True), d_v]
     if rel:
         batch, heads, queries, _ = dims(d_logits)
@@ -76,10 +87,10 @@ def _attention(q, k, v, *rel):
     """softmax(q k^T + rel) v in one piece; the weights are kept for the backward pass.
 
     Takes q (B, Nh, HW, dkh), k (B, Nh, HW, dkh), v (B, Nh, HW, dvh) and the relative logits, if
-    any (see `_probabilities`); returns (B, Nh, HW, dvh) in the dtype of v.
+    any (see `_logits`); returns (B, Nh, HW, dvh) in the dtype of v.
     """
-    probs = _probabilities(q, k, rel)
-    out = tf.matmul(tf.cast(probs, v.dtype), v)
+    probs = tf.nn.softmax(_logits(q, k, rel), axis=-1)
+    out = _weighted_values(probs, v)
 
     def grad(d_out):
         return _gradients(q, k, v, rel, probs, out, d_out)
@@ -90,9 +101,12 @@ def _attention(q, k, v, *rel):
 def _blocked_attention(block_size):
     """`_attention` computed `block_size` queries at a time, the blocks one after another.
 
-    Only the output is kept for the backward pass, which recomputes each block's weights. The
-    blocks are chained by control dependencies, forward and backward, so that the runtime does
-    not run them side by side and hold every block's (Q, HW) weights at once.
+    Only the output and each query's log-sum-exp of the logits are kept for the backward pass,
+    which recomputes each block's weights as exp(logits - logsumexp), the shift folded into the
+    relative term. The log-sum-exp is max(logits) - log(max(softmax)), as the largest weight is
+    exp(0) / sum; inference prunes it. The blocks are chained by control dependencies, forward and
+    backward, so that the runtime does not run them side by side and hold every block's (Q, HW)
+    weights at once.
     """
 
     @tf.custom_gradient
@@ -103,21 +117,26 @@ def _blocked_attention(block_size):
         def block_inputs(start, stop):
             return q[:, :, start:stop], [r[:, :, start:stop] for r in rel]
 
-        outputs = []
+        outputs, log_sums = [], []
         for start, stop in blocks:
             with tf.control_dependencies(outputs[-1:]):
                 q_block, rel_block = block_inputs(start, stop)
-                probs = _probabilities(q_block, k, rel_block)
-                outputs.append(tf.matmul(tf.cast(probs, v.dtype), v))
+                logits = _logits(q_block, k, rel_block)
+                probs = tf.nn.softmax(logits, axis=-1)
+                outputs.append(_weighted_values(probs, v))
+                log_sums.append(
+                    tf.reduce_max(logits, axis=-1, keepdims=True)
+                    - tf.math.log(tf.reduce_max(probs, axis=-1, keepdims=True))
+                )
         out = tf.concat(outputs, axis=2)
 
         def grad(d_out):
             d_k, d_v = tf.zeros_like(k), tf.zeros_like(v)
             d_q, d_rel = [], [[] for _ in rel]
-            for start, stop in blocks:
+            for (start, stop), log_sum in zip(blocks, log_sums):
                 with tf.control_dependencies([d_k, d_v]):
                     q_block, rel_block = block_inputs(start, stop)
-                    probs = _probabilities(q_block, k, rel_block)
+                    probs = tf.exp(_logits(q_block, k, rel_block, shift=log_sum))
                     block_grads = _gradients(
                         q_block, k, v, rel_block, probs, out[:, :, start:stop], d_out[:, :, start:stop]
                     )
