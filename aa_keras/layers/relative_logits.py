@@ -9,6 +9,7 @@ It is computed as two 1D terms, each of size O(HW * (H + W)); the caller adds th
 (HW x HW) content logits by broadcasting. No per-head (HW x HW x dkh) tensor is formed.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from aa_keras.layers.shapes import dims
@@ -22,21 +23,29 @@ def relative_embeddings_2d(table, length):
             (key - query) = m - (max_length - 1).
         length: the actual length (static int or scalar tensor), at most max_length.
             A shorter length uses the central rows of the table, which is exact; a longer
-            one raises `tf.errors.InvalidArgumentError`.
+            one raises ValueError (static) or `tf.errors.InvalidArgumentError` (at run time).
 
     Returns:
         (length, length, depth) tensor E with E[i, j] = table[j - i + max_length - 1].
     """
     max_length = (table.shape[0] + 1) // 2
-    # A longer length would gather outside the table, which fails obscurely on CPU and
-    # silently gives zeros on GPU; a length known only at run time is checked here.
-    tf.debugging.assert_less_equal(
-        length,
-        max_length,
-        message=f"The attention grid is longer than the {max_length} positions its relative "
-        "embeddings were built for: build the layer with a larger max_size.",
-    )
-    positions = tf.range(length)
+    if isinstance(length, int):
+        if length > max_length:
+            raise ValueError(
+                f"The attention grid is longer ({length}) than the {max_length} positions its relative "
+                "embeddings were built for: build the layer with a larger max_size."
+            )
+        positions = np.arange(length)
+    else:
+        # A longer length would gather outside the table, which fails obscurely on CPU and
+        # silently gives zeros on GPU; a length known only at run time is checked here.
+        tf.debugging.assert_less_equal(
+            length,
+            max_length,
+            message=f"The attention grid is longer than the {max_length} positions its relative "
+            "embeddings were built for: build the layer with a larger max_size.",
+        )
+        positions = tf.range(length)
     offsets = positions[None, :] - positions[:, None] + (max_length - 1)
     return tf.gather(table, offsets)
 
