@@ -35,7 +35,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from export import report, saved_model, tflite
-from export.export import ParityError, check_output_dir, move_into_place
+from export.export import ParityError, check_output_dir, staged_output
 
 FORMATS = ("saved_model", "tflite_raw", "tflite")
 REPORT_FILE = "export_report.json"
@@ -194,11 +194,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     if images.ndim != 4 or images.shape[1:] != image_shape or len(images) == 0:
         raise ValueError(f"Invalid `images`: shape {images.shape}; the detector needs (N, *{image_shape}) with N > 0.")
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
-    os.chmod(staging, 0o755)
-    try:
+    with staged_output(output_dir) as staging:
         rows = []
         if "saved_model" in formats:
             path = os.path.join(staging, "saved_model")
@@ -238,7 +234,4 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
                 f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}.\n{result['table']}"
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
-        move_into_place(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -21,6 +21,7 @@ when every artifact of the model passed its parity check (see `export.parity`; t
 checks are reported, not required) and every TFLite model uses builtin ops only.
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -208,11 +209,7 @@ def export(
         models.append(("baseline", baseline))
     eval_images = snap_to_8_bit(eval_images)
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the output is an ordinary directory.
-    try:
+    with staged_output(output_dir) as staging:
         rows = []
         for label, network in models:
             directory = staging if label == "model" else os.path.join(staging, "baseline")
@@ -245,10 +242,23 @@ def export(
                 f"{output_dir!r}.\n{result['table']}"
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
+    return result
+
+
+@contextlib.contextmanager
+def staged_output(output_dir):
+    """A new directory next to `output_dir` to write the artifacts into: it replaces
+    `output_dir` (`move_into_place`) when the block ends, and is removed if the block raises,
+    so a failed export leaves `output_dir` as it was."""
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the output is an ordinary directory.
+    try:
+        yield staging
         move_into_place(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return result
 
 
 def move_into_place(staging, output_dir):
