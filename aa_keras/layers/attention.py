@@ -18,7 +18,7 @@ from aa_keras.layers.shapes import dims
 # elements; a block then holds about _BLOCK_LOGITS of them per example, in at most _MAX_BLOCKS
 # blocks (each block adds ops to the graph).
 _BLOCKING_THRESHOLD = 2**24
-_BLOCK_LOGITS = 2**21
+_BLOCK_LOGITS = 2**22
 _MAX_BLOCKS = 64
 
 
@@ -29,14 +29,13 @@ def auto_query_block_size(num_heads, num_positions):
     return max(_BLOCK_LOGITS // (num_heads * num_positions), math.ceil(num_positions / _MAX_BLOCKS))
 
 
-def _logits(q, k, rel, shift=None):
-    """Attention logits q k^T [+ relative logits] [- shift] in float32.
+def _probabilities(q, k, rel):
+    """Attention weights softmax(q k^T [+ relative logits]) in float32.
 
     Args:
         q: (B, Nh, Q, dkh) float32 queries.
         k: (B, Nh, HW, dkh) float32 keys.
         rel: () or the (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) float32 relative logits.
-        shift: None or (B, Nh, Q, 1) float32 subtracted from every logit of its query.
 
     Returns:
         (B, Nh, Q, HW) float32.
@@ -44,12 +43,10 @@ def _logits(q, k, rel, shift=None):
     logits = tf.matmul(q, k, transpose_b=True)
     if rel:
         logits_h, logits_w = rel
-        if shift is not None:
-            logits_h -= shift[..., None]  # folded into the small term: no pass over the logits
         # Summing the two small terms first and adding that without broadcasting is faster than
         # broadcasting each into the (Q, H, W) logits.
-        return logits + tf.reshape(logits_h + logits_w, dims(logits))
-    return logits if shift is None else logits - shift
+        logits += tf.reshape(logits_h + logits_w, dims(logits))
+    return tf.nn.softmax(logits, axis=-1)
 
 
 def _weighted_values(probs, v):
@@ -65,7 +62,7 @@ def _gradients(q, k, v, rel, probs, out, d_out):
     are read by one product and three matmuls only.
 
     Args:
-        q, k, v, rel: the block's inputs, as in `_logits` (v (B, Nh, HW, dvh)).
+        q, k, v, rel: the block's inputs, as in `_probabilities` (v (B, Nh, HW, dvh)).
         probs: (B, Nh, Q, HW) float32 attention weights of the block.
         out, d_out: (B, Nh, Q, dvh) block output and its gradient.
 
@@ -91,9 +88,9 @@ def _attention(q, k, v, *rel):
     """softmax(q k^T + rel) v in one piece; the weights are kept for the backward pass.
 
     Takes q (B, Nh, HW, dkh), k (B, Nh, HW, dkh), v (B, Nh, HW, dvh) and the relative logits, if
-    any (see `_logits`); returns (B, Nh, HW, dvh) in the dtype of v.
+    any (see `_probabilities`); returns (B, Nh, HW, dvh) in the dtype of v.
     """
-    probs = tf.nn.softmax(_logits(q, k, rel), axis=-1)
+    probs = _probabilities(q, k, rel)
     out = _weighted_values(probs, v)
 
     def grad(d_out):
@@ -105,12 +102,9 @@ def _attention(q, k, v, *rel):
 def _blocked_attention(block_size):
     """`_attention` computed `block_size` queries at a time, the blocks one after another.
 
-    Only the output and each query's log-sum-exp of the logits are kept for the backward pass,
-    which recomputes each block's weights as exp(logits - logsumexp), the shift folded into the
-    relative term. The log-sum-exp is max(logits) - log(max(softmax)), as the largest weight is
-    exp(0) / sum; inference prunes it. The blocks are chained by control dependencies, forward and
-    backward, so that the runtime does not run them side by side and hold every block's (Q, HW)
-    weights at once.
+    Only the output is kept for the backward pass, which recomputes each block's weights. The
+    blocks are chained by control dependencies, forward and backward, so that the runtime does
+    not run them side by side and hold every block's (Q, HW) weights at once.
     """
 
     @tf.custom_gradient
@@ -121,28 +115,27 @@ def _blocked_attention(block_size):
         def block_inputs(start, stop):
             return q[:, :, start:stop], [r[:, :, start:stop] for r in rel]
 
-        outputs, log_sums = [], []
+        outputs = []
         for start, stop in blocks:
             with tf.control_dependencies(outputs[-1:]):
                 q_block, rel_block = block_inputs(start, stop)
-                logits = _logits(q_block, k, rel_block)
-                probs = tf.nn.softmax(logits, axis=-1)
-                outputs.append(_weighted_values(probs, v))
-                log_sums.append(
-                    tf.reduce_max(logits, axis=-1, keepdims=True)
-                    - tf.math.log(tf.reduce_max(probs, axis=-1, keepdims=True))
-                )
+                outputs.append(_weighted_values(_probabilities(q_block, k, rel_block), v))
         out = tf.concat(outputs, axis=2)
 
         def grad(d_out):
             d_k, d_v = tf.zeros_like(k), tf.zeros_like(v)
             d_q, d_rel = [], [[] for _ in rel]
-            for (start, stop), log_sum in zip(blocks, log_sums):
+            for start, stop in blocks:
                 with tf.control_dependencies([d_k, d_v]):
                     q_block, rel_block = block_inputs(start, stop)
-                    probs = tf.exp(_logits(q_block, k, rel_block, shift=log_sum))
                     block_grads = _gradients(
-                        q_block, k, v, rel_block, probs, out[:, :, start:stop], d_out[:, :, start:stop]
+                        q_block,
+                        k,
+                        v,
+                        rel_block,
+                        _probabilities(q_block, k, rel_block),
+                        out[:, :, start:stop],
+                        d_out[:, :, start:stop],
                     )
                 d_q.append(block_grads[0])
                 d_k += block_grads[1]

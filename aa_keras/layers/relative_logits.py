@@ -39,13 +39,14 @@ def relative_embeddings_2d(table, length):
     else:
         # A longer length would gather outside the table, which fails obscurely on CPU and
         # silently gives zeros on GPU; a length known only at run time is checked here.
-        tf.debugging.assert_less_equal(
+        check = tf.debugging.assert_less_equal(
             length,
             max_length,
             message=f"The attention grid is longer than the {max_length} positions its relative "
             "embeddings were built for: build the layer with a larger max_size.",
         )
-        positions = tf.range(length)
+        with tf.control_dependencies([check]):  # before the gather, which would fail first
+            positions = tf.range(length)
     offsets = positions[None, :] - positions[:, None] + (max_length - 1)
     return tf.gather(table, offsets)
 
