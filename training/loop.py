@@ -1,10 +1,12 @@
 """The custom training loop: one network, one recipe, any `tf.distribute` strategy.
 
-Model, optimizer and checkpoint are built under the strategy's scope; the training data is
-distributed with `distribute_datasets_from_function` (one even part of the split per input
-pipeline, per-replica batches); gradients are summed over replicas by the optimizer. The run
-resumes from the last checkpoint in `model_dir`, mid-epoch included, and stops on a
-non-finite loss without saving.
+`run_training` is the loop of every task; a `TrainingTask` gives what differs between tasks
+(the model, the training data, the loss, the evaluation, the metrics); `train_model` is
+classification. Model, optimizer and checkpoint are built under the strategy's scope; the
+training data is distributed with `distribute_datasets_from_function` (one even part of the
+split per input pipeline, per-replica batches); gradients are summed over replicas by the
+optimizer. The run resumes from the last checkpoint in `model_dir`, mid-epoch included, and
+stops on a non-finite loss without saving.
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -84,69 +87,109 @@ def statistics_sync(strategy, model):
     return sync
 
 
-def train_model(
+def check_count(name, value, optional=False):
+    """Raises a ValueError naming the argument `name` unless `value` is a positive int (or
+    None, when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        valid = "a positive int or None" if optional else "a positive int"
+        raise ValueError(f"Invalid `{name}`: expected {valid}, received {name}={value!r}.")
+
+
+def check_mixed_precision(mixed_precision):
+    """Raises a ValueError unless `mixed_precision` is one of `MIXED_PRECISION`."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"Invalid `mixed_precision`: received {mixed_precision!r}, expected one of {MIXED_PRECISION}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingTask:
+    """What `run_training` needs to know of a task (classification, detection).
+
+    Attributes:
+        build_model: `() -> keras.Model`, called under the strategy's scope and the run's
+            dtype policy.
+        train_dataset: `(input_context, seed, skip_batches) -> tf.data.Dataset`: one epoch of
+            per-replica training batches (inputs, targets) for the input pipeline of
+            `input_context`, shuffled from `seed`, its first `skip_batches` batches skipped.
+        loss: `(model, inputs, targets) -> (loss, sums)` on one replica, inside the gradient
+            tape: the float32 loss scaled for summing over replicas (the loop adds the model's
+            own losses and the recipe's weight decay), and {name: float32 sum over this
+            replica's examples} of training metrics, reported as means per example.
+        make_evaluate: `(model) -> evaluate`, called once after the model is built;
+            `evaluate() -> {name: float}` evaluates the model (its statistics already synced).
+        metrics: `(results) -> dict`: the task's fields of metrics.json, from the results of
+            the last evaluation.
+        describe: `(results) -> str`: one line on an evaluation, shown after each epoch.
+        compile: `(model, optimizer) -> None`, called under the strategy's scope once the
+            optimizer is built; None for nothing.
+    """
+
+    build_model: Callable
+    train_dataset: Callable
+    loss: Callable
+    make_evaluate: Callable
+    metrics: Callable
+    describe: Callable
+    compile: Optional[Callable] = None
+
+
+def run_training(
+    task,
+    strategy,
     model_name,
     recipe,
     model_dir,
-    strategy,
-    data_dir=None,
+    config,
+    train_examples,
+    steps_per_epoch=None,
     mixed_precision=None,
     checkpoint_steps=200,
-    steps_per_epoch=None,
     seed=0,
     verbose=True,
-    model_fn=build_registered_model,
 ):
-    """Trains `model_name` with `recipe` into `model_dir`, resuming a run found there.
+    """Trains `task`'s model with `recipe` into `model_dir`, resuming a run found there.
 
-    Writes `model_dir/checkpoints` (every `checkpoint_steps` steps and each epoch),
-    `logs/{train,eval}` (TensorBoard), and at the end `model.keras` and `metrics.json`; the
-    last two atomically. Outside the chief of a cluster, writes go to a scratch folder that
-    is removed at the end.
+    Writes `model_dir/run_config.json` (`config`, which the caller has checked against the
+    run found there with `artifacts.check_run_config`), `checkpoints` (every
+    `checkpoint_steps` steps and each epoch), `logs/{train,eval}` (TensorBoard), and at the
+    end `model.keras` and `metrics.json`; the last two atomically. Each epoch is evaluated
+    and recorded in the history of metrics.json. Outside the chief of a cluster, writes go
+    to a scratch folder that is removed at the end.
 
     Args:
-        model_name: network name, passed to `model_fn`.
-        recipe: a `training.recipes.Recipe`.
-        model_dir: output folder.
+        task: a `TrainingTask`.
         strategy: a `tf.distribute.Strategy`.
-        data_dir: TFDS data directory.
+        model_name: the network's name, for metrics.json and messages.
+        recipe: a `training.recipes.Recipe` (or subclass): epochs, batch, optimizer, schedule.
+        model_dir: output folder.
+        config: the run configuration (a JSON-able dict).
+        train_examples: examples in the training split.
+        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
         mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
         checkpoint_steps: steps between checkpoints.
-        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
-        model_fn: `(name, input_shape, classes) -> keras.Model`.
 
     Returns:
         (model, metrics dict as written to metrics.json).
 
     Raises:
-        ValueError: bad arguments, or a `model_dir` holding a different run.
+        ValueError: a global batch larger than the training split.
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(
-            f"Invalid `mixed_precision`: received {mixed_precision!r}, expected one of {MIXED_PRECISION}."
-        )
-    if isinstance(checkpoint_steps, bool) or not isinstance(checkpoint_steps, int) or checkpoint_steps <= 0:
-        raise ValueError(f"Invalid `checkpoint_steps`: expected a positive int, received {checkpoint_steps!r}.")
-    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0):
-        raise ValueError(f"Invalid `steps_per_epoch`: expected a positive int or None, received {steps_per_epoch!r}.")
     batch = recipe.global_batch_size
-    per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
-    config.update(model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch)
-    artifacts.check_run_config(model_dir, config)
-    classes = data.num_classes(recipe.dataset, data_dir)
-    full_epoch = data.split_size(recipe.dataset, recipe.train_split, data_dir) // batch
+    full_epoch = train_examples // batch
     if full_epoch == 0:
         raise ValueError(
             f"Invalid global batch size: global_batch_size={batch} is larger than the "
             f"{recipe.train_split!r} split of {recipe.dataset!r}; use a smaller --batch_size."
         )
     epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
-    eval_size = data.split_size(recipe.dataset, recipe.eval_split, data_dir)
 
     chief = is_chief(strategy)
     write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
@@ -157,9 +200,11 @@ def train_model(
     keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
     try:
         with strategy.scope():
-            model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes)
+            model = task.build_model()
             optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
             optimizer.build(model.trainable_variables)
+            if task.compile is not None:
+                task.compile(model, optimizer)
             train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -171,14 +216,9 @@ def train_model(
 
     decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
 
-    def replica_train_step(images, labels):
+    def replica_train_step(inputs, targets):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            targets = tf.one_hot(labels, classes)
-            per_example = keras.losses.categorical_crossentropy(
-                targets, logits, from_logits=True, label_smoothing=recipe.label_smoothing
-            )
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+            loss, sums = task.loss(model, inputs, targets)
             penalties = [tf.cast(l, tf.float32) for l in model.losses]
             if decayed:
                 penalties.append(0.5 * recipe.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed]))
@@ -187,48 +227,19 @@ def train_model(
             scaled_loss = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-        return loss, correct
+        return loss, sums
 
     @tf.function
     def train_step(iterator):
-        loss, correct = strategy.run(replica_train_step, args=next(iterator))
-        return strategy.reduce(_SUM, loss, axis=None), strategy.reduce(_SUM, correct, axis=None)
+        loss, sums = strategy.run(replica_train_step, args=next(iterator))
+        return strategy.reduce(_SUM, loss, axis=None), {k: strategy.reduce(_SUM, v, axis=None) for k, v in sums.items()}
 
     sync_statistics = statistics_sync(strategy, model)
-
-    def replica_eval_step(images, labels, weights):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        return tf.reduce_sum(per_example * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
-
-    @tf.function
-    def eval_step(iterator):
-        sums = strategy.run(replica_eval_step, args=next(iterator))
-        return [strategy.reduce(_SUM, s, axis=None) for s in sums]
-
-    eval_steps = -(-eval_size // batch)
-
-    def eval_dataset(context):
-        # Every pipeline yields exactly eval_steps batches per local replica: its part of the
-        # split, then zero-weight copies of its first example, so all replicas stay in step.
-        part = tfds.even_splits(recipe.eval_split, n=context.num_input_pipelines)[context.input_pipeline_id]
-        real = data.build_dataset(
-            recipe.dataset, part, recipe.image_size, data_dir=data_dir, preprocessing=recipe.preprocessing
-        ).map(lambda image, label: (image, label, 1.0))
-        padding = real.take(1).map(lambda image, label, _: (image, label, 0.0)).repeat()
-        length = eval_steps * batch // context.num_input_pipelines
-        return real.concatenate(padding).take(length).batch(per_replica)
+    task_evaluate = task.make_evaluate(model)
 
     def evaluate():
         sync_statistics()
-        iterator = iter(strategy.distribute_datasets_from_function(eval_dataset))
-        totals = np.zeros(3)
-        for _ in range(eval_steps):
-            totals += [float(s) for s in eval_step(iterator)]
-        loss, correct, count = totals
-        return {"loss": float(loss / count), "accuracy": float(correct / count)}
+        return task_evaluate()
 
     def save(step):
         if not all_finite(model.trainable_variables):
@@ -257,8 +268,7 @@ def train_model(
             "steps": step,
             "epochs": recipe.epochs,
             "finished": finished,
-            "test_loss": results["loss"],
-            "test_accuracy": results["accuracy"],
+            **task.metrics(results),
             "train_seconds": seconds,
             "resumed_at_steps": resumed_at,
             "history": history,
@@ -271,19 +281,7 @@ def train_model(
         for epoch in range(step // epoch_steps, recipe.epochs):
             offset = step - epoch * epoch_steps
             train_data = strategy.distribute_datasets_from_function(
-                lambda context, epoch=epoch, offset=offset: data.build_dataset(
-                    recipe.dataset,
-                    recipe.train_split,
-                    recipe.image_size,
-                    global_batch_size=batch,
-                    data_dir=data_dir,
-                    training=True,
-                    preprocessing=recipe.preprocessing,
-                    randaugment_magnitude=recipe.randaugment_magnitude,
-                    input_context=context,
-                    seed=seed + epoch,
-                    skip_batches=offset,
-                )
+                lambda context, epoch=epoch, offset=offset: task.train_dataset(context, seed + epoch, offset)
             )
             iterator = iter(train_data)
             progbar = keras.utils.Progbar(
@@ -291,19 +289,22 @@ def train_model(
             )
             if chief and verbose:
                 print(f"{model_name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
-            epoch_start, epoch_loss, epoch_correct = time.perf_counter(), 0.0, 0.0
+            epoch_start, epoch_loss, epoch_sums = time.perf_counter(), 0.0, {}
             for index in range(offset, epoch_steps):
                 started = time.perf_counter()
-                loss, correct = (float(v) for v in train_step(iterator))
+                loss, sums = train_step(iterator)
+                loss, sums = float(loss), {name: float(value) for name, value in sums.items()}
                 if not math.isfinite(loss):
                     raise Diverged(f"the loss is {loss} at step {step + 1}")
                 seconds += time.perf_counter() - started
                 step += 1
                 epoch_loss += loss
-                epoch_correct += correct
+                for name, value in sums.items():
+                    epoch_sums[name] = epoch_sums.get(name, 0.0) + value
                 done = index + 1 - offset
                 throughput = done * batch / (time.perf_counter() - epoch_start)
-                progbar.update(index + 1, [("loss", loss), ("accuracy", correct / batch), ("images/s", throughput)])
+                means = [(name, value / batch) for name, value in sums.items()]
+                progbar.update(index + 1, [("loss", loss), *means, ("images/s", throughput)])
                 if step % checkpoint_steps == 0 or index + 1 == epoch_steps:
                     train_seconds.assign(seconds)
                     save(step)
@@ -312,23 +313,23 @@ def train_model(
             record = {
                 "epoch": epoch,
                 "train_loss": epoch_loss / done,
-                "train_accuracy": epoch_correct / (done * batch),
-                "eval_loss": results["loss"],
-                "eval_accuracy": results["accuracy"],
+                **{f"train_{name}": value / (done * batch) for name, value in epoch_sums.items()},
+                **{f"eval_{name}": value for name, value in results.items()},
                 "images_per_second": throughput,
             }
             history.append(record)
             with train_writer.as_default(step=step):
                 tf.summary.scalar("loss", record["train_loss"])
-                tf.summary.scalar("accuracy", record["train_accuracy"])
+                for name in epoch_sums:
+                    tf.summary.scalar(name, record[f"train_{name}"])
                 tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
                 tf.summary.scalar("images_per_second", throughput)
             with eval_writer.as_default(step=step):
-                tf.summary.scalar("loss", results["loss"])
-                tf.summary.scalar("accuracy", results["accuracy"])
+                for name, value in results.items():
+                    tf.summary.scalar(name, value)
             write_metrics(results, finished=False)
             if chief and verbose:
-                print(f"{model_name}: eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}", flush=True)
+                print(f"{model_name}: {task.describe(results)}", flush=True)
     except Diverged as error:
         raise FloatingPointError(
             f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
@@ -337,9 +338,135 @@ def train_model(
         ) from None
 
     final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
-    results = evaluate() if final is None else {"loss": final["eval_loss"], "accuracy": final["eval_accuracy"]}
+    if final is None:
+        results = evaluate()
+    else:
+        results = {name[len("eval_"):]: value for name, value in final.items() if name.startswith("eval_")}
     artifacts.save_model(model, os.path.join(write_dir, FINAL_MODEL))
     metrics = write_metrics(results, finished=True)
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return model, metrics
+
+
+def train_model(
+    model_name,
+    recipe,
+    model_dir,
+    strategy,
+    data_dir=None,
+    mixed_precision=None,
+    checkpoint_steps=200,
+    steps_per_epoch=None,
+    seed=0,
+    verbose=True,
+    model_fn=build_registered_model,
+):
+    """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
+    found there (see `run_training` for what is written), with the softmax cross-entropy
+    (with the recipe's label smoothing), evaluated on the recipe's `eval_split` for its loss
+    and accuracy after each epoch.
+
+    Args:
+        model_name: network name, passed to `model_fn`.
+        recipe: a `training.recipes.Recipe`.
+        model_dir: output folder.
+        strategy: a `tf.distribute.Strategy`.
+        data_dir: TFDS data directory.
+        mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
+        checkpoint_steps: steps between checkpoints.
+        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
+        seed: seed of the data order (epoch e shuffles with seed + e).
+        verbose: show a progress bar (on the chief).
+        model_fn: `(name, input_shape, classes) -> keras.Model`.
+
+    Returns:
+        (model, metrics dict as written to metrics.json).
+
+    Raises:
+        ValueError: bad arguments, or a `model_dir` holding a different run.
+        FloatingPointError: the loss or the weights became non-finite; the last good
+            checkpoint is kept.
+    """
+    check_mixed_precision(mixed_precision)
+    check_count("checkpoint_steps", checkpoint_steps)
+    check_count("steps_per_epoch", steps_per_epoch, optional=True)
+    batch = recipe.global_batch_size
+    per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
+    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
+    config.update(model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch)
+    artifacts.check_run_config(model_dir, config)
+    classes = data.num_classes(recipe.dataset, data_dir)
+    train_examples = data.split_size(recipe.dataset, recipe.train_split, data_dir)
+    eval_size = data.split_size(recipe.dataset, recipe.eval_split, data_dir)
+
+    def train_dataset(context, epoch_seed, skip_batches):
+        return data.build_dataset(
+            recipe.dataset,
+            recipe.train_split,
+            recipe.image_size,
+            global_batch_size=batch,
+            data_dir=data_dir,
+            training=True,
+            preprocessing=recipe.preprocessing,
+            randaugment_magnitude=recipe.randaugment_magnitude,
+            input_context=context,
+            seed=epoch_seed,
+            skip_batches=skip_batches,
+        )
+
+    def loss(model, images, labels):
+        logits = tf.cast(model(images, training=True), tf.float32)
+        per_example = keras.losses.categorical_crossentropy(
+            tf.one_hot(labels, classes), logits, from_logits=True, label_smoothing=recipe.label_smoothing
+        )
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return tf.nn.compute_average_loss(per_example, global_batch_size=batch), {"accuracy": tf.reduce_sum(correct)}
+
+    eval_steps = -(-eval_size // batch)
+
+    def eval_dataset(context):
+        # Every pipeline yields exactly eval_steps batches per local replica: its part of the
+        # split, then zero-weight copies of its first example, so all replicas stay in step.
+        part = tfds.even_splits(recipe.eval_split, n=context.num_input_pipelines)[context.input_pipeline_id]
+        real = data.build_dataset(
+            recipe.dataset, part, recipe.image_size, data_dir=data_dir, preprocessing=recipe.preprocessing
+        ).map(lambda image, label: (image, label, 1.0))
+        padding = real.take(1).map(lambda image, label, _: (image, label, 0.0)).repeat()
+        length = eval_steps * batch // context.num_input_pipelines
+        return real.concatenate(padding).take(length).batch(per_replica)
+
+    def make_evaluate(model):
+        def replica_eval_step(images, labels, weights):
+            logits = tf.cast(model(images, training=False), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+            return tf.reduce_sum(per_example * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
+
+        @tf.function
+        def eval_step(iterator):
+            sums = strategy.run(replica_eval_step, args=next(iterator))
+            return [strategy.reduce(_SUM, s, axis=None) for s in sums]
+
+        def evaluate():
+            iterator = iter(strategy.distribute_datasets_from_function(eval_dataset))
+            totals = np.zeros(3)
+            for _ in range(eval_steps):
+                totals += [float(s) for s in eval_step(iterator)]
+            loss, correct, count = totals
+            return {"loss": float(loss / count), "accuracy": float(correct / count)}
+
+        return evaluate
+
+    task = TrainingTask(
+        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes),
+        train_dataset=train_dataset,
+        loss=loss,
+        make_evaluate=make_evaluate,
+        metrics=lambda results: {"test_loss": results["loss"], "test_accuracy": results["accuracy"]},
+        describe=lambda results: f"eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}",
+    )
+    return run_training(
+        task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
+        mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
+    )
