@@ -1,11 +1,10 @@
 """Trains and evaluates RetinaNet / AA-RetinaNet detectors: the `--task=detection` path of the
 trainer (`train_detection`).
 
-The run mirrors the classification loop (`training.loop`): model, optimizer and checkpoint
-are built under the strategy's scope, the training data is distributed with
-`distribute_datasets_from_function`, the run resumes from the last checkpoint in `model_dir`
-(mid-epoch included) and stops on a non-finite loss without saving, and the same recipe
-fields (optimizer, warm-up and decay schedule, weight decay, mixed precision) mean the same.
+The run is the classification loop's (`training.loop.run_training`) with a detection
+`TrainingTask`: the same checkpoints, resumption (mid-epoch included), stop on a non-finite
+loss, and the same recipe fields (optimizer, warm-up and decay schedule, weight decay, mixed
+precision) mean the same.
 The losses, anchors, box encoding and decoding are keras-hub's `RetinaNetObjectDetector`'s;
 the classification loss is its focal loss with the RetinaNet paper's alpha = 0.25, gamma = 2.
 Evaluation runs the detector's non-maximum suppression and Model Garden's COCO evaluator
@@ -13,10 +12,6 @@ Evaluation runs the detector's non-maximum suppression and Model Garden's COCO e
 """
 
 import dataclasses
-import math
-import os
-import shutil
-import time
 
 import keras
 import numpy as np
@@ -26,10 +21,8 @@ from official.vision.evaluation import coco_evaluator
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
 from training import artifacts, detection_data, recipes
 from training.data import per_replica_batch_size
-from training.distribute import is_chief, worker_id
-from training.loop import FINAL_MODEL, METRICS, MIXED_PRECISION, Diverged, all_finite, build_optimizer, statistics_sync
+from training.loop import TrainingTask, check_count, check_mixed_precision, run_training
 
-_SUM = tf.distribute.ReduceOp.SUM
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
 
@@ -262,189 +255,62 @@ def train_detection(
     recipe = recipes.override(recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
     if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"Invalid `mixed_precision`: received {mixed_precision!r}, expected one of {MIXED_PRECISION}.")
-    for name, value in (("checkpoint_steps", checkpoint_steps), ("steps_per_epoch", steps_per_epoch),
-                        ("eval_examples", eval_examples)):
-        if (value is not None or name == "checkpoint_steps") and (
-            isinstance(value, bool) or not isinstance(value, int) or value <= 0
-        ):
-            raise ValueError(f"Invalid `{name}`: expected a positive int, received {name}={value!r}.")
+    check_mixed_precision(mixed_precision)
+    check_count("checkpoint_steps", checkpoint_steps)
+    check_count("steps_per_epoch", steps_per_epoch, optional=True)
+    check_count("eval_examples", eval_examples, optional=True)
     batch = recipe.global_batch_size
-    per_replica_batch_size(batch, strategy.num_replicas_in_sync)
+    per_replica = per_replica_batch_size(batch, strategy.num_replicas_in_sync)
     config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
     config.update(task="detection", model=model_name, mixed_precision=mixed_precision, seed=seed,
                   steps_per_epoch=steps_per_epoch)
     artifacts.check_run_config(model_dir, config)
     num_classes = detection_data.num_classes(recipe.dataset, data_dir)
-    full_epoch = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir) // batch
+    train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
     detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
-    if full_epoch == 0:
-        raise ValueError(
-            f"Invalid global batch size: global_batch_size={batch} is larger than the {recipe.train_split!r} "
-            f"split of {recipe.dataset!r}; use a smaller batch size."
+
+    def train_dataset(context, epoch_seed, skip_batches):
+        return detection_data.build_dataset(
+            recipe.dataset,
+            recipe.train_split,
+            recipe.image_size,
+            global_batch_size=batch,
+            data_dir=data_dir,
+            training=True,
+            scale_min=recipe.scale_min,
+            scale_max=recipe.scale_max,
+            flip=recipe.flip,
+            max_instances=recipe.max_instances,
+            input_context=context,
+            seed=epoch_seed,
+            skip_batches=skip_batches,
         )
-    epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
 
-    chief = is_chief(strategy)
-    write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
-    if chief:
-        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+    def loss(model, images, targets):
+        predictions = model(images, training=True)
+        # The detector's losses are sums normalized by this replica's positive anchors;
+        # gradients are summed over replicas, so each replica contributes 1 / replicas.
+        value = model.compute_loss(x=images, y=targets, y_pred=predictions, sample_weight=None)
+        return tf.cast(value, tf.float32) / strategy.num_replicas_in_sync, {}
 
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
-    try:
-        with strategy.scope():
-            model = model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes)
-            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
-            optimizer.build(model.trainable_variables)
-            compile_detector(model, optimizer)
-            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-
-    decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
-
-    def replica_train_step(images, targets):
-        with tf.GradientTape() as tape:
-            predictions = model(images, training=True)
-            # The detector's losses are sums normalized by this replica's positive anchors;
-            # gradients are summed over replicas, so each replica contributes 1 / replicas.
-            # (These detectors have no `model.losses`; weight decay is added here.)
-            loss = model.compute_loss(x=images, y=targets, y_pred=predictions, sample_weight=None)
-            loss = tf.cast(loss, tf.float32) / strategy.num_replicas_in_sync
-            if decayed:
-                penalty = 0.5 * recipe.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
-                loss += tf.nn.scale_regularization_loss(penalty)
-            scaled_loss = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def train_step(iterator):
-        return strategy.reduce(_SUM, strategy.run(replica_train_step, args=next(iterator)), axis=None)
-
-    sync_statistics = statistics_sync(strategy, model)
-
-    def evaluate():
-        sync_statistics()
-        return evaluate_detector(
-            model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir,
-            batch_size=per_replica_batch_size(batch, strategy.num_replicas_in_sync),
+    def make_evaluate(model):
+        return lambda: evaluate_detector(
+            model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir, batch_size=per_replica,
             max_instances=recipe.max_instances, max_examples=eval_examples,
         )
 
-    def save(step):
-        if not all_finite(model.trainable_variables):
-            raise Diverged(f"the weights became non-finite before step {step}")
-        sync_statistics()
-        manager.save(checkpoint_number=step)
-
-    def summary_writer(name):
-        if chief:
-            return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
-        return tf.summary.create_noop_writer()
-
-    train_writer, eval_writer = summary_writer("train"), summary_writer("eval")
-    step = int(optimizer.iterations.numpy())
-    metrics_path = os.path.join(model_dir, METRICS)
-    history = [h for h in artifacts.read_json(metrics_path, {}).get("history", []) if h["epoch"] < step // epoch_steps]
-    seconds = float(train_seconds.numpy())
-
-    def write_metrics(results, finished):
-        metrics = {
-            "task": "detection",
-            "model": model_name,
-            "dataset": recipe.dataset,
-            "params": model.count_params(),
-            "steps": step,
-            "epochs": recipe.epochs,
-            "finished": finished,
-            "eval_split": recipe.eval_split,
-            "eval_examples": eval_examples,
-            "coco": results,
-            "train_seconds": seconds,
-            "history": history,
-        }
-        if chief:
-            artifacts.write_json(metrics_path, metrics)
-        return metrics
-
-    try:
-        for epoch in range(step // epoch_steps, recipe.epochs):
-            offset = step - epoch * epoch_steps
-            train_data = strategy.distribute_datasets_from_function(
-                lambda context, epoch=epoch, offset=offset: detection_data.build_dataset(
-                    recipe.dataset,
-                    recipe.train_split,
-                    recipe.image_size,
-                    global_batch_size=batch,
-                    data_dir=data_dir,
-                    training=True,
-                    scale_min=recipe.scale_min,
-                    scale_max=recipe.scale_max,
-                    flip=recipe.flip,
-                    max_instances=recipe.max_instances,
-                    input_context=context,
-                    seed=seed + epoch,
-                    skip_batches=offset,
-                )
-            )
-            iterator = iter(train_data)
-            progbar = keras.utils.Progbar(
-                epoch_steps, verbose=1 if chief and verbose else 0, stateful_metrics=["images/s"], unit_name="step"
-            )
-            if chief and verbose:
-                print(f"{model_name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
-            epoch_start, epoch_loss = time.perf_counter(), 0.0
-            for index in range(offset, epoch_steps):
-                started = time.perf_counter()
-                loss = float(train_step(iterator))
-                if not math.isfinite(loss):
-                    raise Diverged(f"the loss is {loss} at step {step + 1}")
-                seconds += time.perf_counter() - started
-                step += 1
-                epoch_loss += loss
-                throughput = (index + 1 - offset) * batch / (time.perf_counter() - epoch_start)
-                progbar.update(index + 1, [("loss", loss), ("images/s", throughput)])
-                if step % checkpoint_steps == 0 or index + 1 == epoch_steps:
-                    train_seconds.assign(seconds)
-                    save(step)
-            results = evaluate()
-            record = {
-                "epoch": epoch,
-                "train_loss": epoch_loss / (epoch_steps - offset),
-                "images_per_second": throughput,
-                **{f"eval_{name}": value for name, value in results.items()},
-            }
-            history.append(record)
-            with train_writer.as_default(step=step):
-                tf.summary.scalar("loss", record["train_loss"])
-                tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
-                tf.summary.scalar("images_per_second", throughput)
-            with eval_writer.as_default(step=step):
-                for name, value in results.items():
-                    tf.summary.scalar(name, value)
-            write_metrics(results, finished=False)
-            if chief and verbose:
-                print(f"{model_name}: COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}", flush=True)
-    except Diverged as error:
-        raise FloatingPointError(
-            f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
-            f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate or use a longer warm-up, "
-            "then re-run the command to resume from that checkpoint."
-        ) from None
-
-    final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
-    results = evaluate() if final is None else {name: final[f"eval_{name}"] for name in COCO_METRICS}
-    artifacts.save_model(model, os.path.join(write_dir, FINAL_MODEL))
-    metrics = write_metrics(results, finished=True)
-    if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
-    return model, metrics
+    task = TrainingTask(
+        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes),
+        compile=compile_detector,
+        train_dataset=train_dataset,
+        loss=loss,
+        make_evaluate=make_evaluate,
+        metrics=lambda results: {
+            "task": "detection", "eval_split": recipe.eval_split, "eval_examples": eval_examples, "coco": results
+        },
+        describe=lambda results: f"COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}",
+    )
+    return run_training(
+        task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
+        mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
+    )
