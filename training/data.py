@@ -17,17 +17,30 @@ EMBEDDED_DATASETS = ("glyph_pairs",)
 _CIFAR_PAD = 4
 
 
-def _builder(name, data_dir=None):
-    """The TFDS builder of `name`, prepared; a clear error when its data is missing."""
+def tfds_builder(name, data_dir, embedded, expected):
+    """The TFDS builder of `name`; a dataset in `embedded` is generated into `data_dir` on
+    first use (nothing is downloaded). Raises a ValueError for a name TFDS does not know,
+    saying what to use instead (`expected`, e.g. "a TFDS detection dataset")."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
         raise ValueError(
-            f"Unknown dataset: received dataset={name!r}, which TFDS does not know. Use a TFDS image "
-            f"classification name (e.g. 'cifar10', 'cifar100', 'imagenet2012') or {EMBEDDED_DATASETS[0]!r}."
+            f"Unknown dataset: received dataset={name!r}, which TFDS does not know. Use {expected}."
         ) from error
-    if name in EMBEDDED_DATASETS:
-        builder.download_and_prepare()  # Generated on this machine, nothing is downloaded.
+    if name in embedded:
+        builder.download_and_prepare()
+    return builder
+
+
+def _builder(name, data_dir=None):
+    """The TFDS builder of `name`, prepared; a clear error when its data is missing."""
+    builder = tfds_builder(
+        name,
+        data_dir,
+        EMBEDDED_DATASETS,
+        "a TFDS image classification name (e.g. 'cifar10', 'cifar100', 'imagenet2012') or "
+        f"{EMBEDDED_DATASETS[0]!r}",
+    )
     supervised = builder.info.supervised_keys
     if not supervised or len(supervised) != 2 or "image" not in builder.info.features:
         raise ValueError(
@@ -155,21 +168,10 @@ def build_dataset(
         raise ValueError(f"Invalid `preprocessing`: received {preprocessing!r}, expected one of {PREPROCESSING}.")
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"Invalid `image_size`: expected a positive int, received image_size={image_size!r}.")
-    batch_size = global_batch_size
-    if input_context is not None:
-        if global_batch_size is None:
-            raise ValueError("`global_batch_size` is required with an `input_context`.")
-        batch_size = per_replica_batch_size(global_batch_size, input_context.num_replicas_in_sync)
-        split = tfds.even_splits(split, n=input_context.num_input_pipelines)[input_context.input_pipeline_id]
-    builder = _builder(name, data_dir)
-    dataset = _load(builder, split, training, seed, data_dir=data_dir)
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    if skip_batches:
-        replicas_per_pipeline = 1 if input_context is None else (
-            input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        )
-        dataset = dataset.skip(skip_batches * batch_size * replicas_per_pipeline)
+    dataset, batch_size = pipeline_examples(
+        lambda part: _load(_builder(name, data_dir), part, training, seed, data_dir=data_dir),
+        split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer,
+    )
     randaugment = augment.RandAugment(num_layers=2, magnitude=randaugment_magnitude) if randaugment_magnitude else None
 
     def preprocess(encoded, label):
@@ -180,6 +182,36 @@ def build_dataset(
     if batch_size is not None:
         dataset = dataset.batch(batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_examples(load, split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer):
+    """The examples of one input pipeline, before preprocessing and batching.
+
+    Args:
+        load: `(split) -> tf.data.Dataset` of raw examples.
+        split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer:
+            as in `build_dataset`: with an `input_context` only this pipeline's even part of
+            `split` is loaded; training shuffles from `seed`; the examples of the first
+            `skip_batches` batches of this pipeline are skipped.
+
+    Returns:
+        (dataset, batch size: per replica with an `input_context`, else `global_batch_size`).
+    """
+    batch_size = global_batch_size
+    if input_context is not None:
+        if global_batch_size is None:
+            raise ValueError("`global_batch_size` is required with an `input_context`.")
+        batch_size = per_replica_batch_size(global_batch_size, input_context.num_replicas_in_sync)
+        split = tfds.even_splits(split, n=input_context.num_input_pipelines)[input_context.input_pipeline_id]
+    dataset = load(split)
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    if skip_batches:
+        replicas_per_pipeline = 1 if input_context is None else (
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        )
+        dataset = dataset.skip(skip_batches * batch_size * replicas_per_pipeline)
+    return dataset, batch_size
 
 
 def per_replica_batch_size(global_batch_size, num_replicas):

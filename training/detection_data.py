@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from official.vision.ops import box_ops, preprocess_ops
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_boxes with TFDS)
-from training.data import per_replica_batch_size
+from training.data import pipeline_examples, tfds_builder
 
 EMBEDDED_DATASETS = ("glyph_boxes",)
 
@@ -26,15 +26,8 @@ EMBEDDED_DATASETS = ("glyph_boxes",)
 def builder(name, data_dir=None):
     """The TFDS builder of the detection dataset `name`; `glyph_boxes` is generated on first
     use. Raises a ValueError for an unknown, unsuitable or unprepared dataset."""
-    try:
-        dataset_builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(
-            f"Unknown dataset: received dataset={name!r}, which TFDS does not know. Use a TFDS detection "
-            f"dataset in the layout of 'coco/2017', or {EMBEDDED_DATASETS[0]!r}."
-        ) from error
-    if name in EMBEDDED_DATASETS:
-        dataset_builder.download_and_prepare()  # Generated on this machine, nothing is downloaded.
+    expected = f"a TFDS detection dataset in the layout of 'coco/2017', or {EMBEDDED_DATASETS[0]!r}"
+    dataset_builder = tfds_builder(name, data_dir, EMBEDDED_DATASETS, expected)
     features = dataset_builder.info.features
     objects = features["objects"] if "objects" in features else None
     if "image" not in features or objects is None or not {"bbox", "label"} <= set(objects.feature):
@@ -195,20 +188,10 @@ def build_dataset(
         )
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances <= 0:
         raise ValueError(f"Invalid `max_instances`: expected a positive int, received {max_instances!r}.")
-    batch_size = global_batch_size
-    if input_context is not None:
-        if global_batch_size is None:
-            raise ValueError("`global_batch_size` is required with an `input_context`.")
-        batch_size = per_replica_batch_size(global_batch_size, input_context.num_replicas_in_sync)
-        split = tfds.even_splits(split, n=input_context.num_input_pipelines)[input_context.input_pipeline_id]
-    dataset = _load(builder(name, data_dir), split, training, seed)
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    if skip_batches:
-        replicas_per_pipeline = 1 if input_context is None else (
-            input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        )
-        dataset = dataset.skip(skip_batches * batch_size * replicas_per_pipeline)
+    dataset, batch_size = pipeline_examples(
+        lambda part: _load(builder(name, data_dir), part, training, seed),
+        split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer,
+    )
     if training:
         dataset = dataset.map(
             lambda example: preprocess_for_training(example, image_size, scale_min, scale_max, flip, max_instances),
