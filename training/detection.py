@@ -21,7 +21,7 @@ from official.vision.evaluation import coco_evaluator
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
 from training import artifacts, detection_data, recipes
 from training.data import per_replica_batch_size
-from training.loop import TrainingTask, check_count, check_mixed_precision, run_training
+from training.loop import TrainingTask, check_count, check_mixed_precision, run_config, run_training
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
@@ -261,9 +261,8 @@ def train_detection(
     check_count("eval_examples", eval_examples, optional=True)
     batch = recipe.global_batch_size
     per_replica = per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
-    config.update(task="detection", model=model_name, mixed_precision=mixed_precision, seed=seed,
-                  steps_per_epoch=steps_per_epoch)
+    config = run_config(recipe, task="detection", model=model_name, mixed_precision=mixed_precision, seed=seed,
+                        steps_per_epoch=steps_per_epoch)
     artifacts.check_run_config(model_dir, config)
     num_classes = detection_data.num_classes(recipe.dataset, data_dir)
     train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)

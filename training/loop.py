@@ -105,6 +105,14 @@ def check_mixed_precision(mixed_precision):
         )
 
 
+def run_config(recipe, **fields):
+    """The configuration of a run, as recorded in run_config.json: the fields of `recipe` but
+    `models` (the networks it is meant for), then `fields`."""
+    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
+    config.update(fields)
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingTask:
     """What `run_training` needs to know of a task (classification, detection).
@@ -393,8 +401,9 @@ def train_model(
     check_count("steps_per_epoch", steps_per_epoch, optional=True)
     batch = recipe.global_batch_size
     per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
-    config.update(model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch)
+    config = run_config(
+        recipe, model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch
+    )
     artifacts.check_run_config(model_dir, config)
     classes = data.num_classes(recipe.dataset, data_dir)
     train_examples = data.split_size(recipe.dataset, recipe.train_split, data_dir)
