@@ -9,7 +9,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from aa_keras.applications import (
     MODEL_NAMES,

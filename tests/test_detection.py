@@ -402,7 +402,7 @@ def test_train_cli_flag_errors_name_the_flag(flags, message, tmp_path):
 
 def test_train_cli_on_unprepared_coco_says_how_to_prepare_it(tmp_path):
     data_dir = str(tmp_path / "tfds")
-    with pytest.raises(ValueError, match=f"'coco/2017' is not prepared.*tfds build coco/2017"):
+    with pytest.raises(ValueError, match="'coco/2017' is not prepared.*tfds build coco/2017"):
         _train_cli("--dataset=coco/2017", "--model=aa_retinanet_r50", "--recipe=paper_coco",
                    f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}")  # fmt: skip
     assert not (tmp_path / "run").exists()

@@ -122,10 +122,6 @@ def _conv_layers(model):
     return convs
 
 
-def _fresh(initializer):
-    return keras.initializers.get(keras.initializers.serialize(initializer))
-
-
 def _augmented(conv, settings):
     """The `AttentionAugmentation2D` replacing `conv`, or the reason it cannot (a string)."""
     if conv.data_format != "channels_last":
@@ -150,8 +146,8 @@ def _augmented(conv, settings):
             padding=conv.padding,
             activation=conv.activation,
             use_bias=conv.use_bias,
-            kernel_initializer=_fresh(conv.kernel_initializer),
-            bias_initializer=_fresh(conv.bias_initializer),
+            kernel_initializer=conv.kernel_initializer,  # cloned per sub-layer by the layer
+            bias_initializer=conv.bias_initializer,
             kernel_regularizer=conv.kernel_regularizer,
             bias_regularizer=conv.bias_regularizer,
             activity_regularizer=conv.activity_regularizer,
