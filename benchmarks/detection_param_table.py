@@ -16,10 +16,15 @@ from absl import app, flags
 from aa_keras.applications.retinanet import PAPER_IMAGE_SIZE, build_detector
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "models", ["retinanet_r50", "aa_retinanet_r50", "retinanet_r101", "aa_retinanet_r101"], "Detector names."
-)
-flags.DEFINE_string("output", "docs/detection_parameter_table.md", "Markdown output path.")
+
+
+def _define_flags():
+    """The script's flags, defined only when it runs (tests import its functions)."""
+    flags.DEFINE_list(
+        "models", ["retinanet_r50", "aa_retinanet_r50", "retinanet_r101", "aa_retinanet_r101"], "Detector names."
+    )
+    flags.DEFINE_string("output", "docs/detection_parameter_table.md", "Markdown output path.")
+
 
 # Bello et al., 2019, table 6: parameters (millions) of the COCO detectors.
 PAPER = {"retinanet_r50": 33.4, "aa_retinanet_r50": 33.1, "retinanet_r101": 52.4, "aa_retinanet_r101": 51.7}
@@ -77,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

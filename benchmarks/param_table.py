@@ -26,16 +26,21 @@ from aa_keras.applications import build_model
 from aa_keras.layers import AttentionAugmentation2D
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "models",
-    ["resnet34", "aa_resnet34", "resnet50", "aa_resnet50", "resnet101", "aa_resnet101",
-     "resnet152", "aa_resnet152", "wrn28_10", "aa_wrn28_10"],
-    "Registered model names (aa_keras.applications.MODEL_NAMES).",
-)
-flags.DEFINE_string(
-    "output", "benchmarks/results/param_table.json", "JSON output path; the markdown goes next to it (.md)."
-)
-flags.DEFINE_bool("profile", True, "Also count FLOPs with the TensorFlow profiler.")
+
+
+def _define_flags():
+    """The script's flags, defined only when it runs (tests import its functions)."""
+    flags.DEFINE_list(
+        "models",
+        ["resnet34", "aa_resnet34", "resnet50", "aa_resnet50", "resnet101", "aa_resnet101",
+         "resnet152", "aa_resnet152", "wrn28_10", "aa_wrn28_10"],
+        "Registered model names (aa_keras.applications.MODEL_NAMES).",
+    )
+    flags.DEFINE_string(
+        "output", "benchmarks/results/param_table.json", "JSON output path; the markdown goes next to it (.md)."
+    )
+    flags.DEFINE_bool("profile", True, "Also count FLOPs with the TensorFlow profiler.")
+
 
 # Bello et al., 2019: parameters (millions) of tables 1 and 3 and GFLOPs where reported.
 PAPER = {
@@ -148,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
