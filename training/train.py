@@ -164,8 +164,8 @@ def main(argv):
 def run_main():
     """Entry point of the `aa-train` console script."""
     flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:
-        flags.declare_key_flag(name)  # listed by --help
+    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(main)
 
 
