@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.applications import small_nets
-from training import artifacts, data, recipes, train
+from training import artifacts, data, distribute, recipes, train
 from training.loop import train_model
 from training.schedules import WarmupDecay
 
@@ -272,3 +272,18 @@ def test_cli_trains_and_prints_the_comparison(tmp_path, data_dir, capsys):
     assert table[0].split() == ["model", "params", "test", "accuracy", "train", "time"]
     assert table[1].split()[:2] == ["conv_small", f"{rows[0]['params']:,}"]
     assert (tmp_path / "aa_small" / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="horovod"), "strategy='horovod'"),
+        (dict(name="mirrored", num_gpus=-1), "num_gpus=-1"),
+        (dict(name="tpu"), "strategy='tpu' needs a TPU address"),
+        (dict(name="default", devices=["CPU:0"]), "only valid with strategy='mirrored'"),
+        (dict(name="mirrored", devices=["CPU:0", "/cpu:0"]), "names a device twice"),
+    ],
+)
+def test_strategy_errors_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        distribute.create_strategy(**kwargs)

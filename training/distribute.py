@@ -28,6 +28,9 @@ def create_strategy(name, num_gpus=0, tpu=None, devices=None):
     if devices:
         if name != "mirrored":
             raise ValueError(f"Invalid `devices`: devices={devices!r} is only valid with strategy='mirrored', not {name!r}.")
+        names = [tf.DeviceSpec.from_string(d).to_string() for d in devices]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Invalid `devices`: devices={devices!r} names a device twice; list each once.")
         return tf.distribute.MirroredStrategy(devices=list(devices))
     return distribute_utils.get_distribution_strategy(
         distribution_strategy="off" if name == "default" else name, num_gpus=num_gpus, tpu_address=tpu
