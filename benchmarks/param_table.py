@@ -24,6 +24,7 @@ from absl import app, flags
 
 from aa_keras.applications import build_model
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.ops import fused_attention
 
 FLAGS = flags.FLAGS
 
@@ -92,9 +93,11 @@ def analytic_flops(model):
 def profiler_flops(model, op_types=(".*",)):
     """The TensorFlow profiler's float-operation count of one example through `model`, over
     the ops whose type matches one of the `op_types` regexes. The profiler registers no count
-    for `Einsum` ops (here: the relative logits)."""
+    for `Einsum` ops (here: the relative logits) nor for custom ops, so the model is traced
+    with the attention built from standard TensorFlow ops."""
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
-    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    with fused_attention.disabled():
+        graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     options["account_type_regexes"] = list(op_types)

@@ -34,6 +34,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
+from aa_keras.ops import fused_attention
 from export import report, saved_model, tflite
 from export.export import ParityError, check_output_dir, staged_output
 
@@ -75,14 +76,15 @@ def _serve_raw(model):
 
 
 def _write(model, serve, path, image_shape, batch):
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        saved_model.SIGNATURE,
-        serve,
-        input_signature=[tf.TensorSpec((batch, *image_shape), tf.float32, name=saved_model.INPUT_NAME)],
-    )
-    archive.write_out(path, verbose=False)
+    with fused_attention.disabled():  # standard ops only, as in saved_model.write_saved_model
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            saved_model.SIGNATURE,
+            serve,
+            input_signature=[tf.TensorSpec((batch, *image_shape), tf.float32, name=saved_model.INPUT_NAME)],
+        )
+        archive.write_out(path, verbose=False)
 
 
 def _convert_builtin(source, what):

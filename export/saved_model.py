@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aa_keras.ops import fused_attention
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"
 SIGNATURE = "serving_default"
@@ -28,12 +30,15 @@ def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
             images = tf.cast(images, tf.float32) / 255.0
         return {OUTPUT_NAME: model(images, training=False)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        SIGNATURE, serve, input_signature=[tf.TensorSpec((batch, *image_shape), dtype, name=INPUT_NAME)]
-    )
-    archive.write_out(path, verbose=False)
+    # Standard ops only: a file with the fused kernel's custom op would not load without aa_keras
+    # and would not convert to TFLite or ONNX.
+    with fused_attention.disabled():
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            SIGNATURE, serve, input_signature=[tf.TensorSpec((batch, *image_shape), dtype, name=INPUT_NAME)]
+        )
+        archive.write_out(path, verbose=False)
 
 
 class SavedModelRunner:

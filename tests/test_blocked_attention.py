@@ -1,4 +1,8 @@
-"""The memory-bounded (query-blocked) attention path and the hand-written attention gradient."""
+"""The TensorFlow-op attention path: query blocking and the hand-written gradient.
+
+The fused kernel is disabled here (it replaces this path where it applies); see
+test_fused_attention.py for it.
+"""
 
 import numpy as np
 import pytest
@@ -6,6 +10,7 @@ import tensorflow as tf
 
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.layers.attention import auto_query_block_size
+from aa_keras.ops import fused_attention
 from benchmarks.reference_layer import ReferenceAttentionAugmentation2D
 
 
@@ -19,6 +24,12 @@ def _layer_pair(layer_class, shape, **kwargs):
     other.build(shape)
     other.set_weights(source.get_weights())
     return source, other
+
+
+@pytest.fixture(autouse=True)
+def tensorflow_op_path():
+    with fused_attention.disabled():
+        yield
 
 
 def _outputs_and_gradients(layer, x):

@@ -7,6 +7,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.ops import fused_attention
 
 INPUT_SHAPE = (1, 8, 7, 3)
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2, bias_initializer="random_normal")
@@ -24,7 +25,9 @@ def _model(**kwargs):
 def _convert_builtins_only(function, input_shape):
     """TFLite flatbuffer of `function`, the converter restricted to TFLite builtin ops."""
     function = tf.function(function, input_signature=[tf.TensorSpec(input_shape)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    with fused_attention.disabled():  # the fused kernel is a TensorFlow custom op
+        concrete = function.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
 

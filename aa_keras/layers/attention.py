@@ -4,7 +4,9 @@ The logits are (B, Nh, HW, HW): at 56x56 and batch 8 one float32 copy is 2.5 GB.
 path splits the queries into blocks, computes one block's logits, softmax and output at a
 time, one block after another, and recomputes a block's logits in the backward pass (a custom
 gradient) instead of keeping them, so peak memory grows with the block and not with (HW)^2.
-Both paths compute the same function.
+Both paths compute the same function. Where the fused CPU kernel applies
+(`aa_keras.ops.fused_attention`), it replaces both: one pass over each query's logits, never
+storing them.
 """
 
 import math
@@ -12,6 +14,7 @@ import math
 import tensorflow as tf
 
 from aa_keras.layers.relative_logits import relative_logits
+from aa_keras.ops import fused_attention
 from aa_keras.layers.shapes import dims
 
 # Blocking starts when one example's logits (Nh * HW * HW float32 values) exceed this many
@@ -158,8 +161,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
         v: (B, Nh, H, W, dvh) values in the compute dtype.
         rel_height, rel_width: relative embedding tables (see `relative_logits`), or None for
             no relative term.
-        query_block_size: queries per block, or None for the unblocked path. Blocking needs
-            a static H * W; with a dynamic size the unblocked path runs.
+        query_block_size: queries per block of the TensorFlow-op path, or None for the
+            unblocked path. Blocking needs a static H * W; with a dynamic size the unblocked path
+            runs. The fused kernel, where it applies, needs no blocks and ignores it.
 
     Returns:
         (B, Nh, H * W, dvh) attention output, in the dtype of v.
@@ -172,6 +176,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     q = tf.reshape(q, [batch, heads, num_positions, q.shape[-1]])
     k = tf.reshape(k, [batch, heads, num_positions, k.shape[-1]])
     v = tf.reshape(v, [batch, heads, num_positions, v.shape[-1]])
+    if fused_attention.applies():
+        rel = [tf.squeeze(r, axis) for r, axis in zip(rel, (4, 3))]
+        return fused_attention.fused_attention(q, k, v, *rel)
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
     if not blocked or query_block_size >= num_positions:

@@ -1,0 +1,1 @@
+"""Custom TensorFlow kernels: the fused CPU attention (`fused_attention`)."""

@@ -1,0 +1,160 @@
+"""The fused CPU attention kernel (`fused_attention.cc`): built on first use, used where it applies.
+
+The kernel computes softmax(q k^T + relative logits) v and its gradient a few query rows at a
+time, without ever storing the (HW x HW) logits, and makes one pass where the TensorFlow-op
+path makes about 25 over them. It is a TensorFlow custom op, so it is used only where such an
+op can run and be kept:
+
+- TensorFlow sees no GPU or TPU (the kernel is for CPU);
+- the graph is not being compiled by XLA (`jit_compile=True`);
+- no `disabled()` context is open (the exporters open one: SavedModel, TFLite and ONNX files
+  then hold only standard ops);
+- the environment variable `AA_KERAS_FUSED_ATTENTION` is not `0`;
+- the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
+  `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
+  `~/.cache/aa_keras`), keyed by the source, the flags, the TensorFlow version and the CPU.
+  If compiling fails, a warning says why and the TensorFlow-op path is used.
+
+Elsewhere the layer runs the TensorFlow-op path of `aa_keras.layers.attention`, which computes
+the same function. A graph traced with the fused op (e.g. `tf.saved_model.save` outside the
+exporters) needs `import aa_keras` before it is loaded.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import subprocess
+import tempfile
+import threading
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
+
+_logger = logging.getLogger(__name__)
+
+SOURCE = pathlib.Path(__file__).with_name("fused_attention.cc")
+ENABLE_VARIABLE = "AA_KERAS_FUSED_ATTENTION"
+CACHE_VARIABLE = "AA_KERAS_CACHE_DIR"
+
+_lock = threading.Lock()
+_loaded = {}  # "library": the loaded module, or "error": why it could not be built
+_disabled = threading.local()
+
+
+def _cpu_description():
+    """What -march=native compiles for: the CPU's model and feature flags."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    keys = ("model name", "flags")
+    return "".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
+def _compile_command(output):
+    compiler = os.environ.get("CXX", "g++")
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w", *tf.sysconfig.get_compile_flags()]
+    return [compiler, *flags, str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
+
+
+def library_path():
+    """Path of the compiled library for this source, TensorFlow and CPU (it may not exist yet)."""
+    cache = pathlib.Path(os.environ.get(CACHE_VARIABLE) or pathlib.Path.home() / ".cache" / "aa_keras")
+    identity = repr((_compile_command("OUT"), tf.__version__, _cpu_description())).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()[:16]
+    return cache / f"fused_attention-{key}.so"
+
+
+def build():
+    """Compiles the library into the cache if it is not there; returns its path.
+
+    Raises:
+        RuntimeError: the compiler is missing or failed (with its output).
+    """
+    path = library_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _logger.warning("Compiling the fused attention kernel into %s (once per machine).", path)
+    # Written under a temporary name and renamed, so that an interrupted or concurrent build
+    # never leaves a partial library under the final name.
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        output = pathlib.Path(staging) / path.name
+        command = _compile_command(output)
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        except FileNotFoundError as error:
+            raise RuntimeError(f"No C++ compiler {command[0]!r}: {error}") from None
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{error.stderr[-2000:]}") from None
+        os.replace(output, path)
+    return path
+
+
+def library():
+    """The loaded op library, built first if needed, or None if it cannot be built or loaded."""
+    with _lock:
+        if not _loaded:
+            try:
+                _loaded["library"] = tf.load_op_library(str(build()))
+            except (OSError, RuntimeError, tf.errors.OpError) as error:
+                _loaded["error"] = error
+                _logger.warning("The fused attention kernel is unavailable; using TensorFlow ops. %s", error)
+        return _loaded.get("library")
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this context (in this thread) attention is built from standard TensorFlow ops."""
+    _disabled.depth = getattr(_disabled, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _disabled.depth -= 1
+
+
+def applies():
+    """Whether attention built here and now runs on the fused kernel (see the module docstring)."""
+    if os.environ.get(ENABLE_VARIABLE, "1") == "0" or getattr(_disabled, "depth", 0):
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    if control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()):
+        return False
+    return library() is not None
+
+
+def fused_attention(q, k, v, rel_height=None, rel_width=None):
+    """softmax(q k^T + rel_height[y_j] + rel_width[x_j]) v on the fused kernel.
+
+    Args:
+        q, k: (B, Nh, HW, dkh) float32 queries (already scaled) and keys.
+        v: (B, Nh, HW, dvh) values, any float dtype.
+        rel_height, rel_width: (B, Nh, HW, H) and (B, Nh, HW, W) float32 relative logits of every
+            query (key j is at row y_j = j // W, column x_j = j % W), or None for none.
+
+    Returns:
+        (B, Nh, HW, dvh) in the dtype of v. Differentiable once (the gradient is the fused
+        backward kernel).
+    """
+    kernels = library()
+    if kernels is None:
+        raise RuntimeError(f"The fused attention kernel is unavailable: {_loaded.get('error')}")
+    relative = rel_height is not None
+    if not relative:
+        rel_height = rel_width = tf.zeros([0], tf.float32)
+
+    @tf.custom_gradient
+    def attend(q, k, v, rel_height, rel_width):
+        out, stats = kernels.aa_fused_attention(q, k, v, rel_height, rel_width, relative=relative)
+
+        def grad(d_out):
+            return kernels.aa_fused_attention_grad(q, k, v, rel_height, rel_width, out, stats, d_out, relative=relative)
+
+        return out, grad
+
+    return tf.cast(attend(q, k, tf.cast(v, tf.float32), rel_height, rel_width), v.dtype)

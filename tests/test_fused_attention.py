@@ -1,0 +1,105 @@
+"""The fused CPU attention kernel: where it is used, and that it computes what the TensorFlow-op
+path computes (outputs and every gradient)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.layers.attention import multi_head_attention_2d
+from aa_keras.ops import fused_attention
+
+
+def test_kernel_builds_and_applies_on_this_cpu():
+    assert fused_attention.library() is not None
+    assert fused_attention.library_path().exists()
+    assert fused_attention.applies()
+    with fused_attention.disabled():
+        assert not fused_attention.applies()
+    assert fused_attention.applies()
+
+
+def _op_types(function, spec):
+    return {op.type for op in function.get_concrete_function(spec).graph.get_operations()}
+
+
+def test_layer_uses_the_kernel_only_where_it_applies(monkeypatch):
+    layer = AttentionAugmentation2D(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
+    spec = tf.TensorSpec((1, 6, 5, 3))
+    assert "AaFusedAttention" in _op_types(tf.function(layer), spec)
+    with fused_attention.disabled():
+        assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
+    assert "AaFusedAttention" not in _op_types(tf.function(layer, jit_compile=True), spec)
+    monkeypatch.setenv(fused_attention.ENABLE_VARIABLE, "0")
+    assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
+
+
+def _inputs(batch, heads, height, width, depth_k, depth_v, scale, seed):
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, s=1.0):
+        return tf.constant(rng.normal(scale=s, size=shape).astype("float32"))
+
+    q = normal(batch, heads, height, width, depth_k, s=scale)
+    k = normal(batch, heads, height, width, depth_k)
+    v = normal(batch, heads, height, width, depth_v)
+    # Tables built for a larger size than used, as after `max_size`.
+    rel_height = normal(2 * height + 1, depth_k, s=scale)
+    rel_width = normal(2 * width + 3, depth_k, s=scale)
+    return q, k, v, rel_height, rel_width
+
+
+def _output_and_gradients(relative, q, k, v, rel_height, rel_width):
+    tables = (rel_height, rel_width) if relative else (None, None)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v, rel_height, rel_width])
+        out = multi_head_attention_2d(q, k, v, *tables)
+        upstream = tf.random.stateless_normal(out.shape, seed=(1, 2))
+        loss = tf.reduce_sum(out * upstream)
+    sources = [q, k, v] + ([rel_height, rel_width] if relative else [])
+    return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, sources)]
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "none"])
+@pytest.mark.parametrize(
+    "size",
+    [(2, 2, 6, 7, 3, 5), (1, 3, 1, 1, 2, 2), (2, 1, 4, 8, 4, 4), (1, 2, 9, 9, 8, 6), (1, 1, 3, 17, 1, 3)],
+    ids=lambda size: "x".join(map(str, size)),
+)
+@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["logits~1", "logits~100"])
+def test_kernel_matches_tensorflow_ops(relative, size, scale):
+    """Sizes below, at and above a multiple of the kernel's 16 lanes, one position, depth 1;
+    logits ~100 (exp overflows float32 above 88) test the max subtraction."""
+    inputs = _inputs(*size, scale=scale, seed=sum(size))
+    fused = tf.function(_output_and_gradients)(relative, *inputs)
+    with fused_attention.disabled():
+        expected = tf.function(_output_and_gradients)(relative, *inputs)
+    assert len(fused) == len(expected)
+    assert np.abs(expected[0].numpy()).max() > 0
+    for actual, wanted in zip(fused, expected):
+        # Relative to the largest value; absolute where it is 0 (one position: no gradient to q, k).
+        tolerance = 1e-5 * np.abs(wanted.numpy()).max() + 1e-6
+        assert np.abs(actual.numpy() - wanted.numpy()).max() < tolerance
+
+
+def test_kernel_rejects_mismatched_shapes():
+    kernels = fused_attention.library()
+    q = tf.zeros([1, 2, 6, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="height \\* width"):
+        kernels.aa_fused_attention(q, q, q, tf.zeros([1, 2, 6, 2]), tf.zeros([1, 2, 6, 2]), relative=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same depth"):
+        kernels.aa_fused_attention(q, tf.zeros([1, 2, 6, 3]), q, q, q, relative=False)
+
+
+def test_failed_build_is_a_clear_error_and_the_layer_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(fused_attention.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(RuntimeError, match="No C\\+\\+ compiler"):
+        fused_attention.build()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written in the cache
+    monkeypatch.setattr(fused_attention, "_loaded", {})
+    assert fused_attention.library() is None
+    assert "unavailable" in caplog.text
+    assert not fused_attention.applies()
+    layer = AttentionAugmentation2D(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
+    assert layer(tf.ones([1, 5, 5, 3])).shape == (1, 5, 5, 8)
