@@ -3,7 +3,9 @@
     python -m benchmarks.bench_layer                      # the full table (about 10 minutes)
     python -m benchmarks.bench_layer --sizes=14 --memory_sizes= --repeats=3
 
-Implementations: `aa` (the library layer), `conv` (`keras.layers.Conv2D(filters, kernel_size)`),
+Implementations: `aa` (the library layer: on this CPU the fused attention kernel, see
+`aa_keras/ops/fused_attention.py`), `aa_tf_ops` (the same layer with the kernel disabled: the
+TensorFlow-op path that GPUs, TPUs, XLA and exported files run), `conv` (`keras.layers.Conv2D(filters, kernel_size)`),
 `reference` (`benchmarks/reference_layer.py`: materialised, tiled logits as in the paper's
 appendix) and `softmax` (a bare `tf.nn.softmax` over the layer's (B, Nh, HW, HW) logits, forward
 and backward: a floor under any attention that materialises its weights in float32).
@@ -17,6 +19,7 @@ are printed as a table and written as JSON. Ratios, not absolute times, are the 
 compare: the machine may be shared.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +33,9 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["7", "14", "28", "56"], "Spatial sizes for the timings.")
 flags.DEFINE_list("memory_sizes", ["7", "14", "28", "56", "112"], "Spatial sizes for peak memory.")
-flags.DEFINE_list("impls", ["aa", "conv", "reference", "softmax"], "Implementations: aa, conv, reference, softmax.")
+flags.DEFINE_list(
+    "impls", ["aa", "aa_tf_ops", "conv", "reference", "softmax"], "Implementations: aa, aa_tf_ops, conv, reference, softmax."
+)
 flags.DEFINE_integer("reference_alone_above", 28, "Above this size the reference is timed in its own process.")
 flags.DEFINE_integer("reference_memory_max_size", 56, "Largest size at which the reference's memory is measured.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -60,7 +65,11 @@ def _make_layer(impl):
 
     if impl == "conv":
         return keras.layers.Conv2D(FLAGS.filters, FLAGS.kernel_size, padding="same")
-    layer_class = {"aa": AttentionAugmentation2D, "reference": ReferenceAttentionAugmentation2D}[impl]
+    layer_class = {
+        "aa": AttentionAugmentation2D,
+        "aa_tf_ops": AttentionAugmentation2D,
+        "reference": ReferenceAttentionAugmentation2D,
+    }[impl]
     return layer_class(
         FLAGS.filters,
         FLAGS.kernel_size,
@@ -74,6 +83,11 @@ def _make_layer(impl):
 def _functions(impl, size):
     """{"forward": fn, "train_step": fn}: tf.functions of one implementation at one size."""
     import tensorflow as tf
+
+    from aa_keras.ops import fused_attention
+
+    # Entered while the functions are traced, which is what decides the attention's path.
+    trace_context = fused_attention.disabled if impl == "aa_tf_ops" else contextlib.nullcontext
 
     if impl == "softmax":
         positions = size * size
@@ -92,11 +106,12 @@ def _functions(impl, size):
 
     @tf.function(jit_compile=FLAGS.jit_compile)
     def forward():
-        return layer(x)
+        with trace_context():
+            return layer(x)
 
     @tf.function(jit_compile=FLAGS.jit_compile)
     def train_step():
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, trace_context():
             tape.watch(x)
             loss = tf.reduce_sum(layer(x) * upstream)
         return tape.gradient(loss, [x] + variables)

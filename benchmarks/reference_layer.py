@@ -50,7 +50,9 @@ class ReferenceAttentionAugmentation2D(AttentionAugmentation2D):
     """
 
     def _multi_head_attention(self, q, k, v):
-        _, heads, height, width, _ = q.shape
+        """(B, H, W, Nh, dkh) q, k and (B, H, W, Nh, dvh) v -> (B, H, W, Nh, dvh)."""
+        _, height, width, heads, _ = q.shape
+        q, k, v = [tf.transpose(t, [0, 3, 1, 2, 4]) for t in (q, k, v)]
         logits = tf.einsum("bnhwd,bnxyd->bnhwxy", q, k)
         logits = tf.reshape(logits, [-1, heads, height * width, height * width])
         if self.rel_height is not None:
@@ -61,4 +63,5 @@ class ReferenceAttentionAugmentation2D(AttentionAugmentation2D):
             logits += _tiled_relative_logits_1d(q_t, table_h, width, height, [0, 1, 4, 2, 5, 3])
         weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
         v = tf.reshape(v, [-1, heads, height * width, v.shape[-1]])
-        return tf.einsum("bnqk,bnkd->bnqd", weights, v)
+        out = tf.einsum("bnqk,bnkd->bnqd", weights, v)
+        return tf.transpose(tf.reshape(out, [-1, heads, height, width, out.shape[-1]]), [0, 2, 3, 1, 4])

@@ -40,9 +40,9 @@ def _inputs(batch, heads, height, width, depth_k, depth_v, scale, seed):
     def normal(*shape, s=1.0):
         return tf.constant(rng.normal(scale=s, size=shape).astype("float32"))
 
-    q = normal(batch, heads, height, width, depth_k, s=scale)
-    k = normal(batch, heads, height, width, depth_k)
-    v = normal(batch, heads, height, width, depth_v)
+    q = normal(batch, height, width, heads, depth_k, s=scale)
+    k = normal(batch, height, width, heads, depth_k)
+    v = normal(batch, height, width, heads, depth_v)
     # Tables built for a larger size than used, as after `max_size`.
     rel_height = normal(2 * height + 1, depth_k, s=scale)
     rel_width = normal(2 * width + 3, depth_k, s=scale)
@@ -84,11 +84,13 @@ def test_kernel_matches_tensorflow_ops(relative, size, scale):
 
 def test_kernel_rejects_mismatched_shapes():
     kernels = fused_attention.library()
-    q = tf.zeros([1, 2, 6, 4])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="height \\* width"):
-        kernels.aa_fused_attention(q, q, q, tf.zeros([1, 2, 6, 2]), tf.zeros([1, 2, 6, 2]), relative=True)
+    q = tf.zeros([1, 3, 4, 2, 5])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
+        kernels.aa_fused_attention(q, q, q, tf.zeros([3, 5]), tf.zeros([7, 5]), relative=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="depth of q"):
+        kernels.aa_fused_attention(q, q, q, tf.zeros([5, 4]), tf.zeros([7, 5]), relative=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="same depth"):
-        kernels.aa_fused_attention(q, tf.zeros([1, 2, 6, 3]), q, q, q, relative=False)
+        kernels.aa_fused_attention(q, tf.zeros([1, 3, 4, 2, 3]), q, q, q, relative=False)
 
 
 def test_failed_build_is_a_clear_error_and_the_layer_falls_back(monkeypatch, tmp_path, caplog):

@@ -156,9 +156,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     """Self-attention of every position of a feature map to every other.
 
     Args:
-        q: (B, Nh, H, W, dkh) float32 queries, already scaled by dkh ** -0.5.
-        k: (B, Nh, H, W, dkh) float32 keys.
-        v: (B, Nh, H, W, dvh) values in the compute dtype.
+        q: (B, H, W, Nh, dkh) float32 queries, already scaled by dkh ** -0.5.
+        k: (B, H, W, Nh, dkh) float32 keys.
+        v: (B, H, W, Nh, dvh) values in the compute dtype.
         rel_height, rel_width: relative embedding tables (see `relative_logits`), or None for
             no relative term.
         query_block_size: queries per block of the TensorFlow-op path, or None for the
@@ -166,21 +166,25 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
             runs. The fused kernel, where it applies, needs no blocks and ignores it.
 
     Returns:
-        (B, Nh, H * W, dvh) attention output, in the dtype of v.
+        (B, H, W, Nh, dvh) attention output, in the dtype of v.
     """
-    batch, heads, height, width, _ = dims(q)
+    if fused_attention.applies():
+        return fused_attention.fused_attention(q, k, v, rel_height, rel_width)
+    batch, height, width, heads, _ = dims(q)
     num_positions = height * width
+    # Head-major for the batched matmuls: (B, Nh, H, W, d).
+    q, k, v = [tf.transpose(t, [0, 3, 1, 2, 4]) for t in (q, k, v)]
     rel = ()
     if rel_height is not None:
         rel = relative_logits(q, rel_height, rel_width)
     q = tf.reshape(q, [batch, heads, num_positions, q.shape[-1]])
     k = tf.reshape(k, [batch, heads, num_positions, k.shape[-1]])
     v = tf.reshape(v, [batch, heads, num_positions, v.shape[-1]])
-    if fused_attention.applies():
-        rel = [tf.squeeze(r, axis) for r, axis in zip(rel, (4, 3))]
-        return fused_attention.fused_attention(q, k, v, *rel)
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
     if not blocked or query_block_size >= num_positions:
-        return _attention(q, k, v, *rel)
-    return _blocked_attention(query_block_size)(q, k, v, *rel)
+        out = _attention(q, k, v, *rel)
+    else:
+        out = _blocked_attention(query_block_size)(q, k, v, *rel)
+    out = tf.reshape(out, [batch, heads, height, width, out.shape[-1]])
+    return tf.transpose(out, [0, 2, 3, 1, 4])

@@ -327,16 +327,15 @@ class AttentionAugmentation2D(keras.layers.Layer):
         return tf.concat([x, encoding], axis=-1)
 
     def _split_heads(self, x, depth):
-        """(B, H, W, Nh * d) -> (B, Nh, H, W, d), channel c in head c // d."""
+        """(B, H, W, Nh * d) -> (B, H, W, Nh, d), channel c in head c // d."""
         batch, height, width, _ = dims(x)
-        x = tf.reshape(x, [batch, height, width, self.num_heads, depth])
-        return tf.transpose(x, [0, 3, 1, 2, 4])
+        return tf.reshape(x, [batch, height, width, self.num_heads, depth])
 
     def _multi_head_attention(self, q, k, v):
-        """(B, Nh, H, W, dkh) q, k and (B, Nh, H, W, dvh) v -> (B, Nh, H * W, dvh)."""
+        """(B, H, W, Nh, dkh) q, k and (B, H, W, Nh, dvh) v -> (B, H, W, Nh, dvh)."""
         block_size = self.query_block_size
         if block_size is None:
-            positions = q.shape[2] * q.shape[3] if None not in q.shape[2:4] else None
+            positions = q.shape[1] * q.shape[2] if None not in q.shape[1:3] else None
             block_size = auto_query_block_size(self.num_heads, positions)
         return multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, block_size)
 
@@ -353,8 +352,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         k = self._split_heads(tf.cast(k, tf.float32), self.dkh)
         v = self._split_heads(v, self.dvh)
         attn = self._multi_head_attention(q, k, v)
-        # (B, Nh, HW, dvh) -> (B, H, W, Nh * dvh), head-major.
-        attn = tf.reshape(tf.transpose(attn, [0, 2, 1, 3]), [batch, height, width, self.dv])
+        # (B, H, W, Nh, dvh) -> (B, H, W, Nh * dvh), head-major.
+        attn = tf.reshape(attn, [batch, height, width, self.dv])
         attn = self.attn_out(attn)
         if self.downsample_attention:
             attn = tf.cast(tf.image.resize(attn, [out_height, out_width], "bilinear"), attn.dtype)

@@ -1,19 +1,24 @@
 // Fused 2D multi-head attention with relative logits, forward and backward, for CPU.
 //
-// For one (batch, head) pair with N = H * W positions, queries q (N, dk), keys k (N, dk),
-// values v (N, dv) and the per-query relative logits rel_h (N, H) and rel_w (N, W):
+// For one (batch, head) pair of an H x W grid, N = H * W positions, queries q (N, dk), keys k
+// (N, dk), values v (N, dv) and the relative embedding tables e_h (2 H_max - 1, dk) and e_w
+// (2 W_max - 1, dk), with query i at grid row y_i, column x_i (i = y_i * W + x_i):
 //
-//   s[i, j] = q_i . k_j + rel_h[i, y_j] + rel_w[i, x_j]      (j = y_j * W + x_j)
+//   s[i, j] = q_i . k_j + q_i . e_h[y_j - y_i + H_max - 1] + q_i . e_w[x_j - x_i + W_max - 1]
 //   p[i, :] = softmax(s[i, :]),  out_i = sum_j p[i, j] v_j
 //
-// The (N, N) logits are never stored: a few query rows are processed at a time, their logits,
-// weights and gradients live in row buffers that stay in cache, and the backward pass recomputes
-// the weights from each row's max and 1 / sum of exp (the `stats` output). Each (batch, head) pair is one unit of work for TensorFlow's CPU pool.
+// The (N, N) logits are never stored: a few query rows are processed at a time, and their
+// logits, weights and gradients live in row buffers that stay in cache. The relative logits of a
+// query are H + W dot products with the tables, added by broadcasting. The backward pass
+// recomputes the weights from each row's max and 1 / sum of exp (the `stats` output). Each
+// (batch, head) pair is one unit of work for TensorFlow's CPU thread pool.
+//
+// Tensors are position-major, as a channels-last feature map splits into heads without a
+// transpose: q, k (B, H, W, Nh, dk), v and out (B, H, W, Nh, dv).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -38,7 +43,7 @@ using tensorflow::shape_inference::ShapeHandle;
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
 // Floats per vector. Rows are padded to a multiple of it; padded logits are set to kPad, whose
-// weight is exactly 0, and padded key and value columns are 0.
+// weight is negligible (see Exp), and padded key and value columns are 0.
 constexpr int kLanes = 16;
 constexpr float kPad = -1e30f;
 
@@ -50,18 +55,33 @@ inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{} + x; }
 
+// The sum of the lanes: the upper half added onto the lower half, four times.
 inline float Sum(Vec x) {
-  float s = 0.0f;
-  for (int i = 0; i < kLanes; ++i) s += x[i];
-  return s;
+  static_assert(kLanes == 16, "Sum's shuffles are written for 16 lanes");
+  x += __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  x += __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  x += __builtin_shufflevector(x, x, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  x += __builtin_shufflevector(x, x, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+  return x[0];
+}
+
+// Lanes 0..count-1 of x, the others 0.
+inline Vec FirstLanes(Vec x, int64_t count) {
+  const IVec lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return lane < static_cast<int32_t>(count) ? x : Vec{};
 }
 
 inline int64_t Padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
+// Row buffers hold stride floats and kLanes more, so that a vector load or store that starts
+// at any position before stride stays inside the buffer.
+inline int64_t RowCapacity(int64_t stride) { return stride + kLanes; }
+
 // exp(x), x = n ln2 + r with |r| <= ln2 / 2: exp(r) by its Taylor polynomial of degree 7
-// (truncation error below 1e-8 relative), times 2^n built in the exponent bits. 0 below -87.
+// (truncation error below 1e-8 relative), times 2^n built in the exponent bits. Inputs below
+// -87 give exp(-87) ~ 1.6e-38 instead of less: a weight that small changes no sum of weights
+// (each row has one weight of 1) and multiplies only zero padding or discarded results.
 inline Vec Exp(Vec x) {
-  const IVec underflow = x < -87.0f;
   x = x > -87.0f ? x : Splat(-87.0f);
   // Adding 1.5 * 2^23 rounds to the nearest integer, which ends up in the low mantissa bits.
   const float kRound = 12582912.0f;
@@ -78,7 +98,7 @@ inline Vec Exp(Vec x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const IVec exponent = ((IVec)shifted - (IVec)Splat(kRound) + 127) << 23;
-  return (Vec)((IVec)(p * (Vec)exponent) & ~underflow);
+  return p * (Vec)exponent;
 }
 
 // rows[t][j] += sum_d a[t][d] * bt[d * stride + j] for t < T, j < stride: the logits of T
@@ -128,69 +148,130 @@ void RankUpdate(float* bt, const float* const* a, const float* const* rows, int6
   }
 }
 
-// (n, depth) -> (depth, stride), columns n..stride-1 zero.
-void Transpose(const float* x, int64_t n, int64_t depth, int64_t stride, float* xt) {
+// x (n rows `step` floats apart, depth used) -> xt (depth, stride), columns n..stride-1 zero.
+void Transpose(const float* x, int64_t n, int64_t depth, int64_t step, int64_t stride, float* xt) {
   std::fill(xt, xt + depth * stride, 0.0f);
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < depth; ++d) xt[d * stride + j] = x[j * depth + d];
+    for (int64_t d = 0; d < depth; ++d) xt[d * stride + j] = x[j * step + d];
 }
 
-// (depth, stride) -> (n, depth).
-void TransposeBack(const float* xt, int64_t n, int64_t depth, int64_t stride, float* x) {
+// xt (depth, stride) -> x (n rows `step` floats apart).
+void TransposeBack(const float* xt, int64_t n, int64_t depth, int64_t stride, int64_t step, float* x) {
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < depth; ++d) x[j * depth + d] = xt[d * stride + j];
+    for (int64_t d = 0; d < depth; ++d) x[j * step + d] = xt[d * stride + j];
+}
+
+// out[y] = sum_d q[d] * table_t[d * length_t + offset + y] for y < length: one query's relative
+// logits against every grid row (or column), from the transposed table (depth, length_t).
+// Computed in whole vectors: out holds Padded(length) floats, whose lanes past length are
+// garbage, and table_t has kLanes floats of slack.
+void RelativeLogits(const float* q, const float* table_t, int64_t depth, int64_t length_t, int64_t offset,
+                    int64_t length, float* out) {
+  for (int64_t y = 0; y < length; y += kLanes) {
+    Vec acc = {};
+    for (int64_t d = 0; d < depth; ++d) acc += q[d] * Load(table_t + d * length_t + offset + y);
+    Store(out + y, acc);
+  }
+}
+
+// The gradients of RelativeLogits given g = dL/d(out), Padded(length) floats with zeros past
+// length: d_q[d] += sum_y g[y] * table_t[...], d_table_t[d * length_t + offset + y] += q[d] * g[y]
+// (d_table_t with kLanes floats of slack).
+void RelativeGradients(const float* q, const float* g, const float* table_t, int64_t depth, int64_t length_t,
+                       int64_t offset, int64_t length, float* d_q, float* d_table_t) {
+  for (int64_t d = 0; d < depth; ++d) {
+    const float* e = table_t + d * length_t + offset;
+    float* de = d_table_t + d * length_t + offset;
+    Vec sum = {};
+    for (int64_t y = 0; y < length; y += kLanes) {
+      const Vec gy = Load(g + y);
+      sum += gy * Load(e + y);
+      Store(de + y, Load(de + y) + q[d] * gy);
+    }
+    d_q[d] += Sum(sum);
+  }
 }
 
 struct Sizes {
-  int64_t units;   // batch * heads
+  int64_t batch;
+  int64_t heads;
+  int64_t height;
+  int64_t width;
   int64_t n;       // positions, height * width
   int64_t stride;  // n padded to a multiple of kLanes
   int64_t dk;
   int64_t dv;
-  int64_t height;  // 0 without relative logits
-  int64_t width;
+  bool relative;
+  int64_t table_h;  // rows of the relative tables, 2 H_max - 1 and 2 W_max - 1
+  int64_t table_w;
+
+  int64_t units() const { return batch * heads; }
+  // Offsets of (batch, head) unit u's first row in q or k, and in v or out; rows are
+  // heads * dk (heads * dv) floats apart.
+  int64_t KeyOffset(int64_t u) const { return (u / heads) * n * heads * dk + (u % heads) * dk; }
+  int64_t ValueOffset(int64_t u) const { return (u / heads) * n * heads * dv + (u % heads) * dv; }
 };
 
-// Pointers into one unit's inputs.
+// One unit's inputs, and the transposed relative tables shared by all units.
 struct Unit {
   const float* q;
   const float* k;
   const float* v;
-  const float* rel_h;
-  const float* rel_w;
+  const float* table_h_t;  // (dk, table_h)
+  const float* table_w_t;  // (dk, table_w)
 };
 
-Unit UnitInputs(const Sizes& s, int64_t u, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rel_h,
-                const Tensor& rel_w) {
-  Unit unit;
-  unit.q = q.flat<float>().data() + u * s.n * s.dk;
-  unit.k = k.flat<float>().data() + u * s.n * s.dk;
-  unit.v = v.flat<float>().data() + u * s.n * s.dv;
-  unit.rel_h = s.height ? rel_h.flat<float>().data() + u * s.n * s.height : nullptr;
-  unit.rel_w = s.height ? rel_w.flat<float>().data() + u * s.n * s.width : nullptr;
-  return unit;
-}
+// A thread's buffers. Rows hold RowCapacity(stride) floats; the relative rows hold the
+// Padded(H) and Padded(W) relative logits (or their gradients) of a query.
+struct Workspace {
+  Workspace(const Sizes& s, bool backward)
+      : row_capacity(RowCapacity(s.stride)),
+        rel_capacity(Padded(s.height) + Padded(s.width)),
+        kt(s.dk * s.stride),
+        vt(s.dv * s.stride),
+        rows((backward ? 2 : 1) * kRows * row_capacity),
+        rel((backward ? 2 : 1) * kRows * rel_capacity),
+        width_scratch(Padded(s.width)),
+        d_kt(backward ? s.dk * s.stride : 0),
+        d_vt(backward ? s.dv * s.stride : 0),
+        d_tables_t(backward ? s.dk * (s.table_h + s.table_w) + kLanes : 0) {}
 
-// Logits of queries first..first+T-1 into rows: relative terms, then q k^T; padding kPad.
+  float* Row(int r) { return rows.data() + r * row_capacity; }
+  float* RelH(int r) { return rel.data() + r * rel_capacity; }
+  float* RelW(int r, const Sizes& s) { return RelH(r) + Padded(s.height); }
+
+  int64_t row_capacity;
+  int64_t rel_capacity;
+  std::vector<float> kt, vt, rows, rel, width_scratch, d_kt, d_vt, d_tables_t;
+};
+
+// Logits of queries first..first+T-1 into ws.Row(0..T-1): relative terms, then q k^T; padding
+// kPad. The relative logits of query t are left in ws.RelH(t) and ws.RelW(t).
 template <int T>
-void Logits(const Sizes& s, const Unit& unit, const float* kt, int64_t first, float* const* rows) {
+void Logits(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws) {
+  float* rows[T];
+  const float* a[T];
   for (int t = 0; t < T; ++t) {
-    float* row = rows[t];
-    if (s.height) {
-      const float* rh = unit.rel_h + (first + t) * s.height;
-      const float* rw = unit.rel_w + (first + t) * s.width;
-      for (int64_t y = 0; y < s.height; ++y) {
-        const float bias = rh[y];
-        float* r = row + y * s.width;
-        for (int64_t x = 0; x < s.width; ++x) r[x] = bias + rw[x];
-      }
-    } else {
-      std::fill(row, row + s.n, 0.0f);
+    const int64_t i = first + t;
+    rows[t] = ws.Row(t);
+    a[t] = unit.q + i * s.heads * s.dk;
+    if (!s.relative) {
+      std::fill(rows[t], rows[t] + s.n, 0.0f);
+      continue;
+    }
+    float* rel_h = ws.RelH(t);
+    float* rel_w = ws.RelW(t, s);
+    RelativeLogits(a[t], unit.table_h_t, s.dk, s.table_h, s.table_h / 2 - i / s.width, s.height, rel_h);
+    RelativeLogits(a[t], unit.table_w_t, s.dk, s.table_w, s.table_w / 2 - i % s.width, s.width, rel_w);
+    // Whole vectors per grid row: the lanes past the row's end are overwritten by the next
+    // grid row, or land in the padding and the buffer's slack.
+    for (int64_t y = 0; y < s.height; ++y) {
+      const float bias = rel_h[y];
+      float* r = rows[t] + y * s.width;
+      for (int64_t x = 0; x < s.width; x += kLanes) Store(r + x, bias + Load(rel_w + x));
     }
   }
-  const float* a[T];
-  for (int t = 0; t < T; ++t) a[t] = unit.q + (first + t) * s.dk;
-  AddProducts<T>(rows, a, kt, s.dk, s.stride);
+  AddProducts<T>(rows, a, ws.kt.data(), s.dk, s.stride);
   for (int t = 0; t < T; ++t) std::fill(rows[t] + s.n, rows[t] + s.stride, kPad);
 }
 
@@ -217,70 +298,91 @@ float ExpInPlace(float* row, int64_t stride, float shift, float scale) {
 }
 
 template <int T>
-void ForwardRows(const Sizes& s, const Unit& unit, const float* kt, const float* vt, int64_t first, float* const* rows,
-                 float* out, float* stats) {
-  Logits<T>(s, unit, kt, first, rows);
+void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws, float* out, float* stats) {
+  Logits<T>(s, unit, first, ws);
+  const float* rows[T];
   float inv_sum[T];
   float* out_rows[T];
   for (int t = 0; t < T; ++t) {
-    const float m = RowMax(rows[t], s.stride);
-    inv_sum[t] = 1.0f / ExpInPlace(rows[t], s.stride, m, 1.0f);
+    const int64_t i = first + t;
+    float* row = ws.Row(t);
+    const float m = RowMax(row, s.stride);
+    inv_sum[t] = 1.0f / ExpInPlace(row, s.stride, m, 1.0f);
     // The backward pass recomputes the weights as exp(logit - max) / sum, which (unlike
     // exp(logit - log-sum-exp)) keeps them exact to rounding however large the logits.
-    stats[2 * (first + t)] = m;
-    stats[2 * (first + t) + 1] = inv_sum[t];
-    out_rows[t] = out + (first + t) * s.dv;
+    stats[2 * i] = m;
+    stats[2 * i + 1] = inv_sum[t];
+    rows[t] = row;
+    out_rows[t] = out + i * s.heads * s.dv;
   }
-  RowDots<T>(rows, vt, s.dv, s.stride, inv_sum, out_rows);
+  RowDots<T>(rows, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
+}
+
+// The relative-logit gradients of one query from its dS row: sums over each grid row into
+// d_rel_h, over each grid column into d_rel_w (Padded(H) and Padded(W) floats, zeros past H
+// and W). The last vector of a grid row is cut to the row's end.
+void RelativeLogitGradients(const Sizes& s, const float* ds, float* d_rel_h, float* d_rel_w) {
+  const int64_t last = (s.width - 1) / kLanes * kLanes;
+  std::fill(d_rel_h, d_rel_h + Padded(s.height), 0.0f);
+  std::fill(d_rel_w, d_rel_w + Padded(s.width), 0.0f);
+  for (int64_t y = 0; y < s.height; ++y) {
+    const float* r = ds + y * s.width;
+    Vec row_sum = {};
+    for (int64_t x = 0; x < s.width; x += kLanes) {
+      const Vec part = x == last ? FirstLanes(Load(r + x), s.width - last) : Load(r + x);
+      row_sum += part;
+      Store(d_rel_w + x, Load(d_rel_w + x) + part);
+    }
+    d_rel_h[y] = Sum(row_sum);
+  }
 }
 
 template <int T>
-void BackwardRows(const Sizes& s, const Unit& unit, const float* kt, const float* vt, const float* out,
-                  const float* stats, const float* d_out, int64_t first, float* const* probs, float* const* d_logits,
-                  float* d_q, float* d_kt, float* d_vt, float* d_rel_h, float* d_rel_w) {
-  Logits<T>(s, unit, kt, first, probs);
+void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const float* stats, const float* d_out,
+                  int64_t first, Workspace& ws, float* d_q) {
+  Logits<T>(s, unit, first, ws);
+  float* probs[T];
+  float* d_logits[T];
   const float* q_rows[T];
   const float* d_out_rows[T];
   float ones[T];
   float* d_q_rows[T];
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
+    probs[t] = ws.Row(t);
+    d_logits[t] = ws.Row(kRows + t);
     ExpInPlace(probs[t], s.stride, stats[2 * i], stats[2 * i + 1]);
     std::fill(d_logits[t], d_logits[t] + s.stride, 0.0f);
-    q_rows[t] = unit.q + i * s.dk;
-    d_out_rows[t] = d_out + i * s.dv;
+    q_rows[t] = unit.q + i * s.heads * s.dk;
+    d_out_rows[t] = d_out + i * s.heads * s.dv;
     ones[t] = 1.0f;
-    d_q_rows[t] = d_q + i * s.dk;
+    d_q_rows[t] = d_q + i * s.heads * s.dk;
   }
   // dP = dO v^T, then dS = P * (dP - rowsum(dO * O)).
-  AddProducts<T>(d_logits, d_out_rows, vt, s.dv, s.stride);
+  AddProducts<T>(d_logits, d_out_rows, ws.vt.data(), s.dv, s.stride);
   for (int t = 0; t < T; ++t) {
-    const float* o = out + (first + t) * s.dv;
+    const float* o = out + (first + t) * s.heads * s.dv;
     float row = 0.0f;
     for (int64_t e = 0; e < s.dv; ++e) row += d_out_rows[t][e] * o[e];
     const float* p = probs[t];
     float* ds = d_logits[t];
     for (int64_t j = 0; j < s.stride; j += kLanes) Store(ds + j, Load(p + j) * (Load(ds + j) - row));
   }
-  RowDots<T>(d_logits, kt, s.dk, s.stride, ones, d_q_rows);
-  RankUpdate<T>(d_kt, q_rows, d_logits, s.dk, s.stride);
-  RankUpdate<T>(d_vt, d_out_rows, probs, s.dv, s.stride);
-  if (s.height) {
-    for (int t = 0; t < T; ++t) {
-      const float* ds = d_logits[t];
-      float* dh = d_rel_h + (first + t) * s.height;
-      float* dw = d_rel_w + (first + t) * s.width;
-      std::fill(dw, dw + s.width, 0.0f);
-      for (int64_t y = 0; y < s.height; ++y) {
-        const float* r = ds + y * s.width;
-        float sum = 0.0f;
-        for (int64_t x = 0; x < s.width; ++x) {
-          sum += r[x];
-          dw[x] += r[x];
-        }
-        dh[y] = sum;
-      }
-    }
+  RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, ones, d_q_rows);
+  RankUpdate<T>(ws.d_kt.data(), q_rows, d_logits, s.dk, s.stride);
+  RankUpdate<T>(ws.d_vt.data(), d_out_rows, probs, s.dv, s.stride);
+  if (!s.relative) return;
+  float* d_table_h_t = ws.d_tables_t.data();
+  float* d_table_w_t = d_table_h_t + s.dk * s.table_h;
+  for (int t = 0; t < T; ++t) {
+    const int64_t i = first + t;
+    float* d_rel_h = ws.RelH(kRows + t);
+    float* d_rel_w = ws.RelW(kRows + t, s);
+    RelativeLogitGradients(s, d_logits[t], d_rel_h, d_rel_w);
+    RelativeGradients(q_rows[t], d_rel_h, unit.table_h_t, s.dk, s.table_h, s.table_h / 2 - i / s.width, s.height,
+                      d_q_rows[t], d_table_h_t);
+    RelativeGradients(q_rows[t], d_rel_w, unit.table_w_t, s.dk, s.table_w, s.table_w / 2 - i % s.width, s.width,
+                      d_q_rows[t], d_table_w_t);
   }
 }
 
@@ -298,41 +400,62 @@ void ForEachRowBlock(int64_t n, Fn fn) {
 }
 
 // Checks the shapes shared by both ops and reads the sizes.
-Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rel_h, const Tensor& rel_w,
-                 bool relative, Sizes* s) {
-  if (q.dims() != 4 || k.dims() != 4 || v.dims() != 4)
-    return tensorflow::errors::InvalidArgument("q, k and v must be (batch, heads, positions, depth)");
-  for (int i = 0; i < 3; ++i) {
+Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rel_height,
+                 const Tensor& rel_width, bool relative, Sizes* s) {
+  using tensorflow::errors::InvalidArgument;
+  if (q.dims() != 5 || k.dims() != 5 || v.dims() != 5)
+    return InvalidArgument("q, k and v must be (batch, height, width, heads, depth)");
+  for (int i = 0; i < 4; ++i) {
     if (k.dim_size(i) != q.dim_size(i) || v.dim_size(i) != q.dim_size(i))
-      return tensorflow::errors::InvalidArgument("q, k and v must agree in batch, heads and positions");
+      return InvalidArgument("q, k and v must agree in batch, height, width and heads");
   }
-  if (k.dim_size(3) != q.dim_size(3)) return tensorflow::errors::InvalidArgument("q and k must have the same depth");
-  s->units = q.dim_size(0) * q.dim_size(1);
-  s->n = q.dim_size(2);
-  s->dk = q.dim_size(3);
-  s->dv = v.dim_size(3);
+  if (k.dim_size(4) != q.dim_size(4)) return InvalidArgument("q and k must have the same depth");
+  s->batch = q.dim_size(0);
+  s->height = q.dim_size(1);
+  s->width = q.dim_size(2);
+  s->heads = q.dim_size(3);
+  s->dk = q.dim_size(4);
+  s->dv = v.dim_size(4);
+  s->n = s->height * s->width;
   s->stride = Padded(s->n);
-  s->height = 0;
-  s->width = 0;
-  if (relative) {
-    if (rel_h.dims() != 4 || rel_w.dims() != 4)
-      return tensorflow::errors::InvalidArgument("rel_h and rel_w must be (batch, heads, positions, length)");
-    for (int i = 0; i < 3; ++i) {
-      if (rel_h.dim_size(i) != q.dim_size(i) || rel_w.dim_size(i) != q.dim_size(i))
-        return tensorflow::errors::InvalidArgument("rel_h and rel_w must agree with q in batch, heads and positions");
-    }
-    s->height = rel_h.dim_size(3);
-    s->width = rel_w.dim_size(3);
-    if (s->height * s->width != s->n)
-      return tensorflow::errors::InvalidArgument("height * width of the relative logits must equal the positions");
-  }
+  s->relative = relative;
+  s->table_h = s->table_w = 0;
+  if (!relative) return tensorflow::OkStatus();
+  if (rel_height.dims() != 2 || rel_width.dims() != 2 || rel_height.dim_size(1) != s->dk ||
+      rel_width.dim_size(1) != s->dk)
+    return InvalidArgument("rel_height and rel_width must be (2 * max_length - 1, depth of q)");
+  s->table_h = rel_height.dim_size(0);
+  s->table_w = rel_width.dim_size(0);
+  if (s->table_h % 2 == 0 || s->table_w % 2 == 0)
+    return InvalidArgument("rel_height and rel_width must have an odd number of rows, 2 * max_length - 1");
+  if (s->height > (s->table_h + 1) / 2 || s->width > (s->table_w + 1) / 2)
+    return InvalidArgument("The attention grid (", s->height, " x ", s->width, ") is larger than the ",
+                           (s->table_h + 1) / 2, " x ", (s->table_w + 1) / 2,
+                           " positions its relative embeddings were built for: build the layer with a larger "
+                           "max_size.");
   return tensorflow::OkStatus();
+}
+
+// The relative tables transposed to (depth, rows), for contiguous windows of offsets, and
+// kLanes floats of slack.
+std::vector<float> TransposedTables(const Sizes& s, const Tensor& rel_height, const Tensor& rel_width) {
+  std::vector<float> tables(s.dk * (s.table_h + s.table_w) + kLanes);
+  if (!s.relative) return tables;
+  Transpose(rel_height.flat<float>().data(), s.table_h, s.dk, s.dk, s.table_h, tables.data());
+  Transpose(rel_width.flat<float>().data(), s.table_w, s.dk, s.dk, s.table_w, tables.data() + s.dk * s.table_h);
+  return tables;
+}
+
+Unit UnitInputs(const Sizes& s, int64_t u, const Tensor& q, const Tensor& k, const Tensor& v,
+                const std::vector<float>& tables_t) {
+  return Unit{q.flat<float>().data() + s.KeyOffset(u), k.flat<float>().data() + s.KeyOffset(u),
+              v.flat<float>().data() + s.ValueOffset(u), tables_t.data(), tables_t.data() + s.dk * s.table_h};
 }
 
 void ShardUnits(OpKernelContext* context, const Sizes& s, const std::function<void(int64_t, int64_t)>& work) {
   const auto& pool = *context->device()->tensorflow_cpu_worker_threads();
   const int64_t cost = s.n * s.n * (s.dk + s.dv + 8);
-  tensorflow::Shard(pool.num_threads, pool.workers, s.units, cost, work);
+  tensorflow::Shard(pool.num_threads, pool.workers, s.units(), cost, work);
 }
 
 class FusedAttentionOp : public OpKernel {
@@ -345,30 +468,28 @@ class FusedAttentionOp : public OpKernel {
     const Tensor& q = context->input(0);
     const Tensor& k = context->input(1);
     const Tensor& v = context->input(2);
-    const Tensor& rel_h = context->input(3);
-    const Tensor& rel_w = context->input(4);
+    const Tensor& rel_height = context->input(3);
+    const Tensor& rel_width = context->input(4);
     Sizes s;
-    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_h, rel_w, relative_, &s));
+    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_height, rel_width, relative_, &s));
     Tensor* out = nullptr;
     Tensor* stats = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(
-                                0, TensorShape({q.dim_size(0), q.dim_size(1), s.n, s.dv}), &out));
-    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({q.dim_size(0), q.dim_size(1), s.n, 2}), &stats));
-    if (s.n == 0 || s.units == 0) return;
+    OP_REQUIRES_OK(context, context->allocate_output(0, v.shape(), &out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({s.batch, s.heads, s.n, 2}), &stats));
+    if (s.n == 0 || s.units() == 0) return;
+    const std::vector<float> tables_t = TransposedTables(s, rel_height, rel_width);
     float* out_data = out->flat<float>().data();
     float* stats_data = stats->flat<float>().data();
     ShardUnits(context, s, [&](int64_t begin, int64_t end) {
-      std::vector<float> kt(s.dk * s.stride), vt(s.dv * s.stride), buffer(kRows * s.stride);
-      float* rows[kRows];
-      for (int t = 0; t < kRows; ++t) rows[t] = buffer.data() + t * s.stride;
+      Workspace ws(s, /*backward=*/false);
       for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, q, k, v, rel_h, rel_w);
-        Transpose(unit.k, s.n, s.dk, s.stride, kt.data());
-        Transpose(unit.v, s.n, s.dv, s.stride, vt.data());
-        float* unit_out = out_data + u * s.n * s.dv;
+        const Unit unit = UnitInputs(s, u, q, k, v, tables_t);
+        Transpose(unit.k, s.n, s.dk, s.heads * s.dk, s.stride, ws.kt.data());
+        Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
+        float* unit_out = out_data + s.ValueOffset(u);
         float* unit_stats = stats_data + u * s.n * 2;
         ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
-          ForwardRows<decltype(rows_in_block)::value>(s, unit, kt.data(), vt.data(), first, rows, unit_out, unit_stats);
+          ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, unit_out, unit_stats);
         });
       }
     });
@@ -388,73 +509,79 @@ class FusedAttentionGradOp : public OpKernel {
     const Tensor& q = context->input(0);
     const Tensor& k = context->input(1);
     const Tensor& v = context->input(2);
-    const Tensor& rel_h = context->input(3);
-    const Tensor& rel_w = context->input(4);
+    const Tensor& rel_height = context->input(3);
+    const Tensor& rel_width = context->input(4);
     const Tensor& out = context->input(5);
     const Tensor& stats = context->input(6);
     const Tensor& d_out = context->input(7);
     Sizes s;
-    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_h, rel_w, relative_, &s));
+    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_height, rel_width, relative_, &s));
     OP_REQUIRES(context, out.shape() == v.shape() && d_out.shape() == v.shape(),
                 tensorflow::errors::InvalidArgument("out and d_out must have the shape of v"));
-    OP_REQUIRES(context, stats.NumElements() == s.units * s.n * 2,
+    OP_REQUIRES(context, stats.NumElements() == s.units() * s.n * 2,
                 tensorflow::errors::InvalidArgument("stats must be (batch, heads, positions, 2)"));
-    Tensor *d_q, *d_k, *d_v, *d_rel_h, *d_rel_w;
+    Tensor *d_q, *d_k, *d_v, *d_rel_height, *d_rel_width;
     OP_REQUIRES_OK(context, context->allocate_output(0, q.shape(), &d_q));
     OP_REQUIRES_OK(context, context->allocate_output(1, k.shape(), &d_k));
     OP_REQUIRES_OK(context, context->allocate_output(2, v.shape(), &d_v));
-    OP_REQUIRES_OK(context, context->allocate_output(3, rel_h.shape(), &d_rel_h));
-    OP_REQUIRES_OK(context, context->allocate_output(4, rel_w.shape(), &d_rel_w));
-    if (s.n == 0 || s.units == 0) return;
+    OP_REQUIRES_OK(context, context->allocate_output(3, rel_height.shape(), &d_rel_height));
+    OP_REQUIRES_OK(context, context->allocate_output(4, rel_width.shape(), &d_rel_width));
+    // Each unit's gradients of the transposed tables, summed over units at the end.
+    const int64_t table_size = s.dk * (s.table_h + s.table_w);
+    Tensor unit_d_tables;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({s.units(), table_size}),
+                                                   &unit_d_tables));
+    if (s.n == 0 || s.units() == 0) {
+      d_rel_height->flat<float>().setZero();
+      d_rel_width->flat<float>().setZero();
+      return;
+    }
+    const std::vector<float> tables_t = TransposedTables(s, rel_height, rel_width);
     ShardUnits(context, s, [&](int64_t begin, int64_t end) {
-      std::vector<float> kt(s.dk * s.stride), vt(s.dv * s.stride), d_kt(s.dk * s.stride), d_vt(s.dv * s.stride);
-      std::vector<float> buffer(2 * kRows * s.stride);
-      float* probs[kRows];
-      float* d_logits[kRows];
-      for (int t = 0; t < kRows; ++t) {
-        probs[t] = buffer.data() + t * s.stride;
-        d_logits[t] = buffer.data() + (kRows + t) * s.stride;
-      }
+      Workspace ws(s, /*backward=*/true);
       for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, q, k, v, rel_h, rel_w);
-        Transpose(unit.k, s.n, s.dk, s.stride, kt.data());
-        Transpose(unit.v, s.n, s.dv, s.stride, vt.data());
-        std::fill(d_kt.begin(), d_kt.end(), 0.0f);
-        std::fill(d_vt.begin(), d_vt.end(), 0.0f);
-        const float* unit_out = out.flat<float>().data() + u * s.n * s.dv;
+        const Unit unit = UnitInputs(s, u, q, k, v, tables_t);
+        Transpose(unit.k, s.n, s.dk, s.heads * s.dk, s.stride, ws.kt.data());
+        Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
+        std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
+        std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
+        std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
+        const float* unit_out = out.flat<float>().data() + s.ValueOffset(u);
         const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
-        const float* unit_d_out = d_out.flat<float>().data() + u * s.n * s.dv;
-        float* unit_d_q = d_q->flat<float>().data() + u * s.n * s.dk;
-        float* unit_d_rel_h = s.height ? d_rel_h->flat<float>().data() + u * s.n * s.height : nullptr;
-        float* unit_d_rel_w = s.height ? d_rel_w->flat<float>().data() + u * s.n * s.width : nullptr;
+        const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
+        float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
         ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
-          BackwardRows<decltype(rows_in_block)::value>(s, unit, kt.data(), vt.data(), unit_out, unit_stats, unit_d_out,
-                                                       first, probs, d_logits, unit_d_q, d_kt.data(), d_vt.data(),
-                                                       unit_d_rel_h, unit_d_rel_w);
+          BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, first, ws, unit_d_q);
         });
-        TransposeBack(d_kt.data(), s.n, s.dk, s.stride, d_k->flat<float>().data() + u * s.n * s.dk);
-        TransposeBack(d_vt.data(), s.n, s.dv, s.stride, d_v->flat<float>().data() + u * s.n * s.dv);
+        TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk, d_k->flat<float>().data() + s.KeyOffset(u));
+        TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
+                      d_v->flat<float>().data() + s.ValueOffset(u));
+        std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
       }
     });
+    if (!s.relative) return;
+    std::vector<float> d_tables_t(table_size, 0.0f);
+    const float* units_data = unit_d_tables.flat<float>().data();
+    for (int64_t u = 0; u < s.units(); ++u)
+      for (int64_t e = 0; e < table_size; ++e) d_tables_t[e] += units_data[u * table_size + e];
+    TransposeBack(d_tables_t.data(), s.table_h, s.dk, s.table_h, s.dk, d_rel_height->flat<float>().data());
+    TransposeBack(d_tables_t.data() + s.dk * s.table_h, s.table_w, s.dk, s.table_w, s.dk,
+                  d_rel_width->flat<float>().data());
   }
 
  private:
   bool relative_;
 };
 
-// Output shapes: (batch, heads, positions, dv) and (batch, heads, positions, 2).
+// Output shapes: out as v, stats (batch, heads, height * width, 2).
 Status AttentionShape(InferenceContext* c) {
   ShapeHandle q, v;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &q));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 4, &v));
-  ShapeHandle batch_heads_positions;
-  TF_RETURN_IF_ERROR(c->Subshape(q, 0, 3, &batch_heads_positions));
-  ShapeHandle out;
-  TF_RETURN_IF_ERROR(c->Concatenate(batch_heads_positions, c->Vector(c->Dim(v, 3)), &out));
-  c->set_output(0, out);
-  ShapeHandle stats;
-  TF_RETURN_IF_ERROR(c->Concatenate(batch_heads_positions, c->Vector(2), &stats));
-  c->set_output(1, stats);
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 5, &q));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 5, &v));
+  c->set_output(0, v);
+  DimensionHandle positions;
+  TF_RETURN_IF_ERROR(c->Multiply(c->Dim(q, 1), c->Dim(q, 2), &positions));
+  c->set_output(1, c->MakeShape({c->Dim(q, 0), c->Dim(q, 3), positions, c->MakeDim(2)}));
   return tensorflow::OkStatus();
 }
 
@@ -462,24 +589,26 @@ REGISTER_OP("AaFusedAttention")
     .Input("q: float")
     .Input("k: float")
     .Input("v: float")
-    .Input("rel_h: float")
-    .Input("rel_w: float")
+    .Input("rel_height: float")
+    .Input("rel_width: float")
     .Attr("relative: bool")
     .Output("out: float")
     .Output("stats: float")
     .SetShapeFn(AttentionShape)
     .Doc(R"doc(
-softmax(q k^T + relative logits) v over all positions, per batch and head, and per query
-the max of its logits and 1 / the sum of their exp (B, Nh, N, 2), for the gradient. q, k: (B, Nh, N, dk); v: (B, Nh, N, dv); rel_h (B, Nh, N, H) and
-rel_w (B, Nh, N, W) with H * W = N when relative, ignored otherwise.
+softmax(q k^T + relative logits) v over all positions of an H x W grid, per batch and head.
+q, k: (B, H, W, Nh, dk); v and out: (B, H, W, Nh, dv); rel_height (2 H_max - 1, dk) and
+rel_width (2 W_max - 1, dk) relative embeddings, H <= H_max, W <= W_max, ignored unless
+relative. stats (B, Nh, H * W, 2): per query the max of its logits and 1 / the sum of their
+exp, for the gradient.
 )doc");
 
 REGISTER_OP("AaFusedAttentionGrad")
     .Input("q: float")
     .Input("k: float")
     .Input("v: float")
-    .Input("rel_h: float")
-    .Input("rel_w: float")
+    .Input("rel_height: float")
+    .Input("rel_width: float")
     .Input("out: float")
     .Input("stats: float")
     .Input("d_out: float")
@@ -487,15 +616,15 @@ REGISTER_OP("AaFusedAttentionGrad")
     .Output("d_q: float")
     .Output("d_k: float")
     .Output("d_v: float")
-    .Output("d_rel_h: float")
-    .Output("d_rel_w: float")
+    .Output("d_rel_height: float")
+    .Output("d_rel_width: float")
     .SetShapeFn([](InferenceContext* c) {
       for (int i = 0; i < 5; ++i) c->set_output(i, c->input(i));
       return tensorflow::OkStatus();
     })
     .Doc(R"doc(
-Gradients of AaFusedAttention with respect to q, k, v, rel_h and rel_w, given its outputs
-out and stats and the gradient d_out of out.
+Gradients of AaFusedAttention with respect to q, k, v, rel_height and rel_width, given its
+outputs out and stats and the gradient d_out of out.
 )doc");
 
 REGISTER_KERNEL_BUILDER(Name("AaFusedAttention").Device(DEVICE_CPU), FusedAttentionOp);

@@ -57,7 +57,7 @@ def _cpu_description():
 
 def _compile_command(output):
     compiler = os.environ.get("CXX", "g++")
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w", *tf.sysconfig.get_compile_flags()]
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w", *tf.sysconfig.get_compile_flags()]
     return [compiler, *flags, str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
 
 
@@ -129,23 +129,27 @@ def applies():
 
 
 def fused_attention(q, k, v, rel_height=None, rel_width=None):
-    """softmax(q k^T + rel_height[y_j] + rel_width[x_j]) v on the fused kernel.
+    """softmax(q k^T + relative logits) v over all positions, on the fused kernel.
 
     Args:
-        q, k: (B, Nh, HW, dkh) float32 queries (already scaled) and keys.
-        v: (B, Nh, HW, dvh) values, any float dtype.
-        rel_height, rel_width: (B, Nh, HW, H) and (B, Nh, HW, W) float32 relative logits of every
-            query (key j is at row y_j = j // W, column x_j = j % W), or None for none.
+        q, k: (B, H, W, Nh, dkh) float32 queries (already scaled) and keys.
+        v: (B, H, W, Nh, dvh) values, any float dtype.
+        rel_height, rel_width: (2 * H_max - 1, dkh) and (2 * W_max - 1, dkh) float32 relative
+            embeddings (row m embeds the offset key - query = m - (max - 1); H <= H_max,
+            W <= W_max, checked at run time), or None for no relative logits.
 
     Returns:
-        (B, Nh, HW, dvh) in the dtype of v. Differentiable once (the gradient is the fused
+        (B, H, W, Nh, dvh) in the dtype of v. Differentiable once (the gradient is the fused
         backward kernel).
     """
     kernels = library()
     if kernels is None:
         raise RuntimeError(f"The fused attention kernel is unavailable: {_loaded.get('error')}")
     relative = rel_height is not None
-    if not relative:
+    if relative:
+        # Read here, so that their gradients reach the variables through the reads.
+        rel_height, rel_width = tf.convert_to_tensor(rel_height), tf.convert_to_tensor(rel_width)
+    else:
         rel_height = rel_width = tf.zeros([0], tf.float32)
 
     @tf.custom_gradient
