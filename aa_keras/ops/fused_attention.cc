@@ -101,20 +101,46 @@ inline Vec Exp(Vec x) {
   return p * (Vec)exponent;
 }
 
+// The depth loops below run over chunks of at most kChunk channels whose size is a compile-time
+// constant, so that a chunk's T x D coefficients or accumulators stay in vector registers.
+constexpr int kChunk = 6;
+
+// Calls fn(integral_constant<int, D>, first) for each chunk [first, first + D) of depth.
+template <typename Fn>
+void ForEachDepthChunk(int64_t depth, Fn fn) {
+  for (int64_t first = 0; first < depth; first += kChunk) {
+    switch (std::min<int64_t>(kChunk, depth - first)) {
+      case 1: fn(std::integral_constant<int, 1>(), first); break;
+      case 2: fn(std::integral_constant<int, 2>(), first); break;
+      case 3: fn(std::integral_constant<int, 3>(), first); break;
+      case 4: fn(std::integral_constant<int, 4>(), first); break;
+      case 5: fn(std::integral_constant<int, 5>(), first); break;
+      default: fn(std::integral_constant<int, 6>(), first); break;
+    }
+  }
+}
+
 // rows[t][j] += sum_d a[t][d] * bt[d * stride + j] for t < T, j < stride: the logits of T
 // queries against the transposed keys bt (depth, stride), or dO v^T against the values.
 template <int T>
 void AddProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
-  for (int64_t j = 0; j < stride; j += kLanes) {
-    // The products are summed before they are added to rows (the relative logits), which may be
-    // large: one rounding at that magnitude instead of one per product.
-    Vec acc[T] = {};
-    for (int64_t d = 0; d < depth; ++d) {
-      const Vec b = Load(bt + d * stride + j);
-      for (int t = 0; t < T; ++t) acc[t] += a[t][d] * b;
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+    constexpr int D = decltype(chunk)::value;
+    float coef[T][D];
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < D; ++d) coef[t][d] = a[t][first + d];
+    const float* b = bt + first * stride;
+    for (int64_t j = 0; j < stride; j += kLanes) {
+      // The products are summed before they are added to rows (the relative logits), which may
+      // be large: one rounding at that magnitude instead of one per product.
+      Vec acc[T] = {};
+      for (int d = 0; d < D; ++d) {
+        const Vec bd = Load(b + d * stride + j);
+        for (int t = 0; t < T; ++t) acc[t] += coef[t][d] * bd;
+      }
+      for (int t = 0; t < T; ++t) Store(rows[t] + j, Load(rows[t] + j) + acc[t]);
     }
-    for (int t = 0; t < T; ++t) Store(rows[t] + j, Load(rows[t] + j) + acc[t]);
-  }
+  });
 }
 
 // out[t][d] = scale[t] * sum_j rows[t][j] * bt[d * stride + j]: weights times values, or
@@ -122,30 +148,42 @@ void AddProducts(float* const* rows, const float* const* a, const float* bt, int
 template <int T>
 void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t stride, const float* scale,
              float* const* out) {
-  for (int64_t d = 0; d < depth; ++d) {
-    const float* b = bt + d * stride;
-    Vec acc[T] = {};
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+    constexpr int D = decltype(chunk)::value;
+    const float* b = bt + first * stride;
+    Vec acc[T][D] = {};
     for (int64_t j = 0; j < stride; j += kLanes) {
-      const Vec bj = Load(b + j);
-      for (int t = 0; t < T; ++t) acc[t] += Load(rows[t] + j) * bj;
+      Vec r[T];
+      for (int t = 0; t < T; ++t) r[t] = Load(rows[t] + j);
+      for (int d = 0; d < D; ++d) {
+        const Vec bd = Load(b + d * stride + j);
+        for (int t = 0; t < T; ++t) acc[t][d] += r[t] * bd;
+      }
     }
-    for (int t = 0; t < T; ++t) out[t][d] = Sum(acc[t]) * scale[t];
-  }
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < D; ++d) out[t][first + d] = Sum(acc[t][d]) * scale[t];
+  });
 }
 
 // bt[d * stride + j] += sum_t a[t][d] * rows[t][j]: the key and value gradients of T queries.
 template <int T>
 void RankUpdate(float* bt, const float* const* a, const float* const* rows, int64_t depth, int64_t stride) {
-  for (int64_t d = 0; d < depth; ++d) {
-    float* b = bt + d * stride;
-    float coef[T];
-    for (int t = 0; t < T; ++t) coef[t] = a[t][d];
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+    constexpr int D = decltype(chunk)::value;
+    float coef[T][D];
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < D; ++d) coef[t][d] = a[t][first + d];
+    float* b = bt + first * stride;
     for (int64_t j = 0; j < stride; j += kLanes) {
-      Vec acc = Load(b + j);
-      for (int t = 0; t < T; ++t) acc += coef[t] * Load(rows[t] + j);
-      Store(b + j, acc);
+      Vec r[T];
+      for (int t = 0; t < T; ++t) r[t] = Load(rows[t] + j);
+      for (int d = 0; d < D; ++d) {
+        Vec acc = Load(b + d * stride + j);
+        for (int t = 0; t < T; ++t) acc += coef[t][d] * r[t];
+        Store(b + d * stride + j, acc);
+      }
     }
-  }
+  });
 }
 
 // x (n rows `step` floats apart, depth used) -> xt (depth, stride), columns n..stride-1 zero.
