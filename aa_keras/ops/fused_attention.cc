@@ -143,11 +143,9 @@ void AddProducts(float* const* rows, const float* const* a, const float* bt, int
   });
 }
 
-// out[t][d] = scale[t] * sum_j rows[t][j] * bt[d * stride + j]: weights times values, or
-// dLogits times keys.
+// out[t][d] = sum_j rows[t][j] * bt[d * stride + j]: dLogits times keys.
 template <int T>
-void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t stride, const float* scale,
-             float* const* out) {
+void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t stride, float* const* out) {
   ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
     constexpr int D = decltype(chunk)::value;
     const float* b = bt + first * stride;
@@ -161,7 +159,7 @@ void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t s
       }
     }
     for (int t = 0; t < T; ++t)
-      for (int d = 0; d < D; ++d) out[t][first + d] = Sum(acc[t][d]) * scale[t];
+      for (int d = 0; d < D; ++d) out[t][first + d] = Sum(acc[t][d]);
   });
 }
 
@@ -324,36 +322,59 @@ float RowMax(const float* row, int64_t stride) {
   return result;
 }
 
-// row[j] = exp(row[j] - shift) * scale; returns the sum.
-float ExpInPlace(float* row, int64_t stride, float shift, float scale) {
-  Vec sum = {};
-  for (int64_t j = 0; j < stride; j += kLanes) {
-    const Vec e = Exp(Load(row + j) - shift) * scale;
-    Store(row + j, e);
-    sum += e;
-  }
-  return Sum(sum);
+// out[t][d] = sum_j p[t][j] v[j][d] with p[t] = softmax of rows[t], given its max; returns
+// 1 / the sum of exp in inv_sum. The first depth chunk computes the weights (and stores them
+// in rows if more chunks follow), together with the first channels.
+template <int T>
+void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* vt, int64_t depth, int64_t stride,
+                        float* inv_sum, float* const* out) {
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+    constexpr int D = decltype(chunk)::value;
+    const bool compute_weights = first == 0;
+    const bool store_weights = compute_weights && depth > D;
+    const float* b = vt + first * stride;
+    Vec acc[T][D] = {};
+    Vec sum[T] = {};
+    for (int64_t j = 0; j < stride; j += kLanes) {
+      Vec p[T];
+      for (int t = 0; t < T; ++t) {
+        p[t] = Load(rows[t] + j);
+        if (compute_weights) {
+          p[t] = Exp(p[t] - row_max[t]);
+          sum[t] += p[t];
+          if (store_weights) Store(rows[t] + j, p[t]);
+        }
+      }
+      for (int d = 0; d < D; ++d) {
+        const Vec bd = Load(b + d * stride + j);
+        for (int t = 0; t < T; ++t) acc[t][d] += p[t] * bd;
+      }
+    }
+    if (compute_weights)
+      for (int t = 0; t < T; ++t) inv_sum[t] = 1.0f / Sum(sum[t]);
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < D; ++d) out[t][first + d] = Sum(acc[t][d]) * inv_sum[t];
+  });
 }
 
 template <int T>
 void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws, float* out, float* stats) {
   Logits<T>(s, unit, first, ws);
-  const float* rows[T];
-  float inv_sum[T];
+  float* rows[T];
+  float row_max[T], inv_sum[T];
   float* out_rows[T];
   for (int t = 0; t < T; ++t) {
-    const int64_t i = first + t;
-    float* row = ws.Row(t);
-    const float m = RowMax(row, s.stride);
-    inv_sum[t] = 1.0f / ExpInPlace(row, s.stride, m, 1.0f);
-    // The backward pass recomputes the weights as exp(logit - max) / sum, which (unlike
-    // exp(logit - log-sum-exp)) keeps them exact to rounding however large the logits.
-    stats[2 * i] = m;
-    stats[2 * i + 1] = inv_sum[t];
-    rows[t] = row;
-    out_rows[t] = out + i * s.heads * s.dv;
+    rows[t] = ws.Row(t);
+    row_max[t] = RowMax(rows[t], s.stride);
+    out_rows[t] = out + (first + t) * s.heads * s.dv;
   }
-  RowDots<T>(rows, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
+  SoftmaxTimesValues<T>(rows, row_max, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
+  // The backward pass recomputes the weights as exp(logit - max) / sum, which (unlike
+  // exp(logit - log-sum-exp)) keeps them exact to rounding however large the logits.
+  for (int t = 0; t < T; ++t) {
+    stats[2 * (first + t)] = row_max[t];
+    stats[2 * (first + t) + 1] = inv_sum[t];
+  }
 }
 
 // The relative-logit gradients of one query from its dS row: sums over each grid row into
@@ -383,30 +404,36 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   float* d_logits[T];
   const float* q_rows[T];
   const float* d_out_rows[T];
-  float ones[T];
   float* d_q_rows[T];
+  float row_max[T], inv_sum[T], row_dot[T];
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
     probs[t] = ws.Row(t);
     d_logits[t] = ws.Row(kRows + t);
-    ExpInPlace(probs[t], s.stride, stats[2 * i], stats[2 * i + 1]);
-    std::fill(d_logits[t], d_logits[t] + s.stride, 0.0f);
+    row_max[t] = stats[2 * i];
+    inv_sum[t] = stats[2 * i + 1];
     q_rows[t] = unit.q + i * s.heads * s.dk;
     d_out_rows[t] = d_out + i * s.heads * s.dv;
-    ones[t] = 1.0f;
     d_q_rows[t] = d_q + i * s.heads * s.dk;
+    const float* o = out + i * s.heads * s.dv;
+    row_dot[t] = 0.0f;
+    for (int64_t e = 0; e < s.dv; ++e) row_dot[t] += d_out_rows[t][e] * o[e];
   }
-  // dP = dO v^T, then dS = P * (dP - rowsum(dO * O)).
-  AddProducts<T>(d_logits, d_out_rows, ws.vt.data(), s.dv, s.stride);
-  for (int t = 0; t < T; ++t) {
-    const float* o = out + (first + t) * s.heads * s.dv;
-    float row = 0.0f;
-    for (int64_t e = 0; e < s.dv; ++e) row += d_out_rows[t][e] * o[e];
-    const float* p = probs[t];
-    float* ds = d_logits[t];
-    for (int64_t j = 0; j < s.stride; j += kLanes) Store(ds + j, Load(p + j) * (Load(ds + j) - row));
+  // In one pass: P = exp(logits - max) / sum, dP = dO v^T and dS = P * (dP - rowsum(dO * O)).
+  const float* vt = ws.vt.data();
+  for (int64_t j = 0; j < s.stride; j += kLanes) {
+    Vec p[T], dp[T] = {};
+    for (int t = 0; t < T; ++t) {
+      p[t] = Exp(Load(probs[t] + j) - row_max[t]) * inv_sum[t];
+      Store(probs[t] + j, p[t]);
+    }
+    for (int64_t e = 0; e < s.dv; ++e) {
+      const Vec ve = Load(vt + e * s.stride + j);
+      for (int t = 0; t < T; ++t) dp[t] += d_out_rows[t][e] * ve;
+    }
+    for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
-  RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, ones, d_q_rows);
+  RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, d_q_rows);
   RankUpdate<T>(ws.d_kt.data(), q_rows, d_logits, s.dk, s.stride);
   RankUpdate<T>(ws.d_vt.data(), d_out_rows, probs, s.dv, s.stride);
   if (!s.relative) return;
