@@ -379,19 +379,23 @@ void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws,
 
 // The relative-logit gradients of one query from its dS row: sums over each grid row into
 // d_rel_h, over each grid column into d_rel_w (Padded(H) and Padded(W) floats, zeros past H
-// and W). The last vector of a grid row is cut to the row's end.
+// and W). The last vector of a grid row is cut to the row's end. Each column vector is summed
+// in a register over all grid rows (a sum kept in memory would wait on its own last store).
 void RelativeLogitGradients(const Sizes& s, const float* ds, float* d_rel_h, float* d_rel_w) {
   const int64_t last = (s.width - 1) / kLanes * kLanes;
+  auto part = [&](int64_t y, int64_t x) {
+    const Vec v = Load(ds + y * s.width + x);
+    return x == last ? FirstLanes(v, s.width - last) : v;
+  };
+  for (int64_t x = 0; x < s.width; x += kLanes) {
+    Vec column_sum = {};
+    for (int64_t y = 0; y < s.height; ++y) column_sum += part(y, x);
+    Store(d_rel_w + x, column_sum);
+  }
   std::fill(d_rel_h, d_rel_h + Padded(s.height), 0.0f);
-  std::fill(d_rel_w, d_rel_w + Padded(s.width), 0.0f);
   for (int64_t y = 0; y < s.height; ++y) {
-    const float* r = ds + y * s.width;
     Vec row_sum = {};
-    for (int64_t x = 0; x < s.width; x += kLanes) {
-      const Vec part = x == last ? FirstLanes(Load(r + x), s.width - last) : Load(r + x);
-      row_sum += part;
-      Store(d_rel_w + x, Load(d_rel_w + x) + part);
-    }
+    for (int64_t x = 0; x < s.width; x += kLanes) row_sum += part(y, x);
     d_rel_h[y] = Sum(row_sum);
   }
 }
