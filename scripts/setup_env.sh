@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtual environment .venv (if missing) and installs the pinned requirements and
-# this package (editable) into it. Safe to run again. Sourced by train.sh and test.sh.
+# this package (editable) into it, and compiles the fused attention kernel. Safe to run again.
+# Sourced by train.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -10,3 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+# The fused CPU attention kernel, compiled once per machine and cached (see README). Without a
+# compiler the layer still works, on standard TensorFlow ops, so this only warns.
+.venv/bin/python -m aa_keras.ops >/dev/null ||
+  echo "warning: the fused attention kernel did not compile; attention will use TensorFlow ops" >&2

@@ -93,7 +93,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
     key j are q_i . k_j plus, with `position_encoding="relative"`, the 2D relative logits
     q_i . rel_width[wj - wi + W - 1] + q_i . rel_height[hj - hi + H - 1] (computed as two
     1D terms added by broadcast); the softmax (in float32) weights v; the heads, concatenated
-    head-major, are mixed by a 1x1 projection `attn_out`.
+    head-major, are mixed by a 1x1 projection `attn_out`. On a CPU the attention runs on the
+    fused kernel of `aa_keras.ops.fused_attention` where it applies, elsewhere on standard
+    TensorFlow ops (`aa_keras.layers.attention`); both compute the same function.
 
     With `strides > 1` (or `padding="valid"`) the attention branch runs on the input
     average-pooled to the convolution's output size: pool `strides` with padding "same", or pool
@@ -121,8 +123,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
             and `attn_out` kernels and biases.
         max_size: (H, W) input size the relative embeddings are built for when the input's
             spatial dims are None. Any input up to the built size works exactly.
-        query_block_size: queries per block of the memory-bounded attention path; None picks
-            it from the size (unblocked for small maps).
+        query_block_size: queries per block of the memory-bounded TensorFlow-op attention path;
+            None picks it from the size (unblocked for small maps). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
         data_format: only `"channels_last"` (or None with that global setting).
 

@@ -1,9 +1,9 @@
 """The fused CPU attention kernel (`fused_attention.cc`): built on first use, used where it applies.
 
-The kernel computes softmax(q k^T + relative logits) v and its gradient a few query rows at a
-time, without ever storing the (HW x HW) logits, and makes one pass where the TensorFlow-op
-path makes about 25 over them. It is a TensorFlow custom op, so it is used only where such an
-op can run and be kept:
+The kernel computes softmax(q k^T + relative logits) v and its gradients a few query rows at a
+time, without ever storing the (HW x HW) logits: one op forward and one backward, where the
+TensorFlow-op path makes about 25 passes over the logits. It is a TensorFlow custom op, so it
+is used only where such an op can run and be kept:
 
 - TensorFlow sees no GPU or TPU (the kernel is for CPU);
 - the graph is not being compiled by XLA (`jit_compile=True`);
@@ -12,12 +12,13 @@ op can run and be kept:
 - the environment variable `AA_KERAS_FUSED_ATTENTION` is not `0`;
 - the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
   `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
-  `~/.cache/aa_keras`), keyed by the source, the flags, the TensorFlow version and the CPU.
-  If compiling fails, a warning says why and the TensorFlow-op path is used.
+  `~/.cache/aa_keras`), keyed by the source, the flags, the TensorFlow version and the CPU;
+  `python -m aa_keras.ops` builds it ahead. If compiling fails, a warning says why and the
+  TensorFlow-op path is used.
 
 Elsewhere the layer runs the TensorFlow-op path of `aa_keras.layers.attention`, which computes
-the same function. A graph traced with the fused op (e.g. `tf.saved_model.save` outside the
-exporters) needs `import aa_keras` before it is loaded.
+the same function. A graph traced with the fused op (e.g. by `tf.saved_model.save` outside the
+exporters) loads only in a process that has called `library()`.
 """
 
 import contextlib
