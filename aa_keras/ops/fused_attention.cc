@@ -507,18 +507,28 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 
 // The relative tables transposed to (depth, rows), for contiguous windows of offsets, and
 // kLanes floats of slack.
-std::vector<float> TransposedTables(const Sizes& s, const Tensor& rel_height, const Tensor& rel_width) {
+// (Inputs 3 and 4 of both ops.)
+std::vector<float> TransposedTables(const Sizes& s, OpKernelContext* context) {
   std::vector<float> tables(s.dk * (s.table_h + s.table_w) + kLanes);
   if (!s.relative) return tables;
-  Transpose(rel_height.flat<float>().data(), s.table_h, s.dk, s.dk, s.table_h, tables.data());
-  Transpose(rel_width.flat<float>().data(), s.table_w, s.dk, s.dk, s.table_w, tables.data() + s.dk * s.table_h);
+  Transpose(context->input(3).flat<float>().data(), s.table_h, s.dk, s.dk, s.table_h, tables.data());
+  Transpose(context->input(4).flat<float>().data(), s.table_w, s.dk, s.dk, s.table_w,
+            tables.data() + s.dk * s.table_h);
   return tables;
 }
 
-Unit UnitInputs(const Sizes& s, int64_t u, const Tensor& q, const Tensor& k, const Tensor& v,
-                const std::vector<float>& tables_t) {
-  return Unit{q.flat<float>().data() + s.KeyOffset(u), k.flat<float>().data() + s.KeyOffset(u),
-              v.flat<float>().data() + s.ValueOffset(u), tables_t.data(), tables_t.data() + s.dk * s.table_h};
+// Unit u's view of inputs 0-2 (q, k, v) of both ops.
+Unit UnitInputs(const Sizes& s, int64_t u, OpKernelContext* context, const std::vector<float>& tables_t) {
+  return Unit{context->input(0).flat<float>().data() + s.KeyOffset(u),
+              context->input(1).flat<float>().data() + s.KeyOffset(u),
+              context->input(2).flat<float>().data() + s.ValueOffset(u), tables_t.data(),
+              tables_t.data() + s.dk * s.table_h};
+}
+
+// The unit's keys and values, transposed into the workspace.
+void LoadKeysAndValues(const Sizes& s, const Unit& unit, Workspace& ws) {
+  Transpose(unit.k, s.n, s.dk, s.heads * s.dk, s.stride, ws.kt.data());
+  Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
 }
 
 void ShardUnits(OpKernelContext* context, const Sizes& s, const std::function<void(int64_t, int64_t)>& work) {
@@ -527,34 +537,44 @@ void ShardUnits(OpKernelContext* context, const Sizes& s, const std::function<vo
   tensorflow::Shard(pool.num_threads, pool.workers, s.units(), cost, work);
 }
 
-class FusedAttentionOp : public OpKernel {
+// What both ops share: the `relative` attribute and inputs 0-4 (q, k, v and the tables).
+class AttentionOpBase : public OpKernel {
  public:
-  explicit FusedAttentionOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit AttentionOpBase(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("relative", &relative_));
   }
 
+ protected:
+  // The sizes of inputs 0-4, or their error.
+  Status ReadInputSizes(OpKernelContext* context, Sizes* s) const {
+    return ReadSizes(context->input(0), context->input(1), context->input(2), context->input(3), context->input(4),
+                     relative_, s);
+  }
+
+ private:
+  bool relative_;
+};
+
+class FusedAttentionOp : public AttentionOpBase {
+ public:
+  using AttentionOpBase::AttentionOpBase;
+
   void Compute(OpKernelContext* context) override {
-    const Tensor& q = context->input(0);
-    const Tensor& k = context->input(1);
-    const Tensor& v = context->input(2);
-    const Tensor& rel_height = context->input(3);
-    const Tensor& rel_width = context->input(4);
     Sizes s;
-    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_height, rel_width, relative_, &s));
+    OP_REQUIRES_OK(context, ReadInputSizes(context, &s));
     Tensor* out = nullptr;
     Tensor* stats = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, v.shape(), &out));
+    OP_REQUIRES_OK(context, context->allocate_output(0, context->input(2).shape(), &out));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({s.batch, s.heads, s.n, 2}), &stats));
     if (s.n == 0 || s.units() == 0) return;
-    const std::vector<float> tables_t = TransposedTables(s, rel_height, rel_width);
+    const std::vector<float> tables_t = TransposedTables(s, context);
     float* out_data = out->flat<float>().data();
     float* stats_data = stats->flat<float>().data();
     ShardUnits(context, s, [&](int64_t begin, int64_t end) {
       Workspace ws(s, /*backward=*/false);
       for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, q, k, v, tables_t);
-        Transpose(unit.k, s.n, s.dk, s.heads * s.dk, s.stride, ws.kt.data());
-        Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
+        const Unit unit = UnitInputs(s, u, context, tables_t);
+        LoadKeysAndValues(s, unit, ws);
         float* unit_out = out_data + s.ValueOffset(u);
         float* unit_stats = stats_data + u * s.n * 2;
         ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
@@ -563,38 +583,26 @@ class FusedAttentionOp : public OpKernel {
       }
     });
   }
-
- private:
-  bool relative_;
 };
 
-class FusedAttentionGradOp : public OpKernel {
+class FusedAttentionGradOp : public AttentionOpBase {
  public:
-  explicit FusedAttentionGradOp(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("relative", &relative_));
-  }
+  using AttentionOpBase::AttentionOpBase;
 
   void Compute(OpKernelContext* context) override {
-    const Tensor& q = context->input(0);
-    const Tensor& k = context->input(1);
-    const Tensor& v = context->input(2);
-    const Tensor& rel_height = context->input(3);
-    const Tensor& rel_width = context->input(4);
     const Tensor& out = context->input(5);
     const Tensor& stats = context->input(6);
     const Tensor& d_out = context->input(7);
     Sizes s;
-    OP_REQUIRES_OK(context, ReadSizes(q, k, v, rel_height, rel_width, relative_, &s));
-    OP_REQUIRES(context, out.shape() == v.shape() && d_out.shape() == v.shape(),
+    OP_REQUIRES_OK(context, ReadInputSizes(context, &s));
+    OP_REQUIRES(context, out.shape() == context->input(2).shape() && d_out.shape() == out.shape(),
                 tensorflow::errors::InvalidArgument("out and d_out must have the shape of v"));
     OP_REQUIRES(context, stats.NumElements() == s.units() * s.n * 2,
                 tensorflow::errors::InvalidArgument("stats must be (batch, heads, positions, 2)"));
-    Tensor *d_q, *d_k, *d_v, *d_rel_height, *d_rel_width;
-    OP_REQUIRES_OK(context, context->allocate_output(0, q.shape(), &d_q));
-    OP_REQUIRES_OK(context, context->allocate_output(1, k.shape(), &d_k));
-    OP_REQUIRES_OK(context, context->allocate_output(2, v.shape(), &d_v));
-    OP_REQUIRES_OK(context, context->allocate_output(3, rel_height.shape(), &d_rel_height));
-    OP_REQUIRES_OK(context, context->allocate_output(4, rel_width.shape(), &d_rel_width));
+    // The gradient of each of inputs 0-4 has its shape.
+    Tensor* grads[5];
+    for (int i = 0; i < 5; ++i) OP_REQUIRES_OK(context, context->allocate_output(i, context->input(i).shape(), &grads[i]));
+    Tensor *d_q = grads[0], *d_k = grads[1], *d_v = grads[2], *d_rel_height = grads[3], *d_rel_width = grads[4];
     // Each unit's gradients of the transposed tables, summed over units at the end.
     const int64_t table_size = s.dk * (s.table_h + s.table_w);
     Tensor unit_d_tables;
@@ -605,13 +613,12 @@ class FusedAttentionGradOp : public OpKernel {
       d_rel_width->flat<float>().setZero();
       return;
     }
-    const std::vector<float> tables_t = TransposedTables(s, rel_height, rel_width);
+    const std::vector<float> tables_t = TransposedTables(s, context);
     ShardUnits(context, s, [&](int64_t begin, int64_t end) {
       Workspace ws(s, /*backward=*/true);
       for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, q, k, v, tables_t);
-        Transpose(unit.k, s.n, s.dk, s.heads * s.dk, s.stride, ws.kt.data());
-        Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
+        const Unit unit = UnitInputs(s, u, context, tables_t);
+        LoadKeysAndValues(s, unit, ws);
         std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
         std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
         std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
@@ -637,9 +644,6 @@ class FusedAttentionGradOp : public OpKernel {
     TransposeBack(d_tables_t.data() + s.dk * s.table_h, s.table_w, s.dk, s.table_w, s.dk,
                   d_rel_width->flat<float>().data());
   }
-
- private:
-  bool relative_;
 };
 
 // Output shapes: out as v, stats (batch, heads, height * width, 2).
