@@ -115,6 +115,21 @@ def test_saved_model_serves_uint8_images_like_keras(full_export, models):
     assert np.std(expected) > 0.1  # the outputs are not trivially equal
 
 
+def _op_types(graph_def):
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return {node.op for node in nodes}
+
+
+def test_saved_model_holds_standard_ops_only(full_export):
+    """The fused CPU kernel is a custom op: the exporter traces the attention from standard ops,
+    so the file loads and converts without aa_keras."""
+    output_dir, _, _ = full_export
+    signature = tf.saved_model.load(os.path.join(output_dir, "saved_model")).signatures["serving_default"]
+    ops = _op_types(signature.graph.as_graph_def())
+    assert "BatchMatMulV2" in ops  # the attention is there
+    assert not {"AaFusedAttention", "AaFusedAttentionGrad"} & ops
+
+
 def test_int8_tflite_has_int8_io_and_agrees_with_keras(full_export, models):
     output_dir, _, images = full_export
     interpreter = Interpreter(model_path=os.path.join(output_dir, "model_int8.tflite"))

@@ -14,8 +14,8 @@ import math
 import tensorflow as tf
 
 from aa_keras.layers.relative_logits import relative_logits
-from aa_keras.ops import fused_attention
 from aa_keras.layers.shapes import dims
+from aa_keras.ops import fused_attention
 
 # Blocking starts when one example's logits (Nh * HW * HW float32 values) exceed this many
 # elements; a block then holds about _BLOCK_LOGITS of them per example, in at most _MAX_BLOCKS
