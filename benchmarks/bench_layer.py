@@ -1,6 +1,6 @@
 """Speed and memory of AttentionAugmentation2D against Conv2D and the straightforward reference.
 
-    python -m benchmarks.bench_layer                      # the full table (about 10 minutes)
+    python -m benchmarks.bench_layer                      # the full table (about 7 minutes)
     python -m benchmarks.bench_layer --sizes=14 --memory_sizes= --repeats=3
 
 Implementations: `aa` (the library layer: on this CPU the fused attention kernel, see
@@ -11,7 +11,7 @@ appendix) and `softmax` (a bare `tf.nn.softmax` over the layer's (B, Nh, HW, HW)
 and backward: a floor under any attention that materialises its weights in float32).
 
 For each spatial size the forward and training-step (forward + gradients w.r.t. the input and all
-weights) times are measured side by side, interleaved, in one fresh subprocess; above
+weights) times are measured side by side, interleaved in rounds, in one fresh subprocess; above
 `--reference_alone_above` the reference runs in a second subprocess with only `aa` beside it
 (it needs tens of GB there). Peak memory (max RSS of the whole process) of one training step and
 of one forward pass is measured in a fresh subprocess per implementation, size and pass. Results
@@ -21,6 +21,7 @@ compare: the machine may be shared.
 
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -44,8 +45,11 @@ flags.DEFINE_integer("kernel_size", 3, "Kernel size.")
 flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 flags.DEFINE_float("depth", 0.2, "depth_k = depth_v as a fraction of filters.")
 flags.DEFINE_integer("query_block_size", None, "Passed to the layer (None: chosen from the size).")
-flags.DEFINE_integer("repeats", 5, "Timed runs per implementation (median reported).")
-flags.DEFINE_integer("warmup", 2, "Untimed runs first.")
+flags.DEFINE_integer("repeats", 5, "Least timed runs per implementation (median reported).")
+flags.DEFINE_float(
+    "min_seconds", 10.0, "More timed rounds at a size until they take about this long (small sizes are noisy)."
+)
+flags.DEFINE_integer("warmup", 2, "Untimed rounds first.", lower_bound=1)
 flags.DEFINE_boolean("jit_compile", False, "Compile the timed functions with XLA.")
 flags.DEFINE_string("output", "benchmarks/results/bench_layer.json", "Where to write the JSON.")
 flags.DEFINE_enum("worker", None, ["time", "memory"], "Internal: run one measurement and print JSON.")
@@ -53,8 +57,8 @@ flags.DEFINE_integer("size", None, "Internal: the worker's spatial size.")
 flags.DEFINE_string("impl", None, "Internal: the memory worker's implementation.")
 flags.DEFINE_enum("pass_", "train_step", ["forward", "train_step"], "Internal: the memory worker's pass.")
 
-_WORKER_FLAGS = ("batch", "filters", "kernel_size", "num_heads", "depth", "query_block_size", "repeats", "warmup",
-                 "jit_compile")
+_WORKER_FLAGS = ("batch", "filters", "kernel_size", "num_heads", "depth", "query_block_size", "repeats",
+                 "min_seconds", "warmup", "jit_compile")
 
 
 def _make_layer(impl):
@@ -120,17 +124,27 @@ def _functions(impl, size):
 
 
 def _time_worker(size, impls):
-    """Times `impls` at `size`, interleaved; returns {impl: {forward_s, train_step_s}} (medians)."""
+    """Times `impls` at `size` in interleaved rounds (each runs every implementation and pass
+    once): `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of
+    timed ones. Returns {impl: {forward_s, train_step_s}} (medians)."""
     functions = {impl: _functions(impl, size) for impl in impls}
     times = {impl: {"forward": [], "train_step": []} for impl in impls}
-    for repeat in range(FLAGS.warmup + FLAGS.repeats):
+
+    def run_round():
+        elapsed = {}
         for impl in impls:
             for kind, fn in functions[impl].items():
                 start = time.perf_counter()
                 fn()
-                elapsed = time.perf_counter() - start
-                if repeat >= FLAGS.warmup:
-                    times[impl][kind].append(elapsed)
+                elapsed[impl, kind] = time.perf_counter() - start
+        return elapsed
+
+    for _ in range(FLAGS.warmup):
+        round_seconds = sum(run_round().values())
+    rounds = max(FLAGS.repeats, math.ceil(FLAGS.min_seconds / round_seconds))
+    for _ in range(rounds):
+        for (impl, kind), elapsed in run_round().items():
+            times[impl][kind].append(elapsed)
     return {
         impl: {f"{kind}_s": sorted(values)[len(values) // 2] for kind, values in kinds.items()}
         for impl, kinds in times.items()
