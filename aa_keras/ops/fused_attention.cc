@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -47,7 +49,9 @@ constexpr int kRows = 4;
 constexpr int kLanes = 16;
 constexpr float kPad = -1e30f;
 
-// GCC/Clang vector extensions: the compiler maps them to the widest registers it has.
+// GCC/Clang vector extensions: the compiler maps them to the widest registers it has. Loads
+// and stores go through float buffers: unaligned, and a vector type aliases its element type. Loads and
+// stores go through float buffers, hence the unaligned and may-alias attributes.
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
 typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
 
