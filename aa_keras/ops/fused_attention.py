@@ -58,7 +58,7 @@ def _cpu_description():
 
 def _compile_command(output):
     compiler = os.environ.get("CXX", "g++")
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w", *tf.sysconfig.get_compile_flags()]
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w", *tf.sysconfig.get_compile_flags()]
     return [compiler, *flags, str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
 
 
