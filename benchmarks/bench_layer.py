@@ -5,10 +5,11 @@
 
 Implementations: `aa` (the library layer: on this CPU the fused attention kernel, see
 `aa_keras/ops/fused_attention.py`), `aa_tf_ops` (the same layer with the kernel disabled: the
-TensorFlow-op path that GPUs, TPUs, XLA and exported files run), `conv` (`keras.layers.Conv2D(filters, kernel_size)`),
-`reference` (`benchmarks/reference_layer.py`: materialised, tiled logits as in the paper's
-appendix) and `softmax` (a bare `tf.nn.softmax` over the layer's (B, Nh, HW, HW) logits, forward
-and backward: a floor under any attention that materialises its weights in float32).
+TensorFlow-op path that GPUs, TPUs, XLA and exported files run), `conv`
+(`keras.layers.Conv2D(filters, kernel_size)`), `reference` (`benchmarks/reference_layer.py`:
+materialised, tiled logits as in the paper's appendix) and `softmax` (a bare `tf.nn.softmax` over
+the layer's (B, Nh, HW, HW) logits, forward and backward: a floor under any attention that
+materialises its weights in float32).
 
 For each spatial size the forward and training-step (forward + gradients w.r.t. the input and all
 weights) times are measured side by side, interleaved in rounds, in one fresh subprocess; above
@@ -35,7 +36,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["7", "14", "28", "56"], "Spatial sizes for the timings.")
 flags.DEFINE_list("memory_sizes", ["7", "14", "28", "56", "112"], "Spatial sizes for peak memory.")
 flags.DEFINE_list(
-    "impls", ["aa", "aa_tf_ops", "conv", "reference", "softmax"], "Implementations: aa, aa_tf_ops, conv, reference, softmax."
+    "impls",
+    ["aa", "aa_tf_ops", "conv", "reference", "softmax"],
+    "Implementations: aa, aa_tf_ops, conv, reference, softmax.",
 )
 flags.DEFINE_integer("reference_alone_above", 28, "Above this size the reference is timed in its own process.")
 flags.DEFINE_integer("reference_memory_max_size", 56, "Largest size at which the reference's memory is measured.")
