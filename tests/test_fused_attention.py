@@ -115,3 +115,17 @@ def test_kernel_is_deterministic():
     again = tf.function(_output_and_gradients)(True, *inputs)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_bench_kernel_times_what_it_names():
+    """`benchmarks/bench_kernel.py`'s functions run, and its two paths agree (tiny shapes)."""
+    from benchmarks import bench_kernel
+
+    functions = bench_kernel._functions(size=5, batch=1, heads=2, depth=3)
+    assert set(functions) == {"fused forward", "fused backward", "tf ops forward", "tf ops training step"}
+    fused_out, _ = functions["fused forward"]()
+    np.testing.assert_allclose(fused_out.numpy(), functions["tf ops forward"]().numpy(), atol=1e-5)
+    fused_grads, tf_ops_grads = functions["fused backward"](), functions["tf ops training step"]()
+    assert len(fused_grads) == len(tf_ops_grads) == 5
+    for fused, expected in zip(fused_grads, tf_ops_grads):
+        np.testing.assert_allclose(fused.numpy(), tf.convert_to_tensor(expected).numpy(), atol=1e-4)
