@@ -19,9 +19,9 @@ import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
-from training import artifacts, detection_data, recipes
+from training import detection_data, recipes
 from training.data import per_replica_batch_size
-from training.loop import TrainingTask, check_count, check_mixed_precision, run_config, run_training
+from training.loop import TrainingTask, check_count, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
@@ -255,15 +255,13 @@ def train_detection(
     recipe = recipes.override(recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
     if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
-    check_mixed_precision(mixed_precision)
-    check_count("checkpoint_steps", checkpoint_steps)
-    check_count("steps_per_epoch", steps_per_epoch, optional=True)
     check_count("eval_examples", eval_examples, optional=True)
+    config = start_run(
+        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, task="detection", model=model_name,
+        seed=seed,
+    )
     batch = recipe.global_batch_size
     per_replica = per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    config = run_config(recipe, task="detection", model=model_name, mixed_precision=mixed_precision, seed=seed,
-                        steps_per_epoch=steps_per_epoch)
-    artifacts.check_run_config(model_dir, config)
     num_classes = detection_data.num_classes(recipe.dataset, data_dir)
     train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
     detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.

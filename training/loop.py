@@ -105,11 +105,23 @@ def check_mixed_precision(mixed_precision):
         )
 
 
-def run_config(recipe, **fields):
-    """The configuration of a run, as recorded in run_config.json: the fields of `recipe` but
-    `models` (the networks it is meant for), then `fields`."""
+def start_run(model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, **fields):
+    """Checks the arguments that every trainer takes, and that `model_dir` holds no other run.
+
+    Returns:
+        The run's configuration, as recorded in run_config.json: the fields of `recipe` but
+        `models` (the networks it is meant for), then `fields`, `mixed_precision` and
+        `steps_per_epoch`.
+
+    Raises:
+        ValueError: a bad argument, or a `model_dir` holding a different run.
+    """
+    check_mixed_precision(mixed_precision)
+    check_count("checkpoint_steps", checkpoint_steps)
+    check_count("steps_per_epoch", steps_per_epoch, optional=True)
     config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
-    config.update(fields)
+    config.update(fields, mixed_precision=mixed_precision, steps_per_epoch=steps_per_epoch)
+    artifacts.check_run_config(model_dir, config)
     return config
 
 
@@ -162,7 +174,7 @@ def run_training(
     """Trains `task`'s model with `recipe` into `model_dir`, resuming a run found there.
 
     Writes `model_dir/run_config.json` (`config`, which the caller has checked against the
-    run found there with `artifacts.check_run_config`), `checkpoints` (every
+    run found there with `start_run`), `checkpoints` (every
     `checkpoint_steps` steps and each epoch), `logs/{train,eval}` (TensorBoard), and at the
     end `model.keras` and `metrics.json`; the last two atomically. Each epoch is evaluated
     and recorded in the history of metrics.json. Outside the chief of a cluster, writes go
@@ -396,15 +408,11 @@ def train_model(
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    check_mixed_precision(mixed_precision)
-    check_count("checkpoint_steps", checkpoint_steps)
-    check_count("steps_per_epoch", steps_per_epoch, optional=True)
+    config = start_run(
+        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, model=model_name, seed=seed
+    )
     batch = recipe.global_batch_size
     per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    config = run_config(
-        recipe, model=model_name, mixed_precision=mixed_precision, seed=seed, steps_per_epoch=steps_per_epoch
-    )
-    artifacts.check_run_config(model_dir, config)
     classes = data.num_classes(recipe.dataset, data_dir)
     train_examples = data.split_size(recipe.dataset, recipe.train_split, data_dir)
     eval_size = data.split_size(recipe.dataset, recipe.eval_split, data_dir)
