@@ -28,13 +28,11 @@ import re
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
-from aa_keras.ops import fused_attention
 from export import report, saved_model, tflite
 from export.export import ParityError, check_output_dir, staged_output
 
@@ -73,18 +71,6 @@ def _serve_raw(model):
         }
 
     return serve
-
-
-def _write(model, serve, path, image_shape, batch):
-    with fused_attention.disabled():  # standard ops only, as in saved_model.write_saved_model
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            saved_model.SIGNATURE,
-            serve,
-            input_signature=[tf.TensorSpec((batch, *image_shape), tf.float32, name=saved_model.INPUT_NAME)],
-        )
-        archive.write_out(path, verbose=False)
 
 
 def _convert_builtin(source, what):
@@ -200,7 +186,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         rows = []
         if "saved_model" in formats:
             path = os.path.join(staging, "saved_model")
-            _write(model, _serve_detections(model), path, image_shape, batch)
+            saved_model.write_signature(model, _serve_detections(model), path, image_shape, batch)
             served = tf.saved_model.load(path).signatures[saved_model.SIGNATURE]
             outputs = _run_batched(lambda x: served(**{saved_model.INPUT_NAME: tf.constant(x)}), images, batch)
             reference = _run_batched(tf.function(_serve_detections(model)), images, batch)
@@ -209,7 +195,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             source = tempfile.mkdtemp(prefix=".tflite_source-", dir=staging)
             raw = kind == "tflite_raw"
             serve = _serve_raw(model) if raw else _serve_detections(model)
-            _write(model, serve, source, image_shape, batch)
+            saved_model.write_signature(model, serve, source, image_shape, batch)
             flatbuffer, ops = _convert_builtin(source, "detector's raw network" if raw else "full detector")
             shutil.rmtree(source)
             path = os.path.join(staging, "model_raw.tflite" if raw else "model.tflite")

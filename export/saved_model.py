@@ -23,15 +23,22 @@ def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
 
     The signature maps `images` (B, H, W, C) float32 (or uint8) to `predictions` (B, classes).
     """
-    dtype = tf.uint8 if uint8_input else tf.float32
 
     def serve(images):
         if uint8_input:
             images = tf.cast(images, tf.float32) / 255.0
         return {OUTPUT_NAME: model(images, training=False)}
 
-    # Standard ops only: a file with the fused kernel's custom op would not load without aa_keras
-    # and would not convert to TFLite or ONNX.
+    write_signature(model, serve, path, image_shape, batch, tf.uint8 if uint8_input else tf.float32)
+
+
+def write_signature(model, serve, path, image_shape, batch=None, dtype=tf.float32):
+    """Writes `model` as a SavedModel whose `serving_default` signature is `serve`, a function of
+    `images` (batch, *image_shape) of `dtype`.
+
+    The model is traced with standard ops only: a file holding the fused attention kernel's
+    custom op would not load without aa_keras and would not convert to TFLite or ONNX.
+    """
     with fused_attention.disabled():
         archive = keras.export.ExportArchive()
         archive.track(model)
