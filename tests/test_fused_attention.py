@@ -82,6 +82,40 @@ def test_kernel_matches_tensorflow_ops(relative, size, scale):
         assert np.abs(actual.numpy() - wanted.numpy()).max() < tolerance
 
 
+def _poisoned(value, target, seed):
+    """Inputs of `_inputs` with `value` written into one entry of input `target`."""
+    inputs = [t.numpy() for t in _inputs(1, 2, 5, 6, 4, 3, scale=1.0, seed=seed)]
+    index = (0, 2, 3, 1, 2) if target < 3 else (4, 1)
+    inputs[target][index] = value
+    return [tf.constant(t) for t in inputs]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("target", range(5), ids=["q", "k", "v", "rel_height", "rel_width"])
+def test_kernel_propagates_nan_and_inf_as_tensorflow_ops_do(value, target):
+    """The output is NaN, +inf and -inf in exactly the places where the TensorFlow-op path has
+    them (a row with a NaN logit is NaN, not a finite answer), with the same finite values.
+
+    The gradients are non-finite wherever the TensorFlow-op path's are, and agree where both are
+    finite. They may be NaN in more places: for a row with a NaN logit TensorFlow's CPU softmax
+    returns weights that are NaN at that key and 0 elsewhere, the kernel NaN everywhere (the sum
+    of the row is NaN), so gradients through that row's other weights differ in kind, not in
+    whether a NaN is hidden."""
+    inputs = _poisoned(value, target, seed=target)
+    fused = tf.function(_output_and_gradients)(True, *inputs)
+    with fused_attention.disabled():
+        expected = tf.function(_output_and_gradients)(True, *inputs)
+    out, wanted_out = fused[0].numpy(), expected[0].numpy()
+    assert not np.isfinite(wanted_out).all()  # the case is not trivial
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(out), kind(wanted_out), err_msg=kind.__name__)
+    for name, actual, wanted in zip(["out", "d_q", "d_k", "d_v", "d_rel_height", "d_rel_width"], fused, expected):
+        actual, wanted = actual.numpy(), wanted.numpy()
+        assert not np.isfinite(actual[~np.isfinite(wanted)]).any(), f"{name}: a non-finite value became finite"
+        both = np.isfinite(actual) & np.isfinite(wanted)
+        np.testing.assert_allclose(actual[both], wanted[both], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_kernel_rejects_mismatched_shapes():
     kernels = fused_attention.library()
     q = tf.zeros([1, 3, 4, 2, 5])

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import reference
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.ops import fused_attention
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
 
@@ -427,6 +428,24 @@ def test_runtime_size_larger_than_max_size_raises():
     assert run(tf.zeros((1, 6, 5, 3))).shape == (1, 6, 5, 8)
     with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
         run(tf.zeros((1, 6, 7, 3)))
+
+
+def test_runtime_size_larger_than_max_size_under_xla_is_nan_not_a_wrong_answer():
+    """XLA drops the run-time check, so the relative tables are poisoned instead: every attention
+    channel is NaN (the conv channels, which do not depend on the tables, stay as they are); a
+    size within max_size compiles to the eager answer."""
+    layer = _built((None, None, None, 3), max_size=(6, 6))
+    compiled = tf.function(layer, jit_compile=True, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    inside = _inputs((1, 6, 5, 3))
+    np.testing.assert_allclose(compiled(inside).numpy(), layer(inside).numpy(), atol=1e-5)
+    too_large = compiled(_inputs((1, 6, 7, 3))).numpy()
+    conv_channels = layer.filters - layer.dv
+    assert np.isnan(too_large[..., conv_channels:]).all()
+    assert np.isfinite(too_large[..., :conv_channels]).all()
+    with fused_attention.disabled():  # The TensorFlow-op path outside XLA keeps the check.
+        run = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3))])
+        with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
+            run(tf.zeros((1, 6, 7, 3)))
 
 
 def test_explicit_channels_last_works_under_global_channels_first(channels_first):

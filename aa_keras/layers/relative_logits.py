@@ -24,6 +24,8 @@ def relative_embeddings_2d(table, length):
         length: the actual length (static int or scalar tensor), at most max_length.
             A shorter length uses the central rows of the table, which is exact; a longer
             one raises ValueError (static) or `tf.errors.InvalidArgumentError` (at run time).
+            XLA drops run-time assertions: there a longer length gives embeddings that are all
+            NaN, so the layer's output is NaN rather than a wrong finite answer.
 
     Returns:
         (length, length, depth) tensor E with E[i, j] = table[j - i + max_length - 1].
@@ -47,6 +49,9 @@ def relative_embeddings_2d(table, length):
         )
         with tf.control_dependencies([check]):  # before the gather, which would fail first
             positions = tf.range(length)
+        # Where the check is dropped (XLA), the table is poisoned instead, and XLA's gather
+        # clamps the out-of-range offsets.
+        table = table + tf.where(length > max_length, float("nan"), 0.0)
     offsets = positions[None, :] - positions[:, None] + (max_length - 1)
     return tf.gather(table, offsets)
 

@@ -83,10 +83,13 @@ inline int64_t RowCapacity(int64_t stride) { return stride + kLanes; }
 
 // exp(x), x = n ln2 + r with |r| <= ln2 / 2: exp(r) by its Taylor polynomial of degree 7
 // (truncation error below 1e-8 relative), times 2^n built in the exponent bits. Inputs below
-// -87 give exp(-87) ~ 1.6e-38 instead of less: a weight that small changes no sum of weights
-// (each row has one weight of 1) and multiplies only zero padding or discarded results.
+// -87 give 0 (exp(-87) ~ 1.6e-38: the float32 softmax loses such weights too, and an exact 0
+// keeps 0 * inf = NaN where TensorFlow's softmax has it). NaN gives NaN and +inf gives NaN
+// (inf - inf), as they do in the softmax of the TensorFlow-op path: the comparisons are
+// written so that NaN lanes fail them and keep their value.
 inline Vec Exp(Vec x) {
-  x = x > -87.0f ? x : Splat(-87.0f);
+  const auto underflow = x < -87.0f;
+  x = underflow ? Splat(-87.0f) : x;
   // Adding 1.5 * 2^23 rounds to the nearest integer, which ends up in the low mantissa bits.
   const float kRound = 12582912.0f;
   const Vec shifted = x * 1.44269504088896341f + kRound;
@@ -102,7 +105,7 @@ inline Vec Exp(Vec x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const IVec exponent = ((IVec)shifted - (IVec)Splat(kRound) + 127) << 23;
-  return p * (Vec)exponent;
+  return underflow ? Vec{} : p * (Vec)exponent;
 }
 
 // The depth loops below run over chunks of at most kChunk channels whose size is a compile-time
