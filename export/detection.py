@@ -34,10 +34,10 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from export import report, saved_model, tflite
-from export.export import ParityError, check_output_dir, staged_output
+from export.export import ParityError
+from export.staging import REPORT_FILE, check_output_dir, staged_output
 
 FORMATS = ("saved_model", "tflite_raw", "tflite")
-REPORT_FILE = "export_report.json"
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 RAW_OUTPUTS = ("bbox_regression", "cls_logits", "anchors")
 # Bounds of the parity checks: decoded boxes in pixels, scores, raw head outputs.
@@ -186,7 +186,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         rows = []
         if "saved_model" in formats:
             path = os.path.join(staging, "saved_model")
-            saved_model.write_signature(model, _serve_detections(model), path, image_shape, batch)
+            saved_model.write_signature(model, _serve_detections(model), path, image_shape, batch, check_input=True)
             served = tf.saved_model.load(path).signatures[saved_model.SIGNATURE]
             outputs = _run_batched(lambda x: served(**{saved_model.INPUT_NAME: tf.constant(x)}), images, batch)
             reference = _run_batched(tf.function(_serve_detections(model)), images, batch)

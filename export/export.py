@@ -21,23 +21,22 @@ when every artifact of the model passed its parity check (see `export.parity`; t
 checks are reported, not required) and every TFLite model uses builtin ops only.
 """
 
-import contextlib
 import os
 import shutil
 import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, build_detector
 from export import model_source, parity, report, saved_model, tflite
+from export.staging import REPORT_FILE, check_output_dir, staged_output
 from training import data, detection_data
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
 FORMATS = ("saved_model", "tflite", *TFLITE_KINDS, "onnx")
-REPORT_FILE = "export_report.json"
 
 
 class ParityError(RuntimeError):
@@ -55,19 +54,6 @@ def parse_formats(formats):
         )
     kinds = {kind for name in names for kind in (TFLITE_KINDS if name == "tflite" else (name,))}
     return [kind for kind in ARTIFACT_KINDS if kind in kinds]
-
-
-def check_output_dir(output_dir, overwrite):
-    """The absolute output directory, checked to be absent, empty, or replaceable."""
-    output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"Invalid `--output_dir`: {output_dir!r} exists and is not a directory.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(
-            f"Invalid `--output_dir`: {output_dir!r} exists and is not empty; pass `--overwrite` to "
-            "replace it or choose another directory."
-        )
-    return output_dir
 
 
 def _artifact_path(directory, kind):
@@ -93,8 +79,8 @@ def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, ca
     tflite_kinds = [kind for kind in kinds if kind in TFLITE_KINDS]
     if tflite_kinds:
         source = tempfile.mkdtemp(prefix=".tflite_source-", dir=directory)
-        saved_model.write_saved_model(model, source, image_shape, batch=batch)
-        calibration, _ = parity.batches(calibration_images, batch)
+        saved_model.write_saved_model(model, source, image_shape, batch=batch, check_input=False)
+        calibration = parity.batches(calibration_images, batch)[0] if "tflite_int8" in tflite_kinds else None
         for kind in tflite_kinds:
             flatbuffer = tflite.convert(source, kind.removeprefix("tflite_"), calibration)
             ops = tflite.list_ops(flatbuffer)
@@ -154,7 +140,7 @@ def export(
     output_dir,
     formats,
     eval_images,
-    calibration_images,
+    calibration_images=None,
     baseline=None,
     batch=1,
     threads=1,
@@ -172,7 +158,8 @@ def export(
         output_dir: where the artifacts go; must be absent or empty unless `overwrite`.
         formats: names from `FORMATS` (comma-separated string or list).
         eval_images: (N, H, W, C) float32 images for parity and latency.
-        calibration_images: (M, H, W, C) float32 images for int8 calibration.
+        calibration_images: (M, H, W, C) float32 images for int8 calibration, M > 0; used
+            (and required) only when `formats` has tflite_int8.
         batch: static batch of the TFLite models, and the batch of parity and latency runs.
         threads: interpreter / onnxruntime threads.
         latency_runs: timed runs per artifact (the median is reported).
@@ -193,7 +180,15 @@ def export(
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
     image_shape = model_source.image_shape(model, image_size)
-    for name, images in (("evaluation", eval_images), ("calibration", calibration_images)):
+    checked = [("evaluation", eval_images)]
+    if "tflite_int8" in kinds:
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ValueError(
+                "Invalid `--calibration_images`: the int8 TFLite model needs at least one calibration image; "
+                "pass --calibration_images=N with N > 0 (default 100), or leave tflite_int8 out of --formats."
+            )
+        checked.append(("calibration", calibration_images))
+    for name, images in checked:
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or len(images) == 0:
             raise ValueError(
                 f"The {name} images have shape {images.shape}; the model needs (N, *{image_shape}) "
@@ -228,7 +223,7 @@ def export(
             "threads": threads,
             "latency_runs": latency_runs,
             "num_eval_images": len(eval_images),
-            "num_calibration_images": len(calibration_images),
+            "num_calibration_images": 0 if calibration_images is None else len(calibration_images),
             "uint8_input": uint8_input,
             "rows": rows,
             "table": report.format_table(rows),
@@ -243,39 +238,6 @@ def export(
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
     return result
-
-
-@contextlib.contextmanager
-def staged_output(output_dir):
-    """A new directory next to `output_dir` to write the artifacts into: it replaces
-    `output_dir` (`move_into_place`) when the block ends, and is removed if the block raises,
-    so a failed export leaves `output_dir` as it was."""
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the output is an ordinary directory.
-    try:
-        yield staging
-        move_into_place(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def move_into_place(staging, output_dir):
-    """Replaces `output_dir` by `staging`; the old directory is removed only after the rename."""
-    if not os.path.exists(output_dir):
-        os.rename(staging, output_dir)
-        return
-    retired = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir))
-    old = os.path.join(retired, "old")
-    os.rename(output_dir, old)
-    try:
-        os.rename(staging, output_dir)
-    except OSError:
-        os.rename(old, output_dir)
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def dataset_images(name, split, image_shape, count, data_dir=None, task="classification"):
@@ -326,7 +288,14 @@ flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 cal
 flags.DEFINE_integer("threads", 1, "Threads of the LiteRT interpreter and onnxruntime.", flag_values=FLAGS)
 flags.DEFINE_integer("latency_runs", 50, "Timed runs per artifact; the median is reported.", flag_values=FLAGS)
 flags.DEFINE_bool("uint8_input", False, "SavedModel takes uint8 images in [0, 255] and scales them to [0, 1] inside.", flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "overwrite", False, "Replace a previous export in --output_dir (a folder holding export_report.json and the "
+    "exporter's artifacts only; any other folder is refused).", flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "safe_mode", True, "Keras's safe mode for loading .keras files: --nosafe_mode allows Lambda layers, whose Python "
+    "code stored in the file runs on load; only for files you trust.", flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["model", "output_dir"], flag_values=FLAGS)
 
 
@@ -334,15 +303,23 @@ def _export_classifier(formats, dataset):
     classes = None
     if not model_source.is_model_file(FLAGS.model):
         classes = data.num_classes(dataset, FLAGS.data_dir)
-    model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=classes)
+    model = model_source.load_model(FLAGS.model, FLAGS.image_size, classes=classes, safe_mode=FLAGS.safe_mode)
     image_shape = model_source.image_shape(model, FLAGS.image_size)
     baseline = None
     if FLAGS.baseline.lower() != "none":
         baseline = model_source.load_model(
-            FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline"
+            FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline",
+            safe_mode=FLAGS.safe_mode,
         )
     eval_images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
-    calibration_images = dataset_images(dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir)
+    calibration_images = None
+    if "tflite_int8" in parse_formats(formats):
+        if FLAGS.calibration_images <= 0:
+            raise ValueError(
+                f"Invalid `--calibration_images`: received {FLAGS.calibration_images}; the int8 TFLite model needs "
+                "at least 1 calibration image (default 100)."
+            )
+        calibration_images = dataset_images(dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir)
     return export(
         model,
         FLAGS.output_dir,
@@ -362,7 +339,7 @@ def _export_classifier(formats, dataset):
 
 def _export_detector(export_detection, formats, dataset):
     if model_source.is_model_file(FLAGS.model):
-        model = model_source.load_keras_file(FLAGS.model)
+        model = model_source.load_keras_file(FLAGS.model, safe_mode=FLAGS.safe_mode)
         if not export_detection.is_detector(model):
             raise ValueError(
                 f"Invalid `--model`: {FLAGS.model!r} is not a RetinaNet detector; export it with "
@@ -410,7 +387,10 @@ def main(argv):
                     f"Invalid flags for --task=detection: {', '.join('--' + name for name in given)} apply to "
                     "--task=classification only."
                 )
-        check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
+        sources = [spec for spec in (FLAGS.model, FLAGS.baseline) if model_source.is_model_file(spec)]
+        check_output_dir(FLAGS.output_dir, FLAGS.overwrite, sources)
+        if not FLAGS.safe_mode:
+            logging.warning("--nosafe_mode: loading .keras files runs the Python code of their Lambda layers.")
         if task == "detection":
             result = _export_detector(export_detection, formats, dataset)
         else:

@@ -14,9 +14,9 @@ def is_model_file(spec):
     return spec.endswith(".keras") or os.sep in spec or os.path.exists(spec)
 
 
-def load_keras_file(path, flag="--model"):
+def load_keras_file(path, flag="--model", safe_mode=True):
     """Loads a `.keras` model, with a ValueError naming `flag` for a missing, non-Keras or
-    unloadable file."""
+    unloadable file; `safe_mode=False` lets Keras load Lambda layers (code in the file)."""
     if not os.path.isfile(path):
         raise ValueError(f"Invalid `{flag}`: {path!r} does not exist or is not a file.")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
@@ -25,7 +25,14 @@ def load_keras_file(path, flag="--model"):
             "`model.save('name.keras')` or pass a builder name such as 'aa_small'."
         )
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+    except ValueError as error:
+        if "safe_mode" not in str(error):
+            raise
+        raise ValueError(
+            f"Invalid `{flag}`: {path!r} holds a Lambda layer, whose Python code Keras does not load in safe "
+            "mode. If you trust the file, pass --nosafe_mode; better, replace the Lambda by a registered layer."
+        ) from None
     except TypeError as error:
         unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
         if unknown is None:
@@ -49,15 +56,15 @@ def build_named_model(name, image_size, channels, classes, flag="--model"):
     return build_model(name, input_shape=(image_size, image_size, channels), classes=classes)
 
 
-def load_model(spec, image_size=None, channels=3, classes=None, flag="--model"):
-    """The model named by `spec` (a `.keras` path or a builder name with `image_size`,
-    `channels` and `classes`); errors name `flag`.
+def load_model(spec, image_size=None, channels=3, classes=None, flag="--model", safe_mode=True):
+    """The model named by `spec` (a `.keras` path, loaded with Keras's `safe_mode`, or a builder
+    name with `image_size`, `channels` and `classes`); errors name `flag`.
 
     Returns:
         A single-input, single-output Keras model whose input is (B, H, W, C) with H and W known.
     """
     if is_model_file(spec):
-        model = load_keras_file(spec, flag)
+        model = load_keras_file(spec, flag, safe_mode)
     else:
         model = build_named_model(spec, image_size, channels, classes, flag)
     if len(model.inputs) != 1 or len(model.outputs) != 1:

@@ -11,7 +11,7 @@ OUTPUT_NAME = "predictions"
 SIGNATURE = "serving_default"
 
 
-def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
+def write_saved_model(model, path, image_shape, batch=None, uint8_input=False, check_input=True):
     """Writes `model` as a SavedModel with one `serving_default` signature.
 
     Args:
@@ -20,6 +20,7 @@ def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
         image_shape: (H, W, C) of the signature's input.
         batch: static batch size of the signature, or None for any batch.
         uint8_input: take uint8 images in [0, 255] and scale them to [0, 1] inside the graph.
+        check_input: check the input's shape at run time (see `write_signature`).
 
     The signature maps `images` (B, H, W, C) float32 (or uint8) to `predictions` (B, classes).
     """
@@ -29,22 +30,49 @@ def write_saved_model(model, path, image_shape, batch=None, uint8_input=False):
             images = tf.cast(images, tf.float32) / 255.0
         return {OUTPUT_NAME: model(images, training=False)}
 
-    write_signature(model, serve, path, image_shape, batch, tf.uint8 if uint8_input else tf.float32)
+    write_signature(model, serve, path, image_shape, batch, tf.uint8 if uint8_input else tf.float32, check_input)
 
 
-def write_signature(model, serve, path, image_shape, batch=None, dtype=tf.float32):
+def checked_images(images, expected_shape):
+    """`images` after a run-time check that its shape is `expected_shape` (None: any size),
+    which raises `InvalidArgumentError` saying what the signature expects; with that shape set."""
+    shape = tf.shape(images)
+    # The first len(expected) dims, padded with -1 when the rank is lower: comparable whatever it is.
+    padded = tf.concat([shape, -tf.ones([len(expected_shape)], tf.int32)], axis=0)[: len(expected_shape)]
+    matches = [tf.equal(tf.size(shape), len(expected_shape))]
+    matches += [tf.equal(padded[i], size) for i, size in enumerate(expected_shape) if size is not None]
+    described = ", ".join("batch" if size is None else str(size) for size in expected_shape)
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.stack(matches)),
+        [f"{SIGNATURE} expects `{INPUT_NAME}` of shape ({described}) {images.dtype.name}; received shape:", shape],
+        summarize=8,
+    )
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tf.identity(images), expected_shape)
+
+
+def write_signature(model, serve, path, image_shape, batch=None, dtype=tf.float32, check_input=False):
     """Writes `model` as a SavedModel whose `serving_default` signature is `serve`, a function of
     `images` (batch, *image_shape) of `dtype`.
+
+    With `check_input`, the signature takes `images` of any shape and checks it at run time
+    (`checked_images`): a signature with a shaped input does not check it, and a wrong rank
+    could abort the serving process. Without it (a source for a converter), the input is
+    declared (batch, *image_shape).
 
     The model is traced with standard ops only: a file holding the fused attention kernel's
     custom op would not load without aa_keras and would not convert to TFLite or ONNX.
     """
+    expected_shape = (batch, *image_shape)
+    if check_input:
+        spec = tf.TensorSpec(None, dtype, name=INPUT_NAME)
+        endpoint = lambda images: serve(checked_images(images, expected_shape))  # noqa: E731
+    else:
+        spec, endpoint = tf.TensorSpec(expected_shape, dtype, name=INPUT_NAME), serve
     with fused_attention.disabled():
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(
-            SIGNATURE, serve, input_signature=[tf.TensorSpec((batch, *image_shape), dtype, name=INPUT_NAME)]
-        )
+        archive.add_endpoint(SIGNATURE, endpoint, input_signature=[spec])
         archive.write_out(path, verbose=False)
 
 

@@ -15,8 +15,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 import aa_keras
 from export import export as exporter
-from export import parity, tflite
+from export import model_source, parity, staging, tflite
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 CLASSES = 4
 ALL_FORMATS = ["saved_model", "tflite", "onnx"]
@@ -232,17 +233,118 @@ def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeyp
     assert os.path.isdir(tmp_path / "out" / "baseline" / "saved_model")
 
 
-def test_overwrite_replaces_a_non_empty_directory(models, tmp_path):
+def test_overwrite_replaces_a_previous_export_and_its_leftovers(models, tmp_path):
     output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    (output_dir / "old.txt").write_text("previous export")
     images, _ = quadrant_images(4, seed=3)
+    exporter.export(models[0], str(output_dir), "tflite_float32", images, latency_runs=1)
     with pytest.raises(ValueError, match="not empty.*--overwrite"):
         exporter.export(models[0], str(output_dir), "saved_model", images, images)
-    assert os.listdir(output_dir) == ["old.txt"]
-    exporter.export(models[0], str(output_dir), "saved_model", images, images, latency_runs=1, overwrite=True)
+    assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "model_float32.tflite"]
+    # Staging folders of a killed export into the same place.
+    (tmp_path / ".out.partial-killed").mkdir()
+    (tmp_path / ".out.old-killed").mkdir()
+    exporter.export(models[0], str(output_dir), "saved_model", images, latency_runs=1, overwrite=True)
     assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "saved_model"]
     assert os.listdir(tmp_path) == ["out"]
+
+
+def _tree(path):
+    return sorted(os.path.relpath(os.path.join(root, name), path) for root, dirs, files in os.walk(path)
+                  for name in dirs + files)
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("foreign file", "not one: it holds \\['notes.txt'\\]"),
+        ("no report", "not one: it has no export_report.json"),
+        ("training run", "holds a training run \\(checkpoints, run_config.json\\)"),
+        ("model inside", "contains the model being exported"),
+        ("working directory", "is the working directory or one of its parents"),
+        ("parent of working directory", "is the working directory or one of its parents"),
+    ],
+)
+def test_overwrite_refuses_folders_that_are_not_a_previous_export(case, reason, model_files, tmp_path, monkeypatch):
+    """`--overwrite` replaced any folder, deleting a training run or a project; now it refuses,
+    before touching anything, every folder that is not a previous export."""
+    folder = tmp_path / "folder"
+    (folder / "saved_model").mkdir(parents=True)
+    (folder / exporter.REPORT_FILE).write_text("{}")
+    sources = ()
+    if case == "foreign file":
+        (folder / "notes.txt").write_text("mine")
+    elif case == "no report":
+        (folder / exporter.REPORT_FILE).unlink()
+    elif case == "training run":
+        (folder / "checkpoints").mkdir()
+        (folder / "run_config.json").write_text("{}")
+    elif case == "model inside":
+        sources = (str(folder / "saved_model" / "model.keras"),)
+    elif case == "working directory":
+        monkeypatch.chdir(folder)
+    else:
+        (folder / "saved_model" / "deeper").mkdir()
+        monkeypatch.chdir(folder / "saved_model" / "deeper")
+    before = _tree(folder)
+    with pytest.raises(ValueError, match=reason):
+        staging.check_output_dir(str(folder), overwrite=True, sources=sources)
+    assert _tree(folder) == before
+
+
+def test_protected_folders_are_refused_even_when_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="is the home folder"):
+        staging.check_output_dir(str(tmp_path), overwrite=True)
+    with pytest.raises(ValueError, match="is the root folder"):
+        staging.check_output_dir("/", overwrite=True)
+
+
+def test_command_line_overwrite_of_the_run_folder_keeps_the_run(model_files, tmp_path):
+    """The data-loss case of the issue: exporting a run's model.keras into the run folder with
+    --overwrite deleted model.keras and checkpoints/; now it exits with the reason."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-1.index").write_bytes(b"checkpoint")
+    model = run / "model.keras"
+    model.write_bytes(open(model_files[0], "rb").read())
+    before = _tree(run)
+    completed = subprocess.run(
+        [sys.executable, "-m", "export.export", f"--model={model}", f"--output_dir={run}", "--overwrite",
+         "--baseline=none", "--formats=saved_model"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert completed.returncode != 0
+    assert "holds a training run (checkpoints)" in completed.stderr
+    assert _tree(run) == before
+
+
+def test_saved_model_signature_checks_its_input(full_export):
+    """A rank-3 input aborted the serving process (a CHECK failure in a conv kernel) and a wrong
+    size failed deep inside; the signature now checks the shape first and says what it expects."""
+    serve = tf.saved_model.load(os.path.join(full_export[0], "saved_model")).signatures["serving_default"]
+    assert serve(images=tf.zeros((2, SIZE, SIZE, 3), tf.uint8))["predictions"].shape == (2, CLASSES)
+    expected = f"expects `images` of shape \\(batch, {SIZE}, {SIZE}, 3\\) uint8"
+    for shape in [(SIZE, SIZE, 3), (1, SIZE + 1, SIZE, 3), (1, SIZE, SIZE, 1), (1, 1, SIZE, SIZE, 3)]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            serve(images=tf.zeros(shape, tf.uint8))
+
+
+def test_calibration_images_are_needed_only_for_int8(models, tmp_path):
+    images, _ = quadrant_images(4, seed=3)
+    exporter.export(models[0], str(tmp_path / "float"), "tflite_float32", images, images[:0], latency_runs=1)
+    with pytest.raises(ValueError, match="--calibration_images`: the int8 TFLite model needs at least one"):
+        exporter.export(models[0], str(tmp_path / "int8"), "tflite_int8", images, images[:0], latency_runs=1)
+    assert not (tmp_path / "int8").exists()
+
+
+def test_lambda_layer_needs_an_explicit_opt_in(tmp_path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    outputs = keras.layers.Dense(CLASSES)(keras.layers.Flatten()(keras.layers.Lambda(lambda x: 2.0 * x)(inputs)))
+    path = str(tmp_path / "lambda.keras")
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ValueError, match="holds a Lambda layer.*pass --nosafe_mode"):
+        model_source.load_model(path)
+    assert model_source.load_model(path, safe_mode=False).outputs[0].shape[-1] == CLASSES
 
 
 def test_unknown_format(models, tmp_path):
