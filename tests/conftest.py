@@ -9,6 +9,7 @@ runs on "/cpu:0", exactly as without this file.
 
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
@@ -25,3 +26,12 @@ def mirrored_strategy():
     collective instance" (TensorFlow 2.20). Tests share this one instead of creating their own.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The embedded glyph_pairs dataset, generated once per session (before any worker process
+    of a test starts, so that those only read it)."""
+    path = tmp_path_factory.getbasetemp() / "tfds"
+    tfds.builder("glyph_pairs", data_dir=str(path)).download_and_prepare()
+    return str(path)

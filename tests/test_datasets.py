@@ -8,14 +8,6 @@ from aa_keras.datasets import glyph_pairs
 from training.data import build_dataset
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """glyph_pairs generated once per session (other test modules find it prepared)."""
-    path = tmp_path_factory.getbasetemp() / "tfds"
-    tfds.builder("glyph_pairs", data_dir=str(path)).download_and_prepare()
-    return str(path)
-
-
 def _glyphs_in(image, alphabet):
     """(glyph id, row, col) of every 5x5 window whose bright cells are exactly a glyph."""
     bright = image.min(axis=-1) >= 128

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs)
 
@@ -31,14 +30,6 @@ assert strategy.num_replicas_in_sync == 2 and metrics["steps"] == 3
 print("chief" if is_chief(strategy) else "worker")
 np.save(weights_path, np.concatenate([w.ravel() for w in model.get_weights()]))
 """
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """glyph_pairs generated once per session, before the workers start (so they only read it)."""
-    path = tmp_path_factory.getbasetemp() / "tfds"
-    tfds.builder("glyph_pairs", data_dir=str(path)).download_and_prepare()
-    return str(path)
 
 
 def _free_ports(count):

@@ -1,12 +1,26 @@
-"""Atomic writes of a run's outputs, and the guard that keeps one model_dir to one run."""
+"""A run folder's records: atomic writes, the run's log, and the guard that keeps one model_dir
+to one run."""
 
 import json
 import os
 import tempfile
+import time
 
 RUN_CONFIG = "run_config.json"
+RUN_LOG = "train.log"
 # Fields that make a checkpoint incompatible with another run when they change.
 IDENTITY_FIELDS = ("model", "dataset", "image_size", "optimizer", "mixed_precision")
+# Fields that a resumed run may change without `allow_changed_settings` (a longer run).
+FREE_FIELDS = ("epochs",)
+
+
+def _publish(tmp, path):
+    """Gives `tmp` the mode of a file created under the umask, then renames it to `path`
+    (`mkstemp` makes files private, but a run's outputs are read by TensorBoard or a server)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def write_json(path, obj):
@@ -19,17 +33,25 @@ def write_json(path, obj):
             json.dump(obj, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
 def read_json(path, default=None):
+    """The JSON in `path`, or `default` if there is no such file; a ValueError naming the file
+    if it is not valid JSON."""
     if not os.path.exists(path):
         return default
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is damaged (not valid JSON: {error}). Move it aside to let the run continue without it, "
+            "or restore it from a copy."
+        ) from None
 
 
 def save_model(model, path):
@@ -40,24 +62,73 @@ def save_model(model, path):
     os.close(fd)
     try:
         model.save(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def check_run_config(model_dir, config):
-    """Raises a ValueError when `model_dir` already holds a run whose identity differs from
-    `config`; returns True when it holds a run at all (so training resumes)."""
+def log(model_dir, message):
+    """Appends `message`, with the time, to the run's log `model_dir/train.log`."""
+    with open(os.path.join(model_dir, RUN_LOG), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+def check_model_dir(model_dir):
+    """Raises a ValueError with one clear line unless `model_dir` is (or can be made) a writable folder."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"Invalid `--model_dir`: {model_dir!r} exists and is not a folder.")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=model_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"Invalid `--model_dir`: {model_dir!r} cannot be written: {error.strerror}.") from None
+
+
+def changed_fields(stored, config):
+    """{field: (stored value, new value)} of the fields of `config` that differ in `stored`;
+    fields that `stored` lacks (an older run_config.json) are not compared."""
+    return {
+        field: (stored[field], value)
+        for field, value in config.items()
+        if field in stored and field != "changes" and _jsonable(stored[field]) != _jsonable(value)
+    }
+
+
+def _jsonable(value):
+    """`value` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def check_run_config(model_dir, config, allow_changed_settings=False):
+    """Checks `config` against the run that `model_dir` holds, if any.
+
+    Returns:
+        The run_config.json stored there, or None for a new run.
+
+    Raises:
+        ValueError: an identity field differs (the checkpoints do not fit this run), or another
+            field differs and `allow_changed_settings` is False; nothing was written.
+    """
     stored = read_json(os.path.join(model_dir, RUN_CONFIG))
     if stored is None:
-        return False
+        return None
+    changed = changed_fields(stored, config)
     for field in IDENTITY_FIELDS:
-        if stored.get(field) != config.get(field):
+        if field in changed:
             raise ValueError(
                 f"model_dir {model_dir!r} holds a run with {field}={stored.get(field)!r}, but this run has "
                 f"{field}={config.get(field)!r}. Re-run with the same flags to resume it, or pass a new "
                 "--model_dir for a new run; nothing was written."
             )
-    return True
+    settings = {field: values for field, values in changed.items() if field not in FREE_FIELDS}
+    if settings and not allow_changed_settings:
+        listing = ", ".join(f"{field}: {old!r} -> {new!r}" for field, (old, new) in settings.items())
+        raise ValueError(
+            f"model_dir {model_dir!r} holds a run with other settings ({listing}). Re-run with the run's settings "
+            "to resume it, pass --allow_changed_settings to continue it with the new ones (recorded in "
+            f"{RUN_CONFIG}), or pass a new --model_dir; nothing was written."
+        )
+    return stored

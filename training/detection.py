@@ -214,6 +214,7 @@ def train_detection(
     seed=0,
     verbose=True,
     model_fn=build_named_detector,
+    allow_changed_settings=False,
 ):
     """Trains the detector `model_name` into `model_dir`, resuming a run found there, and
     evaluates it with the COCO evaluator after each epoch.
@@ -238,6 +239,8 @@ def train_detection(
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
         model_fn: `(name, input_shape, num_classes) -> detector`.
+        allow_changed_settings: resume a run found in `model_dir` whose settings (other than
+            the identity fields and `epochs`) differ from these; the change is recorded.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -257,8 +260,8 @@ def train_detection(
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
     check_count("eval_examples", eval_examples, optional=True)
     config = start_run(
-        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, task="detection", model=model_name,
-        seed=seed,
+        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
+        task="detection", model=model_name, seed=seed,
     )
     batch = recipe.global_batch_size
     per_replica = per_replica_batch_size(batch, strategy.num_replicas_in_sync)

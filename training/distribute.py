@@ -31,9 +31,35 @@ def create_strategy(name, num_gpus=0, tpu=None, devices=None):
         names = [tf.DeviceSpec.from_string(d).to_string() for d in devices]
         if len(set(names)) != len(names):
             raise ValueError(f"Invalid `devices`: devices={devices!r} names a device twice; list each once.")
+        missing = [d for d in devices if not _exists(d)]
+        if missing:
+            raise ValueError(
+                f"Invalid `devices`: {missing} do not exist on this machine; the devices present are {_present()}."
+            )
         return tf.distribute.MirroredStrategy(devices=list(devices))
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    if name in ("one_device", "mirrored") and num_gpus > gpus:
+        raise ValueError(
+            f"Invalid `num_gpus`: num_gpus={num_gpus} but TensorFlow sees {gpus} GPUs; the devices present are "
+            f"{_present()}. Use --num_gpus={gpus} or fewer (0 runs on the CPU)."
+        )
     return distribute_utils.get_distribution_strategy(
         distribution_strategy="off" if name == "default" else name, num_gpus=num_gpus, tpu_address=tpu
+    )
+
+
+def _present():
+    """The local logical devices, as "TYPE:index" names."""
+    return ", ".join(f"{d.device_type}:{tf.DeviceSpec.from_string(d.name).device_index}" for d in tf.config.list_logical_devices())
+
+
+def _exists(device):
+    """Whether the device name `device` (e.g. "GPU:1", "/cpu:0") is a local logical device."""
+    spec = tf.DeviceSpec.from_string(device)
+    return any(
+        tf.DeviceSpec.from_string(d.name).device_type == (spec.device_type or "").upper()
+        and tf.DeviceSpec.from_string(d.name).device_index == spec.device_index
+        for d in tf.config.list_logical_devices()
     )
 
 

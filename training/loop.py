@@ -9,6 +9,7 @@ optimizer. The run resumes from the last checkpoint in `model_dir`, mid-epoch in
 stops on a non-finite loss without saving.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -20,9 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from aa_keras.applications import build_model
-from training import artifacts, data
+from training import artifacts, checkpoints, data, run_lock
 from training.distribute import is_chief, worker_id
 from training.schedules import WarmupDecay
 
@@ -105,8 +107,12 @@ def check_mixed_precision(mixed_precision):
         )
 
 
-def start_run(model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, **fields):
-    """Checks the arguments that every trainer takes, and that `model_dir` holds no other run.
+def start_run(
+    model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings=False, **fields
+):
+    """Checks the arguments that every trainer takes, that `model_dir` is a writable folder, and
+    that it holds no other run (`artifacts.check_run_config`: a run with other settings is
+    resumed only with `allow_changed_settings`).
 
     Returns:
         The run's configuration, as recorded in run_config.json: the fields of `recipe` but
@@ -114,14 +120,15 @@ def start_run(model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precis
         `steps_per_epoch`.
 
     Raises:
-        ValueError: a bad argument, or a `model_dir` holding a different run.
+        ValueError: a bad argument, an unusable `model_dir`, or one holding a different run.
     """
     check_mixed_precision(mixed_precision)
     check_count("checkpoint_steps", checkpoint_steps)
     check_count("steps_per_epoch", steps_per_epoch, optional=True)
     config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
     config.update(fields, mixed_precision=mixed_precision, steps_per_epoch=steps_per_epoch)
-    artifacts.check_run_config(model_dir, config)
+    artifacts.check_model_dir(model_dir)
+    artifacts.check_run_config(model_dir, config, allow_changed_settings)
     return config
 
 
@@ -174,11 +181,14 @@ def run_training(
     """Trains `task`'s model with `recipe` into `model_dir`, resuming a run found there.
 
     Writes `model_dir/run_config.json` (`config`, which the caller has checked against the
-    run found there with `start_run`), `checkpoints` (every
-    `checkpoint_steps` steps and each epoch), `logs/{train,eval}` (TensorBoard), and at the
-    end `model.keras` and `metrics.json`; the last two atomically. Each epoch is evaluated
-    and recorded in the history of metrics.json. Outside the chief of a cluster, writes go
-    to a scratch folder that is removed at the end.
+    run found there with `start_run`; settings changed on resume are recorded in its
+    `changes`), `checkpoints` (every `checkpoint_steps` steps and each epoch),
+    `logs/{train,eval}` (TensorBoard), `train.log` (resumption and recovery), and at the end
+    `model.keras` and `metrics.json`; the last two atomically. Each epoch is evaluated and
+    recorded in the history of metrics.json. The chief holds `train.lock` while it runs
+    (`training.run_lock`). A run resumes from its newest intact checkpoint
+    (`training.checkpoints.restore_newest`; damaged ones are moved aside, never deleted).
+    Outside the chief of a cluster, writes go to a scratch folder that is removed at the end.
 
     Args:
         task: a `TrainingTask`.
@@ -198,10 +208,45 @@ def run_training(
         (model, metrics dict as written to metrics.json).
 
     Raises:
-        ValueError: a global batch larger than the training split.
+        ValueError: a global batch larger than the training split, another trainer holding the
+            run folder, or checkpoints none of which is intact (nothing is written).
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
+    chief = is_chief(strategy)
+    lock = run_lock.run_lock(model_dir, warn=lambda m: _note(model_dir, m, True)) if chief else contextlib.nullcontext()
+    with lock:
+        return _run_training(
+            task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch,
+            mixed_precision, checkpoint_steps, seed, verbose, chief,
+        )
+
+
+def _note(model_dir, message, warning=False):
+    """Shows `message` (a warning on stderr, or a line on stdout) and appends it to the run's log."""
+    if warning:
+        logging.warning(message)
+    else:
+        print(message, flush=True)
+    artifacts.log(model_dir, message)
+
+
+def _resume_position(history, step, epoch_steps):
+    """(epoch, first step of that epoch) of a run at `step` whose finished epochs are `history`.
+
+    An epoch is finished once it is recorded (its `end_step` at most `step`); a run at an
+    epoch's last step that was not yet evaluated resumes that epoch with no steps left. Where
+    records are missing, whole epochs of `epoch_steps` are counted on from the last one.
+    """
+    epoch, start = (len(history), history[-1]["end_step"]) if history else (0, 0)
+    skipped = max(0, -(-(step - start) // epoch_steps) - 1)
+    return epoch + skipped, start + skipped * epoch_steps
+
+
+def _run_training(
+    task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch, mixed_precision,
+    checkpoint_steps, seed, verbose, chief,
+):
     batch = recipe.global_batch_size
     full_epoch = train_examples // batch
     if full_epoch == 0:
@@ -211,10 +256,11 @@ def run_training(
         )
     epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
 
-    chief = is_chief(strategy)
     write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
-    if chief:
-        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+
+    def note(message, warning=False):
+        if chief:
+            _note(model_dir, message, warning)
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
@@ -229,10 +275,15 @@ def run_training(
     finally:
         keras.config.set_dtype_policy(previous_policy)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
+    restored = checkpoints.restore_newest(checkpoint, os.path.join(model_dir, "checkpoints"), move_damaged=chief)
+    if restored.damaged or restored.stale_state:
+        damaged = [f"{path} ({reason})" for path, reason in restored.damaged.items()]
+        if restored.stale_state:
+            damaged.append(f"the state file {checkpoints.STATE_FILE} (unreadable or not naming the newest intact one)")
+        moved = f"; moved to {restored.moved_to}" if restored.moved_to else ""
+        note(f"Damaged checkpoint files of {model_name}: {'; '.join(damaged)}{moved}. Resuming from the newest "
+             f"intact one, {restored.path}.", warning=True)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
 
     decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
 
@@ -278,7 +329,25 @@ def run_training(
     seconds = float(train_seconds.numpy())
     previous = artifacts.read_json(metrics_path, {})
     resumed_at = previous.get("resumed_at_steps", []) + ([step] if step else [])
-    history = [h for h in previous.get("history", []) if h["epoch"] < step // epoch_steps]
+    # Records of the epochs finished by the restored step; older metrics.json files lack end_step.
+    history = [
+        {"end_step": (h["epoch"] + 1) * epoch_steps, **h} for h in previous.get("history", [])
+    ]
+    history = [h for h in history if h["end_step"] <= step]
+    first_epoch, first_epoch_step = _resume_position(history, step, epoch_steps)
+    if restored.path:
+        note(f"Resuming {model_name} from {restored.path} (step {step}, epoch {min(first_epoch + 1, recipe.epochs)} "
+             f"of {recipe.epochs})")
+    stored = artifacts.read_json(os.path.join(model_dir, artifacts.RUN_CONFIG))
+    if stored is not None:
+        changes = artifacts.changed_fields(stored, config)
+        config = {**config, "changes": stored.get("changes", [])}
+        if changes:
+            config["changes"].append({"step": step, "fields": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+            note(f"Continuing {model_name} at step {step} with changed settings: "
+                 + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if chief:
+        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
 
     def write_metrics(results, finished):
         metrics = {
@@ -298,8 +367,8 @@ def run_training(
         return metrics
 
     try:
-        for epoch in range(step // epoch_steps, recipe.epochs):
-            offset = step - epoch * epoch_steps
+        for epoch in range(first_epoch, recipe.epochs):
+            offset = step - first_epoch_step if epoch == first_epoch else 0
             train_data = strategy.distribute_datasets_from_function(
                 lambda context, epoch=epoch, offset=offset: task.train_dataset(context, seed + epoch, offset)
             )
@@ -309,7 +378,7 @@ def run_training(
             )
             if chief and verbose:
                 print(f"{model_name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
-            epoch_start, epoch_loss, epoch_sums = time.perf_counter(), 0.0, {}
+            epoch_start, epoch_loss, epoch_sums, throughput = time.perf_counter(), 0.0, {}, None
             for index in range(offset, epoch_steps):
                 started = time.perf_counter()
                 loss, sums = train_step(iterator)
@@ -330,20 +399,23 @@ def run_training(
                     save(step)
             done = epoch_steps - offset
             results = evaluate()
+            # An epoch resumed at its last step (killed before its evaluation) has no training figures.
+            train = {"train_loss": epoch_loss / done} if done else {}
+            train.update({f"train_{name}": value / (done * batch) for name, value in epoch_sums.items()})
             record = {
                 "epoch": epoch,
-                "train_loss": epoch_loss / done,
-                **{f"train_{name}": value / (done * batch) for name, value in epoch_sums.items()},
+                "end_step": step,
+                **train,
                 **{f"eval_{name}": value for name, value in results.items()},
                 "images_per_second": throughput,
             }
             history.append(record)
             with train_writer.as_default(step=step):
-                tf.summary.scalar("loss", record["train_loss"])
-                for name in epoch_sums:
-                    tf.summary.scalar(name, record[f"train_{name}"])
+                for name, value in train.items():
+                    tf.summary.scalar(name.removeprefix("train_"), value)
                 tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
-                tf.summary.scalar("images_per_second", throughput)
+                if throughput is not None:
+                    tf.summary.scalar("images_per_second", throughput)
             with eval_writer.as_default(step=step):
                 for name, value in results.items():
                     tf.summary.scalar(name, value)
@@ -381,6 +453,7 @@ def train_model(
     seed=0,
     verbose=True,
     model_fn=build_registered_model,
+    allow_changed_settings=False,
 ):
     """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
     found there (see `run_training` for what is written), with the softmax cross-entropy
@@ -399,6 +472,8 @@ def train_model(
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
         model_fn: `(name, input_shape, classes) -> keras.Model`.
+        allow_changed_settings: resume a run found in `model_dir` whose settings (other than
+            the identity fields and `epochs`) differ from these; the change is recorded.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -409,7 +484,8 @@ def train_model(
             checkpoint is kept.
     """
     config = start_run(
-        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, model=model_name, seed=seed
+        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
+        model=model_name, seed=seed,
     )
     batch = recipe.global_batch_size
     per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)

@@ -62,6 +62,11 @@ flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training im
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_bool(
+    "allow_changed_settings", False, "Resume a run in --model_dir although settings other than the model, dataset, "
+    "image size, optimizer, mixed precision and epochs changed; the change is recorded in run_config.json.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
@@ -144,6 +149,7 @@ def run(argv):
             checkpoint_steps=FLAGS.checkpoint_steps,
             steps_per_epoch=FLAGS.steps_per_epoch,
             seed=FLAGS.seed,
+            allow_changed_settings=FLAGS.allow_changed_settings,
             **options,
         )
         rows.append(metrics)
