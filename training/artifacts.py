@@ -76,12 +76,17 @@ def log(model_dir, message):
 
 
 def check_model_dir(model_dir):
-    """Raises a ValueError with one clear line unless `model_dir` is (or can be made) a writable folder."""
+    """Raises a ValueError with one clear line unless `model_dir` is a writable folder or can be
+    made one; creates nothing."""
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(f"Invalid `--model_dir`: {model_dir!r} exists and is not a folder.")
+    existing = os.path.abspath(model_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=model_dir):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.TemporaryFile(dir=existing):  # Permissions say little to root; a write says all.
             pass
     except OSError as error:
         raise ValueError(f"Invalid `--model_dir`: {model_dir!r} cannot be written: {error.strerror}.") from None

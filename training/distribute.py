@@ -37,7 +37,9 @@ def create_strategy(name, num_gpus=0, tpu=None, devices=None):
                 f"Invalid `devices`: {missing} do not exist on this machine; the devices present are {_present()}."
             )
         return tf.distribute.MirroredStrategy(devices=list(devices))
-    gpus = len(tf.config.list_logical_devices("GPU"))
+    # Physical devices: listing logical ones would start the runtime before a multi-worker
+    # strategy configures its collectives.
+    gpus = len(tf.config.list_physical_devices("GPU")) if num_gpus else 0
     if name in ("one_device", "mirrored") and num_gpus > gpus:
         raise ValueError(
             f"Invalid `num_gpus`: num_gpus={num_gpus} but TensorFlow sees {gpus} GPUs; the devices present are "
