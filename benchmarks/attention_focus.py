@@ -152,8 +152,11 @@ def main(argv):
     if any(image.tobytes() not in regenerated for image in raw):
         raise SystemExit("A prepared test image is not among the regenerated ones: glyph positions unknown.")
     corners = np.stack([regenerated[image.tobytes()] for image in raw])
-    images = np.stack([image.numpy() for image, _ in data.build_dataset("glyph_pairs", f"test[:{FLAGS.examples}]",
-                                                                        glyph_pairs.IMAGE_SIZE, data_dir=FLAGS.data_dir)])  # fmt: skip
+    # The model's inputs, as the trainer's evaluation prepares them (same order as `raw`).
+    evaluation = data.build_dataset("glyph_pairs", f"test[:{FLAGS.examples}]", glyph_pairs.IMAGE_SIZE, data_dir=FLAGS.data_dir)
+    images = np.stack([image.numpy() for image, _ in evaluation])
+    if not np.allclose(images * 255, np.stack(raw), atol=1e-3):
+        raise SystemExit("The evaluation images are not the prepared test images in the same order.")
     results = measure(model, images, corners, FLAGS.batch)
     grids = {layer.name: "x".join(map(str, layer._attention_size(*layer.input.shape[1:3])))
              for layer in attention_layers(model)}  # fmt: skip

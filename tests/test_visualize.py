@@ -75,6 +75,18 @@ def test_scores_are_the_float64_references_weights_and_rows_sum_to_one(case):
     np.testing.assert_allclose(outputs.numpy(), plain.numpy(), atol=1e-5)
 
 
+def test_scores_are_float32_under_mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2)
+        outputs, scores = layer(_images(5, 6), return_attention_scores=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert outputs.dtype == tf.bfloat16 and scores.dtype == tf.float32
+    np.testing.assert_allclose(scores.numpy().sum(axis=(-2, -1)), 1.0, atol=1e-5)
+
+
 def test_symbolic_call_gives_the_scores_shape():
     layer = AttentionAugmentation2D(8, 3, strides=2, depth_k=4, depth_v=4, num_heads=2, downsample_attention=True)
     outputs, scores = layer(keras.Input((9, 8, 3)), return_attention_scores=True)
