@@ -152,9 +152,7 @@ def _blocked_attention(block_size):
     return attend
 
 
-def multi_head_attention_2d(
-    q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False
-):
+def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False):
     """Self-attention of every position of a feature map to every other.
 
     Args:
