@@ -26,6 +26,7 @@ setuptools.setup(
         "console_scripts": [
             "aa-train=training.train:run_main",
             "aa-export=export.export:run_main",
+            "aa-visualize=aa_keras.visualize.cli:run_main",
         ]
     },
 )

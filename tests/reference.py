@@ -119,28 +119,35 @@ def _softmax(logits):
     return e / np.sum(e)
 
 
-def self_attention(x, layer):
-    """The attention branch of `layer` on its (already pooled) input x: (B, H, W, dv)."""
+def _qkv(x, layer):
+    """The [q | k | v] projection of `layer` on its (already pooled) input x, with its
+    position encoding: (B, H, W, 2 dk + dv)."""
     batch, height, width, _ = x.shape
     config = layer.get_config()
-    heads, dk, dv = config["num_heads"], layer.dk, layer.dv
-    dkh, dvh = dk // heads, dv // heads
     if config["position_encoding"] == "sine":
-        encoding = sine_encoding(height, width, dk)
+        encoding = sine_encoding(height, width, layer.dk)
     elif config["position_encoding"] == "coordconv":
         encoding = coordconv_encoding(height, width)
     else:
         encoding = np.zeros((height, width, 0))
     x = np.concatenate([x, np.broadcast_to(encoding, (batch, *encoding.shape))], axis=-1)
-    qkv = conv2d(x, _weight(layer.qkv.kernel), _weight(layer.qkv.bias), (1, 1), "same")
+    return conv2d(x, _weight(layer.qkv.kernel), _weight(layer.qkv.bias), (1, 1), "same")
+
+
+def attention_weights(x, layer):
+    """The softmax weights of `layer`'s attention on its (already pooled) input x:
+    (B, Nh, H, W, H, W), query position first."""
+    batch, height, width, _ = x.shape
+    heads, dk = layer.get_config()["num_heads"], layer.dk
+    dkh = dk // heads
+    qkv = _qkv(x, layer)
     rel_h, rel_w = _weight(layer.rel_height), _weight(layer.rel_width)
     positions = [(i, j) for i in range(height) for j in range(width)]
-    out = np.zeros((batch, height, width, dv))
+    weights = np.zeros((batch, heads, height, width, height, width))
     for b in range(batch):
         for n in range(heads):
             q_channels = slice(n * dkh, (n + 1) * dkh)
             k_channels = slice(dk + n * dkh, dk + (n + 1) * dkh)
-            v_channels = slice(2 * dk + n * dvh, 2 * dk + (n + 1) * dvh)
             for hi, wi in positions:
                 q = qkv[b, hi, wi, q_channels] * dkh**-0.5
                 logits = []
@@ -150,9 +157,26 @@ def self_attention(x, layer):
                         max_h, max_w = (rel_h.shape[0] + 1) // 2, (rel_w.shape[0] + 1) // 2
                         logit += q @ rel_w[wj - wi + max_w - 1] + q @ rel_h[hj - hi + max_h - 1]
                     logits.append(logit)
-                weights = _softmax(np.array(logits))
+                weights[b, n, hi, wi] = _softmax(np.array(logits)).reshape(height, width)
+    return weights
+
+
+def self_attention(x, layer):
+    """The attention branch of `layer` on its (already pooled) input x: (B, H, W, dv)."""
+    batch, height, width, _ = x.shape
+    heads, dk, dv = layer.get_config()["num_heads"], layer.dk, layer.dv
+    dvh = dv // heads
+    qkv = _qkv(x, layer)
+    weights = attention_weights(x, layer)
+    positions = [(i, j) for i in range(height) for j in range(width)]
+    out = np.zeros((batch, height, width, dv))
+    for b in range(batch):
+        for n in range(heads):
+            v_channels = slice(2 * dk + n * dvh, 2 * dk + (n + 1) * dvh)
+            for hi, wi in positions:
                 values = [qkv[b, hj, wj, v_channels] for hj, wj in positions]
-                out[b, hi, wi, n * dvh : (n + 1) * dvh] = sum(w * v for w, v in zip(weights, values))
+                row = weights[b, n, hi, wi].reshape(-1)
+                out[b, hi, wi, n * dvh : (n + 1) * dvh] = sum(w * v for w, v in zip(row, values))
     return conv2d(out, _weight(layer.attn_out.kernel), _weight(layer.attn_out.bias), (1, 1), "same")
 
 

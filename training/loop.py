@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from aa_keras.applications import build_model
-from training import artifacts, checkpoints, data, run_lock
+from training import artifacts, attention_summaries, checkpoints, data, run_lock
 from training.distribute import is_chief, worker_id
 from training.schedules import WarmupDecay
 
@@ -153,6 +153,8 @@ class TrainingTask:
         describe: `(results) -> str`: one line on an evaluation, shown after each epoch.
         compile: `(model, optimizer) -> None`, called under the strategy's scope once the
             optimizer is built; None for nothing.
+        eval_summaries: `(model) -> None`, called on the chief after each evaluation's scalar
+            summaries, under the eval summary writer, to write more; None for nothing.
     """
 
     build_model: Callable
@@ -162,6 +164,7 @@ class TrainingTask:
     metrics: Callable
     describe: Callable
     compile: Optional[Callable] = None
+    eval_summaries: Optional[Callable] = None
 
 
 def run_training(
@@ -419,6 +422,8 @@ def _run_training(
             with eval_writer.as_default(step=step):
                 for name, value in results.items():
                     tf.summary.scalar(name, value)
+                if task.eval_summaries is not None and chief:
+                    task.eval_summaries(model)
             write_metrics(results, finished=False)
             if chief and verbose:
                 print(f"{model_name}: {task.describe(results)}", flush=True)
@@ -558,6 +563,7 @@ def train_model(
         make_evaluate=make_evaluate,
         metrics=lambda results: {"test_loss": results["loss"], "test_accuracy": results["accuracy"]},
         describe=lambda results: f"eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}",
+        eval_summaries=attention_summaries.make_eval_summaries(recipe, data_dir),
     )
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,

@@ -46,16 +46,24 @@ def _far_apart_positions(rng):
             return corners
 
 
-def make_example(rng, alphabet):
-    """One (uint8 image (IMAGE_SIZE, IMAGE_SIZE, 3), label) pair; label 1 means same shape."""
+def make_placed_example(rng, alphabet):
+    """One (uint8 image (IMAGE_SIZE, IMAGE_SIZE, 3), label, corners) triple; label 1 means same
+    shape; corners (2, 2) holds the (row, column) of each glyph's top-left cell."""
     label = int(rng.integers(2))
     first = int(rng.integers(len(alphabet)))
     second = first if label else int((first + rng.integers(1, len(alphabet))) % len(alphabet))
     image = rng.integers(0, 64, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for glyph_id, (row, col) in zip((first, second), _far_apart_positions(rng)):
+    corners = _far_apart_positions(rng)
+    for glyph_id, (row, col) in zip((first, second), corners):
         colour = rng.integers(128, 256, size=3, dtype=np.uint8)
         window = image[row : row + GLYPH_SIZE, col : col + GLYPH_SIZE]
         window[alphabet[glyph_id]] = colour
+    return image, label, corners
+
+
+def make_example(rng, alphabet):
+    """One (uint8 image (IMAGE_SIZE, IMAGE_SIZE, 3), label) pair; label 1 means same shape."""
+    image, label, _ = make_placed_example(rng, alphabet)
     return image, label
 
 

@@ -13,7 +13,7 @@ import math
 
 import tensorflow as tf
 
-from aa_keras.layers.relative_logits import relative_logits
+from aa_keras.layers.relative_logits import relative_embeddings_2d, relative_logits
 from aa_keras.layers.shapes import dims
 from aa_keras.ops import fused_attention
 
@@ -152,7 +152,7 @@ def _blocked_attention(block_size):
     return attend
 
 
-def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None):
+def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False):
     """Self-attention of every position of a feature map to every other.
 
     Args:
@@ -164,11 +164,14 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
         query_block_size: queries per block of the TensorFlow-op path, or None for the
             unblocked path. Blocking needs a static H * W; with a dynamic size the unblocked path
             runs. The fused kernel, where it applies, needs no blocks and ignores it.
+        return_weights: also return the attention weights; the output is then computed from
+            them on the unblocked TensorFlow-op path, whatever applies otherwise.
 
     Returns:
-        (B, H, W, Nh, dvh) attention output, in the dtype of v.
+        (B, H, W, Nh, dvh) attention output, in the dtype of v; with `return_weights`, also the
+        (B, Nh, H, W, H, W) float32 softmax weights, query position first.
     """
-    if fused_attention.applies():
+    if fused_attention.applies() and not return_weights:
         return fused_attention.fused_attention(q, k, v, rel_height, rel_width)
     batch, height, width, heads, _ = dims(q)
     num_positions = height * width
@@ -182,9 +185,49 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     v = tf.reshape(v, [batch, heads, num_positions, v.shape[-1]])
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
-    if not blocked or query_block_size >= num_positions:
+    if return_weights:
+        probs = _probabilities(q, k, rel)
+        out = _weighted_values(probs, v)
+    elif not blocked or query_block_size >= num_positions:
         out = _attention(q, k, v, *rel)
     else:
         out = _blocked_attention(query_block_size)(q, k, v, *rel)
     out = tf.reshape(out, [batch, heads, height, width, out.shape[-1]])
-    return tf.transpose(out, [0, 2, 3, 1, 4])
+    out = tf.transpose(out, [0, 2, 3, 1, 4])
+    if return_weights:
+        return out, tf.reshape(probs, [batch, heads, height, width, height, width])
+    return out
+
+
+def query_attention_weights(q, k, rows, cols, rel_height=None, rel_width=None):
+    """The attention weights of chosen queries only, from standard TensorFlow ops.
+
+    Only the chosen rows of the logits are formed: memory O(Nh * H * W) per query, however
+    large the map. The weights equal those of `multi_head_attention_2d` at these queries.
+
+    Args:
+        q: (B, H, W, Nh, dkh) float32 queries, already scaled by dkh ** -0.5.
+        k: (B, H, W, Nh, dkh) float32 keys.
+        rows, cols: (B, Q) int grid positions of each example's queries.
+        rel_height, rel_width: relative embedding tables, or None for no relative term.
+
+    Returns:
+        (B, Nh, Q, H, W) float32 softmax weights of each query over the key positions.
+    """
+    batch, height, width, heads, depth = dims(k)
+    k = tf.reshape(tf.transpose(k, [0, 3, 1, 2, 4]), [batch, heads, height * width, depth])
+    # q_rows[b, n, i] = q[b, rows[b, i], cols[b, i], n]
+    q_rows = tf.gather_nd(q, tf.stack([rows, cols], axis=-1), batch_dims=1)
+    q_rows = tf.transpose(q_rows, [0, 2, 1, 3])
+    rel = ()
+    if rel_height is not None:
+        # emb_h[b, i, hj] = rel_height[hj - rows[b, i] + H_max - 1], likewise emb_w.
+        emb_h = tf.gather(relative_embeddings_2d(rel_height, height), rows)
+        emb_w = tf.gather(relative_embeddings_2d(rel_width, width), cols)
+        # logits_h[b, n, i, hj] = q_rows[b, n, i] . emb_h[b, i, hj]
+        logits_h = tf.einsum("bnid,bigd->bnig", q_rows, emb_h)
+        # logits_w[b, n, i, wj] = q_rows[b, n, i] . emb_w[b, i, wj]
+        logits_w = tf.einsum("bnid,bivd->bniv", q_rows, emb_w)
+        rel = (tf.expand_dims(logits_h, 4), tf.expand_dims(logits_w, 3))
+    probs = _probabilities(q_rows, k, rel)
+    return tf.reshape(probs, [batch, heads, dims(probs)[2], height, width])

@@ -12,6 +12,9 @@ from aa_keras.layers.attention import auto_query_block_size, multi_head_attentio
 from aa_keras.layers.shapes import dims
 
 POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
+# `return_attention_scores` holds Nh * (H * W)**2 float32 weights per example: at most this many
+# (64 MiB), the size above which the TensorFlow-op path computes attention in query blocks.
+MAX_ATTENTION_SCORES = 2**24
 
 
 def _is_int(value):
@@ -130,9 +133,15 @@ class AttentionAugmentation2D(keras.layers.Layer):
 
     Call arguments:
         inputs: (B, H, W, C) tensor.
+        return_attention_scores: bool, also return the attention weights (as
+            `keras.layers.MultiHeadAttention` does). The attention then runs on the unblocked
+            TensorFlow-op path, for grids of at most `MAX_ATTENTION_SCORES` weights per
+            example; `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
 
     Returns:
-        (B, H_out, W_out, filters) tensor, the convolution's channels first.
+        (B, H_out, W_out, filters) tensor, the convolution's channels first; with
+        `return_attention_scores`, the tuple (outputs, scores), scores the (B, Nh, Ha, Wa, Ha, Wa)
+        float32 softmax weights over the (Ha, Wa) attention grid, query position first.
     """
 
     def __init__(
@@ -231,7 +240,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         sizes = []
         for length, kernel, stride in zip((height, width), self.kernel_size, self.strides):
             length = _conv_output_length(length, kernel, stride, self.padding)
-            if self.downsample_attention:
+            if self.downsample_attention and length is not None:
                 length = -(-length // 2)
             sizes.append(length)
         return tuple(sizes)
@@ -341,26 +350,59 @@ class AttentionAugmentation2D(keras.layers.Layer):
             block_size = auto_query_block_size(self.num_heads, positions)
         return multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, block_size)
 
-    def call(self, inputs):
+    def _check_scores_size(self, height, width):
+        """Raises a ValueError when the weights of an (height, width) attention grid (the
+        largest grid the layer accepts, if the size is not static) exceed MAX_ATTENTION_SCORES."""
+        if not isinstance(height, int) or not isinstance(width, int):
+            height, width = self._attention_size(*self.built_size)
+        size = self.num_heads * (height * width) ** 2
+        if size > MAX_ATTENTION_SCORES:
+            raise ValueError(
+                f"Invalid `return_attention_scores`: the attention weights of layer {self.name!r} would "
+                f"hold num_heads * (H * W)**2 = {self.num_heads} * ({height} * {width})**2 = {size} values "
+                f"per example, more than MAX_ATTENTION_SCORES={MAX_ATTENTION_SCORES}; use "
+                "`aa_keras.visualize.attention_maps(model, images, queries)`, which computes the rows of "
+                "chosen query pixels only."
+            )
+
+    def _attention_inputs(self, inputs):
+        """The attention branch up to its heads.
+
+        Args:
+            inputs: (B, H, W, C) layer input.
+
+        Returns:
+            (q, k, v, output_size): q and k (B, Ha, Wa, Nh, dkh) float32 over the attention grid,
+            q scaled by dkh ** -0.5; v (B, Ha, Wa, Nh, dvh); the layer output's (H_out, W_out).
+        """
         self._check_spatial_size(inputs)
         x = self._pool_to_output_size(inputs)
-        out_height, out_width = dims(x)[1:3]
+        output_size = dims(x)[1:3]
         if self.downsample_attention:
             x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
         x = self._add_position_encoding(x)
-        batch, height, width, _ = dims(x)
         q, k, v = tf.split(self.qkv(x), [self.dk, self.dk, self.dv], axis=-1)
         q = self._split_heads(tf.cast(q, tf.float32), self.dkh) * (self.dkh**-0.5)
         k = self._split_heads(tf.cast(k, tf.float32), self.dkh)
         v = self._split_heads(v, self.dvh)
-        attn = self._multi_head_attention(q, k, v)
+        return q, k, v, output_size
+
+    def call(self, inputs, return_attention_scores=False):
+        q, k, v, output_size = self._attention_inputs(inputs)
+        batch, height, width = dims(q)[:3]
+        if return_attention_scores:
+            self._check_scores_size(height, width)
+            attn, scores = multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, return_weights=True)
+        else:
+            attn = self._multi_head_attention(q, k, v)
         # (B, H, W, Nh, dvh) -> (B, H, W, Nh * dvh), head-major.
         attn = tf.reshape(attn, [batch, height, width, self.dv])
         attn = self.attn_out(attn)
         if self.downsample_attention:
-            attn = tf.cast(tf.image.resize(attn, [out_height, out_width], "bilinear"), attn.dtype)
+            attn = tf.cast(tf.image.resize(attn, output_size, "bilinear"), attn.dtype)
         outputs = [attn] if self.conv is None else [self.conv(inputs), attn]
-        return self.activation(tf.concat(outputs, axis=-1))
+        outputs = self.activation(tf.concat(outputs, axis=-1))
+        return (outputs, scores) if return_attention_scores else outputs
 
     def compute_output_shape(self, input_shape):
         sizes = [
@@ -368,6 +410,15 @@ class AttentionAugmentation2D(keras.layers.Layer):
             for length, kernel, stride in zip(input_shape[1:3], self.kernel_size, self.strides)
         ]
         return (input_shape[0], *sizes, self.filters)
+
+    def compute_output_spec(self, inputs, return_attention_scores=False):
+        output_shape = self.compute_output_shape(inputs.shape)
+        outputs = keras.KerasTensor(output_shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        grid = self._attention_size(*inputs.shape[1:3])
+        scores_shape = (inputs.shape[0], self.num_heads, *grid, *grid)
+        return outputs, keras.KerasTensor(scores_shape, dtype="float32")
 
     def get_config(self):
         config = super().get_config()
