@@ -1,4 +1,4 @@
-"""Installs aa_keras, the trainer and the exporter: `pip install -e .`."""
+"""Installs aa_keras, the trainer and the exporter: `pip install -e .` (or `.[all]`)."""
 
 import pathlib
 
@@ -7,9 +7,22 @@ import setuptools
 HERE = pathlib.Path(__file__).parent
 
 
-def _requirements():
-    lines = (HERE / "requirements.txt").read_text().splitlines()
-    return [l for l in lines if l and not l.startswith("#") and not l.startswith("pytest")]
+# What the library needs, as ranges it is tested with (requirements.txt is the exact lock that CI
+# and the README install). `import aa_keras` and the layer need only the core; the trainer, the
+# exporter and the detectors need their extras.
+CORE = ["tensorflow~=2.20.0", "keras>=3.15,<4", "numpy>=2.0,<3"]
+EXTRAS = {
+    "datasets": ["tensorflow-datasets>=4.9.10,<5", "importlib_resources>=6"],
+    "train": ["tf-models-official~=2.20.0", "absl-py>=1.4"],
+    "export": ["ai-edge-litert>=2.3,<3", "absl-py>=1.4"],
+    "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17", "onnxruntime>=1.20"],
+    "detection": ["keras-hub>=0.32,<0.33", "tf-models-official~=2.20.0"],
+    "visualize": ["matplotlib>=3.8"],
+    "test": ["pytest>=8"],
+}
+EXTRAS["train"] += EXTRAS["datasets"] + EXTRAS["visualize"]
+EXTRAS["export"] += EXTRAS["datasets"]
+EXTRAS["all"] = sorted({requirement for extra in EXTRAS.values() for requirement in extra})
 
 
 setuptools.setup(
@@ -18,10 +31,12 @@ setuptools.setup(
     description="Attention-augmented convolutional networks (Bello et al., ICCV 2019) for Keras 3.",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["aa_keras*", "training*", "export*"]),
-    install_requires=_requirements(),
-    extras_require={"test": ["pytest==9.2.0"]},
+    # The fused attention kernel is compiled from its source on the user's machine.
+    package_data={"aa_keras.ops": ["fused_attention.cc"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "aa-train=training.train:run_main",

@@ -11,15 +11,18 @@ import importlib
 from aa_keras.applications._backbone import feature_extractor
 from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
 from aa_keras.applications.resnet import AAResNet, ResNet
-from aa_keras.applications.retinanet import (
-    DETECTOR_NAMES,
-    AARetinaNet,
-    ResNetEncoder,
-    RetinaNet,
-    build_detector,
-    detections,
-)
 from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
+
+# The detectors are built on keras-hub, which `import aa_keras` does not load: these names import
+# `aa_keras.applications.retinanet` on first use (which also registers the detector classes for
+# `keras.saving.load_model`).
+_DETECTION_NAMES = ("DETECTOR_NAMES", "AARetinaNet", "ResNetEncoder", "RetinaNet", "build_detector", "detections")
+
+
+def __getattr__(name):
+    if name in _DETECTION_NAMES:
+        return getattr(importlib.import_module("aa_keras.applications.retinanet"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _resnet(depth, augmented):
