@@ -63,13 +63,15 @@ def _output_and_gradients(relative, q, k, v, rel_height, rel_width):
 @pytest.mark.parametrize("relative", [True, False], ids=["relative", "none"])
 @pytest.mark.parametrize(
     "size",
-    [(2, 2, 6, 7, 3, 5), (1, 3, 1, 1, 2, 2), (2, 1, 4, 8, 4, 4), (1, 2, 9, 9, 8, 6), (1, 1, 3, 17, 1, 3)],
+    [(2, 2, 6, 7, 3, 5), (1, 3, 1, 1, 2, 2), (2, 1, 4, 8, 4, 4), (1, 2, 9, 9, 8, 6), (1, 1, 3, 17, 1, 3),
+     (1, 2, 5, 6, 7, 13)],
     ids=lambda size: "x".join(map(str, size)),
 )
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["logits~1", "logits~100"])
 def test_kernel_matches_tensorflow_ops(relative, size, scale):
-    """Sizes below, at and above a multiple of the kernel's 16 lanes, one position, depth 1;
-    logits ~100 (exp overflows float32 above 88) test the max subtraction."""
+    """Sizes below, at and above a multiple of the kernel's 16 lanes, one position, depth 1,
+    depths above the kernel's 6-channel chunks (value depth 13: three chunks, the weights stored
+    between them); logits ~100 (exp overflows float32 above 88) test the max subtraction."""
     inputs = _inputs(*size, scale=scale, seed=sum(size))
     fused = tf.function(_output_and_gradients)(relative, *inputs)
     with fused_attention.disabled():
@@ -139,6 +141,30 @@ def test_failed_build_is_a_clear_error_and_the_layer_falls_back(monkeypatch, tmp
     assert not fused_attention.applies()
     layer = AttentionAugmentation2D(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
     assert layer(tf.ones([1, 5, 5, 3])).shape == (1, 5, 5, 8)
+
+
+def test_kernel_compiles_without_warnings(monkeypatch, tmp_path, caplog):
+    """Built with -Wall -Wextra (TensorFlow's headers as system headers); any warning is logged."""
+    monkeypatch.setenv(fused_attention.CACHE_VARIABLE, str(tmp_path))
+    command = fused_attention._compile_command("out")
+    assert {"-Wall", "-Wextra"} <= set(command) and "-w" not in command
+    assert fused_attention.build().exists()
+    assert "warned" not in caplog.text
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_kernel_takes_half_precision_values(dtype):
+    """Under mixed precision v comes in float16 / bfloat16: the kernel computes in float32 and
+    returns v's dtype, as the TensorFlow-op path does."""
+    q, k, v, rel_height, rel_width = _inputs(2, 2, 5, 7, 4, 12, scale=1.0, seed=4)
+    v = tf.cast(v, dtype)
+    fused = multi_head_attention_2d(q, k, v, rel_height, rel_width)
+    with fused_attention.disabled():
+        expected = multi_head_attention_2d(q, k, v, rel_height, rel_width)
+    assert fused.dtype == expected.dtype == v.dtype
+    np.testing.assert_allclose(
+        tf.cast(fused, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), atol=2e-2 if dtype == "bfloat16" else 2e-3
+    )
 
 
 def test_kernel_is_deterministic():

@@ -19,10 +19,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <type_traits>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -35,7 +38,7 @@ using tensorflow::DEVICE_CPU;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
-using tensorflow::Status;
+using Status = absl::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 using tensorflow::shape_inference::DimensionHandle;
@@ -59,14 +62,15 @@ inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{} + x; }
 
-// The sum of the lanes: the upper half added onto the lower half, four times.
+// The sum of the lanes: the upper half added onto the lower half until one lane is left (a
+// fixed order, so results do not depend on the compiler). Plain C++: compilers without
+// __builtin_shufflevector (GCC before 12) build it too, and vectorize the halving.
 inline float Sum(Vec x) {
-  static_assert(kLanes == 16, "Sum's shuffles are written for 16 lanes");
-  x += __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  x += __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
-  x += __builtin_shufflevector(x, x, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
-  x += __builtin_shufflevector(x, x, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
-  return x[0];
+  float lanes[kLanes];
+  std::memcpy(lanes, &x, sizeof(lanes));
+  for (int half = kLanes / 2; half > 0; half /= 2)
+    for (int i = 0; i < half; ++i) lanes[i] += lanes[i + half];
+  return lanes[0];
 }
 
 // Lanes 0..count-1 of x, the others 0.
@@ -475,10 +479,15 @@ void ForEachRowBlock(int64_t n, Fn fn) {
   }
 }
 
+// An InvalidArgument status whose message is the pieces concatenated.
+template <typename... Pieces>
+Status InvalidArgument(const Pieces&... pieces) {
+  return absl::InvalidArgumentError(absl::StrCat(pieces...));
+}
+
 // Checks the shapes shared by both ops and reads the sizes.
 Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rel_height,
                  const Tensor& rel_width, bool relative, Sizes* s) {
-  using tensorflow::errors::InvalidArgument;
   if (q.dims() != 5 || k.dims() != 5 || v.dims() != 5)
     return InvalidArgument("q, k and v must be (batch, height, width, heads, depth)");
   for (int i = 0; i < 4; ++i) {
@@ -496,7 +505,7 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   s->stride = Padded(s->n);
   s->relative = relative;
   s->table_h = s->table_w = 0;
-  if (!relative) return tensorflow::OkStatus();
+  if (!relative) return absl::OkStatus();
   if (rel_height.dims() != 2 || rel_width.dims() != 2 || rel_height.dim_size(1) != s->dk ||
       rel_width.dim_size(1) != s->dk)
     return InvalidArgument("rel_height and rel_width must be (2 * max_length - 1, depth of q)");
@@ -509,7 +518,7 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
                            (s->table_h + 1) / 2, " x ", (s->table_w + 1) / 2,
                            " positions its relative embeddings were built for: build the layer with a larger "
                            "max_size.");
-  return tensorflow::OkStatus();
+  return absl::OkStatus();
 }
 
 // The relative tables transposed to (depth, rows), for contiguous windows of offsets, and
@@ -603,9 +612,9 @@ class FusedAttentionGradOp : public AttentionOpBase {
     Sizes s;
     OP_REQUIRES_OK(context, ReadInputSizes(context, &s));
     OP_REQUIRES(context, out.shape() == context->input(2).shape() && d_out.shape() == out.shape(),
-                tensorflow::errors::InvalidArgument("out and d_out must have the shape of v"));
+                InvalidArgument("out and d_out must have the shape of v"));
     OP_REQUIRES(context, stats.NumElements() == s.units() * s.n * 2,
-                tensorflow::errors::InvalidArgument("stats must be (batch, heads, positions, 2)"));
+                InvalidArgument("stats must be (batch, heads, positions, 2)"));
     // The gradient of each of inputs 0-4 has its shape.
     Tensor* grads[5];
     for (int i = 0; i < 5; ++i) OP_REQUIRES_OK(context, context->allocate_output(i, context->input(i).shape(), &grads[i]));
@@ -662,7 +671,7 @@ Status AttentionShape(InferenceContext* c) {
   DimensionHandle positions;
   TF_RETURN_IF_ERROR(c->Multiply(c->Dim(q, 1), c->Dim(q, 2), &positions));
   c->set_output(1, c->MakeShape({c->Dim(q, 0), c->Dim(q, 3), positions, c->MakeDim(2)}));
-  return tensorflow::OkStatus();
+  return absl::OkStatus();
 }
 
 REGISTER_OP("AaFusedAttention")
@@ -700,7 +709,7 @@ REGISTER_OP("AaFusedAttentionGrad")
     .Output("d_rel_width: float")
     .SetShapeFn([](InferenceContext* c) {
       for (int i = 0; i < 5; ++i) c->set_output(i, c->input(i));
-      return tensorflow::OkStatus();
+      return absl::OkStatus();
     })
     .Doc(R"doc(
 Gradients of AaFusedAttention with respect to q, k, v, rel_height and rel_width, given its
