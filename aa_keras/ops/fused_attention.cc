@@ -81,8 +81,20 @@ inline Vec FirstLanes(Vec x, int64_t count) {
 
 inline int64_t Padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// Row buffers hold stride floats and kLanes more, so that a vector load or store that starts
-// at any position before stride stays inside the buffer.
+// The slack invariant. Several loops work in whole kLanes-float vectors past the logical end
+// of what they compute, and read or write up to kLanes - 1 floats beyond it:
+//   - Logits writes each grid row of W logits as Padded(W) floats, so the last grid row of a
+//     query reaches n - W + Padded(W) <= stride + kLanes - 1;
+//   - RelativeLogitGradients reads the dS row the same way;
+//   - RelativeLogits / RelativeGradients read (and write) Padded(L) entries of a window of a
+//     transposed table (depth, length_t) that starts at offset <= length_t - L, so the last
+//     depth row reaches past the table's end by up to kLanes - 1;
+//   - the relative rows of a query are read as Padded(H) and Padded(W) floats.
+// Every such buffer is allocated with that slack: rows with RowCapacity(stride), the transposed
+// tables and their gradients with kLanes floats after them, the relative rows padded. The lanes
+// past the logical end hold garbage that is overwritten (the next grid row), masked
+// (FirstLanes, the kPad padding) or never read back. scripts/kernel_asan.sh runs the kernel's
+// tests under AddressSanitizer, which would report any access outside these allocations.
 inline int64_t RowCapacity(int64_t stride) { return stride + kLanes; }
 
 // exp(x), x = n ln2 + r with |r| <= ln2 / 2: exp(r) by its Taylor polynomial of degree 7

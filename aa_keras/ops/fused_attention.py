@@ -12,7 +12,8 @@ is used only where such an op can run and be kept:
 - the environment variable `AA_KERAS_FUSED_ATTENTION` is not `0`;
 - the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
   `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
-  `~/.cache/aa_keras`), keyed by the source, the flags, the TensorFlow version and the CPU;
+  `~/.cache/aa_keras`), keyed by the source, the flags (extra ones from `AA_KERAS_CXXFLAGS`),
+  the TensorFlow version and the CPU;
   `python -m aa_keras.ops` builds it ahead. If compiling fails, a warning says why and the
   TensorFlow-op path is used.
 
@@ -40,6 +41,7 @@ _logger = logging.getLogger(__name__)
 SOURCE = pathlib.Path(__file__).with_name("fused_attention.cc")
 ENABLE_VARIABLE = "AA_KERAS_FUSED_ATTENTION"
 CACHE_VARIABLE = "AA_KERAS_CACHE_DIR"
+FLAGS_VARIABLE = "AA_KERAS_CXXFLAGS"
 
 _lock = threading.Lock()
 _loaded = {}  # "library": the loaded module, or "error": why it could not be built
@@ -60,7 +62,8 @@ def _compile_command(output):
     compiler = os.environ.get("CXX", "g++")
     # Warnings on for the kernel; TensorFlow's headers as system headers, whose warnings are theirs.
     tf_flags = [f"-isystem{flag[2:]}" if flag.startswith("-I") else flag for flag in tf.sysconfig.get_compile_flags()]
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-Wall", "-Wextra", *tf_flags]
+    extra = os.environ.get(FLAGS_VARIABLE, "").split()  # e.g. a sanitizer build (scripts/kernel_asan.sh)
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-Wall", "-Wextra", *tf_flags, *extra]
     return [compiler, *flags, str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
 
 
