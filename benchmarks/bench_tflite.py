@@ -74,7 +74,7 @@ def load_pair(name, small_model, small_baseline, num_images, num_calibration):
     return model, twin, None, calibration
 
 
-def bench_pair(name, model, twin, images, calibration, threads, rounds, directory):
+def bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round=5):
     """Rows {pair, artifact, threads, size and latency of both, ratio, top-1 agreements}."""
     shape = model_source.image_shape(model, None)
     artifacts = {}
@@ -95,7 +95,7 @@ def bench_pair(name, model, twin, images, calibration, threads, rounds, director
     for kind in KINDS:
         for count in threads:
             runners = {label: _runner(kind, artifacts[label][kind]["path"], count) for label in ("aa", "conv")}
-            latency = side_by_side_ms(runners, batch, rounds)
+            latency = side_by_side_ms(runners, batch, rounds, per_round)
             rows.append({
                 "pair": name,
                 "artifact": kind,
@@ -146,9 +146,11 @@ def main(argv=None):
     parser.add_argument("--small_model", default="runs/quick/aa_small/model.keras")
     parser.add_argument("--small_baseline", default="runs/quick/conv_small/model.keras")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (5 runs each)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds of the small pair (5 runs each)")
+    parser.add_argument("--rounds_224", type=int, default=5, help="interleaved timing rounds at 224x224 (1 run each)")
     parser.add_argument("--num_images", type=int, default=200, help="test images of the small pair")
-    parser.add_argument("--calibration_images", type=int, default=100)
+    parser.add_argument("--calibration_images", type=int, default=100, help="int8 calibration images of the small pair")
+    parser.add_argument("--calibration_images_224", type=int, default=16, help="random int8 calibration images at 224x224")
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     pairs = [name.strip() for name in args.pairs.split(",")]
@@ -164,16 +166,21 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as directory:
         for name in pairs:
             model, twin, images, calibration = load_pair(
-                name, args.small_model, args.small_baseline, args.num_images, args.calibration_images
+                name,
+                args.small_model,
+                args.small_baseline,
+                args.num_images,
+                args.calibration_images if name == "small" else args.calibration_images_224,
             )
-            rows += bench_pair(name, model, twin, images, calibration, threads, args.rounds, directory)
+            rounds, per_round = (args.rounds, 5) if name == "small" else (args.rounds_224, 1)
+            rows += bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round)
     table = format_table(rows)
     result = {
         "versions": versions(),
         "batch": 1,
-        "rounds": args.rounds,
+        "rounds": {"small": [args.rounds, 5], "resnet50": [args.rounds_224, 1]},
         "num_images": args.num_images,
-        "calibration_images": args.calibration_images,
+        "calibration_images": {"small": args.calibration_images, "resnet50": args.calibration_images_224},
         "small_model": args.small_model,
         "small_baseline": args.small_baseline,
         "rows": rows,

@@ -6,9 +6,9 @@ int8 recipes of `export.tflite` against each other.
 
 With `--keras`, the model is converted (batch 1, calibrated on train images of `--dataset`) to
 float32 and to three int8 variants: the converter's default (everything int8), the op names
-BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`), and the exporter's recipe (each
-attention's core kept float, `export.tflite.attention_float_nodes`); the four are timed side by
-side (interleaved rounds, one process), checked against the Keras model's top-1 on test images,
+BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's recipe), and each
+attention's whole core kept float (`attention_core_nodes`: the products, the sums and reshapes
+between them, the softmax); the four are timed side by side (interleaved rounds, one process), checked against the Keras model's top-1 on test images,
 and profiled operator by operator.
 
 LiteRT's Python interpreter has no per-operator profiler, so each operator of the model's main
@@ -154,6 +154,43 @@ def format_profile(name, result, top=12):
     return "\n".join(lines)
 
 
+# What links an attention's logit products to its softmax and the softmax to the weighted sum.
+_ISLAND_OPS = ("ADD", "RESHAPE", "TRANSPOSE")
+
+
+def attention_core_nodes(flatbuffer):
+    """Names of the output tensors of each attention's core, the island of the variant that keeps
+    it in float32: each SOFTMAX,
+    and the ops reached from it, backward and forward, through ADD, RESHAPE and TRANSPOSE up to
+    and including the nearest BATCH_MATMULs (the logit products before it, the product with the
+    values after it)."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
+    consumers = {}
+    for i, op in enumerate(graph.operators):
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(i)
+    neighbours = (
+        lambda i: [producer[t] for t in graph.operators[i].inputs if t in producer],
+        lambda i: [j for t in graph.operators[i].outputs for j in consumers.get(t, [])],
+    )
+    kept = set()
+    for softmax in (i for i, name in enumerate(names) if name == "SOFTMAX"):
+        kept.add(softmax)
+        for step in neighbours:
+            stack = [softmax]
+            while stack:
+                for j in step(stack.pop()):
+                    if j in kept or names[j] not in ("BATCH_MATMUL", *_ISLAND_OPS):
+                        continue
+                    kept.add(j)
+                    if names[j] != "BATCH_MATMUL":
+                        stack.append(j)
+    return [graph.tensors[t].name.decode() for i in sorted(kept) for t in graph.operators[i].outputs]
+
+
 def int8_variants(saved_model_dir, calibration_batches):
     """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -161,12 +198,10 @@ def int8_variants(saved_model_dir, calibration_batches):
     return {
         "float32": tflite.convert(saved_model_dir, "float32"),
         "int8 default": tflite.quantize_int8(calibrated),
-        "int8 float BATCH_MATMUL+SOFTMAX ops": tflite.quantize_int8(
-            calibrated, denylisted_ops=["BATCH_MATMUL", "SOFTMAX"]
+        "int8 float BATCH_MATMUL, SOFTMAX (export)": tflite.quantize_int8(
+            calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)
         ),
-        "int8 float attention core (export)": tflite.quantize_int8(
-            calibrated, denylisted_nodes=tflite.attention_float_nodes(calibrated)
-        ),
+        "int8 float attention core": tflite.quantize_int8(calibrated, denylisted_nodes=attention_core_nodes(calibrated)),
     }
 
 
@@ -230,7 +265,7 @@ def main(argv=None):
                 f"  {name:<36} {row['latency_ms']:>7.3f} {row['latency_ms'] / rows['float32']['latency_ms']:>9.2f} "
                 f"{row['size_bytes'] / 1024:>7.1f} {row['top1_agreement']:>14.3f}"
             )
-        flatbuffers.update((name, variants[name]) for name in ("float32", "int8 default", "int8 float attention core (export)"))
+        flatbuffers.update((name, variants[name]) for name in ("float32", "int8 default", "int8 float BATCH_MATMUL, SOFTMAX (export)"))
     profiles = {}
     for name, flatbuffer in flatbuffers.items():
         tflite.check_builtin_ops(tflite.list_ops(flatbuffer), what=name)
