@@ -11,8 +11,8 @@ ResNet-50 at 224x224 with 1000 classes and random weights (nothing can be traine
 here), int8-calibrated on uniform random images: its latencies are those of any weights, its
 top-1 agreement is not measured (an untrained network's near-tied logits say nothing about the
 quantization). Every artifact is written by `export.export.write_artifacts` (batch 1, builtin
-ops checked); latencies are medians of interleaved rounds, the model and its twin alternating
-in one process, so the ratio is from one run. Writes the rows, the versions of LiteRT,
+ops checked); latencies are the best of interleaved rounds (`side_by_side_ms`), the model and its
+twin alternating in one process, so the ratio is from one run. Writes the rows, the versions of LiteRT,
 onnxruntime and TensorFlow, and a Markdown table to `--output`.
 """
 
@@ -20,7 +20,6 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import statistics
 import tempfile
 import time
 
@@ -35,8 +34,10 @@ DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "bench_tflit
 
 
 def side_by_side_ms(runners, batch, rounds, per_round=5):
-    """{name: median ms per run} of `runners` ({name: runner with prepare/run}) timed in
-    interleaved rounds, so that a change in the machine's load affects them alike."""
+    """{name: ms per run} of `runners` ({name: runner with prepare/run}) timed in interleaved
+    rounds of `per_round` runs each, so that a change in the machine's load affects them alike;
+    the best round counts (timeit's convention: on a shared machine the least disturbed round is
+    the closest to the runtime's own cost; a median moves with the other processes' load)."""
     prepared = {name: runner.prepare(batch) for name, runner in runners.items()}
     for name, runner in runners.items():  # warm-up
         runner.run(prepared[name])
@@ -47,7 +48,7 @@ def side_by_side_ms(runners, batch, rounds, per_round=5):
             for _ in range(per_round):
                 runner.run(prepared[name])
             times[name].append((time.perf_counter() - start) / per_round)
-    return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
+    return {name: 1000.0 * min(values) for name, values in times.items()}
 
 
 def _runner(kind, path, threads):

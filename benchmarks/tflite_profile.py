@@ -8,7 +8,7 @@ With `--keras`, the model is converted (batch 1, calibrated on train images of `
 float32 and to three int8 variants: the converter's default (everything int8), the op names
 BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's recipe), and each
 attention's whole core kept float (`attention_core_nodes`: the products, the sums and reshapes
-between them, the softmax); the four are timed side by side (interleaved rounds, one process), checked against the Keras model's top-1 on test images,
+between them, the softmax); the four are timed side by side (`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images,
 and profiled operator by operator.
 
 LiteRT's Python interpreter has no per-operator profiler, so each operator of the model's main

@@ -12,8 +12,9 @@ one. With these ops in float XNNPACK runs every op but SPLIT_V and an AVERAGE_PO
 are left out of the quantization with the MLIR quantizer's `denylisted_ops`, the mechanism of
 `tf.lite.experimental.QuantizationDebugger`, applied to the converter's own calibrated model;
 the rest is quantized exactly as the converter does by default (a model without these ops gives
-the default int8 model). Keeping the whole attention core in float (the sums and reshapes
-between the products too) measured slower: float elementwise ops move 4x the bytes.
+the default int8 model). Keeping each attention's whole core in float (the sums and reshapes
+between the products too) measured no faster (a tie in one run, slower in two) and needs a
+graph walk to find it, so the recipe denylists the two op types.
 """
 
 import numpy as np
