@@ -11,6 +11,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 import aa_keras
 from benchmarks import bench_tflite, tflite_profile
+from aa_keras.applications import retinanet
+from export import detection as export_detection
 from export import export as exporter
 from export import parity, saved_model, tflite
 
@@ -180,3 +182,53 @@ def test_bench_pair_rows_and_table(models, tmp_path):
     assert by_kind["tflite_int8"]["aa_top1_agreement"] >= 0.97
     table = bench_tflite.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| tiny | onnx | 1 |" in table
+
+
+# --- the whole detector in one .tflite ---------------------------------------------------------
+
+
+def test_detection_matching_counts_same_class_overlapping_detections():
+    box = [10.0, 10.0, 30.0, 30.0]
+    reference = {
+        "boxes": np.array([[box, [40, 40, 60, 60], [0, 0, 20, 20], [50, 0, 60, 10]]], np.float32),
+        "scores": np.array([[0.9, 0.8, 0.7, 0.1]], np.float32),  # the last is under MATCH_MIN_SCORE
+        "classes": np.array([[1, 2, 0, 1]]),
+        "num_detections": np.array([4]),
+    }
+    outputs = {
+        "boxes": np.array([[[10, 10, 30, 30.5], [40, 40, 60, 60], [0, 0, 16, 20], [0, 0, 0, 0]]], np.float32),
+        "scores": np.array([[0.9, 0.8, 0.7, 0.0]], np.float32),
+        "classes": np.array([[1, 1, 0, 0]]),  # the second has the wrong class, the third IoU 0.8
+        "num_detections": np.array([3]),
+    }
+    values = export_detection.detection_matching(outputs, reference)
+    assert (values["compared"], values["matched"]) == (3, 1) and not values["passed"]
+    assert export_detection.detection_matching(reference, reference) == {
+        "compared": 3, "matched": 3, "matched_fraction": 1.0, "passed": True
+    }
+
+
+@pytest.mark.slow
+def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    detector = retinanet.build_detector(
+        "aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3, confidence_threshold=0.001
+    )
+    images = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float32)
+    result = export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
+    (row,) = result["rows"]
+    assert "NON_MAX_SUPPRESSION_V4" in row["ops"] and "ARG_MAX" in row["ops"]
+    tflite.check_builtin_ops(row["ops"])
+    runner = Interpreter(model_path=row["file"]).get_signature_runner("serving_default")
+    graph = tf.function(export_detection._serve_builtin_detections(detector, 1))
+    for image in images:
+        found = runner(images=image[None])
+        expected = {name: np.asarray(value) for name, value in graph(image[None]).items()}
+        assert int(found["num_detections"][0]) == int(expected["num_detections"][0]) > 0
+        # The untrained detector's scores are near-ties (about 0.01): float rounding may swap
+        # neighbours, so the leading detections are compared in order and all of them as sets.
+        np.testing.assert_array_equal(found["classes"][:, :20], expected["classes"][:, :20])
+        np.testing.assert_allclose(found["boxes"][:, :20], expected["boxes"][:, :20], atol=1e-2)
+        np.testing.assert_allclose(found["scores"][:, :20], expected["scores"][:, :20], atol=1e-4)
+        monkeypatch.setattr(export_detection, "MATCH_MIN_SCORE", 0.0)
+        assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
