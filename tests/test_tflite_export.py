@@ -1,7 +1,6 @@
 """The int8 TFLite recipe (the attention's products and softmax in float32), the per-operator
-profiler and the TFLite benchmark's pieces, on small trained models."""
-
-import os
+profiler and the TFLite benchmark's pieces, on small trained models; the whole detector's
+TFLite file and its detection matching."""
 
 import keras
 import numpy as np
