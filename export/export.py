@@ -272,7 +272,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.", flag_values=FLAGS)
 flags.DEFINE_list(
     "formats", None, f"Artifacts to write. Classification: from {FORMATS}, default saved_model,tflite. Detection: "
-    "from saved_model, tflite_raw, tflite (not possible, see export/detection.py), default saved_model,tflite_raw.",
+    "from saved_model, tflite_raw, tflite (the whole detector, float32), default saved_model,tflite_raw.",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.", flag_values=FLAGS)

@@ -336,15 +336,6 @@ def test_export_cli_writes_saved_model_and_builtin_tflite_of_the_raw_network(
     assert json.load(open(os.path.join(output_dir, "export_report.json"))) == result
 
 
-def test_full_tflite_detector_is_refused_with_the_reason(small_detector, tmp_path):
-    images = np.random.default_rng(1).random((1, SIZE, SIZE, 3)).astype(np.float32)
-    output_dir = str(tmp_path / "tflite")
-    with pytest.raises(ValueError, match="BitwiseAnd.*tflite_raw"):
-        export_detection.export_detector(small_detector, output_dir, images, formats=["tflite"])
-    assert not os.path.exists(output_dir)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tflite")]
-
-
 def test_export_rejects_bad_arguments(small_detector, tmp_path):
     images = np.zeros((1, SIZE, SIZE, 3), np.float32)
     with pytest.raises(ValueError, match="formats"):

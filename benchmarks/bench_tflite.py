@@ -1,0 +1,197 @@
+"""Size and latency of every TFLite kind and ONNX, attention-augmented model against its conv
+twin, with top-1 agreement against the Keras model.
+
+    python -m benchmarks.bench_tflite                      # the small pair of the default run, and ResNet-50 at 224
+    python -m benchmarks.bench_tflite --pairs=small --threads=1
+
+Pairs: `small` is `aa_small` / `conv_small` from the `.keras` files of the default training run
+(`--small_model`, `--small_baseline`; `python -m training.train` writes them), checked on the
+test images of glyph_pairs and int8-calibrated on its train images; `resnet50` is AAResNet-50 /
+ResNet-50 at 224x224 with 1000 classes and random weights (nothing can be trained at that size
+here), int8-calibrated on uniform random images: its latencies are those of any weights, its
+top-1 agreement is not measured (an untrained network's near-tied logits say nothing about the
+quantization). Every artifact is written by `export.export.write_artifacts` (batch 1, builtin
+ops checked); latencies are the best of interleaved rounds (`side_by_side_ms`), the model and its
+twin alternating in one process, so the ratio is from one run. Writes the rows, the versions of LiteRT,
+onnxruntime and TensorFlow, and a Markdown table to `--output`.
+"""
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from aa_keras.applications import build_model
+from export import export, model_source, parity, report, tflite
+
+KINDS = (*export.TFLITE_KINDS, "onnx")
+PAIRS = ("small", "resnet50")
+DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "bench_tflite.json")
+
+
+def side_by_side_ms(runners, batch, rounds, per_round=5):
+    """{name: ms per run} of `runners` ({name: runner with prepare/run}) timed in interleaved
+    rounds of `per_round` runs each, so that a change in the machine's load affects them alike;
+    the best round counts (timeit's convention: on a shared machine the least disturbed round is
+    the closest to the runtime's own cost; a median moves with the other processes' load)."""
+    prepared = {name: runner.prepare(batch) for name, runner in runners.items()}
+    for name, runner in runners.items():  # warm-up
+        runner.run(prepared[name])
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                runner.run(prepared[name])
+            times[name].append((time.perf_counter() - start) / per_round)
+    return {name: 1000.0 * min(values) for name, values in times.items()}
+
+
+def _runner(kind, path, threads):
+    if kind == "onnx":
+        from export import onnx_model
+
+        return onnx_model.OnnxRunner(path, threads)
+    return tflite.TFLiteRunner(path, threads)
+
+
+def load_pair(name, small_model, small_baseline, num_images, num_calibration):
+    """(model, twin, evaluation images or None, calibration images) of pair `name`."""
+    if name == "small":
+        model = model_source.load_keras_file(small_model, flag="--small_model")
+        twin = model_source.load_keras_file(small_baseline, flag="--small_baseline")
+        shape = model_source.image_shape(model, None)
+        images = export.dataset_images("glyph_pairs", "test", shape, num_images)
+        calibration = export.dataset_images("glyph_pairs", "train", shape, num_calibration)
+        return model, twin, export.snap_to_8_bit(images), calibration
+    shape = (224, 224, 3)
+    model = build_model("aa_resnet50", shape, 1000)
+    twin = build_model("resnet50", shape, 1000)
+    calibration = np.random.default_rng(0).random((num_calibration, *shape), dtype=np.float32)
+    return model, twin, None, calibration
+
+
+def bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round=5):
+    """Rows {pair, artifact, threads, size and latency of both, ratio, top-1 agreements}."""
+    shape = model_source.image_shape(model, None)
+    artifacts = {}
+    for label, network in (("aa", model), ("conv", twin)):
+        artifacts[label] = export.write_artifacts(
+            network, os.path.join(directory, name, label), KINDS, shape, 1, False, calibration
+        )
+    agreement = {}
+    if images is not None:
+        for label, network in (("aa", model), ("conv", twin)):
+            reference = parity.predict(lambda x: np.asarray(network(x, training=False)), images, 1)
+            for kind in KINDS:
+                runner = _runner(kind, artifacts[label][kind]["path"], 1)
+                outputs = parity.predict(runner, images, 1)
+                agreement[label, kind] = parity.metrics(outputs, reference)["top1_agreement"]
+    batch = calibration[:1] if images is None else images[:1]
+    rows = []
+    for kind in KINDS:
+        for count in threads:
+            runners = {label: _runner(kind, artifacts[label][kind]["path"], count) for label in ("aa", "conv")}
+            latency = side_by_side_ms(runners, batch, rounds, per_round)
+            rows.append({
+                "pair": name,
+                "artifact": kind,
+                "threads": count,
+                "runtime": runners["aa"].runtime,
+                "aa_size_bytes": report.size_bytes(artifacts["aa"][kind]["path"]),
+                "conv_size_bytes": report.size_bytes(artifacts["conv"][kind]["path"]),
+                "aa_ms": latency["aa"],
+                "conv_ms": latency["conv"],
+                "aa_vs_conv": latency["aa"] / latency["conv"],
+                "aa_top1_agreement": agreement.get(("aa", kind)),
+                "conv_top1_agreement": agreement.get(("conv", kind)),
+            })
+            print(format_table(rows[-1:], header=False), flush=True)
+    return rows
+
+
+def format_table(rows, header=True):
+    """The rows as a Markdown table."""
+    lines = []
+    if header:
+        lines += [
+            "| pair | artifact | threads | AA MiB | conv MiB | AA ms | conv ms | AA / conv | AA top-1 vs Keras | conv top-1 vs Keras |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    for row in rows:
+        agreement = [
+            "-" if row[key] is None else f"{row[key]:.3f}" for key in ("aa_top1_agreement", "conv_top1_agreement")
+        ]
+        lines.append(
+            f"| {row['pair']} | {row['artifact']} | {row['threads']} | {row['aa_size_bytes'] / 2**20:.2f} | "
+            f"{row['conv_size_bytes'] / 2**20:.2f} | {row['aa_ms']:.3f} | {row['conv_ms']:.3f} | "
+            f"{row['aa_vs_conv']:.2f} | {agreement[0]} | {agreement[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def versions():
+    return {
+        name: importlib.metadata.version(name)
+        for name in ("ai-edge-litert", "onnxruntime", "tensorflow", "keras", "tf2onnx")
+    } | {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, from {PAIRS}")
+    parser.add_argument("--small_model", default="runs/quick/aa_small/model.keras")
+    parser.add_argument("--small_baseline", default="runs/quick/conv_small/model.keras")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds of the small pair (5 runs each)")
+    parser.add_argument("--rounds_224", type=int, default=5, help="interleaved timing rounds at 224x224 (1 run each)")
+    parser.add_argument("--num_images", type=int, default=200, help="test images of the small pair")
+    parser.add_argument("--calibration_images", type=int, default=100, help="int8 calibration images of the small pair")
+    parser.add_argument("--calibration_images_224", type=int, default=16, help="random int8 calibration images at 224x224")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    pairs = [name.strip() for name in args.pairs.split(",")]
+    if not pairs or any(name not in PAIRS for name in pairs):
+        parser.error(f"Invalid `--pairs`: received {args.pairs!r}, expected names from {PAIRS}.")
+    try:
+        threads = [int(count) for count in args.threads.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        parser.error(f"Invalid `--threads`: received {args.threads!r}, expected positive ints like 1,2.")
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for name in pairs:
+            model, twin, images, calibration = load_pair(
+                name,
+                args.small_model,
+                args.small_baseline,
+                args.num_images,
+                args.calibration_images if name == "small" else args.calibration_images_224,
+            )
+            rounds, per_round = (args.rounds, 5) if name == "small" else (args.rounds_224, 1)
+            rows += bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round)
+    table = format_table(rows)
+    result = {
+        "versions": versions(),
+        "batch": 1,
+        "rounds": {"small": [args.rounds, 5], "resnet50": [args.rounds_224, 1]},
+        "num_images": args.num_images,
+        "calibration_images": {"small": args.calibration_images, "resnet50": args.calibration_images_224},
+        "small_model": args.small_model,
+        "small_baseline": args.small_baseline,
+        "rows": rows,
+        "table": table,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    report.write_json(args.output, result)
+    print(table)
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

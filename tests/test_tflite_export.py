@@ -1,0 +1,233 @@
+"""The int8 TFLite recipe (the attention's products and softmax in float32), the per-operator
+profiler and the TFLite benchmark's pieces, on small trained models; the whole detector's
+TFLite file and its detection matching."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+import aa_keras
+from benchmarks import bench_tflite, tflite_profile
+from aa_keras.applications import retinanet
+from export import detection as export_detection
+from export import export as exporter
+from export import parity, saved_model, tflite
+
+SIZE = 16
+CLASSES = 4
+
+
+def quadrant_images(count, seed):
+    """Dim noise with one bright quadrant, whose index is the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, count)
+    images = rng.uniform(0.0, 0.3, (count, SIZE, SIZE, 3)).astype(np.float32)
+    half = SIZE // 2
+    for image, label in zip(images, labels):
+        row, column = divmod(int(label), 2)
+        image[row * half : (row + 1) * half, column * half : (column + 1) * half] += 0.6
+    return images, labels
+
+
+def trained(attention):
+    """A small classifier trained for a few epochs (separated class scores, as in a real model),
+    with a relative-position attention layer or a conv in its place."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    if attention:
+        x = aa_keras.AttentionAugmentation2D(16, 3, depth_k=8, depth_v=8, num_heads=2)(x)
+    else:
+        x = keras.layers.Conv2D(16, 3, padding="same")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+    images, labels = quadrant_images(512, seed=0)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, labels, epochs=5, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"aa": trained(attention=True), "conv": trained(attention=False)}
+
+
+@pytest.fixture(scope="module")
+def converted(models, tmp_path_factory):
+    """{label: (calibrated model, int8 flatbuffer of the recipe, the converter's default int8)}."""
+    calibration, _ = parity.batches(quadrant_images(64, seed=2)[0], 1)
+    result = {}
+    for label, model in models.items():
+        source = str(tmp_path_factory.mktemp(label) / "saved_model")
+        saved_model.write_saved_model(model, source, (SIZE, SIZE, 3), batch=1)
+        calibrated = tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration)
+        result[label] = (calibrated, tflite.convert(source, "int8", calibration), tflite.quantize_int8(calibrated))
+    return result
+
+
+def _op_types(flatbuffer):
+    """[(op name, input dtypes)] of the main subgraph, in order."""
+    interpreter = Interpreter(model_content=flatbuffer)
+    return [
+        (op["op_name"], [np.dtype(t).name for t in op["operand_types"]])
+        for op in interpreter._get_ops_details()
+    ]
+
+
+def _top1_agreement(flatbuffer, model, images, tmp_path):
+    path = str(tmp_path / "model.tflite")
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    runner = tflite.TFLiteRunner(path)
+    reference = np.asarray(model(images, training=False))
+    return parity.metrics(parity.predict(runner, images, 1), reference)["top1_agreement"]
+
+
+def test_attention_core_nodes_of_the_profiled_variant(converted):
+    nodes = tflite_profile.attention_core_nodes(converted["aa"][0])
+    layer = [name.rsplit("/", 1)[-1] for name in nodes]
+    # q k^T, the two relative-logit products, their sums, the softmax and the product with v.
+    assert {"MatMul", "MatMul_1", "Softmax", "add", "add_1"} <= set(layer), layer
+    assert sum("Einsum" in name for name in layer) >= 2
+    assert not [name for name in nodes if "qkv" in name or "attn_out" in name or "conv" in name.lower()]
+    assert tflite_profile.attention_core_nodes(converted["conv"][0]) == []
+
+
+def test_int8_recipe_runs_the_attention_products_and_softmax_in_float(converted):
+    _, recipe, default = converted["aa"]
+    ops = _op_types(recipe)
+    kinds = {name for name, _ in ops}
+    tflite.check_builtin_ops(tflite.list_ops(recipe))
+    assert {"QUANTIZE", "DEQUANTIZE"} <= kinds
+    for name, types in ops:
+        if name in tflite.INT8_FLOAT_OPS:
+            assert set(types) == {"float32"}, (name, types)
+        if name in ("CONV_2D", "FULLY_CONNECTED", "ADD"):
+            assert types[:2] == ["int8", "int8"], (name, types)
+    interpreter = Interpreter(model_content=recipe)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    # The converter's default quantizes them, and then LiteRT's XNNPACK delegate leaves the int8
+    # softmax to the reference kernel; in the recipe it takes every attention op, and every
+    # op but SPLIT_V and AVERAGE_POOL_2D.
+    assert ("SOFTMAX", ["int8"]) in _op_types(default)
+    delegated = tflite_profile.xnnpack_ops(recipe)
+    assert {name for name, ok in delegated if not ok} <= {"SPLIT_V", "AVERAGE_POOL_2D"}, delegated
+    assert not all(ok for name, ok in tflite_profile.xnnpack_ops(default) if name == "SOFTMAX")
+
+
+def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
+    images = exporter.snap_to_8_bit(quadrant_images(200, seed=1)[0])
+    assert _top1_agreement(converted["aa"][1], models["aa"], images, tmp_path) >= 0.97
+
+
+def test_a_model_without_attention_is_quantized_as_by_default(converted, tmp_path):
+    """No SOFTMAX, nothing kept in float: the recipe's model computes what the default does."""
+    _, recipe, default = converted["conv"]
+    assert _op_types(recipe) == _op_types(default)
+    images = quadrant_images(16, seed=3)[0]
+    outputs = []
+    for name, flatbuffer in (("recipe", recipe), ("default", default)):
+        path = str(tmp_path / f"{name}.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        outputs.append(parity.predict(tflite.TFLiteRunner(path), images, 1))
+    np.testing.assert_array_equal(*outputs)
+
+
+def test_exporter_checks_the_int8_recipe(models, tmp_path):
+    eval_images, _ = quadrant_images(100, seed=1)
+    calibration_images, _ = quadrant_images(64, seed=2)
+    result = exporter.export(
+        models["aa"], str(tmp_path / "export"), ["tflite_int8"], eval_images, calibration_images, latency_runs=3
+    )
+    (row,) = result["rows"]
+    assert row["check"]["passed"] and row["check"]["metric"] == "top1_agreement"
+    assert row["parity"]["top1_agreement"] >= 0.97
+    assert {"SOFTMAX", "BATCH_MATMUL", "DEQUANTIZE", "QUANTIZE"} <= set(row["ops"])
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    with pytest.raises(ValueError, match="representative_batches"):
+        tflite.calibrate(None, [])
+
+
+def test_profile_times_every_operator(converted):
+    recipe = converted["aa"][1]
+    result = tflite_profile.profile(recipe, runs=2)
+    assert [row["op"] for row in result["ops"]] == [name for name, _ in _op_types(recipe)]
+    assert result["total_ms"] > 0 and all(row["ms"] > 0 for row in result["ops"])
+    sums = tflite_profile.by_op_type(result)
+    assert sum(count for count, _ in sums.values()) == len(result["ops"])
+    assert "SOFTMAX" in tflite_profile.format_profile("aa int8", result)
+
+
+def test_bench_pair_rows_and_table(models, tmp_path):
+    images = exporter.snap_to_8_bit(quadrant_images(20, seed=1)[0])
+    calibration = quadrant_images(16, seed=2)[0]
+    rows = bench_tflite.bench_pair(
+        "tiny", models["aa"], models["conv"], images, calibration, [1], 2, str(tmp_path)
+    )
+    assert [row["artifact"] for row in rows] == list(bench_tflite.KINDS)
+    for row in rows:
+        assert row["aa_ms"] > 0 and row["conv_ms"] > 0
+        assert row["aa_vs_conv"] == pytest.approx(row["aa_ms"] / row["conv_ms"])
+        assert row["aa_size_bytes"] > 0 and 0.0 <= row["aa_top1_agreement"] <= 1.0
+    by_kind = {row["artifact"]: row for row in rows}
+    assert by_kind["tflite_float32"]["aa_top1_agreement"] == 1.0
+    assert by_kind["tflite_int8"]["aa_top1_agreement"] >= 0.97
+    table = bench_tflite.format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| tiny | onnx | 1 |" in table
+
+
+# --- the whole detector in one .tflite ---------------------------------------------------------
+
+
+def test_detection_matching_counts_same_class_overlapping_detections():
+    box = [10.0, 10.0, 30.0, 30.0]
+    reference = {
+        "boxes": np.array([[box, [40, 40, 60, 60], [0, 0, 20, 20], [50, 0, 60, 10]]], np.float32),
+        "scores": np.array([[0.9, 0.8, 0.7, 0.1]], np.float32),  # the last is under MATCH_MIN_SCORE
+        "classes": np.array([[1, 2, 0, 1]]),
+        "num_detections": np.array([4]),
+    }
+    outputs = {
+        "boxes": np.array([[[10, 10, 30, 30.5], [40, 40, 60, 60], [0, 0, 16, 20], [0, 0, 0, 0]]], np.float32),
+        "scores": np.array([[0.9, 0.8, 0.7, 0.0]], np.float32),
+        "classes": np.array([[1, 1, 0, 0]]),  # the second has the wrong class, the third IoU 0.8
+        "num_detections": np.array([3]),
+    }
+    values = export_detection.detection_matching(outputs, reference)
+    assert (values["compared"], values["matched"]) == (3, 1) and not values["passed"]
+    assert export_detection.detection_matching(reference, reference) == {
+        "compared": 3, "matched": 3, "matched_fraction": 1.0, "passed": True
+    }
+
+
+@pytest.mark.slow
+def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    detector = retinanet.build_detector(
+        "aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3, confidence_threshold=0.001
+    )
+    images = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float32)
+    result = export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
+    (row,) = result["rows"]
+    assert "NON_MAX_SUPPRESSION_V4" in row["ops"] and "ARG_MAX" in row["ops"]
+    tflite.check_builtin_ops(row["ops"])
+    runner = Interpreter(model_path=row["file"]).get_signature_runner("serving_default")
+    graph = tf.function(export_detection._serve_builtin_detections(detector, 1))
+    for image in images:
+        found = runner(images=image[None])
+        expected = {name: np.asarray(value) for name, value in graph(image[None]).items()}
+        assert int(found["num_detections"][0]) == int(expected["num_detections"][0]) > 0
+        # The untrained detector's scores are near-ties (about 0.01): float rounding may swap
+        # neighbours, so the leading detections are compared in order and all of them as sets.
+        np.testing.assert_array_equal(found["classes"][:, :20], expected["classes"][:, :20])
+        np.testing.assert_allclose(found["boxes"][:, :20], expected["boxes"][:, :20], atol=1e-2)
+        np.testing.assert_allclose(found["scores"][:, :20], expected["scores"][:, :20], atol=1e-4)
+        monkeypatch.setattr(export_detection, "MATCH_MIN_SCORE", 0.0)
+        assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
