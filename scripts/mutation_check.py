@@ -127,7 +127,7 @@ MUTANTS = (
     # export/tflite.py: int8 input and output.
     M("tflite_output_zero_point_dropped", "export/tflite.py",
       "outputs = (outputs.astype(np.float32) - zero_point) * scale", "outputs = outputs.astype(np.float32) * scale",
-      (*CHECKS, "-k", "int8")),
+      (*CHECKS, "-k", "tflite_runner or int8")),
     M("tflite_input_zero_point_sign", "export/tflite.py",
       "np.round(images / scale + zero_point)", "np.round(images / scale - zero_point)",
       (*CHECKS, "-k", "tflite_runner")),
@@ -162,7 +162,7 @@ MUTANTS = (
       ("tests/test_applications.py", "-k", "aa_wide_resnet_augments")),
     M("wrn_group2_not_strided", "aa_keras/applications/wide_resnet.py",
       "strides = 2 if b == 0 and g > 0 else 1", "strides = 2 if b == 0 and g > 1 else 1",
-      ("tests/test_applications.py", "-k", "feature_extractor")),
+      ("tests/test_feature_strides.py",)),
     M("small_conv_baseline_widths", "aa_keras/applications/small_nets.py",
       "CONV_BLOCK_WIDTHS = (64, 114, 114)", "CONV_BLOCK_WIDTHS = (64, 128, 128)",
       ("tests/test_training.py", "-k", "small_networks_match")),
