@@ -46,7 +46,7 @@ def _train(model_dir, data_dir):
     keras.utils.set_random_seed(7)  # the same initial weights for every run
     model, metrics = train_model(
         "tiny", recipe, str(model_dir), tf.distribute.get_strategy(), data_dir=data_dir,
-        checkpoint_steps=1, steps_per_epoch=3, seed=5, verbose=False,
+        checkpoint_steps=4, steps_per_epoch=3, seed=5, verbose=False,
         model_fn=_tiny_net,
     )  # fmt: skip
     return model, metrics
@@ -96,7 +96,7 @@ def test_skip_batches_resumes_at_the_next_unseen_batch(data_dir, context):
     def dataset(skip):
         return data.build_dataset(
             "glyph_pairs", "train", 32, global_batch_size=8, data_dir=data_dir, training=True,
-            input_context=context, seed=3, skip_batches=skip,
+            input_context=context, seed=3, skip_batches=skip, shuffle_buffer=64,
         )  # fmt: skip
 
     replicas = 1 if context is None else context.num_replicas_in_sync
