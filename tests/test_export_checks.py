@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from export import export as exporter
 from export import parity, saved_model, tflite
@@ -37,20 +38,35 @@ def scorer():
     return keras.Model(inputs, outputs)
 
 
-class ShiftedRunner:
-    """Serves `model`'s scores, changed by `change(scores) -> scores`: a stand-in for an
-    artifact that computes something else than the Keras model."""
+class KerasRunner:
+    """Serves the Keras model itself, with the interface of the exporter's runners."""
 
-    runtime = "shifted"
+    runtime = "keras"
 
-    def __init__(self, model, change):
-        self._model, self._change = model, change
+    def __init__(self, model):
+        self._model = model
 
     def prepare(self, images):
         return images
 
     def run(self, prepared):
-        return self._change(np.asarray(self._model(prepared, training=False)))
+        return np.asarray(self._model(prepared, training=False))
+
+
+class ShiftedRunner:
+    """Serves `runner`'s scores changed by `change(scores) -> scores`: an artifact that computes
+    something else than the Keras model."""
+
+    runtime = "shifted"
+
+    def __init__(self, runner, change):
+        self._runner, self._change = runner, change
+
+    def prepare(self, images):
+        return self._runner.prepare(images)
+
+    def run(self, prepared):
+        return self._change(self._runner.run(prepared))
 
     def __call__(self, images):
         return self.run(self.prepare(images))
@@ -91,11 +107,10 @@ def test_evaluate_refuses_an_artifact_shifted_past_its_bound(scorer, tmp_path, m
     images = np.random.default_rng(2).uniform(size=(100, SIZE, SIZE, 3)).astype(np.float32)
     path = tmp_path / "artifact"
     path.write_bytes(b"stand-in")
-    changes = {}
-    monkeypatch.setattr(exporter, "_runner", lambda kind, path, threads: ShiftedRunner(scorer, changes["now"]))
     checks = {}
     for name, change in (("wrong", wrong), ("close", close)):
-        changes["now"] = change
+        runner = ShiftedRunner(KerasRunner(scorer), change)
+        monkeypatch.setattr(exporter, "_runner", lambda kind, path, threads: runner)
         (row,) = exporter.evaluate(scorer, {kind: {"path": str(path)}}, images, 100, 1, 1)
         checks[name] = row["check"]
     assert not checks["wrong"]["passed"], checks["wrong"]
@@ -107,11 +122,7 @@ def test_export_refuses_a_saved_model_whose_outputs_are_shifted(scorer, tmp_path
     real_runner = exporter._runner
 
     def shifted_runner(kind, path, threads):
-        real = real_runner(kind, path, threads)
-        runner = ShiftedRunner(None, None)
-        runner.run = lambda prepared: real.run(prepared) + 2e-4
-        runner.prepare = real.prepare
-        return runner
+        return ShiftedRunner(real_runner(kind, path, threads), _shift(2e-4))
 
     monkeypatch.setattr(exporter, "_runner", shifted_runner)
     images = np.random.default_rng(3).uniform(size=(8, SIZE, SIZE, 3)).astype(np.float32)
@@ -143,14 +154,14 @@ def affine_int8(tmp_path_factory):
 
 
 def test_tflite_runner_quantizes_and_dequantizes_with_the_files_scale_and_zero_point(affine_int8):
-    runner = tflite.TFLiteRunner(affine_int8)
-    details = runner._interpreter
+    interpreter = Interpreter(model_path=affine_int8)
     (scale_in, zero_in), (scale_out, zero_out) = [
-        d[0]["quantization"] for d in (details.get_input_details(), details.get_output_details())
+        d[0]["quantization"] for d in (interpreter.get_input_details(), interpreter.get_output_details())
     ]
     # [0, 1] on 256 levels from -128; [-0.5, 1.5] on 256 levels, 0.0 at level -64.
     assert scale_in == pytest.approx(1 / 255, rel=1e-3) and zero_in == -128
     assert scale_out == pytest.approx(2 / 255, rel=1e-3) and zero_out == -64
+    runner = tflite.TFLiteRunner(affine_int8)
     pixels = np.array([0.0, 1 / 255, 0.25, 1.0] * 12, np.float32).reshape(1, 4, 4, 3)
     prepared = runner.prepare(pixels)
     assert prepared.dtype == np.int8
