@@ -9,7 +9,7 @@ to the copy. The mutant is "killed" when they fail, "survived" when they pass, "
 original text is not found once (the code moved: update the mutant), "error" when pytest could
 not run them (no test selected, a usage error). Standard library only.
 
-    .venv/bin/python scripts/mutation_check.py              # every mutant (about 20 minutes on 2 cores)
+    .venv/bin/python scripts/mutation_check.py              # every mutant (about 15 minutes on 2 cores)
     .venv/bin/python scripts/mutation_check.py -k parity    # mutants whose name contains "parity"
     .venv/bin/python scripts/mutation_check.py --list       # names, files and tests only
 
