@@ -1,0 +1,42 @@
+"""A `model_dir` keeps one run: changing any identity field of the run found there is refused,
+naming the field, and nothing is written."""
+
+import pytest
+
+from training import artifacts, recipes
+from training.loop import start_run
+
+# Each identity field, and a run that differs from `_BASE` in that field only. Written out here
+# rather than read from `artifacts.IDENTITY_FIELDS`, so that a field dropped from the check fails.
+CHANGES = {
+    "model": dict(model="aa_small"),
+    "dataset": dict(recipe=dict(dataset="cifar10")),
+    "image_size": dict(recipe=dict(image_size=48)),
+    "optimizer": dict(recipe=dict(optimizer="sgd")),
+    "mixed_precision": dict(mixed_precision="bfloat16"),
+}
+_BASE = dict(model="conv_small", recipe={}, mixed_precision=None)
+
+
+def _start(model_dir, model, recipe, mixed_precision):
+    return start_run(
+        str(model_dir), recipes.get_recipe("quick", **recipe), checkpoint_steps=10, steps_per_epoch=None,
+        mixed_precision=mixed_precision, model=model, seed=0,
+    )  # fmt: skip
+
+
+def test_every_identity_field_is_checked():
+    assert set(CHANGES) <= set(artifacts.IDENTITY_FIELDS)
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES))
+def test_a_changed_identity_field_is_refused(tmp_path, field):
+    config = _start(tmp_path, **_BASE)
+    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), config)
+    stored = (tmp_path / artifacts.RUN_CONFIG).read_text()
+    assert _start(tmp_path, **_BASE) == config  # the same run resumes
+    changed = {**_BASE, **CHANGES[field]}
+    with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
+        _start(tmp_path, **changed)
+    assert (tmp_path / artifacts.RUN_CONFIG).read_text() == stored
+    assert sorted(p.name for p in tmp_path.iterdir()) == [artifacts.RUN_CONFIG]
