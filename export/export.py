@@ -74,12 +74,12 @@ def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, ca
     artifacts = {}
     if "saved_model" in kinds:
         path = _artifact_path(directory, "saved_model")
-        saved_model.write_saved_model(model, path, image_shape, uint8_input=uint8_input)
+        saved_model.write_saved_model(model, path, image_shape, uint8_input=uint8_input, check_input=True)
         artifacts["saved_model"] = {"path": path}
     tflite_kinds = [kind for kind in kinds if kind in TFLITE_KINDS]
     if tflite_kinds:
         source = tempfile.mkdtemp(prefix=".tflite_source-", dir=directory)
-        saved_model.write_saved_model(model, source, image_shape, batch=batch, check_input=False)
+        saved_model.write_saved_model(model, source, image_shape, batch=batch)
         calibration = parity.batches(calibration_images, batch)[0] if "tflite_int8" in tflite_kinds else None
         for kind in tflite_kinds:
             flatbuffer = tflite.convert(source, kind.removeprefix("tflite_"), calibration)

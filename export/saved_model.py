@@ -11,7 +11,7 @@ OUTPUT_NAME = "predictions"
 SIGNATURE = "serving_default"
 
 
-def write_saved_model(model, path, image_shape, batch=None, uint8_input=False, check_input=True):
+def write_saved_model(model, path, image_shape, batch=None, uint8_input=False, check_input=False):
     """Writes `model` as a SavedModel with one `serving_default` signature.
 
     Args:
@@ -20,7 +20,8 @@ def write_saved_model(model, path, image_shape, batch=None, uint8_input=False, c
         image_shape: (H, W, C) of the signature's input.
         batch: static batch size of the signature, or None for any batch.
         uint8_input: take uint8 images in [0, 255] and scale them to [0, 1] inside the graph.
-        check_input: check the input's shape at run time (see `write_signature`).
+        check_input: check the input's shape at run time (see `write_signature`): for a
+            SavedModel to serve; a converter's source leaves it out (TFLite has no such check).
 
     The signature maps `images` (B, H, W, C) float32 (or uint8) to `predictions` (B, classes).
     """

@@ -2,6 +2,7 @@
 installed, and an import of the layer that loads none of the heavy optional parts."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,11 @@ def test_wheel_ships_the_kernel_and_it_compiles_and_applies_where_installed(tmp_
     """Before, a wheel had no fused_attention.cc and an installed package silently ran the slower
     TensorFlow-op path. The wheel is installed into its own folder (the environment's
     dependencies, no download) and imported from outside the repository."""
+    # Built from a copy, so that the build leaves nothing (build/, *.egg-info) in the repository.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), REPO],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), source],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("aa_keras-*.whl")

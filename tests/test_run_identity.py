@@ -1,5 +1,5 @@
 """A `model_dir` keeps one run: changing any identity field of the run found there is refused,
-naming the field, and nothing is written."""
+naming the field, also with `allow_changed_settings`, and nothing is written."""
 
 import pytest
 
@@ -18,10 +18,10 @@ CHANGES = {
 _BASE = dict(model="conv_small", recipe={}, mixed_precision=None)
 
 
-def _start(model_dir, model, recipe, mixed_precision):
+def _start(model_dir, model, recipe, mixed_precision, allow_changed_settings=False):
     return start_run(
         str(model_dir), recipes.get_recipe("quick", **recipe), checkpoint_steps=10, steps_per_epoch=None,
-        mixed_precision=mixed_precision, model=model, seed=0,
+        mixed_precision=mixed_precision, allow_changed_settings=allow_changed_settings, model=model, seed=0,
     )  # fmt: skip
 
 
@@ -36,7 +36,9 @@ def test_a_changed_identity_field_is_refused(tmp_path, field):
     stored = (tmp_path / artifacts.RUN_CONFIG).read_text()
     assert _start(tmp_path, **_BASE) == config  # the same run resumes
     changed = {**_BASE, **CHANGES[field]}
-    with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
-        _start(tmp_path, **changed)
+    # Refused even where other settings may change: the checkpoints do not fit another identity.
+    for allow in (False, True):
+        with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
+            _start(tmp_path, **changed, allow_changed_settings=allow)
     assert (tmp_path / artifacts.RUN_CONFIG).read_text() == stored
     assert sorted(p.name for p in tmp_path.iterdir()) == [artifacts.RUN_CONFIG]
