@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import build_model
 from training import artifacts, data
+from training.init_from import initialize_from
 from training.distribute import is_chief, worker_id
 from training.schedules import WarmupDecay
 
@@ -170,6 +171,8 @@ def run_training(
     checkpoint_steps=200,
     seed=0,
     verbose=True,
+    init_from=None,
+    init_method="linear",
 ):
     """Trains `task`'s model with `recipe` into `model_dir`, resuming a run found there.
 
@@ -193,6 +196,9 @@ def run_training(
         checkpoint_steps: steps between checkpoints.
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
+        init_from: a .keras model or a run folder whose weights a new run starts from
+            (`training.init_from.initialize_from`, tables resampled with `init_method`);
+            ignored when the run resumes from its own checkpoint.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -233,6 +239,10 @@ def run_training(
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
+        if init_from and chief and verbose:
+            print(f"{model_name}: resuming from {latest}; --init_from={init_from} is ignored.", flush=True)
+    elif init_from:
+        initialize_from(model, init_from, init_method, verbose=chief and verbose)
 
     decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
 
@@ -381,6 +391,8 @@ def train_model(
     seed=0,
     verbose=True,
     model_fn=build_registered_model,
+    init_from=None,
+    init_method="linear",
 ):
     """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
     found there (see `run_training` for what is written), with the softmax cross-entropy
@@ -399,6 +411,7 @@ def train_model(
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
         model_fn: `(name, input_shape, classes) -> keras.Model`.
+        init_from, init_method: start from the weights of a saved model (see `run_training`).
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -486,4 +499,5 @@ def train_model(
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
         mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
+        init_from=init_from, init_method=init_method,
     )

@@ -18,8 +18,10 @@ import keras
 from absl import app, flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES
+from aa_keras.layers import RESAMPLE_METHODS
 from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
+from training.init_from import model_file
 from training.loop import MIXED_PRECISION, train_model
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
@@ -62,6 +64,12 @@ flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training im
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string(
+    "init_from", None, "Start from the weights of this .keras model or run folder (matched by layer, relative tables "
+    "resampled to --image_size, other shapes newly initialised); a run resuming its own checkpoints ignores it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum("init_method", "linear", RESAMPLE_METHODS, "How --init_from fills relative tables of a larger attention grid.", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
@@ -122,6 +130,10 @@ def run(argv):
         raise ValueError(
             f"Invalid `--model`: unknown {task} networks {unknown}; with --task={task} valid names are {', '.join(valid)}."
         )
+    if FLAGS.init_from:
+        model_file(FLAGS.init_from)  # A bad path fails before any data is prepared.
+        if len(models) > 1:
+            raise ValueError(f"Invalid `--init_from`: it initialises one network, and this run trains {list(models)}; pass one --model.")
     model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
@@ -144,6 +156,8 @@ def run(argv):
             checkpoint_steps=FLAGS.checkpoint_steps,
             steps_per_epoch=FLAGS.steps_per_epoch,
             seed=FLAGS.seed,
+            init_from=FLAGS.init_from,
+            init_method=FLAGS.init_method,
             **options,
         )
         rows.append(metrics)
