@@ -275,19 +275,37 @@ def memorised_run(tmp_path_factory, data_dir):
     return model_dir, metrics
 
 
-def test_init_from_another_size_starts_from_those_weights(memorised_run, data_dir, tmp_path, capsys):
+def _first_loss(model_dir, data_dir, image_size, **options):
+    keras.utils.set_random_seed(0)  # The same data order and fresh initialisation in every run.
+    _, metrics = _train(model_dir, data_dir, _recipe(image_size), steps=1, **options)
+    return metrics["history"][0]["train_loss"]
+
+
+def test_init_from_starts_from_the_weights_of_another_run(memorised_run, data_dir, tmp_path, capsys):
     source, trained = memorised_run
     assert trained["history"][-1]["train_loss"] < 0.1
-    first_losses = {}
-    for name, options in (("fresh", {}), ("init", {"init_from": str(source)})):
-        keras.utils.set_random_seed(0)
-        _, metrics = _train(tmp_path / name, data_dir, _recipe(40), steps=1, **options)
-        first_losses[name] = metrics["history"][0]["train_loss"]
-    assert first_losses["init"] < 0.5 * first_losses["fresh"], first_losses
+    fresh = _first_loss(tmp_path / "fresh32", data_dir, 32)
+    same_size = _first_loss(tmp_path / "init32", data_dir, 32, init_from=str(source))
+    assert same_size < 0.2 * fresh, (same_size, fresh)
+    assert re.search(r"loaded\s+\d+ .*\nresampled\s+0 .*\ninitialised\s+0 ", capsys.readouterr().out)
+
+
+def test_init_from_another_size_resamples_the_tables(memorised_run, data_dir, tmp_path, capsys):
+    """At 40x40 the images are rescaled (memorised images are not recognised at another scale),
+    so the check is exact: the run starts where one initialised from `resize_model`'s model does."""
+    source, _ = memorised_run
+    resized, _ = resize_model(keras.saving.load_model(source / "model.keras"), (40, 40, 3))
+    resized.save(tmp_path / "resized.keras")
+    fresh = _first_loss(tmp_path / "fresh", data_dir, 40)
+    from_resized = _first_loss(tmp_path / "from_resized", data_dir, 40, init_from=str(tmp_path / "resized.keras"))
+    capsys.readouterr()
+    from_run = _first_loss(tmp_path / "init", data_dir, 40, init_from=str(source))
+    assert from_run == pytest.approx(from_resized, abs=1e-6) and abs(from_run - fresh) > 0.05, (from_run, fresh)
     table = capsys.readouterr().out
-    assert "initialised from" in table
-    assert re.search(r"loaded\s+(\d+)", table)[1] == str(len(small_nets.aa_small_net((40, 40, 3), 2).weights) - 6)
-    assert re.search(r"resampled\s+6 ", table) and re.search(r"initialised\s+0 ", table)
+    assert "aa_small: initialised from" in table
+    assert re.search(r"loaded\s+(\d+)", table)[1] == str(len(resized.weights) - 6)
+    assert re.search(r"resampled\s+6 .*block1_aa/rel_height \(31, 8\)->\(39, 8\)", table)
+    assert re.search(r"initialised\s+0 ", table)
     # Resuming the run: its own checkpoint wins, and it says so.
     _train(tmp_path / "init", data_dir, _recipe(40, epochs=2), steps=1, init_from=str(source))
     assert re.search(r"resuming from .*ckpt-1; --init_from=.* is ignored", capsys.readouterr().out)
@@ -306,5 +324,26 @@ def test_init_from_bad_paths_and_incompatible_models(memorised_run, data_dir, tm
     (tmp_path / "broken.keras").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="cannot load"):
         init_from.initialize_from(model, str(tmp_path / "broken.keras"))
-    with pytest.raises(ValueError, match="no weight of 'aa_small'"):
-        init_from.initialize_from(small_nets.conv_small_net((32, 32, 3), 2), str(source), verbose=False)
+    resnet = build_model("resnet18", (32, 32, 3), 2)
+    with pytest.raises(ValueError, match="'aa_small' .* is another network than 'resnet18': only 0 of its"):
+        init_from.initialize_from(resnet, str(source), verbose=False)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--init_from=/nowhere/model.keras"], r"Invalid `init_from`: '/nowhere/model.keras' does not exist"),
+        (["--init_from={tmp}", "--model=aa_small,conv_small"], r"Invalid `--init_from`: it initialises one network"),
+        (["--init_from={tmp}", "--model=aa_small", "--init_method=cubic"], r"init_method"),
+    ],
+)
+def test_train_cli_init_from_errors(flags, message, tmp_path):
+    keras.saving.save_model(small_nets.aa_small_net((32, 32, 3), 2), tmp_path / "model.keras")
+    argv = ["train", f"--model_dir={tmp_path / 'run'}", *[f.format(tmp=tmp_path) for f in flags]]
+    try:
+        with pytest.raises(Exception, match=message):
+            train.FLAGS(argv)
+            train.run(argv[:1])
+    finally:
+        train.FLAGS.unparse_flags()
+    assert not (tmp_path / "run").exists()

@@ -61,16 +61,17 @@ def initialize_from(model, path, method="linear", verbose=True):
         The `aa_keras.applications.WeightTransfer`.
 
     Raises:
-        ValueError: a bad path, a file that is not a Keras model, or a model none of whose
-            weights fit `model`.
+        ValueError: a bad path, a file that is not a Keras model, or another network: fewer
+            than half of the weights of `model` are found in it (same path and shape, or a table).
     """
     source = load_source(path)
     transfer = transfer_weights(source, model, method)
-    if not transfer.loaded and not transfer.resampled:
+    fitting = len(transfer.loaded) + len(transfer.resampled)
+    if 2 * fitting < len(model.weights):
         raise ValueError(
-            f"Invalid `init_from`: no weight of {source.name!r} ({model_file(path)}) fits {model.name!r}: "
-            f"none has the same path and shape. Start from a model of the same network (or, for a "
-            f"detector, its classifier backbone).\n{transfer}"
+            f"Invalid `init_from`: {source.name!r} ({model_file(path)}) is another network than {model.name!r}: "
+            f"only {fitting} of its {len(model.weights)} weights have a weight of the same path and shape "
+            f"there. Start from a model of the same network (or, for a detector, its classifier backbone).\n{transfer}"
         )
     if verbose:
         print(f"{model.name}: initialised from {model_file(path)} (tables: {method})\n{transfer}", flush=True)

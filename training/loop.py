@@ -239,10 +239,10 @@ def run_training(
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-        if init_from and chief and verbose:
+        if init_from and chief:
             print(f"{model_name}: resuming from {latest}; --init_from={init_from} is ignored.", flush=True)
     elif init_from:
-        initialize_from(model, init_from, init_method, verbose=chief and verbose)
+        initialize_from(model, init_from, init_method, verbose=chief)
 
     decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
 
