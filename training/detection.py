@@ -19,8 +19,9 @@ import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
-from training import detection_data, init_from as init_from_module, recipes
+from training import detection_data, recipes
 from training.data import per_replica_batch_size
+from training.init_from import detector_attention
 from training.loop import TrainingTask, check_count, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
@@ -272,7 +273,7 @@ def train_detection(
     train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
     detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
 
-    attention = init_from_module.detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
+    attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
 
     def train_dataset(context, epoch_seed, skip_batches):
         return detection_data.build_dataset(

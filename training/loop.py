@@ -23,8 +23,8 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import build_model
 from training import artifacts, data
-from training.init_from import initialize_from
 from training.distribute import is_chief, worker_id
+from training.init_from import initialize_from
 from training.schedules import WarmupDecay
 
 MIXED_PRECISION = (None, "bfloat16", "float16")
