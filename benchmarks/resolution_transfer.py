@@ -11,7 +11,8 @@
    same pixel size placed at least 32 px apart (same content scale, larger canvas). For each,
    the test accuracy of the source resized with `resize_model(..., method="linear")`, with
    `"edge"`, and after a short fine-tune at 64 started from the source through the trainer's
-   `init_from` (tables with `--finetune_method`), next to the source's accuracy at 32x32.
+   `init_from` (tables with `--finetune_method`; Adam at a tenth of the recipe's learning rate:
+   at the recipe's own, 40 steps undo the trained weights), next to the source's accuracy at 32x32.
 3. ImageNet to COCO at small scale: `aa_resnet18` trained briefly on glyph_pairs at 64x64, then
    `aa_retinanet_r18` at 128x128 on `glyph_boxes` started from it through `init_from` (the
    detector takes the classifier's attention settings and its weights, tables resampled).
@@ -40,6 +41,10 @@ flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_integer("source_epochs", 4, "Epochs of the source run (the default run's 4).")
 flags.DEFINE_integer("finetune_steps", None, "Steps of the 1-epoch fine-tune at 64 (default: the whole epoch).")
 flags.DEFINE_list("finetune_method", ["linear", "edge"], "Table resampling of the fine-tunes of (a) and (b).")
+flags.DEFINE_float(
+    "finetune_learning_rate", 4e-4, "Peak Adam learning rate per 256 images of the fine-tunes (the recipe's / 10)."
+)
+flags.DEFINE_boolean("detection", True, "Run part 3 (classifier at 64 into a detector at 128).")
 flags.DEFINE_integer("classifier_steps", 30, "Steps of the aa_resnet18 classifier at 64x64.")
 flags.DEFINE_integer("detection_steps", 10, "Steps of the aa_retinanet_r18 detector at 128x128.")
 flags.DEFINE_integer("detection_eval_examples", 40, "Evaluation images of the detector.")
@@ -82,12 +87,14 @@ def resolution_transfer():
     for (case, dataset), method in zip(CASES.items(), FLAGS.finetune_method):
         data.prepare(dataset, FLAGS.data_dir)
         row = {name: accuracy(model, dataset, 64, FLAGS.data_dir) for name, model in resized.items()}
-        recipe = recipes.get_recipe("quick", dataset=dataset, image_size=64, epochs=1)
+        recipe = recipes.get_recipe(
+            "quick", dataset=dataset, image_size=64, epochs=1, learning_rate=FLAGS.finetune_learning_rate
+        )
         metrics, seconds = _run(os.path.join(FLAGS.work_dir, f"finetune_{case}"), model_name="aa_small",
                                 recipe=recipe, steps_per_epoch=FLAGS.finetune_steps, init_from=source_path,
                                 init_method=method)  # fmt: skip
         row.update(finetuned=metrics["test_accuracy"], finetune_method=method, finetune_steps=metrics["steps"],
-                   finetune_seconds=round(seconds))  # fmt: skip
+                   finetune_learning_rate=recipe.learning_rate, finetune_seconds=round(seconds))  # fmt: skip
         result[case] = row
         print(f"{case}: {row}", flush=True)
     return result
@@ -133,8 +140,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     result = resolution_transfer()
     print(table(result), flush=True)
-    result["imagenet_to_coco"] = imagenet_to_coco()
-    print(json.dumps(result["imagenet_to_coco"], indent=2), flush=True)
+    if FLAGS.detection:
+        result["imagenet_to_coco"] = imagenet_to_coco()
+        print(json.dumps(result["imagenet_to_coco"], indent=2), flush=True)
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output, "w") as f:
         json.dump(result, f, indent=2)
