@@ -11,8 +11,9 @@
    same pixel size placed at least 32 px apart (same content scale, larger canvas). For each,
    the test accuracy of the source resized with `resize_model(..., method="linear")`, with
    `"edge"`, and after a short fine-tune at 64 started from the source through the trainer's
-   `init_from` (tables with `--finetune_method`; Adam at a tenth of the recipe's learning rate:
-   at the recipe's own, 40 steps undo the trained weights), next to the source's accuracy at 32x32.
+   `init_from` (tables with `--finetune_method`, Adam at `--finetune_learning_rate`), next to
+   the source's accuracy at 32x32. As a diagnostic, the resized models are also evaluated with
+   BatchNormalization on the statistics of each test batch instead of its moving averages.
 3. ImageNet to COCO at small scale: `aa_resnet18` trained briefly on glyph_pairs at 64x64, then
    `aa_retinanet_r18` at 128x128 on `glyph_boxes` started from it through `init_from` (the
    detector takes the classifier's attention settings and its weights, tables resampled).
@@ -53,9 +54,13 @@ flags.DEFINE_string("output", "benchmarks/results/resolution_transfer.json", "Wh
 CASES = {"upsampled": "glyph_pairs", "canvas64": "glyph_pairs/canvas64"}
 
 
-def accuracy(model, dataset, image_size, data_dir):
-    """Test accuracy of `model` on the whole test split of `dataset` at `image_size`."""
-    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1, output_type=tf.int32))
+def accuracy(model, dataset, image_size, data_dir, batch_statistics=False):
+    """Test accuracy of `model` on the whole test split of `dataset` at `image_size`; with
+    `batch_statistics`, BatchNormalization normalises with the statistics of each batch of 200
+    test images instead of its moving averages (a diagnostic: how much of a drop is theirs)."""
+    predict = tf.function(
+        lambda images: tf.argmax(model(images, training=batch_statistics), -1, output_type=tf.int32)
+    )
     correct = total = 0
     for images, labels in data.build_dataset(dataset, "test", image_size, global_batch_size=200, data_dir=data_dir):
         correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
@@ -87,6 +92,10 @@ def resolution_transfer():
     for (case, dataset), method in zip(CASES.items(), FLAGS.finetune_method):
         data.prepare(dataset, FLAGS.data_dir)
         row = {name: accuracy(model, dataset, 64, FLAGS.data_dir) for name, model in resized.items()}
+        row.update({
+            f"{name}_batch_statistics": accuracy(model, dataset, 64, FLAGS.data_dir, batch_statistics=True)
+            for name, model in resized.items()
+        })
         recipe = recipes.get_recipe(
             "quick", dataset=dataset, image_size=64, epochs=1, learning_rate=FLAGS.finetune_learning_rate
         )

@@ -122,8 +122,8 @@ def transfer_weights(source, target, method="linear"):
     that path, or one of another shape) keeps its initial value and is reported.
 
     Args:
-        source: a built `keras.Model` (or layer) to take weights from.
-        target: a built `keras.Model` (or layer) to write into.
+        source: a built `keras.Model` to take weights from.
+        target: a built `keras.Model` to write into.
         method: "linear" or "edge", for tables of a larger grid.
 
     Returns:
@@ -131,7 +131,7 @@ def transfer_weights(source, target, method="linear"):
     """
     _check_method(method)
     for role, model in (("source", source), ("target", target)):
-        if not isinstance(model, keras.layers.Layer) or not model.built:
+        if not isinstance(model, keras.Model) or not model.built:
             raise ValueError(f"Invalid `{role}`: expected a built keras.Model, received {model!r}.")
     sources = _weights_by_path(source, "source")
     targets = _weights_by_path(target, "target")
