@@ -88,9 +88,10 @@ def resolution_transfer():
     source = load_source(source_path)
     result["source"] = source_path
     result["accuracy_32"] = accuracy(source, "glyph_pairs", 32, FLAGS.data_dir)
-    resized = {method: resize_model(source, (64, 64, 3), method)[0] for method in ("linear", "edge")}
     for (case, dataset), method in zip(CASES.items(), FLAGS.finetune_method):
         data.prepare(dataset, FLAGS.data_dir)
+        # Fresh models per case: a call with training=True updates the BatchNormalization averages.
+        resized = {name: resize_model(source, (64, 64, 3), name)[0] for name in ("linear", "edge")}
         row = {name: accuracy(model, dataset, 64, FLAGS.data_dir) for name, model in resized.items()}
         row.update({
             f"{name}_batch_statistics": accuracy(model, dataset, 64, FLAGS.data_dir, batch_statistics=True)
