@@ -66,3 +66,15 @@ def test_build_dataset_gives_unit_range_float_batches(data_dir):
     raw = next(iter(tfds.builder("glyph_pairs", data_dir=data_dir).as_dataset("test", as_supervised=True).batch(16)))
     np.testing.assert_allclose(images.numpy(), raw[0].numpy() / 255.0, atol=1e-6)
     np.testing.assert_array_equal(labels.numpy(), raw[1].numpy())
+
+
+def test_canvas64_has_the_same_glyphs_farther_apart_on_64x64():
+    assert tfds.builder("glyph_pairs/canvas64").info.features["image"].shape == (64, 64, 3)
+    alphabet = glyph_pairs.make_alphabet(np.random.default_rng(glyph_pairs.SEED))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        image, label = glyph_pairs.make_example(rng, alphabet, image_size=64, min_distance=32.0)
+        assert image.shape == (64, 64, 3)
+        (id_a, row_a, col_a), (id_b, row_b, col_b) = _glyphs_in(image, alphabet)
+        assert np.hypot(row_a - row_b, col_a - col_b) >= 32.0
+        assert (id_a == id_b) == bool(label)

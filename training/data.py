@@ -27,7 +27,7 @@ def tfds_builder(name, data_dir, embedded, expected):
         raise ValueError(
             f"Unknown dataset: received dataset={name!r}, which TFDS does not know. Use {expected}."
         ) from error
-    if name in embedded:
+    if name.split("/")[0] in embedded:  # any configuration, e.g. glyph_pairs/canvas64
         builder.download_and_prepare()
     return builder
 

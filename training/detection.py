@@ -21,6 +21,7 @@ from official.vision.evaluation import coco_evaluator
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
 from training import detection_data, recipes
 from training.data import per_replica_batch_size
+from training.init_from import detector_attention
 from training.loop import TrainingTask, check_count, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
@@ -126,9 +127,9 @@ def comparison_table(rows):
     return "\n".join(lines)
 
 
-def build_named_detector(name, input_shape, num_classes):
-    """The detector `name` from `aa_keras.applications.retinanet`."""
-    return build_detector(name, input_shape=input_shape, num_classes=num_classes)
+def build_named_detector(name, input_shape, num_classes, **kwargs):
+    """The detector `name` from `aa_keras.applications.retinanet` (`kwargs`: its further arguments)."""
+    return build_detector(name, input_shape=input_shape, num_classes=num_classes, **kwargs)
 
 
 def compile_detector(model, optimizer):
@@ -215,6 +216,8 @@ def train_detection(
     verbose=True,
     model_fn=build_named_detector,
     allow_changed_settings=False,
+    init_from=None,
+    init_method="linear",
 ):
     """Trains the detector `model_name` into `model_dir`, resuming a run found there, and
     evaluates it with the COCO evaluator after each epoch.
@@ -238,9 +241,13 @@ def train_detection(
         eval_examples: evaluate on the first this many images of the evaluation split (None: all).
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
-        model_fn: `(name, input_shape, num_classes) -> detector`.
+        model_fn: `(name, input_shape, num_classes, **attention) -> detector`.
         allow_changed_settings: resume a run found in `model_dir` whose settings (other than
             the identity fields and `epochs`) differ from these; the change is recorded.
+        init_from, init_method: start from the weights of a saved classifier or detector (see
+            `training.loop.run_training`); an AA detector takes the attention settings of its
+            backbone layers (`training.init_from.detector_attention`), so re-run the same command
+            to resume.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -268,6 +275,8 @@ def train_detection(
     num_classes = detection_data.num_classes(recipe.dataset, data_dir)
     train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
     detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
+
+    attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
 
     def train_dataset(context, epoch_seed, skip_batches):
         return detection_data.build_dataset(
@@ -300,7 +309,7 @@ def train_detection(
         )
 
     task = TrainingTask(
-        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes),
+        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes, **attention),
         compile=compile_detector,
         train_dataset=train_dataset,
         loss=loss,
@@ -313,4 +322,5 @@ def train_detection(
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
         mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
+        init_from=init_from, init_method=init_method,
     )

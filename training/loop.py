@@ -26,6 +26,7 @@ from absl import logging
 from aa_keras.applications import build_model
 from training import artifacts, attention_summaries, checkpoints, data, run_lock
 from training.distribute import is_chief, worker_id
+from training.init_from import initialize_from
 from training.schedules import WarmupDecay
 
 MIXED_PRECISION = (None, "bfloat16", "float16")
@@ -180,6 +181,8 @@ def run_training(
     checkpoint_steps=200,
     seed=0,
     verbose=True,
+    init_from=None,
+    init_method="linear",
 ):
     """Trains `task`'s model with `recipe` into `model_dir`, resuming a run found there.
 
@@ -206,6 +209,9 @@ def run_training(
         checkpoint_steps: steps between checkpoints.
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
+        init_from: a .keras model or a run folder whose weights a new run starts from
+            (`training.init_from.initialize_from`, tables resampled with `init_method`);
+            ignored when the run resumes from its own checkpoint.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -287,6 +293,11 @@ def _run_training(
         note(f"Damaged checkpoint files of {model_name}: {'; '.join(damaged)}{moved}. Resuming from the newest "
              f"intact one, {restored.path}.", warning=True)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+    if restored.path:
+        if init_from:
+            note(f"{model_name}: resuming from {restored.path}; --init_from={init_from} is ignored.")
+    elif init_from:
+        initialize_from(model, init_from, init_method, verbose=chief)
 
     decayed = [v for v in model.trainable_variables if v.name == "kernel"] if recipe.weight_decay else []
 
@@ -459,6 +470,8 @@ def train_model(
     verbose=True,
     model_fn=build_registered_model,
     allow_changed_settings=False,
+    init_from=None,
+    init_method="linear",
 ):
     """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
     found there (see `run_training` for what is written), with the softmax cross-entropy
@@ -479,6 +492,7 @@ def train_model(
         model_fn: `(name, input_shape, classes) -> keras.Model`.
         allow_changed_settings: resume a run found in `model_dir` whose settings (other than
             the identity fields and `epochs`) differ from these; the change is recorded.
+        init_from, init_method: start from the weights of a saved model (see `run_training`).
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -568,4 +582,5 @@ def train_model(
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
         mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
+        init_from=init_from, init_method=init_method,
     )

@@ -18,8 +18,10 @@ import keras
 from absl import app, flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES
+from aa_keras.layers import RESAMPLE_METHODS
 from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
+from training.init_from import model_file
 from training.loop import MIXED_PRECISION, train_model
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
@@ -67,6 +69,12 @@ flags.DEFINE_bool(
     "image size, optimizer, mixed precision and epochs changed; the change is recorded in run_config.json.",
     flag_values=FLAGS,
 )
+flags.DEFINE_string(
+    "init_from", None, "Start from the weights of this .keras model or run folder (matched by layer, relative tables "
+    "resampled to --image_size, other shapes newly initialised); a run resuming its own checkpoints ignores it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum("init_method", "linear", RESAMPLE_METHODS, "How --init_from fills relative tables of a larger attention grid.", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
@@ -127,6 +135,10 @@ def run(argv):
         raise ValueError(
             f"Invalid `--model`: unknown {task} networks {unknown}; with --task={task} valid names are {', '.join(valid)}."
         )
+    if FLAGS.init_from:
+        model_file(FLAGS.init_from)  # A bad path fails before any data is prepared.
+        if len(models) > 1:
+            raise ValueError(f"Invalid `--init_from`: it initialises one network, and this run trains {list(models)}; pass one --model.")
     model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
@@ -150,6 +162,8 @@ def run(argv):
             steps_per_epoch=FLAGS.steps_per_epoch,
             seed=FLAGS.seed,
             allow_changed_settings=FLAGS.allow_changed_settings,
+            init_from=FLAGS.init_from,
+            init_method=FLAGS.init_method,
             **options,
         )
         rows.append(metrics)

@@ -2,6 +2,7 @@
 RetinaNet detectors, and registries of named models and detectors.
 
     model, summary = augment(keras.applications.ResNet50(weights=None))
+    model_320, summary = resize_model(model, (320, 320, 3))      # relative tables resampled
     model = build_model("aa_resnet50", classes=1000)
     detector = build_detector("aa_retinanet_r50", num_classes=80)
 """
@@ -10,6 +11,7 @@ import importlib
 
 from aa_keras.applications._backbone import feature_extractor
 from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
+from aa_keras.applications.resize import GridChange, ResizeSummary, WeightTransfer, resize_model, transfer_weights
 from aa_keras.applications.resnet import AAResNet, ResNet
 from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
 
@@ -93,17 +95,22 @@ __all__ = [
     "AAWideResNet",
     "AugmentSummary",
     "DETECTOR_NAMES",
+    "GridChange",
     "LastStages",
     "MODEL_NAMES",
     "PRESETS",
     "Replacement",
+    "ResizeSummary",
     "ResNet",
     "ResNetEncoder",
     "RetinaNet",
+    "WeightTransfer",
     "WideResNet",
     "augment",
     "build_detector",
     "build_model",
     "detections",
     "feature_extractor",
+    "resize_model",
+    "transfer_weights",
 ]

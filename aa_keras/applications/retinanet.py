@@ -18,12 +18,15 @@ smaller than RetinaNet (see `benchmarks/detection_param_table.py`).
 """
 
 import math
+import re
 
 import keras
 import keras_hub
 
 from aa_keras.applications._backbone import feature_extractor
+from aa_keras.applications.resize import transfer_weights
 from aa_keras.applications.resnet import DEPTHS, AAResNet, ResNet
+from aa_keras.layers import AttentionAugmentation2D
 
 MIN_LEVEL = 3
 MAX_LEVEL = 7
@@ -259,13 +262,61 @@ DETECTORS = {
 DETECTOR_NAMES = tuple(DETECTORS)
 
 
-def build_detector(name, input_shape=None, num_classes=None, **kwargs):
+_AUGMENTED_CONV = re.compile(r"conv(\d)_block\d+_\d_conv")
+
+
+def backbone_attention(classifier):
+    """The `AARetinaNet` attention arguments whose backbone has the augmented layers of
+    `classifier` (an `AAResNet`), or None for a classifier without attention (a `ResNet`)."""
+    layers = [layer for layer in classifier.layers if isinstance(layer, AttentionAugmentation2D)]
+    if not layers:
+        return None
+    stages = {}
+    for layer in layers:
+        match = _AUGMENTED_CONV.fullmatch(layer.name)
+        if match is None:
+            raise ValueError(
+                f"Invalid `backbone`: {classifier.name!r} has the attention layer {layer.name!r}, which is not "
+                "one of an AAResNet (conv{stage}_block{b}_{i}_conv); build the classifier with `AAResNet`."
+            )
+        stages.setdefault(int(match[1]), []).append(layer)
+    settings = {(layer.num_heads, layer.position_encoding, layer.depth_v) for layer in layers}
+    key_depths = {layer.depth_k for layer in layers}
+    fractions = {k for k in key_depths if isinstance(k, float)}
+    floors = key_depths - fractions
+    if len(settings) > 1 or len(fractions) > 1 or len(floors) > 1:
+        raise ValueError(
+            f"Invalid `backbone`: the attention layers of {classifier.name!r} do not share one setting of "
+            "num_heads, position_encoding, depth_k and depth_v, as those of an AAResNet do."
+        )
+    (num_heads, position_encoding, depth_v), = settings
+    min_keys = floors.pop() if floors else 0
+    # Every layer with an int depth_k had kappa * filters below the floor; any such kappa builds the same.
+    depth_k = fractions.pop() if fractions else min(1.0, 0.5 * min(min_keys / layer.filters for layer in layers))
+    return dict(
+        depth_k=depth_k,
+        depth_v=depth_v,
+        num_heads=num_heads,
+        min_key_depth_per_head=min_keys // num_heads,
+        position_encoding=position_encoding,
+        augmented_stages=6 - min(stages),
+        downsample_attention_stages=sum(any(l.downsample_attention for l in group) for group in stages.values()),
+    )
+
+
+def build_detector(name, input_shape=None, num_classes=None, backbone=None, method="linear", **kwargs):
     """Builds a registered detector by name.
 
     Args:
         name: one of `DETECTOR_NAMES`.
         input_shape: (H, W, C); None for (640, 640, 3).
         num_classes: None for 80 (COCO).
+        backbone: None, or a classifier (`ResNet` / `AAResNet` of the detector's depth, e.g.
+            trained on ImageNet at another size) whose weights the backbone starts from: the
+            detector takes its attention settings (`backbone_attention`) and its weights, the
+            relative tables resampled for the detector's input size with `method`; the FPN and
+            heads keep their initialization.
+        method: "linear" or "edge", see `aa_keras.layers.resample_relative_table`.
         **kwargs: further arguments of `RetinaNet` / `AARetinaNet`.
 
     Returns:
@@ -277,4 +328,22 @@ def build_detector(name, input_shape=None, num_classes=None, **kwargs):
         kwargs["input_shape"] = input_shape
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return DETECTORS[name](**kwargs)
+    if backbone is None:
+        return DETECTORS[name](**kwargs)
+    attention = backbone_attention(backbone)
+    if (attention is not None) != name.startswith("aa_"):
+        kind = "an attention-augmented" if attention else "a plain"
+        raise ValueError(f"Invalid `backbone`: {backbone.name!r} is {kind} network, and {name!r} is not.")
+    given = sorted(set(kwargs) & set(attention or ()))
+    if given:
+        raise ValueError(f"Invalid arguments {given}: with `backbone` they come from the classifier {backbone.name!r}.")
+    detector = DETECTORS[name](**kwargs, **(attention or {}))
+    transfer = transfer_weights(backbone, detector.backbone.image_encoder, method)
+    names = [layer.name for layer in backbone.layers]
+    head = {w.path for layer in backbone.layers[names.index("C5") + 1 :] for w in layer.weights} if "C5" in names else set()
+    if transfer.initialised or set(transfer.unused) - head:
+        raise ValueError(
+            f"Invalid `backbone`: {backbone.name!r} does not have the layers of the backbone of {name!r} (another "
+            f"depth?); these weights do not fit:\n{transfer}"
+        )
+    return detector

@@ -9,7 +9,13 @@ are known to be hard for convolutional networks (Kim, Ricci and Serre, "Not-So-C
 
 Everything is generated on the machine from `SEED` in a few seconds, identically on every
 machine: `tfds.builder("glyph_pairs").download_and_prepare()` downloads nothing.
+
+Configurations: `glyph_pairs/canvas32` (the default, described above) and
+`glyph_pairs/canvas64`: the same glyphs (5x5 pixels, same alphabet) on 64x64 canvases, at least
+32 pixels apart, for models moved from 32x32 to 64x64 inputs with content of the same scale.
 """
+
+import dataclasses
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,23 +43,23 @@ def make_alphabet(rng, num_glyphs=NUM_GLYPHS, size=GLYPH_SIZE, min_hamming=MIN_G
     return np.stack(glyphs)
 
 
-def _far_apart_positions(rng):
-    """Top-left corners of two glyphs whose centres are >= MIN_DISTANCE apart."""
-    span = IMAGE_SIZE - GLYPH_SIZE + 1
+def _far_apart_positions(rng, image_size, min_distance):
+    """Top-left corners of two glyphs whose centres are >= `min_distance` apart."""
+    span = image_size - GLYPH_SIZE + 1
     while True:
         corners = rng.integers(0, span, size=(2, 2))
-        if np.hypot(*(corners[0] - corners[1])) >= MIN_DISTANCE:
+        if np.hypot(*(corners[0] - corners[1])) >= min_distance:
             return corners
 
 
-def make_placed_example(rng, alphabet):
-    """One (uint8 image (IMAGE_SIZE, IMAGE_SIZE, 3), label, corners) triple; label 1 means same
+def make_placed_example(rng, alphabet, image_size=IMAGE_SIZE, min_distance=MIN_DISTANCE):
+    """One (uint8 image (image_size, image_size, 3), label, corners) triple; label 1 means same
     shape; corners (2, 2) holds the (row, column) of each glyph's top-left cell."""
     label = int(rng.integers(2))
     first = int(rng.integers(len(alphabet)))
     second = first if label else int((first + rng.integers(1, len(alphabet))) % len(alphabet))
-    image = rng.integers(0, 64, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    corners = _far_apart_positions(rng)
+    image = rng.integers(0, 64, size=(image_size, image_size, 3), dtype=np.uint8)
+    corners = _far_apart_positions(rng, image_size, min_distance)
     for glyph_id, (row, col) in zip((first, second), corners):
         colour = rng.integers(128, 256, size=3, dtype=np.uint8)
         window = image[row : row + GLYPH_SIZE, col : col + GLYPH_SIZE]
@@ -61,10 +67,18 @@ def make_placed_example(rng, alphabet):
     return image, label, corners
 
 
-def make_example(rng, alphabet):
-    """One (uint8 image (IMAGE_SIZE, IMAGE_SIZE, 3), label) pair; label 1 means same shape."""
-    image, label, _ = make_placed_example(rng, alphabet)
+def make_example(rng, alphabet, image_size=IMAGE_SIZE, min_distance=MIN_DISTANCE):
+    """One (uint8 image (image_size, image_size, 3), label) pair; label 1 means same shape."""
+    image, label, _ = make_placed_example(rng, alphabet, image_size, min_distance)
     return image, label
+
+
+@dataclasses.dataclass(eq=False)
+class GlyphPairsConfig(tfds.core.BuilderConfig):
+    """A canvas size and the least distance between the glyph centres, in pixels."""
+
+    image_size: int = IMAGE_SIZE
+    min_distance: float = MIN_DISTANCE
 
 
 class GlyphPairs(tfds.core.GeneratorBasedBuilder):
@@ -72,6 +86,15 @@ class GlyphPairs(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: 16 glyphs, 32x32 images, 20000 train / 2000 test."}
+    BUILDER_CONFIGS = [
+        GlyphPairsConfig(name="canvas32", description="32x32 images, glyphs at least 16 px apart (the default)."),
+        GlyphPairsConfig(
+            name="canvas64",
+            description="64x64 images, the same 5x5 glyphs at least 32 px apart.",
+            image_size=64,
+            min_distance=32.0,
+        ),
+    ]
     # Nothing is downloaded, so there are no URL checksums to look up. Looking them up would
     # resolve `code_path`, which in tensorflow-datasets 4.9.10 needs the `importlib_resources`
     # package that it does not declare for Python >= 3.9.
@@ -82,7 +105,7 @@ class GlyphPairs(tfds.core.GeneratorBasedBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
+                    "image": tfds.features.Image(shape=(self.builder_config.image_size,) * 2 + (3,)),
                     "label": tfds.features.ClassLabel(names=["different", "same"]),
                 }
             ),
@@ -101,5 +124,7 @@ class GlyphPairs(tfds.core.GeneratorBasedBuilder):
         alphabet = make_alphabet(np.random.default_rng(SEED))
         rng = np.random.default_rng([SEED, split_index])
         for index in range(num_examples):
-            image, label = make_example(rng, alphabet)
+            image, label = make_example(
+                rng, alphabet, self.builder_config.image_size, self.builder_config.min_distance
+            )
             yield index, {"image": image, "label": label}

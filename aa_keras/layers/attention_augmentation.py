@@ -125,7 +125,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
         kernel_constraint, bias_constraint: as in `keras.layers.Conv2D`, for the `conv`, `qkv`
             and `attn_out` kernels and biases.
         max_size: (H, W) input size the relative embeddings are built for when the input's
-            spatial dims are None. Any input up to the built size works exactly.
+            spatial dims are None. Any input up to the built size works exactly; larger ones
+            need resampled tables (`aa_keras.applications.resize_model`). The other position
+            encodings have no tables and take any size.
         query_block_size: queries per block of the memory-bounded TensorFlow-op attention path;
             None picks it from the size (unblocked for small maps). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
@@ -267,15 +269,17 @@ class AttentionAugmentation2D(keras.layers.Layer):
                     "raise max_size to at least the input size."
                 )
             height, width = self.max_size
-        if height is None or width is None:
+        relative = self.position_encoding == "relative"
+        if relative and (height is None or width is None):
             raise ValueError(
                 f"AttentionAugmentation2D needs the input's spatial size to build its relative "
                 f"embeddings, received shape {input_shape}; pass max_size=(H, W) for inputs of "
                 "unknown or varying size."
             )
-        self.built_size = (height, width)
+        # Only relative tables bound the input size; the other encodings take any size.
+        self.built_size = (height, width) if relative else (None, None)
         attn_h, attn_w = self._attention_size(height, width)
-        if attn_h <= 0 or attn_w <= 0:
+        if any(size is not None and size <= 0 for size in (attn_h, attn_w)):
             raise ValueError(
                 f"Input spatial size {(height, width)} is smaller than kernel_size={self.kernel_size} "
                 "with padding='valid'."
@@ -291,7 +295,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         self.attn_out = self._projection("attn_out", self.dv, 1)
         self.attn_out.build((None, None, None, self.dv))
         self.rel_height = self.rel_width = None
-        if self.position_encoding == "relative":
+        if relative:
             rel_init = keras.initializers.RandomNormal(stddev=self.dkh**-0.5)
             self.rel_height = self.add_weight(
                 name="rel_height", shape=(2 * attn_h - 1, self.dkh), initializer=rel_init, autocast=False
@@ -308,7 +312,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         too_large = [
             (name, size, limit)
             for name, size, limit in zip(("height", "width"), (height, width), self.built_size)
-            if size is not None and size > limit
+            if size is not None and limit is not None and size > limit
         ]
         if too_large:
             name, size, limit = too_large[0]

@@ -1,0 +1,89 @@
+"""`--init_from`: a run that starts from the weights of another model instead of its
+initializers (fine-tuning at another image size, a head with other classes, a classifier's
+weights in a detector's backbone).
+
+Weights are matched by path ("layer/weight", see `aa_keras.applications.transfer_weights`):
+equal shapes are copied, relative tables of `AttentionAugmentation2D` layers are resampled for
+the new attention grid, and every other weight (a head with other classes, a detector's FPN and
+heads) keeps its initial value. A table of counts says which was which.
+"""
+
+import os
+
+import keras
+
+from aa_keras.applications import ResNetEncoder, transfer_weights  # importing them registers the aa_keras models
+from aa_keras.applications.retinanet import backbone_attention
+
+MODEL_FILE = "model.keras"
+
+
+def model_file(path):
+    """The `.keras` file of `path`: `path` itself, or `path/model.keras` for a run folder."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"Invalid `init_from`: expected the path of a .keras model or a run folder, received {path!r}.")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        file = os.path.join(path, MODEL_FILE)
+        if not os.path.isfile(file):
+            raise ValueError(
+                f"Invalid `init_from`: the folder {path!r} holds no {MODEL_FILE}; pass a .keras file, or the "
+                "folder of a finished run (training writes model.keras at its end)."
+            )
+        return file
+    if not os.path.exists(path):
+        raise ValueError(f"Invalid `init_from`: {path!r} does not exist.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Invalid `init_from`: {path!r} is not a .keras model file or a run folder.")
+    return path
+
+
+def load_source(path):
+    """The model saved at `path` (a .keras file or a run folder), uncompiled."""
+    file = model_file(path)
+    try:
+        return keras.models.load_model(file, compile=False)
+    except Exception as error:  # noqa: BLE001  (any failure to read the file is the user's bad path)
+        raise ValueError(f"Invalid `init_from`: cannot load {file!r} as a Keras model: {error}") from error
+
+
+def initialize_from(model, path, method="linear", verbose=True):
+    """Sets the weights of `model` from the model saved at `path`, matched by path.
+
+    Args:
+        model: the built model of the new run.
+        path: a .keras model file, or a run folder holding model.keras.
+        method: "linear" or "edge", how relative tables of a larger attention grid are filled
+            (`aa_keras.layers.resample_relative_table`).
+        verbose: print the table of loaded / resampled / initialised weights.
+
+    Returns:
+        The `aa_keras.applications.WeightTransfer`.
+
+    Raises:
+        ValueError: a bad path, a file that is not a Keras model, or another network: fewer
+            than half of the weights of `model` are found in it (same path and shape, or a table).
+    """
+    source = load_source(path)
+    transfer = transfer_weights(source, model, method)
+    fitting = len(transfer.loaded) + len(transfer.resampled)
+    if 2 * fitting < len(model.weights):
+        raise ValueError(
+            f"Invalid `init_from`: {source.name!r} ({model_file(path)}) is another network than {model.name!r}: "
+            f"only {fitting} of its {len(model.weights)} weights have a weight of the same path and shape "
+            f"there. Start from a model of the same network (or, for a detector, its classifier backbone).\n{transfer}"
+        )
+    if verbose:
+        print(f"{model.name}: initialised from {model_file(path)} (tables: {method})\n{transfer}", flush=True)
+    return transfer
+
+
+def detector_attention(path):
+    """The attention arguments of `aa_keras.applications.AARetinaNet` that give a detector the
+    backbone layers of the model at `path`: a classifier's (`backbone_attention`), or a
+    detector's own; {} for a model without attention layers."""
+    source = load_source(path)
+    encoder = getattr(getattr(source, "backbone", None), "image_encoder", None)
+    if isinstance(encoder, ResNetEncoder):
+        return dict(encoder.attention)
+    return backbone_attention(source) or {}
