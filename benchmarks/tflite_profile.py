@@ -145,7 +145,7 @@ def format_profile(name, result, top=12):
     lines.append(f"  {'op':<24} {'xnnpack':<8} {'count':>5} {'ms':>8} {'share':>6}")
     for (op, xnnpack), (count, ms) in by_op_type(result).items():
         lines.append(f"  {op:<24} {'yes' if xnnpack else 'no':<8} {count:>5} {ms:>8.3f} {ms / op_sum:>6.1%}")
-    lines.append(f"  slowest operators:")
+    lines.append("  slowest operators:")
     for row in sorted(result["ops"], key=lambda r: -r["ms"])[:top]:
         lines.append(
             f"  #{row['index']:<4} {row['op']:<20} {'xnnpack' if row['xnnpack'] else 'builtin':<8} "

@@ -132,8 +132,11 @@ MUTANTS = (
       "np.round(images / scale + zero_point)", "np.round(images / scale - zero_point)",
       (*CHECKS, "-k", "tflite_runner")),
     M("tflite_int8_float_outputs", "export/tflite.py",
-      "converter.inference_output_type = tf.int8", "converter.inference_output_type = tf.float32",
+      "output_data_type=tf.int8,", "output_data_type=tf.float32,",
       (*CHECKS, "-k", "tflite_runner")),
+    M("tflite_int8_attention_quantized", "export/tflite.py",
+      'INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")', 'INT8_FLOAT_OPS = ("SOFTMAX",)',
+      ("tests/test_tflite_export.py", "-k", "products_and_softmax_in_float")),
     # aa_keras/applications/augment.py: weight transfer and layer selection.
     M("augment_bias_not_transferred", "aa_keras/applications/augment.py",
       "new.conv.bias.assign(old.bias[:keep])", "pass", ("tests/test_augment_bias.py",)),
@@ -326,7 +329,7 @@ def main(argv=None):
     shutil.rmtree(copy, ignore_errors=True)
     total = time.perf_counter() - start
 
-    print(f"\n| mutant | file | tests | result | seconds |\n|---|---|---|---|---|")
+    print("\n| mutant | file | tests | result | seconds |\n|---|---|---|---|---|")
     for mutant, status, seconds, _ in rows:
         print(f"| {mutant.name} | {mutant.path} | {' '.join(mutant.tests)} | {status} | {seconds:.0f} |")
     counts = {s: sum(1 for row in rows if row[1] == s) for s in ("killed", "survived", "stale", "error")}

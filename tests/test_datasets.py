@@ -1,7 +1,6 @@
 """The embedded glyph_pairs dataset: generation, labels, determinism, and the build_dataset view."""
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets import glyph_pairs

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs)
 

@@ -14,21 +14,7 @@ from aa_keras.applications import retinanet
 from export import detection as export_detection
 from export import export as exporter
 from export import parity, saved_model, tflite
-
-SIZE = 16
-CLASSES = 4
-
-
-def quadrant_images(count, seed):
-    """Dim noise with one bright quadrant, whose index is the label."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, CLASSES, count)
-    images = rng.uniform(0.0, 0.3, (count, SIZE, SIZE, 3)).astype(np.float32)
-    half = SIZE // 2
-    for image, label in zip(images, labels):
-        row, column = divmod(int(label), 2)
-        image[row * half : (row + 1) * half, column * half : (column + 1) * half] += 0.6
-    return images, labels
+from test_export import CLASSES, SIZE, quadrant_images
 
 
 def trained(attention):

@@ -227,7 +227,7 @@ def run_training(
     with lock:
         return _run_training(
             task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch,
-            mixed_precision, checkpoint_steps, seed, verbose, chief,
+            mixed_precision, checkpoint_steps, seed, verbose, chief, init_from, init_method,
         )
 
 
@@ -254,7 +254,7 @@ def _resume_position(history, step, epoch_steps):
 
 def _run_training(
     task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch, mixed_precision,
-    checkpoint_steps, seed, verbose, chief,
+    checkpoint_steps, seed, verbose, chief, init_from, init_method,
 ):
     batch = recipe.global_batch_size
     full_epoch = train_examples // batch
