@@ -151,6 +151,7 @@ def test_profile_times_every_operator(converted):
     assert "SOFTMAX" in tflite_profile.format_profile("aa int8", result)
 
 
+@pytest.mark.slow  # About 20 s: the benchmark's plumbing, not an export check.
 def test_bench_pair_rows_and_table(models, tmp_path):
     images = exporter.snap_to_8_bit(quadrant_images(20, seed=1)[0])
     calibration = quadrant_images(16, seed=2)[0]

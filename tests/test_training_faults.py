@@ -15,6 +15,7 @@ import tensorflow as tf
 from test_training import REPO, _tiny_recipe, _train
 
 from training import artifacts, checkpoints, distribute, run_lock
+from training.loop import start_run
 
 
 def _saved_checkpoints(directory, count=5):
@@ -133,20 +134,29 @@ def test_trainer_refuses_to_start_over_damaged_checkpoints(tmp_path, data_dir):
     assert not os.path.exists(tmp_path / run_lock.LOCK_FILE)
 
 
+def _start(model_dir, recipe=None, steps_per_epoch=2, seed=0):
+    """`start_run` of a `_train` run (the checks before any training)."""
+    return start_run(
+        str(model_dir), recipe or _tiny_recipe(), 200, steps_per_epoch, None, model="conv_small", seed=seed
+    )
+
+
 @pytest.mark.parametrize(
     "field, override",
     [
         ("global_batch_size", dict(recipe=_tiny_recipe(global_batch_size=8))),
         ("learning_rate", dict(recipe=_tiny_recipe(learning_rate=0.5))),
         ("seed", dict(seed=7)),
-        ("steps_per_epoch", dict(steps=3)),
+        ("steps_per_epoch", dict(steps_per_epoch=3)),
     ],
 )
-def test_changed_settings_on_resume_are_refused(tmp_path, data_dir, field, override):
-    _train(tmp_path, data_dir, steps=2)
+def test_changed_settings_on_resume_are_refused(tmp_path, field, override):
+    """Before: resuming with another --batch_size, --learning_rate, --seed or --steps_per_epoch ran
+    on and overwrote run_config.json. (The whole trainer, with the flag, in the next test.)"""
+    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), _start(tmp_path))
     config = (tmp_path / artifacts.RUN_CONFIG).read_text()
     with pytest.raises(ValueError, match=f"other settings \\({field}: .*--allow_changed_settings"):
-        _train(tmp_path, data_dir, **{"steps": 2, **override})
+        _start(tmp_path, **override)
     assert (tmp_path / artifacts.RUN_CONFIG).read_text() == config
 
 
@@ -210,7 +220,7 @@ def test_cli_with_gpus_that_do_not_exist_fails_fast(tmp_path):
 
 @pytest.mark.parametrize("record", [artifacts.RUN_CONFIG, "metrics.json"])
 def test_damaged_records_are_named(tmp_path, data_dir, record):
-    _train(tmp_path, data_dir, steps=1)
+    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), _start(tmp_path, steps_per_epoch=1))
     (tmp_path / record).write_text('{"model": "conv_sm')
     with pytest.raises(ValueError, match=f"{tmp_path / record} is damaged \\(not valid JSON"):
         _train(tmp_path, data_dir, steps=1)
