@@ -8,32 +8,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-import aa_keras
 from benchmarks import bench_tflite, tflite_profile
 from aa_keras.applications import retinanet
 from export import detection as export_detection
 from export import export as exporter
 from export import parity, saved_model, tflite
-from test_export import CLASSES, SIZE, quadrant_images
-
-
-def trained(attention):
-    """A small classifier trained for a few epochs (separated class scores, as in a real model),
-    with a relative-position attention layer or a conv in its place."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
-    if attention:
-        x = aa_keras.AttentionAugmentation2D(16, 3, depth_k=8, depth_v=8, num_heads=2)(x)
-    else:
-        x = keras.layers.Conv2D(16, 3, padding="same")(x)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
-    images, labels = quadrant_images(512, seed=0)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(images, labels, epochs=5, batch_size=32, verbose=0)
-    return model
+from test_export import SIZE, quadrant_images, trained
 
 
 @pytest.fixture(scope="module")
