@@ -16,6 +16,8 @@ has 2L - 1 rows; row m embeds the offset (key - query) = m - (L - 1). For a grid
 
 import numpy as np
 
+from aa_keras.layers.attention_augmentation import _positive_int
+
 RESAMPLE_METHODS = ("linear", "edge")
 
 
@@ -38,12 +40,10 @@ def resample_relative_table(table, length, method="linear"):
             f"Invalid `table`: expected a (2L - 1, depth) array with an odd number of rows, received "
             f"shape {table.shape}."
         )
-    if isinstance(length, (bool, np.bool_)) or not isinstance(length, (int, np.integer)) or length <= 0:
-        raise ValueError(f"Invalid `length`: expected a positive int, received length={length!r}.")
+    length = _positive_int("length", length)
     if method not in RESAMPLE_METHODS:
         raise ValueError(f"Invalid `method`: received method={method!r}, expected one of {RESAMPLE_METHODS}.")
     old = (table.shape[0] + 1) // 2
-    length = int(length)
     if length <= old:
         return table[old - length : old + length - 1].copy()
     offsets = np.arange(-(length - 1), length, dtype=np.float64)
