@@ -50,19 +50,21 @@ def create_strategy(name, num_gpus=0, tpu=None, devices=None):
     )
 
 
+def _local_devices():
+    """(type, index) of each local logical device, e.g. ("CPU", 0)."""
+    specs = [tf.DeviceSpec.from_string(device.name) for device in tf.config.list_logical_devices()]
+    return [(spec.device_type, spec.device_index) for spec in specs]
+
+
 def _present():
     """The local logical devices, as "TYPE:index" names."""
-    return ", ".join(f"{d.device_type}:{tf.DeviceSpec.from_string(d.name).device_index}" for d in tf.config.list_logical_devices())
+    return ", ".join(f"{kind}:{index}" for kind, index in _local_devices())
 
 
 def _exists(device):
     """Whether the device name `device` (e.g. "GPU:1", "/cpu:0") is a local logical device."""
     spec = tf.DeviceSpec.from_string(device)
-    return any(
-        tf.DeviceSpec.from_string(d.name).device_type == (spec.device_type or "").upper()
-        and tf.DeviceSpec.from_string(d.name).device_index == spec.device_index
-        for d in tf.config.list_logical_devices()
-    )
+    return ((spec.device_type or "").upper(), spec.device_index) in _local_devices()
 
 
 def is_chief(strategy):
