@@ -4,7 +4,7 @@
     python -m benchmarks.bench_layer --sizes=14 --memory_sizes= --repeats=3
 
 Implementations: `aa` (the library layer: on this CPU the fused attention kernel, see
-`aa_keras/ops/fused_attention.py`), `aa_tf_ops` (the same layer with the kernel disabled: the
+`aa_keras/ops/fused_attention.py`), `aa_tf_ops` (the same layer with `attention_implementation="tf_ops"`: the
 TensorFlow-op path that GPUs, TPUs, XLA and exported files run), `conv`
 (`keras.layers.Conv2D(filters, kernel_size)`), `reference` (`benchmarks/reference_layer.py`:
 materialised, tiled logits as in the paper's appendix) and `softmax` (a bare `tf.nn.softmax` over
@@ -20,7 +20,6 @@ are printed as a table and written as JSON. Ratios, not absolute times, are the 
 compare: the machine may be shared.
 """
 
-import contextlib
 import json
 import math
 import os
@@ -72,29 +71,18 @@ def _make_layer(impl):
 
     if impl == "conv":
         return keras.layers.Conv2D(FLAGS.filters, FLAGS.kernel_size, padding="same")
-    layer_class = {
-        "aa": AttentionAugmentation2D,
-        "aa_tf_ops": AttentionAugmentation2D,
-        "reference": ReferenceAttentionAugmentation2D,
-    }[impl]
-    return layer_class(
-        FLAGS.filters,
-        FLAGS.kernel_size,
-        depth_k=FLAGS.depth,
-        depth_v=FLAGS.depth,
-        num_heads=FLAGS.num_heads,
-        query_block_size=FLAGS.query_block_size,
+    arguments = dict(
+        depth_k=FLAGS.depth, depth_v=FLAGS.depth, num_heads=FLAGS.num_heads, query_block_size=FLAGS.query_block_size
     )
+    if impl == "reference":
+        return ReferenceAttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, **arguments)
+    implementation = "tf_ops" if impl == "aa_tf_ops" else "auto"
+    return AttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, attention_implementation=implementation, **arguments)
 
 
 def _functions(impl, size):
     """{"forward": fn, "train_step": fn}: tf.functions of one implementation at one size."""
     import tensorflow as tf
-
-    from aa_keras.ops import fused_attention
-
-    # Entered while the functions are traced, which is what decides the attention's path.
-    trace_context = fused_attention.disabled if impl == "aa_tf_ops" else contextlib.nullcontext
 
     if impl == "softmax":
         positions = size * size
@@ -113,12 +101,11 @@ def _functions(impl, size):
 
     @tf.function(jit_compile=FLAGS.jit_compile)
     def forward():
-        with trace_context():
-            return layer(x)
+        return layer(x)
 
     @tf.function(jit_compile=FLAGS.jit_compile)
     def train_step():
-        with tf.GradientTape() as tape, trace_context():
+        with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(layer(x) * upstream)
         return tape.gradient(loss, [x] + variables)

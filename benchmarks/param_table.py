@@ -23,8 +23,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from aa_keras.applications import build_model
-from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.ops import fused_attention
+from aa_keras.layers import AttentionAugmentation2D, use_attention_implementation
 
 FLAGS = flags.FLAGS
 
@@ -96,7 +95,7 @@ def profiler_flops(model, op_types=(".*",)):
     for `Einsum` ops (here: the relative logits) nor for custom ops, so the model is traced
     with the attention built from standard TensorFlow ops."""
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
-    with fused_attention.disabled():
+    with use_attention_implementation(model, "tf_ops"):
         graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"

@@ -5,7 +5,7 @@ import onnxruntime
 import tensorflow as tf
 import tf2onnx
 
-from aa_keras.ops import fused_attention
+from aa_keras.layers import use_attention_implementation
 from export.saved_model import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
@@ -22,7 +22,7 @@ def write_onnx(model, path, image_shape, batch=None):
     """
     serve = tf.function(lambda images: {OUTPUT_NAME: model(images, training=False)})
     spec = [tf.TensorSpec((batch, *image_shape), tf.float32, name=INPUT_NAME)]
-    with fused_attention.disabled():  # standard ops only, as in saved_model.write_saved_model
+    with use_attention_implementation(model, "tf_ops"):  # standard ops only, as in saved_model.write_signature
         tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET, output_path=path)
 
 

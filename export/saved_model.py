@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aa_keras.ops import fused_attention
+from aa_keras.layers import use_attention_implementation
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"
@@ -70,7 +70,7 @@ def write_signature(model, serve, path, image_shape, batch=None, dtype=tf.float3
         endpoint = lambda images: serve(checked_images(images, expected_shape))  # noqa: E731
     else:
         spec, endpoint = tf.TensorSpec(expected_shape, dtype, name=INPUT_NAME), serve
-    with fused_attention.disabled():
+    with use_attention_implementation(model, "tf_ops"):
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(SIGNATURE, endpoint, input_signature=[spec])

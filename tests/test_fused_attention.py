@@ -1,11 +1,12 @@
 """The fused CPU attention kernel: where it is used, and that it computes what the TensorFlow-op
 path computes (outputs and every gradient)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.layers import AttentionAugmentation2D, attention_layers, use_attention_implementation
 from aa_keras.layers.attention import multi_head_attention_2d
 from aa_keras.ops import fused_attention
 
@@ -34,6 +35,45 @@ def test_layer_uses_the_kernel_only_where_it_applies(monkeypatch):
     assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
 
 
+def test_attention_implementation_chooses_the_path(monkeypatch):
+    """"fused" always traces the kernel (an error where it cannot run), "tf_ops" never does, and
+    neither is changed by the switches of "auto" (`disabled()`, the environment variable)."""
+    spec = tf.TensorSpec((1, 6, 5, 3))
+
+    def layer(implementation):
+        return AttentionAugmentation2D(
+            filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2, attention_implementation=implementation
+        )
+
+    fused, tf_ops = layer("fused"), layer("tf_ops")
+    assert fused.get_config()["attention_implementation"] == "fused"
+    assert AttentionAugmentation2D.from_config(tf_ops.get_config()).attention_implementation == "tf_ops"
+    with fused_attention.disabled():
+        assert "AaFusedAttention" in _op_types(tf.function(fused), spec)
+    assert "AaFusedAttention" not in _op_types(tf.function(tf_ops), spec)
+    with pytest.raises(RuntimeError, match="attention_implementation='fused'.*XLA"):
+        _op_types(tf.function(fused, jit_compile=True), spec)
+    monkeypatch.setenv(fused_attention.ENABLE_VARIABLE, "0")
+    assert "AaFusedAttention" in _op_types(tf.function(fused), spec)
+    with pytest.raises(ValueError, match="Invalid `attention_implementation`"):
+        layer("flash")
+
+
+def test_use_attention_implementation_reaches_nested_layers_and_restores():
+    inner = keras.Sequential([keras.Input((6, 5, 3)), AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2)])
+    model = keras.Sequential([keras.Input((6, 5, 3)), inner, AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2)])
+    model.layers[-1].attention_implementation = "fused"
+    assert len(attention_layers(model)) == 2
+    spec = tf.TensorSpec((1, 6, 5, 3))
+    assert "AaFusedAttention" in _op_types(tf.function(model), spec)
+    with use_attention_implementation(model, "tf_ops"):
+        assert "AaFusedAttention" not in _op_types(tf.function(model), spec)
+    assert [layer.attention_implementation for layer in attention_layers(model)] == ["auto", "fused"]
+    with pytest.raises(ValueError, match="Invalid `implementation`"):
+        with use_attention_implementation(model, "fast"):
+            pass
+
+
 def _inputs(batch, heads, height, width, depth_k, depth_v, scale, seed):
     rng = np.random.default_rng(seed)
 
@@ -49,11 +89,13 @@ def _inputs(batch, heads, height, width, depth_k, depth_v, scale, seed):
     return q, k, v, rel_height, rel_width
 
 
-def _output_and_gradients(relative, q, k, v, rel_height, rel_width):
+def _output_and_gradients(relative, fused, q, k, v, rel_height, rel_width):
+    """The output and gradients of the fused kernel (`fused`) or of the TensorFlow-op path."""
     tables = (rel_height, rel_width) if relative else (None, None)
+    attend = fused_attention.fused_attention if fused else multi_head_attention_2d
     with tf.GradientTape() as tape:
         tape.watch([q, k, v, rel_height, rel_width])
-        out = multi_head_attention_2d(q, k, v, *tables)
+        out = attend(q, k, v, *tables)
         upstream = tf.random.stateless_normal(out.shape, seed=(1, 2))
         loss = tf.reduce_sum(out * upstream)
     sources = [q, k, v] + ([rel_height, rel_width] if relative else [])
@@ -73,9 +115,8 @@ def test_kernel_matches_tensorflow_ops(relative, size, scale):
     depths above the kernel's 6-channel chunks (value depth 13: three chunks, the weights stored
     between them); logits ~100 (exp overflows float32 above 88) test the max subtraction."""
     inputs = _inputs(*size, scale=scale, seed=sum(size))
-    fused = tf.function(_output_and_gradients)(relative, *inputs)
-    with fused_attention.disabled():
-        expected = tf.function(_output_and_gradients)(relative, *inputs)
+    fused = tf.function(_output_and_gradients)(relative, True, *inputs)
+    expected = tf.function(_output_and_gradients)(relative, False, *inputs)
     assert len(fused) == len(expected)
     assert np.abs(expected[0].numpy()).max() > 0
     for actual, wanted in zip(fused, expected):
@@ -104,9 +145,8 @@ def test_kernel_propagates_nan_and_inf_as_tensorflow_ops_do(value, target):
     of the row is NaN), so gradients through that row's other weights differ in kind, not in
     whether a NaN is hidden."""
     inputs = _poisoned(value, target, seed=target)
-    fused = tf.function(_output_and_gradients)(True, *inputs)
-    with fused_attention.disabled():
-        expected = tf.function(_output_and_gradients)(True, *inputs)
+    fused = tf.function(_output_and_gradients)(True, True, *inputs)
+    expected = tf.function(_output_and_gradients)(True, False, *inputs)
     out, wanted_out = fused[0].numpy(), expected[0].numpy()
     assert not np.isfinite(wanted_out).all()  # the case is not trivial
     for kind in (np.isnan, np.isposinf, np.isneginf):
@@ -158,9 +198,8 @@ def test_kernel_takes_half_precision_values(dtype):
     returns v's dtype, as the TensorFlow-op path does."""
     q, k, v, rel_height, rel_width = _inputs(2, 2, 5, 7, 4, 12, scale=1.0, seed=4)
     v = tf.cast(v, dtype)
-    fused = multi_head_attention_2d(q, k, v, rel_height, rel_width)
-    with fused_attention.disabled():
-        expected = multi_head_attention_2d(q, k, v, rel_height, rel_width)
+    fused = fused_attention.fused_attention(q, k, v, rel_height, rel_width)
+    expected = multi_head_attention_2d(q, k, v, rel_height, rel_width)
     assert fused.dtype == expected.dtype == v.dtype
     np.testing.assert_allclose(
         tf.cast(fused, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), atol=2e-2 if dtype == "bfloat16" else 2e-3
@@ -171,8 +210,8 @@ def test_kernel_is_deterministic():
     """Each (batch, head) unit is computed by one thread and the table gradients are summed over
     units in order, so repeated runs agree to the bit."""
     inputs = _inputs(2, 4, 7, 9, 6, 6, scale=1.0, seed=3)
-    first = tf.function(_output_and_gradients)(True, *inputs)
-    again = tf.function(_output_and_gradients)(True, *inputs)
+    first = tf.function(_output_and_gradients)(True, True, *inputs)
+    again = tf.function(_output_and_gradients)(True, True, *inputs)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

@@ -4,9 +4,10 @@ The logits are (B, Nh, HW, HW): at 56x56 and batch 8 one float32 copy is 2.5 GB.
 path splits the queries into blocks, computes one block's logits, softmax and output at a
 time, one block after another, and recomputes a block's logits in the backward pass (a custom
 gradient) instead of keeping them, so peak memory grows with the block and not with (HW)^2.
-Both paths compute the same function. Where the fused CPU kernel applies
-(`aa_keras.ops.fused_attention`), it replaces both: one pass over each query's logits, never
-storing them.
+Both paths compute the same function, from standard TensorFlow ops only. The layer
+(`attention_augmentation.py`) chooses between them and the fused CPU kernel
+(`aa_keras.ops.fused_attention`), which makes one pass over each query's logits and never
+stores them.
 """
 
 import math
@@ -15,7 +16,6 @@ import tensorflow as tf
 
 from aa_keras.layers.relative_logits import relative_embeddings_2d, relative_logits
 from aa_keras.layers.shapes import dims
-from aa_keras.ops import fused_attention
 
 # Blocking starts when one example's logits (Nh * HW * HW float32 values) exceed this many
 # elements; a block then holds about _BLOCK_LOGITS of them per example, in at most _MAX_BLOCKS
@@ -161,18 +161,15 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
         v: (B, H, W, Nh, dvh) values in the compute dtype.
         rel_height, rel_width: relative embedding tables (see `relative_logits`), or None for
             no relative term.
-        query_block_size: queries per block of the TensorFlow-op path, or None for the
-            unblocked path. Blocking needs a static H * W; with a dynamic size the unblocked path
-            runs. The fused kernel, where it applies, needs no blocks and ignores it.
+        query_block_size: queries per block, or None for the unblocked computation. Blocking
+            needs a static H * W; with a dynamic size the unblocked computation runs.
         return_weights: also return the attention weights; the output is then computed from
-            them on the unblocked TensorFlow-op path, whatever applies otherwise.
+            them, unblocked.
 
     Returns:
         (B, H, W, Nh, dvh) attention output, in the dtype of v; with `return_weights`, also the
         (B, Nh, H, W, H, W) float32 softmax weights, query position first.
     """
-    if fused_attention.applies() and not return_weights:
-        return fused_attention.fused_attention(q, k, v, rel_height, rel_width)
     batch, height, width, heads, _ = dims(q)
     num_positions = height * width
     # Head-major for the batched matmuls: (B, Nh, H, W, d).

@@ -1,5 +1,6 @@
 """The attention-augmented convolution (Bello et al., ICCV 2019)."""
 
+import contextlib
 import math
 import numbers
 
@@ -10,8 +11,10 @@ import tensorflow as tf
 from aa_keras.layers import position_encoding as pe
 from aa_keras.layers.attention import auto_query_block_size, multi_head_attention_2d
 from aa_keras.layers.shapes import dims
+from aa_keras.ops import fused_attention
 
 POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
+ATTENTION_IMPLEMENTATIONS = ("auto", "fused", "tf_ops")
 # `return_attention_scores` holds Nh * (H * W)**2 float32 weights per example: at most this many
 # (64 MiB), the size above which the TensorFlow-op path computes attention in query blocks.
 MAX_ATTENTION_SCORES = 2**24
@@ -96,9 +99,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
     key j are q_i . k_j plus, with `position_encoding="relative"`, the 2D relative logits
     q_i . rel_width[wj - wi + W - 1] + q_i . rel_height[hj - hi + H - 1] (computed as two
     1D terms added by broadcast); the softmax (in float32) weights v; the heads, concatenated
-    head-major, are mixed by a 1x1 projection `attn_out`. On a CPU the attention runs on the
-    fused kernel of `aa_keras.ops.fused_attention` where it applies, elsewhere on standard
-    TensorFlow ops (`aa_keras.layers.attention`); both compute the same function.
+    head-major, are mixed by a 1x1 projection `attn_out`. `attention_implementation` chooses
+    how the attention runs: on the fused CPU kernel of `aa_keras.ops.fused_attention` or on
+    standard TensorFlow ops (`aa_keras.layers.attention`); both compute the same function.
 
     With `strides > 1` (or `padding="valid"`) the attention branch runs on the input
     average-pooled to the convolution's output size: pool `strides` with padding "same", or pool
@@ -131,13 +134,19 @@ class AttentionAugmentation2D(keras.layers.Layer):
         query_block_size: queries per block of the memory-bounded TensorFlow-op attention path;
             None picks it from the size (unblocked for small maps). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
+        attention_implementation: `"auto"` (the fused kernel where
+            `aa_keras.ops.fused_attention.applies()` at trace time: a CPU, no XLA, the kernel
+            built, not switched off by `AA_KERAS_FUSED_ATTENTION=0` or `disabled()`; else
+            TensorFlow ops), `"fused"` (the fused kernel; an error where it cannot run) or
+            `"tf_ops"` (standard TensorFlow ops only, as the exporters trace). Read when a call
+            is traced; `use_attention_implementation` switches a built model's layers.
         data_format: only `"channels_last"` (or None with that global setting).
 
     Call arguments:
         inputs: (B, H, W, C) tensor.
         return_attention_scores: bool, also return the attention weights (as
             `keras.layers.MultiHeadAttention` does). The attention then runs on the unblocked
-            TensorFlow-op path, for grids of at most `MAX_ATTENTION_SCORES` weights per
+            TensorFlow-op path whatever `attention_implementation` says, for grids of at most `MAX_ATTENTION_SCORES` weights per
             example; `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
 
     Returns:
@@ -167,6 +176,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         max_size=None,
         query_block_size=None,
         downsample_attention=False,
+        attention_implementation="auto",
         data_format=None,
         **kwargs,
     ):
@@ -205,6 +215,12 @@ class AttentionAugmentation2D(keras.layers.Layer):
             query_block_size = _positive_int("query_block_size", query_block_size)
         self.query_block_size = query_block_size
         self.downsample_attention = bool(downsample_attention)
+        if attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Invalid `attention_implementation`: received {attention_implementation!r}, expected one "
+                f"of {ATTENTION_IMPLEMENTATIONS}."
+            )
+        self.attention_implementation = attention_implementation
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise ValueError(f"Invalid `use_bias`: expected True or False, received use_bias={use_bias!r}.")
@@ -346,8 +362,25 @@ class AttentionAugmentation2D(keras.layers.Layer):
         batch, height, width, _ = dims(x)
         return tf.reshape(x, [batch, height, width, self.num_heads, depth])
 
+    def _uses_fused_kernel(self):
+        """Whether this trace runs the fused kernel, by `attention_implementation`."""
+        if self.attention_implementation == "auto":
+            return fused_attention.applies()
+        if self.attention_implementation == "tf_ops":
+            return False
+        reason = fused_attention.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(
+                f"Layer {self.name!r} has attention_implementation='fused', but the fused kernel cannot run "
+                f"here: {reason}. Use attention_implementation='auto' (the kernel where it can run) or "
+                "'tf_ops'."
+            )
+        return True
+
     def _multi_head_attention(self, q, k, v):
         """(B, H, W, Nh, dkh) q, k and (B, H, W, Nh, dvh) v -> (B, H, W, Nh, dvh)."""
+        if self._uses_fused_kernel():
+            return fused_attention.fused_attention(q, k, v, self.rel_height, self.rel_width)
         block_size = self.query_block_size
         if block_size is None:
             positions = q.shape[1] * q.shape[2] if None not in q.shape[1:3] else None
@@ -447,7 +480,38 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "max_size": self.max_size,
                 "query_block_size": self.query_block_size,
                 "downsample_attention": self.downsample_attention,
+                "attention_implementation": self.attention_implementation,
                 "data_format": "channels_last",
             }
         )
         return config
+
+
+def attention_layers(model):
+    """Every `AttentionAugmentation2D` in `model` (a layer or model), nested ones included."""
+    # Keras's own walk over tracked sublayers; it reaches layers inside nested models and inside
+    # layers that are not models (e.g. a keras-hub backbone inside a detector).
+    return [layer for layer in model._flatten_layers() if isinstance(layer, AttentionAugmentation2D)]
+
+
+@contextlib.contextmanager
+def use_attention_implementation(model, implementation):
+    """Traces within this context run every `AttentionAugmentation2D` of `model` with
+    `attention_implementation=implementation`; each layer's own setting is restored on exit.
+
+    The exporters trace with "tf_ops", so that their files hold standard ops only. Functions
+    traced before the context (e.g. a compiled `predict_function`) keep what they traced.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Invalid `implementation`: received {implementation!r}, expected one of {ATTENTION_IMPLEMENTATIONS}."
+        )
+    layers = attention_layers(model)
+    previous = [layer.attention_implementation for layer in layers]
+    try:
+        for layer in layers:
+            layer.attention_implementation = implementation
+        yield model
+    finally:
+        for layer, setting in zip(layers, previous):
+            layer.attention_implementation = setting

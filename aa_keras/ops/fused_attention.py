@@ -3,12 +3,12 @@
 The kernel computes softmax(q k^T + relative logits) v and its gradients a few query rows at a
 time, without ever storing the (HW x HW) logits: one op forward and one backward, where the
 TensorFlow-op path makes about 25 passes over the logits. It is a TensorFlow custom op, so it
-is used only where such an op can run and be kept:
+is used by layers built with `attention_implementation="fused"` (an error where it cannot run)
+and, with `"auto"` (the default), where such an op can run and be kept:
 
 - TensorFlow sees no GPU or TPU (the kernel is for CPU);
 - the graph is not being compiled by XLA (`jit_compile=True`);
-- no `disabled()` context is open (the exporters open one: SavedModel, TFLite and ONNX files
-  then hold only standard ops);
+- no `disabled()` context is open;
 - the environment variable `AA_KERAS_FUSED_ATTENTION` is not `0`;
 - the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
   `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
@@ -17,8 +17,9 @@ is used only where such an op can run and be kept:
   `python -m aa_keras.ops` builds it ahead. If compiling fails, a warning says why and the
   TensorFlow-op path is used.
 
-Elsewhere the layer runs the TensorFlow-op path of `aa_keras.layers.attention`, which computes
-the same function. A graph traced with the fused op (e.g. by `tf.saved_model.save` outside the
+Elsewhere, and always with `"tf_ops"` (the exporters trace models so: SavedModel, TFLite and
+ONNX files hold only standard ops), the layer runs the TensorFlow-op path of
+`aa_keras.layers.attention`, which computes the same function. A graph traced with the fused op (e.g. by `tf.saved_model.save` outside the
 exporters) loads only in a process that has called `library()`.
 """
 
@@ -125,15 +126,27 @@ def disabled():
         _disabled.depth -= 1
 
 
+def unavailable_reason():
+    """Why attention built here and now cannot run on the fused kernel, or None if it can.
+
+    The kernel is a CPU custom op: it cannot run where TensorFlow places work on a GPU or TPU,
+    nor in a graph XLA compiles, nor without a compiled library.
+    """
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return "TensorFlow sees a GPU or TPU, and the kernel is for CPUs"
+    if control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()):
+        return "the graph is compiled by XLA (jit_compile=True), which cannot run a custom op"
+    if library() is None:
+        return f"the kernel could not be built or loaded ({_loaded.get('error')})"
+    return None
+
+
 def applies():
-    """Whether attention built here and now runs on the fused kernel (see the module docstring)."""
+    """The rule of `attention_implementation="auto"`: whether attention built here and now runs
+    on the fused kernel (see the module docstring)."""
     if os.environ.get(ENABLE_VARIABLE, "1") == "0" or getattr(_disabled, "depth", 0):
         return False
-    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
-        return False
-    if control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()):
-        return False
-    return library() is not None
+    return unavailable_reason() is None
 
 
 def fused_attention(q, k, v, rel_height=None, rel_width=None):
