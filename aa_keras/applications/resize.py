@@ -18,7 +18,7 @@ import dataclasses
 import keras
 from keras.src.models.functional import Functional
 
-from aa_keras.layers import AttentionAugmentation2D, resample_relative_table
+from aa_keras.layers import AttentionAugmentation2D, attention_layers, resample_relative_table
 from aa_keras.layers.relative_tables import RESAMPLE_METHODS
 
 
@@ -93,14 +93,6 @@ def _check_method(method):
         raise ValueError(f"Invalid `method`: received method={method!r}, expected one of {RESAMPLE_METHODS}.")
 
 
-def _all_layers(model):
-    """Every layer of `model`, nested models searched, in graph order."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
 def _weights_by_path(model, role):
     weights = {}
     for variable in model.weights:
@@ -137,8 +129,8 @@ def transfer_weights(source, target, method="linear"):
     targets = _weights_by_path(target, "target")
     tables = {
         table.path
-        for layer in _all_layers(target)
-        if isinstance(layer, AttentionAugmentation2D) and layer.rel_height is not None
+        for layer in attention_layers(target)
+        if layer.rel_height is not None
         for table in (layer.rel_height, layer.rel_width)
     }
     loaded, resampled, initialised = [], [], []
@@ -181,8 +173,7 @@ def _check_arguments(model, input_shape):
         f"{layer.name} in {outer.name}"
         for outer in model.layers
         if isinstance(outer, keras.Model)
-        for layer in _all_layers(outer)
-        if isinstance(layer, AttentionAugmentation2D)
+        for layer in attention_layers(outer)
     ]
     if nested:
         raise ValueError(
