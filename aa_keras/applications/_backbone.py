@@ -14,6 +14,7 @@ import re
 import keras
 
 from aa_keras.layers import POSITION_ENCODINGS, AttentionAugmentation2D
+from aa_keras.validation import is_int, positive_int
 
 _FEATURE_NAME = re.compile(r"C(\d+)")
 
@@ -80,7 +81,7 @@ def check_input_shape(input_shape, default, min_size, attention):
         return default
     shape = tuple(input_shape)
     valid = len(shape) == 3 and all(
-        d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape
+        d is None or (is_int(d) and d > 0) for d in shape
     )
     if not valid or shape[2] is None:
         raise ValueError(
@@ -111,8 +112,8 @@ def check_head_arguments(weights, include_top, classes, pooling):
         raise ValueError(f"Invalid `weights`: the file {weights!r} does not exist.")
     if not isinstance(include_top, bool):
         raise ValueError(f"Invalid `include_top`: expected a bool, received include_top={include_top!r}.")
-    if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes <= 0):
-        raise ValueError(f"Invalid `classes`: expected a positive int, received classes={classes!r}.")
+    if include_top:
+        positive_int("classes", classes)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"Invalid `pooling`: expected None, 'avg' or 'max', received pooling={pooling!r}.")
 

@@ -13,6 +13,7 @@ import keras
 from keras.src.models.functional import Functional
 
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.validation import positive_int
 
 PRESETS = ("paper", "all")
 
@@ -34,11 +35,8 @@ class LastStages:
     kernel_size: int | None = 3
 
     def __post_init__(self):
-        if isinstance(self.num_stages, bool) or not isinstance(self.num_stages, int) or self.num_stages <= 0:
-            raise ValueError(f"Invalid `num_stages`: expected a positive int, received num_stages={self.num_stages!r}.")
-        k = self.kernel_size
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"Invalid `kernel_size`: expected a positive int or None, received kernel_size={k!r}.")
+        positive_int("num_stages", self.num_stages)
+        positive_int("kernel_size", self.kernel_size, optional=True)
 
     def select(self, convs):
         """The names of the selected layers among `convs`, a list of built `Conv2D` layers."""

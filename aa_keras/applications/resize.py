@@ -20,6 +20,7 @@ from keras.src.models.functional import Functional
 
 from aa_keras.layers import AttentionAugmentation2D, attention_layers, resample_relative_table
 from aa_keras.layers.relative_tables import RESAMPLE_METHODS
+from aa_keras.validation import is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _check_arguments(model, input_shape):
         )
     old_shape = tuple(model.inputs[0].shape[1:])
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
-    valid = len(shape) == 3 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    valid = len(shape) == 3 and all(is_int(d) and d > 0 for d in shape)
     if not valid or len(old_shape) != 3 or shape[2] != old_shape[2]:
         raise ValueError(
             f"Invalid `input_shape`: expected (height, width, {old_shape[-1]}) with positive ints, as the "

@@ -27,6 +27,7 @@ from aa_keras.applications._backbone import feature_extractor
 from aa_keras.applications.resize import transfer_weights
 from aa_keras.applications.resnet import DEPTHS, AAResNet, ResNet
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.validation import is_int, positive_int
 
 MIN_LEVEL = 3
 MAX_LEVEL = 7
@@ -95,11 +96,10 @@ class ResNetEncoder(keras_hub.models.FeaturePyramidBackbone):
 
 
 def _check_detector_arguments(num_classes, input_shape, confidence_threshold, iou_threshold, max_detections):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-        raise ValueError(f"Invalid `num_classes`: expected a positive int, received num_classes={num_classes!r}.")
+    positive_int("num_classes", num_classes)
     shape = tuple(input_shape)
     stride = 2**MAX_LEVEL
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape) or min(shape[:2]) < stride // 2:
+    if len(shape) != 3 or not all(is_int(d) and d > 0 for d in shape) or min(shape[:2]) < stride // 2:
         raise ValueError(
             f"Invalid `input_shape`: expected (height, width, channels) with fixed positive ints and height "
             f"and width at least {stride // 2} (P{MAX_LEVEL} has stride {stride}), received "
@@ -108,10 +108,7 @@ def _check_detector_arguments(num_classes, input_shape, confidence_threshold, io
     for name, value in (("confidence_threshold", confidence_threshold), ("iou_threshold", iou_threshold)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"Invalid `{name}`: expected a float in [0, 1], received {name}={value!r}.")
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections <= 0:
-        raise ValueError(
-            f"Invalid `max_detections`: expected a positive int, received max_detections={max_detections!r}."
-        )
+    positive_int("max_detections", max_detections)
     return shape
 
 

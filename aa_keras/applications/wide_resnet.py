@@ -16,6 +16,7 @@ from aa_keras.applications._backbone import (
     check_input_shape,
     finish_model,
 )
+from aa_keras.validation import positive_int
 
 _BASE_WIDTHS = (16, 32, 64)
 
@@ -53,8 +54,7 @@ def _build(depth, width, attention, include_top, weights, input_shape, pooling, 
            classifier_activation, name):
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
         raise ValueError(f"Invalid `depth`: expected 6n + 4 with n >= 1 (10, 16, 22, 28, ...), received depth={depth!r}.")
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ValueError(f"Invalid `width`: expected a positive int, received width={width!r}.")
+    positive_int("width", width)
     check_head_arguments(weights, include_top, classes, pooling)
     input_shape = check_input_shape(input_shape, (32, 32, 3), 4, attention is not None)
     blocks = (depth - 4) // 6

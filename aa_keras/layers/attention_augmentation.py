@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import numbers
 
 import keras
 import numpy as np
@@ -12,6 +11,7 @@ from aa_keras.layers import position_encoding as pe
 from aa_keras.layers.attention import auto_query_block_size, multi_head_attention_2d
 from aa_keras.layers.shapes import dims
 from aa_keras.ops import fused_attention
+from aa_keras.validation import is_int, positive_int, positive_pair
 
 POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
 ATTENTION_IMPLEMENTATIONS = ("auto", "fused", "tf_ops")
@@ -20,32 +20,10 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "fused", "tf_ops")
 MAX_ATTENTION_SCORES = 2**24
 
 
-def _is_int(value):
-    """True for Python and NumPy integers, False for bools."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(name, value):
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"Invalid `{name}`: expected a positive int, received {name}={value!r}.")
-    return int(value)
-
-
-def _positive_pair(name, value):
-    """An int or a pair of ints, all positive, as a tuple of two ints."""
-    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
-        raise ValueError(
-            f"Invalid `{name}`: expected a positive int or a tuple of two positive ints, "
-            f"received {name}={value!r}."
-        )
-    return tuple(int(v) for v in pair)
-
-
 def _resolve_depth(name, value, filters, num_heads):
     """`depth_k` / `depth_v` as an int: an int as given, a float as a fraction of `filters`
     rounded to the nearest multiple of `num_heads`."""
-    if not _is_int(value) and not isinstance(value, float):
+    if not is_int(value) and not isinstance(value, float):
         raise ValueError(
             f"Invalid `{name}`: expected an int or a float fraction of filters, received {name}={value!r}."
         )
@@ -181,10 +159,10 @@ class AttentionAugmentation2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = filters = _positive_int("filters", filters)
-        self.num_heads = num_heads = _positive_int("num_heads", num_heads)
-        self.kernel_size = _positive_pair("kernel_size", kernel_size)
-        self.strides = _positive_pair("strides", strides)
+        self.filters = filters = positive_int("filters", filters)
+        self.num_heads = num_heads = positive_int("num_heads", num_heads)
+        self.kernel_size = positive_pair("kernel_size", kernel_size)
+        self.strides = positive_pair("strides", strides)
         self.depth_k = depth_k
         self.depth_v = depth_v
         self.dk = _resolve_depth("depth_k", depth_k, filters, num_heads)
@@ -210,9 +188,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 f"Invalid `data_format`: received {data_format!r}; AttentionAugmentation2D supports "
                 "only 'channels_last' (B, H, W, C) inputs."
             )
-        self.max_size = None if max_size is None else _positive_pair("max_size", max_size)
+        self.max_size = None if max_size is None else positive_pair("max_size", max_size)
         if query_block_size is not None:
-            query_block_size = _positive_int("query_block_size", query_block_size)
+            query_block_size = positive_int("query_block_size", query_block_size)
         self.query_block_size = query_block_size
         self.downsample_attention = bool(downsample_attention)
         if attention_implementation not in ATTENTION_IMPLEMENTATIONS:

@@ -16,7 +16,7 @@ has 2L - 1 rows; row m embeds the offset (key - query) = m - (L - 1). For a grid
 
 import numpy as np
 
-from aa_keras.layers.attention_augmentation import _positive_int
+from aa_keras.validation import positive_int
 
 RESAMPLE_METHODS = ("linear", "edge")
 
@@ -40,7 +40,7 @@ def resample_relative_table(table, length, method="linear"):
             f"Invalid `table`: expected a (2L - 1, depth) array with an odd number of rows, received "
             f"shape {table.shape}."
         )
-    length = _positive_int("length", length)
+    length = positive_int("length", length)
     if method not in RESAMPLE_METHODS:
         raise ValueError(f"Invalid `method`: received method={method!r}, expected one of {RESAMPLE_METHODS}.")
     old = (table.shape[0] + 1) // 2
