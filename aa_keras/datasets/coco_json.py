@@ -234,7 +234,7 @@ class CocoJson(tfds.core.DatasetBuilder, skip_registration=True):
         del read_config, shuffle_files
         if decoders:
             raise ValueError(f"{type(self).__name__} does not take `decoders`; received {decoders!r}.")
-        return read_split(split, self.info.splits, self._load_split)
+        return read_split(split, self.info.splits, self._load_split, f"{PREFIX}{self._data_dir}")
 
     def _load_split(self, split):
         examples = self._examples[split]

@@ -35,7 +35,7 @@ def unreadable_error(dataset, paths):
     )
 
 
-def read_split(split, split_infos, load):
+def read_split(split, split_infos, load, dataset):
     """The examples of `split` (a TFDS split: a name, a slice such as "train[:10%]", a sum
     "train+test", or one of `tfds.even_splits`).
 
@@ -43,6 +43,7 @@ def read_split(split, split_infos, load):
         split: the split.
         split_infos: the builder's `info.splits`.
         load: `(split name) -> tf.data.Dataset` of the whole split, always in the same order.
+        dataset: the dataset's name, for the error of an unknown split.
 
     Returns:
         A `tf.data.Dataset`.
@@ -50,7 +51,10 @@ def read_split(split, split_infos, load):
     try:
         instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
     except (KeyError, ValueError) as error:
-        raise ValueError(f"Invalid split {split!r}: the splits are {sorted(split_infos)}.") from error
+        raise ValueError(
+            f"Invalid split {split!r} of {dataset}: its splits are {sorted(split_infos)} ({error}). A recipe reads "
+            "its `train_split` and `eval_split` ('train' and 'test' for the quick recipes)."
+        ) from error
     parts = []
     for part in instructions:  # from_ None is the start, to None the end of the split.
         examples = load(part.splitname).skip(part.from_ or 0)

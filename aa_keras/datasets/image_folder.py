@@ -71,4 +71,5 @@ class ImageFolder(tfds.folder_dataset.ImageFolder, skip_registration=True):
     def _as_dataset(self, split, shuffle_files=False, decoders=None, read_config=None):
         del shuffle_files, read_config  # A fixed order; the input pipelines shuffle with their seed.
         load = super()._as_dataset
-        return read_split(split, self.info.splits, lambda whole: load(whole, decoders=decoders))
+        name = f"{PREFIX}{self._data_dir}"
+        return read_split(split, self.info.splits, lambda whole: load(whole, decoders=decoders), name)
