@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets import CocoJson
+from export import export as exporter
 from training import data, detection, detection_data
 
 SIZE = 64
@@ -85,6 +86,11 @@ def test_pipelines_take_images_without_boxes(coco):
     np.testing.assert_array_equal(truth["source_id"], [11, 12])
     np.testing.assert_array_equal(truth["classes"][0][:2], [1, 2])  # label + 1
     np.testing.assert_array_equal(truth["num_detections"], [2, 0])
+
+
+def test_exporter_takes_its_parity_images_from_coco_json(coco):
+    images = exporter.dataset_images(f"coco_json:{coco}", "test", (SIZE, SIZE, 3), 2, task="detection")
+    assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.float32
 
 
 def test_trains_a_detector_two_steps(coco, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from aa_keras.applications import small_nets
+from export import export as exporter
 from training import data, recipes, train
 from training.loop import train_model
 
@@ -143,6 +144,11 @@ def test_folders_it_cannot_train_on_are_refused(tmp_path, make, message):
     root = make(tmp_path / "data")
     with pytest.raises(ValueError, match=r"^Invalid `dataset`: .*" + message):
         data.num_classes(f"image_folder:{root}")
+
+
+def test_exporter_takes_its_calibration_and_parity_images_from_a_folder(folder):
+    images = exporter.dataset_images(f"image_folder:{folder}", "test", (16, 16, 3), 3)
+    assert images.shape == (3, 16, 16, 3) and images.dtype == np.float32 and 0 < images.max() <= 1
 
 
 def test_a_split_the_folder_lacks_and_a_task_that_does_not_read_folders(folder):

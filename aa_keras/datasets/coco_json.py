@@ -228,6 +228,10 @@ class CocoJson(tfds.core.DatasetBuilder, skip_registration=True):
         """Nothing to prepare: the files are read where they lie."""
         del kwargs
 
+    def is_prepared(self):
+        """True: the files are the dataset, there is nothing to prepare."""
+        return True
+
     def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
         """The examples of `split` in file order (`shuffle_files` is ignored: the input pipelines
         shuffle with their seed); `decoders` are not supported."""

@@ -68,6 +68,10 @@ class ImageFolder(tfds.folder_dataset.ImageFolder, skip_registration=True):
         if unreadable:
             raise unreadable_error(name, unreadable)
 
+    def is_prepared(self):
+        """True: the folder is the dataset, there is nothing to prepare."""
+        return True
+
     def _as_dataset(self, split, shuffle_files=False, decoders=None, read_config=None):
         del shuffle_files, read_config  # A fixed order; the input pipelines shuffle with their seed.
         load = super()._as_dataset
