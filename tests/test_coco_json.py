@@ -1,5 +1,6 @@
 """`--task=detection --dataset=coco_json:PATH`: COCO-style annotation files read into the
-features of `glyph_boxes`, through the detection input pipeline and the trainer; the errors for malformed files, each naming the file and the entry."""
+features of `glyph_boxes`, through the detection input pipeline and the trainer; the errors for
+malformed files, each naming the file and the entry."""
 
 import copy
 import json

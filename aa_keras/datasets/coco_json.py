@@ -66,7 +66,9 @@ def _invalid(where, message):
 def _entries(annotations, key, path):
     entries = annotations.get(key) if isinstance(annotations, dict) else None
     if not isinstance(entries, list):
-        raise _invalid(path, f"expected a JSON object with a list {key!r} (COCO's 'images', 'annotations', 'categories').")
+        raise _invalid(
+            path, f"expected a JSON object with a list {key!r} (COCO's 'images', 'annotations', 'categories')."
+        )
     return entries
 
 
@@ -143,7 +145,8 @@ def _objects(annotations, path, images, labels):
         _, height, width, _ = images[image_id]
         if w <= 0 or h <= 0:
             raise _invalid(where, f"the box {box} has a non-positive width or height.")
-        if x < -BORDER_TOLERANCE or y < -BORDER_TOLERANCE or x + w > width + BORDER_TOLERANCE or y + h > height + BORDER_TOLERANCE:
+        tolerance = BORDER_TOLERANCE
+        if x < -tolerance or y < -tolerance or x + w > width + tolerance or y + h > height + tolerance:
             raise _invalid(where, f"the box {box} (x, y, width, height) lies outside its {width}x{height} image.")
         area = _field(entry, "area", "number", where) if "area" in entry else w * h
         crowd = entry.get("iscrowd", 0)
@@ -171,7 +174,10 @@ def _read_split(root_dir, split, path):
         raise unreadable_error(f"{PREFIX}{root_dir}", unreadable)
     for file, height, width, where in images.values():
         if sizes[file] != (height, width):
-            raise _invalid(where, f"the image is {sizes[file][1]}x{sizes[file][0]} (width x height), the entry says {width}x{height}.")
+            actual_height, actual_width = sizes[file]
+            raise _invalid(
+                where, f"the image is {actual_width}x{actual_height} (width x height), the entry says {width}x{height}."
+            )
     return categories, [(file, image_id, objects[image_id]) for image_id, (file, _, _, _) in images.items()]
 
 
