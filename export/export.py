@@ -279,8 +279,8 @@ flags.DEFINE_integer("image_size", None, "Input height and width; required for b
 flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.", flag_values=FLAGS)
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "dataset", None, "Dataset of the task's input pipeline for calibration and parity images; default glyph_pairs "
-    "(classification) or glyph_boxes (detection).", flag_values=FLAGS,
+    "dataset", None, "Dataset of the task's input pipeline for calibration and parity images (a TFDS name, "
+    "image_folder:PATH or coco_json:PATH); default glyph_pairs (classification) or glyph_boxes (detection).", flag_values=FLAGS,
 )
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)

@@ -1,16 +1,21 @@
 """TFDS input pipelines: `build_dataset` gives (float32 images in [0, 1], int labels).
 
 Any TFDS image classification dataset works (`cifar10`, `cifar100`, `imagenet2012` with a
-`manual_dir`, ...), as does the embedded `glyph_pairs`, which is generated on first use.
+`manual_dir`, ...), as does the embedded `glyph_pairs`, which is generated on first use, and a
+folder of images `image_folder:PATH` (`PATH/<split>/<label>/<image>`, see
+`aa_keras.datasets.image_folder`), read where it lies.
 Preprocessing follows the recipe: Inception crops (`official.vision.ops.preprocess_ops`) with
 optional RandAugment (`official.vision.ops.augment`), CIFAR pad-crop-flip, or a plain resize.
 """
+
+import functools
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from official.vision.ops import augment, preprocess_ops
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs with TFDS)
+from aa_keras.datasets import coco_json, image_folder
 from training.recipes import PREPROCESSING
 
 EMBEDDED_DATASETS = ("glyph_pairs",)
@@ -19,8 +24,11 @@ _CIFAR_PAD = 4
 
 def tfds_builder(name, data_dir, embedded, expected):
     """The TFDS builder of `name`; a dataset in `embedded` is generated into `data_dir` on
-    first use (nothing is downloaded). Raises a ValueError for a name TFDS does not know,
-    saying what to use instead (`expected`, e.g. "a TFDS detection dataset")."""
+    first use (nothing is downloaded). Raises a ValueError for a name TFDS does not know, or
+    a folder dataset (`image_folder:`, `coco_json:`) of the other task, saying what to use
+    instead (`expected`, e.g. "a TFDS detection dataset")."""
+    if name.startswith((image_folder.PREFIX, coco_json.PREFIX)):
+        raise ValueError(f"Invalid `dataset`: received dataset={name!r}, which this task does not read. Use {expected}.")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -32,14 +40,24 @@ def tfds_builder(name, data_dir, embedded, expected):
     return builder
 
 
+@functools.lru_cache(maxsize=None)
+def folder_builder(path):
+    """The checked `ImageFolder` of `path` (every image is decoded once to check it, so a
+    process opens each folder once; a folder changed since is not read again)."""
+    return image_folder.ImageFolder(path)
+
+
 def _builder(name, data_dir=None):
-    """The TFDS builder of `name`, prepared; a clear error when its data is missing."""
+    """The TFDS builder of `name`, prepared; a clear error when its data is missing.
+    `image_folder:PATH` is TFDS's `ImageFolder` of PATH (`data_dir` is not used)."""
+    if name.startswith(image_folder.PREFIX):
+        return folder_builder(name[len(image_folder.PREFIX) :])
     builder = tfds_builder(
         name,
         data_dir,
         EMBEDDED_DATASETS,
-        "a TFDS image classification name (e.g. 'cifar10', 'cifar100', 'imagenet2012') or "
-        f"{EMBEDDED_DATASETS[0]!r}",
+        "a TFDS image classification name (e.g. 'cifar10', 'cifar100', 'imagenet2012'), "
+        f"{EMBEDDED_DATASETS[0]!r}, or {image_folder.PREFIX}PATH for a folder PATH/<split>/<label>/<image>",
     )
     supervised = builder.info.supervised_keys
     if not supervised or len(supervised) != 2 or "image" not in builder.info.features:
@@ -146,7 +164,8 @@ def build_dataset(
     """A `tf.data.Dataset` of (float32 image (image_size, image_size, 3) in [0, 1], int32 label).
 
     Args:
-        name: TFDS dataset name; `glyph_pairs` is generated into `data_dir` on first use.
+        name: TFDS dataset name; `glyph_pairs` is generated into `data_dir` on first use;
+            `image_folder:PATH` reads the folder PATH/<split>/<label>/<image>.
         split: TFDS split, e.g. "train", "test", "validation", "train[:10%]".
         image_size: side of the output images.
         global_batch_size: batch over all replicas; None for unbatched examples. Training

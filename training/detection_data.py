@@ -1,6 +1,8 @@
 """TFDS input pipelines for object detection, for datasets in the layout of TFDS `coco/2017`
 (an "image" and "objects" with "bbox" (normalized [ymin, xmin, ymax, xmax]) and "label"; "id"
-or "image/id", "area" and "is_crowd" when present), such as the embedded `glyph_boxes`.
+or "image/id", "area" and "is_crowd" when present), such as the embedded `glyph_boxes`, and
+for COCO-style annotation files `coco_json:PATH` (`PATH/annotations/instances_<split>.json`,
+the images in `PATH/<split>/`, see `aa_keras.datasets.coco_json`), read where they lie.
 
 Images are resized RetinaNet-style with Model Garden's `preprocess_ops`: scaled to fit an
 `image_size` square keeping the aspect ratio, then padded at the bottom and right. Training
@@ -17,16 +19,32 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from official.vision.ops import box_ops, preprocess_ops
 
+import functools
+
 import aa_keras.datasets  # noqa: F401  (registers glyph_boxes with TFDS)
+from aa_keras.datasets import coco_json
 from training.data import pipeline_examples, tfds_builder
 
 EMBEDDED_DATASETS = ("glyph_boxes",)
 
 
+@functools.lru_cache(maxsize=None)
+def coco_json_builder(path):
+    """The checked `CocoJson` of `path` (its images are decoded once to check them, so a process
+    opens each folder once; a folder changed since is not read again)."""
+    return coco_json.CocoJson(path)
+
+
 def builder(name, data_dir=None):
     """The TFDS builder of the detection dataset `name`; `glyph_boxes` is generated on first
-    use. Raises a ValueError for an unknown, unsuitable or unprepared dataset."""
-    expected = f"a TFDS detection dataset in the layout of 'coco/2017', or {EMBEDDED_DATASETS[0]!r}"
+    use; `coco_json:PATH` reads COCO-style annotation files in PATH (`data_dir` is not used).
+    Raises a ValueError for an unknown, unsuitable or unprepared dataset."""
+    if name.startswith(coco_json.PREFIX):
+        return coco_json_builder(name[len(coco_json.PREFIX) :])
+    expected = (
+        f"a TFDS detection dataset in the layout of 'coco/2017', {EMBEDDED_DATASETS[0]!r}, or {coco_json.PREFIX}PATH "
+        "for PATH/annotations/instances_<split>.json with the images in PATH/<split>/"
+    )
     dataset_builder = tfds_builder(name, data_dir, EMBEDDED_DATASETS, expected)
     features = dataset_builder.info.features
     objects = features["objects"] if "objects" in features else None
@@ -160,7 +178,8 @@ def build_dataset(
     """A `tf.data.Dataset` of training or evaluation examples (see the module docstring).
 
     Args:
-        name: TFDS name (e.g. "coco/2017", "glyph_boxes"); `glyph_boxes` is generated on first use.
+        name: TFDS name (e.g. "coco/2017", "glyph_boxes"); `glyph_boxes` is generated on first use;
+            `coco_json:PATH` reads COCO-style annotation files in PATH.
         split: TFDS split, e.g. "train", "validation", "test", "train[:10%]".
         image_size: side of the square images.
         global_batch_size: batch over all replicas; None for unbatched examples. Training

@@ -42,7 +42,12 @@ flags.DEFINE_list(
     f"Detection: {', '.join(DETECTOR_NAMES)}.", flag_values=FLAGS,
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.", flag_values=FLAGS)
-flags.DEFINE_string("dataset", None, "TFDS dataset: image classification, or detection in the layout of coco/2017; default: the recipe's.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "dataset", None, "TFDS dataset: image classification, or detection in the layout of coco/2017; or a folder: "
+    "image_folder:PATH (PATH/<split>/<label>/<image>) for classification, coco_json:PATH "
+    "(PATH/annotations/instances_<split>.json, images in PATH/<split>/) for detection; default: the recipe's.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).", flag_values=FLAGS)
 flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.", flag_values=FLAGS)

@@ -22,6 +22,7 @@ Everything is generated on the machine from `SEED` in a few seconds, identically
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aa_keras.datasets.coco_json import detection_features
 from aa_keras.datasets.glyph_pairs import NUM_GLYPHS, make_alphabet
 from aa_keras.datasets.glyph_pairs import SEED as ALPHABET_SEED
 
@@ -79,19 +80,8 @@ class GlyphBoxes(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                    "image/id": np.int64,
-                    "objects": tfds.features.Sequence(
-                        {
-                            "bbox": tfds.features.BBoxFeature(),
-                            "label": tfds.features.ClassLabel(names=[f"glyph_{i}" for i in range(NUM_GLYPHS)]),
-                            "area": np.int64,
-                            "is_crowd": np.bool_,
-                        }
-                    ),
-                }
+            features=detection_features(
+                [f"glyph_{i}" for i in range(NUM_GLYPHS)], image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3)
             ),
         )
 
