@@ -287,8 +287,8 @@ def _run_training(
         with strategy.scope():
             model = task.build_model()
             if recipe.freeze_backbone_epochs:
-                # Fails, before anything is written, for a model with no pretrained backbone. The optimizer
-                # is built over every weight, frozen or not, so its checkpoint does not depend on the epoch.
+                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
+                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
                 set_backbone_trainable(model, True)
             optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
             optimizer.build(model.trainable_variables)
