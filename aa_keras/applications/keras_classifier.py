@@ -163,8 +163,9 @@ def _backbone(name, input_shape, weights):
         try:
             backbone.load_weights(os.fspath(weights))
             problem = next((str(w.message) for w in caught if "Skipping" in str(w.message)), None)
-        except ValueError as error:
-            problem = str(error).split("\n")[0]
+        except ValueError as error:  # keras's first two lines: how many objects failed, and an example
+            problem = " ".join([line for line in str(error).splitlines() if line.strip()][:2])
+            problem = problem.split(" Target variable:")[0]  # keras then prints the variable's values
     if problem is not None:
         raise ValueError(
             f"Invalid `weights`: {os.fspath(weights)!r} does not fit keras.applications.{name}(include_top=False, "
