@@ -9,7 +9,11 @@ import time
 RUN_CONFIG = "run_config.json"
 RUN_LOG = "train.log"
 # Fields that make a checkpoint incompatible with another run when they change.
-IDENTITY_FIELDS = ("model", "dataset", "image_size", "optimizer", "mixed_precision")
+IDENTITY_FIELDS = (
+    "model", "dataset", "image_size", "optimizer", "mixed_precision",
+    # The network and fine-tuning settings of a "keras:<Name>" model.
+    "weights", "augment", "augment_skip_unfit", "freeze_backbone_epochs",
+)
 # Fields that a resumed run may change without `allow_changed_settings` (a longer run).
 FREE_FIELDS = ("epochs",)
 

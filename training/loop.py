@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from aa_keras.applications import build_model
+from aa_keras.applications import build_model, keras_classifier, set_backbone_trainable
 from training import artifacts, attention_summaries, checkpoints, data, run_lock
 from training.distribute import is_chief, worker_id
 from training.init_from import initialize_from
@@ -33,10 +33,20 @@ MIXED_PRECISION = (None, "bfloat16", "float16")
 METRICS = "metrics.json"
 FINAL_MODEL = "model.keras"
 _SUM = tf.distribute.ReduceOp.SUM
+# `--model=keras:<Name>`: a keras.applications network (`aa_keras.applications.keras_classifier`).
+KERAS_PREFIX = "keras:"
 
 
-def build_registered_model(name, input_shape, classes):
-    """The network `name` from the aa_keras registry."""
+def build_registered_model(name, input_shape, classes, **keras_options):
+    """The network `name` from the aa_keras registry; for "keras:<Name>", `keras_classifier`'s
+    pretrained `keras.applications.<Name>` with `keras_options` (`weights`, `augment`,
+    `augment_skip_unfit`; omitted ones take keras_classifier's defaults)."""
+    if name.startswith(KERAS_PREFIX):
+        options = dict(keras_options)
+        skip_unfit = options.pop("augment_skip_unfit", False)
+        return keras_classifier(name[len(KERAS_PREFIX):], classes, input_shape, skip_unfit=skip_unfit, **options)[0]
+    if keras_options:
+        raise ValueError(f"Invalid options {sorted(keras_options)}: they apply to {KERAS_PREFIX}<Name> models only, not {name!r}.")
     return build_model(name, input_shape=input_shape, classes=classes)
 
 
@@ -276,6 +286,10 @@ def _run_training(
     try:
         with strategy.scope():
             model = task.build_model()
+            if recipe.freeze_backbone_epochs:
+                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
+                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
+                set_backbone_trainable(model, True)
             optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
             optimizer.build(model.trainable_variables)
             if task.compile is not None:
@@ -315,7 +329,9 @@ def _run_training(
         return loss, sums
 
     @tf.function
-    def train_step(iterator):
+    def train_step(iterator, frozen):
+        # `frozen` (a Python bool: one trace each) matches the backbone's trainable state, which
+        # decides the variables trained and the mode of its BatchNormalization layers.
         loss, sums = strategy.run(replica_train_step, args=next(iterator))
         return strategy.reduce(_SUM, loss, axis=None), {k: strategy.reduce(_SUM, v, axis=None) for k, v in sums.items()}
 
@@ -382,6 +398,9 @@ def _run_training(
 
     try:
         for epoch in range(first_epoch, recipe.epochs):
+            frozen = epoch < recipe.freeze_backbone_epochs
+            if recipe.freeze_backbone_epochs:
+                set_backbone_trainable(model, not frozen)
             offset = step - first_epoch_step if epoch == first_epoch else 0
             train_data = strategy.distribute_datasets_from_function(
                 lambda context, epoch=epoch, offset=offset: task.train_dataset(context, seed + epoch, offset)
@@ -395,7 +414,7 @@ def _run_training(
             epoch_start, epoch_loss, epoch_sums, throughput = time.perf_counter(), 0.0, {}, None
             for index in range(offset, epoch_steps):
                 started = time.perf_counter()
-                loss, sums = train_step(iterator)
+                loss, sums = train_step(iterator, frozen)
                 loss, sums = float(loss), {name: float(value) for name, value in sums.items()}
                 if not math.isfinite(loss):
                     raise Diverged(f"the loss is {loss} at step {step + 1}")
@@ -444,6 +463,8 @@ def _run_training(
             f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate (--learning_rate) or "
             "use a longer warm-up, then re-run the command to resume from that checkpoint."
         ) from None
+    if recipe.freeze_backbone_epochs:
+        set_backbone_trainable(model, True)  # The saved model is trainable throughout.
 
     final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
     if final is None:
@@ -472,6 +493,7 @@ def train_model(
     allow_changed_settings=False,
     init_from=None,
     init_method="linear",
+    model_options=None,
 ):
     """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
     found there (see `run_training` for what is written), with the softmax cross-entropy
@@ -489,10 +511,12 @@ def train_model(
         steps_per_epoch: at most this many steps per epoch (None: the whole training split).
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
-        model_fn: `(name, input_shape, classes) -> keras.Model`.
+        model_fn: `(name, input_shape, classes, **model_options) -> keras.Model`.
         allow_changed_settings: resume a run found in `model_dir` whose settings (other than
             the identity fields and `epochs`) differ from these; the change is recorded.
         init_from, init_method: start from the weights of a saved model (see `run_training`).
+        model_options: keyword arguments of `model_fn` for this network (for "keras:<Name>":
+            `weights`, `augment`, `augment_skip_unfit`), recorded in run_config.json.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -502,9 +526,10 @@ def train_model(
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
+    model_options = dict(model_options or {})
     config = start_run(
         model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
-        model=model_name, seed=seed,
+        model=model_name, seed=seed, **model_options,
     )
     batch = recipe.global_batch_size
     per_replica = data.per_replica_batch_size(batch, strategy.num_replicas_in_sync)
@@ -571,7 +596,7 @@ def train_model(
         return evaluate
 
     task = TrainingTask(
-        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes),
+        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), classes, **model_options),
         train_dataset=train_dataset,
         loss=loss,
         make_evaluate=make_evaluate,

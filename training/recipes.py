@@ -1,4 +1,5 @@
-"""Training recipes as data: the paper's ImageNet and CIFAR-100 settings and a quick offline run.
+"""Training recipes as data: the paper's ImageNet and CIFAR-100 settings, a quick offline run, and
+the fine-tuning of a pretrained `keras.applications` network with attention added.
 
 A `Recipe` holds everything that defines a run except the network and where it runs; flags
 override single fields with `get_recipe(name, **overrides)`. Learning rates are given per 256
@@ -37,6 +38,9 @@ class Recipe:
             evaluate), "cifar" (4-pixel pad, random crop, flip) or "none" (resize only).
         randaugment_magnitude: RandAugment magnitude (2 layers) on training images; 0 is off.
         train_split, eval_split: TFDS split names.
+        freeze_backbone_epochs: for this many first epochs, train only the new head and the
+            attention branches of a "keras:<Name>" model (its pretrained backbone frozen,
+            `aa_keras.applications.set_backbone_trainable`), then everything; 0 is off.
     """
 
     dataset: str
@@ -57,6 +61,7 @@ class Recipe:
     randaugment_magnitude: int = 0
     train_split: str = "train"
     eval_split: str = "test"
+    freeze_backbone_epochs: int = 0
 
     def __post_init__(self):
         check_field(self, "dataset", isinstance(self.dataset, str) and self.dataset, "a TFDS dataset name")
@@ -86,6 +91,11 @@ class Recipe:
             "randaugment_magnitude",
             isinstance(self.randaugment_magnitude, int) and 0 <= self.randaugment_magnitude <= 30,
             "an int in [0, 30] (0 is off)",
+        )
+        value = self.freeze_backbone_epochs
+        check_field(
+            self, "freeze_backbone_epochs", isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            "an int >= 0 (0 is off)",
         )
 
     @property
@@ -152,6 +162,26 @@ RECIPES = {
         warmup_fraction=0.05,
         schedule="cosine",
         preprocessing="none",
+    ),
+    # Fine-tuning a pretrained keras.applications network with attention added ("keras:<Name>",
+    # e.g. on --dataset=image_folder:PATH): one epoch trains the new head and the attention
+    # branches on the frozen backbone, then everything trains at a small learning rate, SGD with
+    # momentum and a cosine decay, at the ImageNet weights' 224x224. Our choice of the usual
+    # transfer-learning settings; the dataset is the offline default only.
+    "finetune": Recipe(
+        dataset="glyph_pairs",
+        models=("keras:ResNet50",),
+        image_size=224,
+        epochs=5,
+        global_batch_size=64,
+        optimizer="sgd",
+        learning_rate=0.04,
+        momentum=0.9,
+        weight_decay=1e-5,
+        warmup_fraction=0.05,
+        schedule="cosine",
+        preprocessing="none",
+        freeze_backbone_epochs=1,
     ),
 }
 

@@ -5,9 +5,10 @@
     python -m training.train --recipe=paper_imagenet --manual_dir=/data/imagenet --strategy=tpu --tpu=NAME
     python -m training.train --task=detection     # aa_retinanet_r18 vs retinanet_r18 on glyph_boxes
     python -m training.train --task=detection --dataset=coco/2017 --model=aa_retinanet_r50 --recipe=paper_coco
+    python -m training.train --recipe=finetune --model=keras:EfficientNetB0 --dataset=NAME   # pretrained, attention added
 
-Each network trains into `<model_dir>/<name>` (checkpoints, TensorBoard logs, model.keras,
-metrics.json); re-running the same command resumes. A table compares the networks at the end.
+Each network trains into `<model_dir>/<name>` (`keras:<Name>` into `<model_dir>/keras_<Name>`;
+checkpoints, TensorBoard logs, model.keras, metrics.json); re-running the same command resumes. A table compares the networks at the end.
 Classification runs `training.loop.train_model`, detection `training.detection.train_detection`.
 """
 
@@ -17,12 +18,13 @@ import sys
 import keras
 from absl import app, flags, logging
 
-from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES
+from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES, keras_networks
+from aa_keras.applications.keras_classifier import AUGMENT
 from aa_keras.layers import RESAMPLE_METHODS
 from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.init_from import model_file
-from training.loop import MIXED_PRECISION, train_model
+from training.loop import KERAS_PREFIX, MIXED_PRECISION, train_model
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
@@ -30,7 +32,11 @@ FLAGS = flags.FlagValues()
 TASKS = ("classification", "detection")
 DEFAULT_RECIPES = {"classification": "quick", "detection": "quick_detection"}
 # Flags that only one task reads; giving one to the other task is an error.
-TASK_FLAGS = {"classification": ("manual_dir", "label_smoothing", "randaugment"), "detection": ("eval_examples",)}
+KERAS_FLAGS = ("weights", "augment", "augment_skip_unfit", "freeze_backbone_epochs")
+TASK_FLAGS = {
+    "classification": ("manual_dir", "label_smoothing", "randaugment", *KERAS_FLAGS),
+    "detection": ("eval_examples",),
+}
 flags.DEFINE_enum("task", "classification", TASKS, "Image classification, or object detection with RetinaNet.", flag_values=FLAGS)
 flags.DEFINE_enum(
     "recipe", None, sorted({*recipes.RECIPES, *detection.DETECTION_RECIPES}),
@@ -38,8 +44,10 @@ flags.DEFINE_enum(
     "default: quick (classification) or quick_detection (detection).", flag_values=FLAGS,
 )
 flags.DEFINE_list(
-    "model", None, f"Networks to train, in turn; default: the recipe's. Classification: {', '.join(MODEL_NAMES)}. "
-    f"Detection: {', '.join(DETECTOR_NAMES)}.", flag_values=FLAGS,
+    "model", None, f"Networks to train, in turn; default: the recipe's. Classification: {', '.join(MODEL_NAMES)}, "
+    f"or {KERAS_PREFIX}<Name> for a pretrained keras.applications network with attention added "
+    f"({KERAS_PREFIX}ResNet50, {KERAS_PREFIX}EfficientNetB0, ...). Detection: {', '.join(DETECTOR_NAMES)}.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.", flag_values=FLAGS)
 flags.DEFINE_string(
@@ -71,7 +79,8 @@ flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is
 flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_bool(
     "allow_changed_settings", False, "Resume a run in --model_dir although settings other than the model, dataset, "
-    "image size, optimizer, mixed precision and epochs changed; the change is recorded in run_config.json.",
+    "image size, optimizer, mixed precision, the keras: models' weights, augment and freeze settings, and epochs "
+    "changed; the change is recorded in run_config.json.",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
@@ -80,15 +89,37 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_enum("init_method", "linear", RESAMPLE_METHODS, "How --init_from fills relative tables of a larger attention grid.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "weights", None, f"{KERAS_PREFIX}<Name> models: the backbone's starting weights: imagenet (default; keras "
+    "downloads them on first use), none (random), or the path of a weights file of the network without its top "
+    "(a .weights.h5 saved from keras.applications.<Name>(include_top=False), or keras's ..._notop.h5).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "augment", None, AUGMENT, f"{KERAS_PREFIX}<Name> models: the Conv2D layers replaced by attention-augmented "
+    "ones: paper (default: the 3x3 convolutions of the three lowest-resolution stages), all, or none.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "augment_skip_unfit", None, f"{KERAS_PREFIX}<Name> models: skip selected convolutions that cannot be augmented "
+    "(too few filters, grouped, dilated) instead of stopping; e.g. --augment=all --augment_skip_unfit for "
+    "MobileNet and EfficientNet, whose 3x3 convolutions are depthwise.", flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "freeze_backbone_epochs", None, f"{KERAS_PREFIX}<Name> models: overrides the recipe's number of first epochs "
+    "that train only the new head and the attention branches on the frozen pretrained backbone.",
+    lower_bound=0, flag_values=FLAGS,
+)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
 def comparison_table(rows):
     """A text table of metrics.json dicts: network, parameters, test accuracy, training time."""
-    lines = [f"{'model':<16}{'params':>12}{'test accuracy':>16}{'train time':>14}"]
+    width = max([16, *(len(row["model"]) + 2 for row in rows)])
+    lines = [f"{'model':<{width}}{'params':>12}{'test accuracy':>16}{'train time':>14}"]
     for row in rows:
         lines.append(
-            f"{row['model']:<16}{row['params']:>12,}{row['test_accuracy'] * 100:>15.2f}%"
+            f"{row['model']:<{width}}{row['params']:>12,}{row['test_accuracy'] * 100:>15.2f}%"
             f"{row['train_seconds']:>13.0f}s"
         )
     return "\n".join(lines)
@@ -122,8 +153,44 @@ def _recipe_from_flags(task):
         image_size=FLAGS.image_size,
     )
     if task == "classification":
-        overrides.update(label_smoothing=FLAGS.label_smoothing, randaugment_magnitude=FLAGS.randaugment)
+        overrides.update(
+            label_smoothing=FLAGS.label_smoothing,
+            randaugment_magnitude=FLAGS.randaugment,
+            freeze_backbone_epochs=FLAGS.freeze_backbone_epochs,
+        )
     return name, recipes.override(table[name], **overrides)
+
+
+def _keras_options(models, recipe):
+    """The `model_options` of the keras:<Name> networks among `models`, from --weights, --augment and
+    --augment_skip_unfit; errors for those flags, or a recipe that freezes a backbone, with other networks."""
+    unknown = [name for name in models if name.startswith(KERAS_PREFIX) and name[len(KERAS_PREFIX):] not in keras_networks()]
+    if unknown:
+        raise ValueError(
+            f"Invalid `--model`: {unknown} name no keras.applications network; valid are e.g. {KERAS_PREFIX}ResNet50, "
+            f"{KERAS_PREFIX}EfficientNetB0, {KERAS_PREFIX}MobileNetV2 (all: {', '.join(keras_networks())})."
+        )
+    others = [name for name in models if not name.startswith(KERAS_PREFIX)]
+    if others:
+        for flag in ("weights", "augment", "augment_skip_unfit"):
+            if FLAGS[flag].present:
+                raise ValueError(
+                    f"Invalid `--{flag}`: it applies to {KERAS_PREFIX}<Name> models only, and this run trains {others}."
+                )
+        if recipe.freeze_backbone_epochs:
+            raise ValueError(
+                f"Invalid `--model`: the recipe freezes a pretrained backbone for {recipe.freeze_backbone_epochs} "
+                f"epoch(s), which only {KERAS_PREFIX}<Name> models have, and this run trains {others}; pass "
+                "--freeze_backbone_epochs=0 or a keras: model."
+            )
+    weights = FLAGS.weights or "imagenet"
+    if weights.lower() in ("imagenet", "none"):
+        weights = None if weights.lower() == "none" else "imagenet"
+    else:
+        if not os.path.isfile(weights):
+            raise ValueError(f"Invalid `--weights`: {weights!r} is not 'imagenet', 'none' or an existing weights file.")
+        weights = os.path.abspath(weights)
+    return dict(weights=weights, augment=FLAGS.augment or "paper", augment_skip_unfit=bool(FLAGS.augment_skip_unfit))
 
 
 def run(argv):
@@ -135,7 +202,7 @@ def run(argv):
     recipe_name, recipe = _recipe_from_flags(task)
     valid = DETECTOR_NAMES if task == "detection" else MODEL_NAMES
     models = tuple(FLAGS.model) if FLAGS.model else recipe.models
-    unknown = [name for name in models if name not in valid]
+    unknown = [name for name in models if name not in valid and not (task == "classification" and name.startswith(KERAS_PREFIX))]
     if unknown:
         raise ValueError(
             f"Invalid `--model`: unknown {task} networks {unknown}; with --task={task} valid names are {', '.join(valid)}."
@@ -144,6 +211,7 @@ def run(argv):
         model_file(FLAGS.init_from)  # A bad path fails before any data is prepared.
         if len(models) > 1:
             raise ValueError(f"Invalid `--init_from`: it initialises one network, and this run trains {list(models)}; pass one --model.")
+    keras_options = _keras_options(models, recipe) if task == "classification" else None
     model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
@@ -156,10 +224,11 @@ def run(argv):
     rows = []
     for name in models:
         keras.utils.set_random_seed(FLAGS.seed)
+        model_options = {"model_options": keras_options} if name.startswith(KERAS_PREFIX) else {}
         _, metrics = trainer(
             strategy=strategy,
             model_name=name,
-            model_dir=os.path.join(model_dir, name),
+            model_dir=os.path.join(model_dir, name.replace(":", "_")),
             recipe=recipe,
             data_dir=FLAGS.data_dir,
             mixed_precision=FLAGS.mixed_precision,
@@ -170,6 +239,7 @@ def run(argv):
             init_from=FLAGS.init_from,
             init_method=FLAGS.init_method,
             **options,
+            **model_options,
         )
         rows.append(metrics)
     print(table(rows), flush=True)

@@ -5,12 +5,14 @@ RetinaNet detectors, and registries of named models and detectors.
     model_320, summary = resize_model(model, (320, 320, 3))      # relative tables resampled
     model = build_model("aa_resnet50", classes=1000)
     detector = build_detector("aa_retinanet_r50", num_classes=80)
+    model, summary = keras_classifier("ResNet50", classes=5)          # pretrained, attention added
 """
 
 import importlib
 
 from aa_keras.applications._backbone import feature_extractor
 from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
+from aa_keras.applications.keras_classifier import ChannelAffine, keras_classifier, keras_networks, set_backbone_trainable
 from aa_keras.applications.resize import GridChange, ResizeSummary, WeightTransfer, resize_model, transfer_weights
 from aa_keras.applications.resnet import AAResNet, ResNet
 from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
@@ -94,6 +96,7 @@ __all__ = [
     "AARetinaNet",
     "AAWideResNet",
     "AugmentSummary",
+    "ChannelAffine",
     "DETECTOR_NAMES",
     "GridChange",
     "LastStages",
@@ -111,6 +114,9 @@ __all__ = [
     "build_model",
     "detections",
     "feature_extractor",
+    "keras_classifier",
+    "keras_networks",
     "resize_model",
+    "set_backbone_trainable",
     "transfer_weights",
 ]
