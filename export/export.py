@@ -359,13 +359,18 @@ def _export_classifier(formats, dataset):
 
 def _class_names(classes, dataset, dataset_class_names):
     """The class names that the export carries: those stored with a `.keras` model (its run
-    folder's labels.txt), else those of the dataset when `--dataset` was given or the model was
-    built from a name with its classes; None (with a warning) otherwise."""
+    folder's labels.txt), else those of the dataset when `--dataset` was given (and has the
+    model's number of classes: otherwise it gives the parity images only) or the model was built
+    from a name with its classes; None (with a warning) otherwise."""
     from_file = model_source.is_model_file(FLAGS.model)
     stored = run_artifacts.stored_labels(FLAGS.model) if from_file else None
     names = None
     if stored is None and (FLAGS["dataset"].present or not from_file):
         names = dataset_class_names(dataset, FLAGS.data_dir)
+        if len(names) != classes:
+            logging.warning(f"--dataset={dataset} has {len(names)} classes and the model {classes}: its names are not the "
+                            "model's, and its images serve the parity checks only.")  # fmt: skip
+            names = None
     return run_artifacts.resolve_labels(FLAGS.model, stored, classes, dataset, names)
 
 
