@@ -19,11 +19,12 @@ from training import artifacts, data, detection, evaluate
 GLYPH_PAIRS_NAMES = ["different", "same"]
 
 
-def _evaluate_cli(*flags):
+def _evaluate_cli(*flags, entry="run"):
+    """The results of `run` (errors as ValueError), or with entry="main" the command's exit."""
     argv = ["aa-evaluate", *flags]
     evaluate.FLAGS(argv)
     try:
-        return evaluate.main(argv[:1])
+        return getattr(evaluate, entry)(argv[:1])
     finally:
         evaluate.FLAGS.unparse_flags()
 
@@ -113,7 +114,7 @@ def test_detector_run_stores_names_and_evaluates_to_the_trainers_coco_metrics(de
 def test_evaluate_errors_name_what_is_wrong(classifier_run, data_dir, tmp_path):
     def fails(message, *flags):
         with pytest.raises(SystemExit, match=message):
-            _evaluate_cli(*flags, f"--data_dir={data_dir}")
+            _evaluate_cli(*flags, f"--data_dir={data_dir}", entry="main")
 
     missing = tmp_path / "missing.keras"
     fails(r"Invalid `--model`: .*missing.keras' does not exist", f"--model={missing}", "--dataset=glyph_pairs")

@@ -4,6 +4,8 @@ drawn with `--output`; where class names come from; errors."""
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -16,18 +18,18 @@ from export import detection as export_detection
 from export import export as exporter
 from training import artifacts, data, detection_data, predict
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLYPH_PAIRS_NAMES = ["different", "same"]
 DETECTOR_SIZE = 64
 DETECTOR_NAMES = ["circle", "square", "cross"]
 
 
-def _predict_cli(*arguments):
-    flags = [a for a in arguments if a.startswith("--")]
-    images = [a for a in arguments if not a.startswith("--")]
-    argv = ["aa-predict", *flags]
-    predict.FLAGS(argv)
+def _predict_cli(*arguments, entry="run"):
+    """The results of `run` (errors as ValueError), or with entry="main" the command's exit."""
+    argv = ["aa-predict", *arguments]
+    remaining = predict.FLAGS(argv)
     try:
-        return predict.main(argv[:1] + images)
+        return getattr(predict, entry)(remaining)
     finally:
         predict.FLAGS.unparse_flags()
 
@@ -153,7 +155,7 @@ def test_predict_errors_name_what_is_wrong(classifier_run, classifier_export, gl
 
     def fails(message, *arguments):
         with pytest.raises(SystemExit, match=message):
-            _predict_cli(*arguments)
+            _predict_cli(*arguments, entry="main")
 
     fails("No images", model)
     fails(r"Invalid image: .*nothing.png' does not exist", model, str(tmp_path / "nothing.png"))
@@ -177,3 +179,14 @@ def test_predict_errors_name_what_is_wrong(classifier_run, classifier_export, gl
     fails(r"labels.txt stored with .* has 3 class names, but the model .* has 2 classes", f"--model={wrong / 'model.keras'}",
           glyph_pngs[0])  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_exits_0_and_prints_the_names(classifier_export, glyph_pngs):
+    completed = subprocess.run(
+        [sys.executable, "-m", "training.predict", f"--model={classifier_export / 'model_float32.tflite'}", "--top=1",
+         glyph_pngs[0]],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = completed.stdout.splitlines()
+    assert lines[0] == glyph_pngs[0] and lines[1].split()[1] in GLYPH_PAIRS_NAMES and len(lines) == 2

@@ -204,25 +204,29 @@ def check_output(path):
         raise ValueError(f"Invalid `--output`: {path!r} {problem}; pass a JSON file name in an existing folder.")
 
 
+def run(argv):
+    """Evaluates `--model` as the flags say, prints the table, writes `--output`; returns the
+    results (see `evaluate`)."""
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
+    if FLAGS.output:
+        check_output(FLAGS.output)
+    result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.image_size)
+    print(format_table(result), flush=True)
+    if FLAGS.output:
+        artifacts.write_json(FLAGS.output, result)
+        print(f"Wrote {os.path.abspath(FLAGS.output)}")
+    return result
+
+
 def main(argv):
     FLAGS.mark_as_parsed()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
     try:
-        if len(argv) > 1:
-            raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
-        if FLAGS.output:
-            check_output(FLAGS.output)
-        result = evaluate(
-            FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.image_size
-        )
-        print(format_table(result), flush=True)
-        if FLAGS.output:
-            artifacts.write_json(FLAGS.output, result)
-            print(f"Wrote {os.path.abspath(FLAGS.output)}")
+        run(argv)
     except ValueError as error:
         sys.exit(f"aa-evaluate: error: {error}")
-    return result
 
 
 def run_main():

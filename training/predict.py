@@ -261,41 +261,47 @@ def check_output(output, image_paths):
         raise ValueError(f"Invalid `--output`: writing {clash[0]!r} there would replace an input image; choose another folder.")
 
 
+def run(argv):
+    """Predicts on the images `argv[1:]` as the flags say, prints the predictions, writes
+    `--output`; returns them (see `predict`)."""
+    paths = argv[1:]
+    if not paths:
+        raise ValueError("No images: pass one or more image files after the flags.")
+    if FLAGS.output:
+        check_output(FLAGS.output, paths)
+    images = [read_image(path) for path in paths]
+    predictor = load_predictor(FLAGS.model)
+    dataset_names = None
+    if FLAGS.dataset:
+        pipeline = detection_data if predictor.task == "detection" else data
+        dataset_names = pipeline.class_names(FLAGS.dataset, FLAGS.data_dir)
+    names = artifacts.resolve_labels(FLAGS.model, predictor.stored_names, predictor.classes, FLAGS.dataset, dataset_names)
+    preprocessing = FLAGS.preprocessing or predictor.preprocessing or "none"
+    results = predict(predictor, images, names, FLAGS.top, preprocessing)
+    print(format_predictions(paths, results, predictor.task), flush=True)
+    if FLAGS.output:
+        from aa_keras.visualize.figure import save_png
+
+        os.makedirs(FLAGS.output, exist_ok=True)
+        if predictor.task == "detection":
+            for path, image, found in zip(paths, images, results):
+                name = os.path.splitext(os.path.basename(path))[0] + ".png"
+                save_png(draw_boxes(image, found), os.path.join(FLAGS.output, name))
+        records = [{"image": os.path.abspath(path), "predictions": found} for path, found in zip(paths, results)]
+        artifacts.write_json(os.path.join(FLAGS.output, PREDICTIONS), {"model": os.path.abspath(FLAGS.model),
+                                                                      "task": predictor.task, "images": records})
+        print(f"Wrote {os.path.abspath(FLAGS.output)}")
+    return results
+
+
 def main(argv):
     FLAGS.mark_as_parsed()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    paths = argv[1:]
     try:
-        if not paths:
-            raise ValueError("No images: pass one or more image files after the flags.")
-        if FLAGS.output:
-            check_output(FLAGS.output, paths)
-        images = [read_image(path) for path in paths]
-        predictor = load_predictor(FLAGS.model)
-        dataset_names = None
-        if FLAGS.dataset:
-            pipeline = detection_data if predictor.task == "detection" else data
-            dataset_names = pipeline.class_names(FLAGS.dataset, FLAGS.data_dir)
-        names = artifacts.resolve_labels(FLAGS.model, predictor.stored_names, predictor.classes, FLAGS.dataset, dataset_names)
-        preprocessing = FLAGS.preprocessing or predictor.preprocessing or "none"
-        results = predict(predictor, images, names, FLAGS.top, preprocessing)
-        print(format_predictions(paths, results, predictor.task), flush=True)
-        if FLAGS.output:
-            from aa_keras.visualize.figure import save_png
-
-            os.makedirs(FLAGS.output, exist_ok=True)
-            if predictor.task == "detection":
-                for path, image, found in zip(paths, images, results):
-                    name = os.path.splitext(os.path.basename(path))[0] + ".png"
-                    save_png(draw_boxes(image, found), os.path.join(FLAGS.output, name))
-            records = [{"image": os.path.abspath(path), "predictions": found} for path, found in zip(paths, results)]
-            artifacts.write_json(os.path.join(FLAGS.output, PREDICTIONS), {"model": os.path.abspath(FLAGS.model),
-                                                                          "task": predictor.task, "images": records})
-            print(f"Wrote {os.path.abspath(FLAGS.output)}")
+        run(argv)
     except ValueError as error:
         sys.exit(f"aa-predict: error: {error}")
-    return results
 
 
 def run_main():
