@@ -298,7 +298,8 @@ flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the par
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
 flags.DEFINE_string(
     "dataset", None, "Dataset of the task's input pipeline for calibration and parity images; default glyph_pairs "
-    "(classification) or glyph_boxes (detection).", flag_values=FLAGS,
+    "(classification) or glyph_boxes (detection). Given explicitly, it also names the classes of a model that has no "
+    "labels.txt next to it (when the numbers of classes agree).", flag_values=FLAGS,
 )
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)
