@@ -10,6 +10,7 @@ Artifacts:
                            classes (B, K) int32, num_detections (B,) int32; decoding and
                            non-maximum suppression included. The batch is static:
                            keras-hub's non-maximum suppression needs it.
+                           `metadata`: image_shape, batch, class_names.
     model_raw.tflite       ("tflite_raw") batch `batch`: images -> bbox_regression (B, A, 4)
                            anchor deltas ("center_xywh"), cls_logits (B, A, classes), anchors
                            (A, 4) yxyx pixels: the network without decoding, TFLite builtin ops.
@@ -24,6 +25,8 @@ Artifacts:
                            Entries past num_detections are zero. Checked by `detection_matching`
                            against the SavedModel's detections, not value by value: the two
                            suppressions may break near-ties differently.
+    labels.txt             the class names, one a line in index order (when known), also in the
+                           SavedModel's `metadata` signature (see export.saved_model).
     export_report.json     per artifact: size and parity metrics with their check, and their table.
 
 Everything is written to a temporary directory next to `output_dir` and moved into place only
@@ -42,6 +45,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from export import report, saved_model, tflite
+from training import artifacts as run_artifacts
 from export.export import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 
@@ -218,7 +222,43 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _run_batched(function, images, batch):
+class DetectionRunner:
+    """Runs an exported detector, a SavedModel folder or a whole-detector `.tflite` file (not
+    `model_raw.tflite`, which does not decode): (N, H, W, C) float32 images in [0, 1] -> the
+    `DETECTION_OUTPUTS` arrays, in batches of the artifact's static `batch`. `image_shape` is
+    its input's (H, W, C); `class_names` those of the SavedModel's `metadata` (None for TFLite)."""
+
+    def __init__(self, path):
+        self.class_names = None
+        if os.path.isdir(path):
+            signatures = tf.saved_model.load(path).signatures
+            served = signatures[saved_model.SIGNATURE]
+            metadata = saved_model.read_metadata(signatures)
+            if metadata is None:
+                raise ValueError(
+                    f"The SavedModel {path!r} has no {saved_model.METADATA_SIGNATURE!r} signature (its input size "
+                    "and class names): it was exported by an older aa-export; export the detector again."
+                )
+            self.image_shape, self.batch, self.class_names = metadata
+            self._run = lambda x: served(**{saved_model.INPUT_NAME: tf.constant(x)})
+            outputs = served.structured_outputs
+        else:
+            runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
+            shape = runner.get_input_details()[saved_model.INPUT_NAME]["shape"]
+            self.batch, self.image_shape = int(shape[0]), tuple(int(size) for size in shape[1:])
+            self._run = lambda x: runner(**{saved_model.INPUT_NAME: x})
+            outputs = runner.get_output_details()
+        if set(outputs) != set(DETECTION_OUTPUTS):
+            raise ValueError(
+                f"{path!r} gives {sorted(outputs)}, not the decoded detections {list(DETECTION_OUTPUTS)}: run the "
+                "SavedModel or model.tflite of a detector export (model_raw.tflite needs decoding on the host)."
+            )
+
+    def __call__(self, images):
+        return run_batched(self._run, np.asarray(images, np.float32), self.batch)
+
+
+def run_batched(function, images, batch):
     """`function` (a batch of exactly `batch` images -> dict of arrays) over all `images`, the
     last batch padded; outputs without a batch axis ("anchors") are taken from the first run."""
     runs = []
@@ -232,7 +272,8 @@ def _run_batched(function, images, batch):
     }
 
 
-def export_detector(model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False):
+def export_detector(model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False,
+                    class_names=None):
     """Exports `model` to `output_dir` and checks every artifact against it on `images`.
 
     Args:
@@ -242,6 +283,8 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         formats: names from `FORMATS`.
         batch: static batch of the artifacts and of their parity runs.
         overwrite: replace a non-empty `output_dir`.
+        class_names: the names of the object classes, written to `labels.txt` and the SavedModel's
+            `metadata` signature; None for none.
 
     Returns:
         The report dict, also written to `output_dir/export_report.json`.
@@ -262,6 +305,11 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             f"Invalid `model`: {getattr(model, 'name', model)!r} is not a RetinaNet detector (it needs "
             "`decode_predictions` and `anchor_generator`); build one with aa_keras.applications.retinanet."
         )
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise ValueError(
+            f"Invalid `class_names`: received {len(class_names)} names, expected one per class of the detector "
+            f"({model.num_classes})."
+        )
     image_shape = tuple(model.inputs[0].shape[1:])
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1:] != image_shape or len(images) == 0:
@@ -269,12 +317,15 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
 
     with staged_output(output_dir) as staging:
         rows = []
+        if class_names is not None:
+            run_artifacts.write_labels(os.path.join(staging, run_artifacts.LABELS), class_names)
         if "saved_model" in formats:
             path = os.path.join(staging, "saved_model")
-            saved_model.write_signature(model, _serve_detections(model), path, image_shape, batch, check_input=True)
-            served = tf.saved_model.load(path).signatures[saved_model.SIGNATURE]
-            outputs = _run_batched(lambda x: served(**{saved_model.INPUT_NAME: tf.constant(x)}), images, batch)
-            reference = _run_batched(tf.function(_serve_detections(model)), images, batch)
+            saved_model.write_signature(
+                model, _serve_detections(model), path, image_shape, batch, check_input=True, class_names=class_names
+            )
+            outputs = DetectionRunner(path)(images)
+            reference = run_batched(tf.function(_serve_detections(model)), images, batch)
             rows.append({"artifact": "saved_model", "file": path, "parity": detection_parity(outputs, reference)})
         for kind in [name for name in formats if name.startswith("tflite")]:
             source = tempfile.mkdtemp(prefix=".tflite_source-", dir=staging)
@@ -286,12 +337,15 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             path = os.path.join(staging, "model_raw.tflite" if raw else "model.tflite")
             with open(path, "wb") as f:
                 f.write(flatbuffer)
-            runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
-            outputs = _run_batched(lambda x: runner(**{saved_model.INPUT_NAME: x}), images, batch)
             if raw:
-                parity = raw_parity(outputs, _run_batched(tf.function(serve), images, batch))
+                runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
+                outputs = run_batched(lambda x: runner(**{saved_model.INPUT_NAME: x}), images, batch)
             else:
-                parity = detection_matching(outputs, _run_batched(tf.function(_serve_detections(model)), images, batch))
+                outputs = DetectionRunner(path)(images)
+            if raw:
+                parity = raw_parity(outputs, run_batched(tf.function(serve), images, batch))
+            else:
+                parity = detection_matching(outputs, run_batched(tf.function(_serve_detections(model)), images, batch))
             rows.append({"artifact": kind, "file": path, "ops": ops, "parity": parity})
         for row in rows:
             row["size_bytes"] = report.size_bytes(row["file"])
@@ -300,6 +354,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             "image_shape": list(image_shape),
             "batch": batch,
             "num_images": len(images),
+            "class_names": class_names,
             "rows": rows,
             "table": format_table(rows),
         }

@@ -11,6 +11,9 @@ computes what the Keras model computes; with `--task=detection`, a RetinaNet det
 Artifacts (for the model, and under `baseline/` for the `--baseline` model):
     saved_model/          `serving_default`: images (B, H, W, C) float32 in [0, 1], or uint8 in
                           [0, 255] with `--uint8_input`, -> predictions (B, classes)
+                          `metadata`: image_shape, batch, class_names (see export.saved_model)
+    labels.txt            the class names, one a line in index order (when known: see
+                          `training.artifacts.resolve_labels`)
     model_float32.tflite, model_float16.tflite, model_dynamic.tflite, model_int8.tflite
                           batch `--batch`; int8 takes int8 images and gives int8 scores
     model.onnx            images (B, H, W, C) float32 -> predictions
@@ -32,6 +35,7 @@ from absl import app, flags, logging
 from aa_keras.applications import DETECTOR_NAMES, build_detector
 from export import model_source, parity, report, saved_model, tflite
 from export.staging import REPORT_FILE, check_output_dir, staged_output
+from training import artifacts as run_artifacts
 from training import data, detection_data
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
@@ -64,17 +68,22 @@ def _artifact_path(directory, kind):
     return os.path.join(directory, f"model_{kind.removeprefix('tflite_')}.tflite")
 
 
-def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, calibration_images):
-    """Writes the artifacts `kinds` of `model` into `directory`.
+def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, calibration_images, class_names=None):
+    """Writes the artifacts `kinds` of `model` into `directory`, and `labels.txt` with
+    `class_names` unless they are None.
 
     Returns:
         {kind: {"path": ..., "ops": sorted op names}} (ops only for TFLite and ONNX).
     """
     os.makedirs(directory, exist_ok=True)
+    if class_names is not None:
+        run_artifacts.write_labels(os.path.join(directory, run_artifacts.LABELS), class_names)
     artifacts = {}
     if "saved_model" in kinds:
         path = _artifact_path(directory, "saved_model")
-        saved_model.write_saved_model(model, path, image_shape, uint8_input=uint8_input, check_input=True)
+        saved_model.write_saved_model(
+            model, path, image_shape, uint8_input=uint8_input, check_input=True, class_names=class_names
+        )
         artifacts["saved_model"] = {"path": path}
     tflite_kinds = [kind for kind in kinds if kind in TFLITE_KINDS]
     if tflite_kinds:
@@ -149,6 +158,7 @@ def export(
     overwrite=False,
     image_size=None,
     description=None,
+    class_names=None,
 ):
     """Exports `model` (and `baseline`) to `output_dir` and checks every artifact.
 
@@ -166,6 +176,8 @@ def export(
         uint8_input: SavedModel signature takes uint8 images and scales them inside.
         image_size: fixes an unknown spatial input size (see `model_source.image_shape`).
         description: free-form dict recorded in the report (e.g. the command line flags).
+        class_names: the names of the classes, one per output, written to `labels.txt` and the
+            SavedModel's `metadata` signature (of the model and the baseline); None for none.
 
     Returns:
         The report dict, also written to `output_dir/export_report.json`.
@@ -180,6 +192,11 @@ def export(
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
     image_shape = model_source.image_shape(model, image_size)
+    classes = model.outputs[0].shape[-1]
+    if class_names is not None and len(class_names) != classes:
+        raise ValueError(
+            f"Invalid `class_names`: received {len(class_names)} names, expected one per class of the model ({classes})."
+        )
     checked = [("evaluation", eval_images)]
     if "tflite_int8" in kinds:
         if calibration_images is None or len(calibration_images) == 0:
@@ -209,7 +226,7 @@ def export(
         for label, network in models:
             directory = staging if label == "model" else os.path.join(staging, "baseline")
             artifacts = write_artifacts(
-                network, directory, kinds, image_shape, batch, uint8_input, calibration_images
+                network, directory, kinds, image_shape, batch, uint8_input, calibration_images, class_names
             )
             for row in evaluate(network, artifacts, eval_images, batch, threads, latency_runs):
                 row["model"] = label
@@ -225,6 +242,7 @@ def export(
             "num_eval_images": len(eval_images),
             "num_calibration_images": 0 if calibration_images is None else len(calibration_images),
             "uint8_input": uint8_input,
+            "class_names": class_names,
             "rows": rows,
             "table": report.format_table(rows),
         }
@@ -280,7 +298,9 @@ flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the par
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
 flags.DEFINE_string(
     "dataset", None, "Dataset of the task's input pipeline for calibration and parity images (a TFDS name, "
-    "image_folder:PATH or coco_json:PATH); default glyph_pairs (classification) or glyph_boxes (detection).", flag_values=FLAGS,
+    "image_folder:PATH or coco_json:PATH); default glyph_pairs (classification) or glyph_boxes (detection). Given "
+    "explicitly, it also names the classes of a model that has no labels.txt next to it (when the numbers of classes "
+    "agree).", flag_values=FLAGS,
 )
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)
@@ -311,6 +331,7 @@ def _export_classifier(formats, dataset):
             FLAGS.baseline, image_shape[0], image_shape[2], model.outputs[0].shape[-1], flag="--baseline",
             safe_mode=FLAGS.safe_mode,
         )
+    class_names = _class_names(model.outputs[0].shape[-1], dataset, data.class_names)
     eval_images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir)
     calibration_images = None
     if "tflite_int8" in parse_formats(formats):
@@ -334,7 +355,25 @@ def _export_classifier(formats, dataset):
         overwrite=FLAGS.overwrite,
         image_size=FLAGS.image_size,
         description={"model": FLAGS.model, "baseline": FLAGS.baseline, "dataset": dataset},
+        class_names=class_names,
     )
+
+
+def _class_names(classes, dataset, dataset_class_names):
+    """The class names that the export carries: those stored with a `.keras` model (its run
+    folder's labels.txt), else those of the dataset when `--dataset` was given (and has the
+    model's number of classes: otherwise it gives the parity images only) or the model was built
+    from a name with its classes; None (with a warning) otherwise."""
+    from_file = model_source.is_model_file(FLAGS.model)
+    stored = run_artifacts.stored_labels(FLAGS.model) if from_file else None
+    names = None
+    if stored is None and (FLAGS["dataset"].present or not from_file):
+        names = dataset_class_names(dataset, FLAGS.data_dir)
+        if len(names) != classes:
+            logging.warning(f"--dataset={dataset} has {len(names)} classes and the model {classes}: its names are not the "
+                            "model's, and its images serve the parity checks only.")  # fmt: skip
+            names = None
+    return run_artifacts.resolve_labels(FLAGS.model, stored, classes, dataset, names)
 
 
 def _export_detector(export_detection, formats, dataset):
@@ -359,9 +398,11 @@ def _export_detector(export_detection, formats, dataset):
             num_classes=detection_data.num_classes(dataset, FLAGS.data_dir),
         )
     image_shape = model_source.image_shape(model, FLAGS.image_size)
+    class_names = _class_names(model.num_classes, dataset, detection_data.class_names)
     images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir, task="detection")
     return export_detection.export_detector(
-        model, FLAGS.output_dir, images, formats=formats, batch=FLAGS.batch, overwrite=FLAGS.overwrite
+        model, FLAGS.output_dir, images, formats=formats, batch=FLAGS.batch, overwrite=FLAGS.overwrite,
+        class_names=class_names,
     )
 
 

@@ -122,6 +122,7 @@ class TFLiteRunner:
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.batch = int(self._input["shape"][0])
+        self.image_shape = tuple(int(size) for size in self._input["shape"][1:])
 
     def prepare(self, images):
         """(batch, H, W, C) float32 images in [0, 1] -> the interpreter's input array."""

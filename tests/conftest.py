@@ -7,6 +7,7 @@ which is why it is done here and not in a fixture. Code that does not name a dev
 runs on "/cpu:0", exactly as without this file.
 """
 
+import keras
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -35,3 +36,49 @@ def data_dir(tmp_path_factory):
     path = tmp_path_factory.getbasetemp() / "tfds"
     tfds.builder("glyph_pairs", data_dir=str(path)).download_and_prepare()
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def classifier_run(data_dir, tmp_path_factory):
+    """The run folder of aa_small trained 5 steps on glyph_pairs by the trainer (model.keras,
+    labels.txt, run_config.json), for the evaluate and predict tests."""
+    from aa_keras.applications import small_nets
+    from training import recipes
+    from training.loop import train_model
+
+    model_dir = tmp_path_factory.mktemp("classifier_run") / "aa_small"
+    keras.utils.set_random_seed(0)
+    recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=32)
+    train_model(
+        "aa_small", recipe, str(model_dir), tf.distribute.get_strategy(), data_dir=data_dir, steps_per_epoch=5,
+        verbose=False, model_fn=lambda name, shape, classes: small_nets.aa_small_net(shape, classes),
+    )
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_glyph_boxes(tmp_path_factory):
+    """glyph_boxes with 8 train and 4 test images."""
+    from aa_keras.datasets import glyph_boxes
+
+    path = str(tmp_path_factory.mktemp("tiny_glyph_boxes"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(glyph_boxes, "SPLIT_SIZES", {"train": 8, "test": 4})
+        tfds.builder("glyph_boxes", data_dir=path).download_and_prepare()
+    return path
+
+
+@pytest.fixture(scope="session")
+def detector_run(tiny_glyph_boxes, tmp_path_factory):
+    """The run folder of aa_retinanet_r18 (64 x 64 images) trained 1 step on glyph_boxes,
+    evaluated on 2 test images, for the evaluate and predict tests."""
+    from training import detection
+
+    model_dir = tmp_path_factory.mktemp("detector_run") / "aa_retinanet_r18"
+    keras.utils.set_random_seed(0)
+    recipe = detection.get_detection_recipe("quick_detection", image_size=64, max_instances=4, epochs=1)
+    detection.train_detection(
+        tf.distribute.get_strategy(), "aa_retinanet_r18", str(model_dir), recipe=recipe, data_dir=tiny_glyph_boxes,
+        global_batch_size=4, steps_per_epoch=1, eval_examples=2, verbose=False,
+    )
+    return model_dir

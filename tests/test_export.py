@@ -419,6 +419,8 @@ def test_command_line_exports_a_keras_file(model_files, tmp_path, monkeypatch, c
         return tf.data.Dataset.from_tensor_slices((images, labels))
 
     monkeypatch.setattr(exporter.data, "build_dataset", build_dataset)
+    names = [f"quadrant_{i}" for i in range(CLASSES)]
+    monkeypatch.setattr(exporter.data, "class_names", lambda name, data_dir=None: names)
     output_dir = str(tmp_path / "cli")
     argv = [
         "aa-export", f"--model={model_files[0]}", f"--baseline={model_files[1]}", f"--output_dir={output_dir}",
@@ -441,6 +443,10 @@ def test_command_line_exports_a_keras_file(model_files, tmp_path, monkeypatch, c
     ]
     interpreter = Interpreter(model_path=os.path.join(output_dir, "model_float32.tflite"))
     assert list(interpreter.get_input_details()[0]["shape"]) == [4, SIZE, SIZE, 3]
+    # The model file has no labels.txt next to it: the export carries the --dataset's names.
+    for folder in (output_dir, os.path.join(output_dir, "baseline")):
+        with open(os.path.join(folder, "labels.txt")) as f:
+            assert f.read().splitlines() == names
 
 
 def test_command_line_error_is_clear_and_writes_nothing(tmp_path):

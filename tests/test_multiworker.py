@@ -65,4 +65,6 @@ def test_two_workers_train_together_and_agree_on_the_weights(tmp_path, data_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["steps"] == 3 and (model_dir / "model.keras").exists()
     # Only the chief's outputs remain: the other worker's scratch folder is gone.
-    assert sorted(p.name for p in model_dir.iterdir()) == ["checkpoints", "logs", "metrics.json", "model.keras", "run_config.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "checkpoints", "labels.txt", "logs", "metrics.json", "model.keras", "run_config.json"
+    ]

@@ -109,12 +109,19 @@ def num_classes(name, data_dir=None):
     return builder.info.features[builder.info.supervised_keys[1]].num_classes
 
 
+def class_names(name, data_dir=None):
+    """The names of the dataset's classes, in label order (TFDS's `ClassLabel` names)."""
+    builder = _builder(name, data_dir)
+    return list(builder.info.features[builder.info.supervised_keys[1]].names)
+
+
 def split_size(name, split, data_dir=None):
     """Number of examples in `split`."""
     return int(_load(_builder(name, data_dir), split, training=False, seed=None, data_dir=data_dir).cardinality())
 
 
-def _decode(encoded):
+def decode_image(encoded):
+    """uint8 (H, W, 3) from encoded PNG, JPEG, BMP or GIF bytes (grey images get 3 channels)."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
@@ -145,6 +152,12 @@ def _preprocess(image, image_size, preprocessing, training, randaugment):
     if training and randaugment is not None:
         image = tf.cast(randaugment.distort(tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)), tf.float32)
     return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def evaluation_image(image, image_size, preprocessing="none"):
+    """A uint8 (H, W, 3) image of any size as the evaluation pipeline of `preprocessing` gives
+    it to the model: float32 (image_size, image_size, 3) in [0, 1]."""
+    return _preprocess(tf.cast(image, tf.float32), image_size, preprocessing, False, None)
 
 
 def build_dataset(
@@ -194,7 +207,7 @@ def build_dataset(
     randaugment = augment.RandAugment(num_layers=2, magnitude=randaugment_magnitude) if randaugment_magnitude else None
 
     def preprocess(encoded, label):
-        image = tf.cast(_decode(encoded), tf.float32)
+        image = tf.cast(decode_image(encoded), tf.float32)
         return _preprocess(image, image_size, preprocessing, training, randaugment), tf.cast(label, tf.int32)
 
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

@@ -172,7 +172,7 @@ def coco_predictions(found, groundtruth):
 
 
 def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_size=8, max_instances=100,
-                      max_examples=None):
+                      max_examples=None, verbose=False):
     """COCO metrics of `model` on `split` of `dataset`, from Model Garden's `COCOEvaluator`.
 
     Args:
@@ -182,6 +182,7 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
         batch_size: images per prediction batch.
         max_instances: ground-truth objects kept per image.
         max_examples: evaluate on the first this many images only; None for the whole split.
+        verbose: show a progress bar over the images.
 
     Returns:
         {metric: float} for `COCO_METRICS` (AP in [0, 1], -1 where COCO has no objects of a size).
@@ -193,8 +194,12 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
         data = data.unbatch().take(max_examples).batch(batch_size)
     evaluator = coco_evaluator.COCOEvaluator(annotation_file=None, include_mask=False, need_rescale_bboxes=True)
     detect = tf.function(lambda images: detections(model, images))
+    total = detection_data.split_size(dataset, split, data_dir)
+    progbar = keras.utils.Progbar(total if max_examples is None else min(total, max_examples),
+                                  verbose=1 if verbose else 0, unit_name="image")  # fmt: skip
     for images, groundtruth in data:
         evaluator.update_state(groundtruth, coco_predictions(detect(images), groundtruth))
+        progbar.add(len(images))
     results = evaluator.result()
     return {name: float(results[name]) for name in COCO_METRICS}
 
@@ -223,7 +228,7 @@ def train_detection(
     evaluates it with the COCO evaluator after each epoch.
 
     Writes `model_dir/checkpoints` (every `checkpoint_steps` steps and each epoch),
-    `logs/{train,eval}` (TensorBoard), `run_config.json`, and at the end `model.keras` and
+    `logs/{train,eval}` (TensorBoard), `run_config.json`, `labels.txt` (the class names), and at the end `model.keras` and
     `metrics.json` (the COCO metrics of the last evaluation, and the history); the last two
     atomically. Outside the chief of a cluster, writes go to a scratch folder removed at the
     end, and every worker evaluates the (whole) evaluation split by itself.
@@ -318,6 +323,7 @@ def train_detection(
             "task": "detection", "eval_split": recipe.eval_split, "eval_examples": eval_examples, "coco": results
         },
         describe=lambda results: f"COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}",
+        class_names=tuple(detection_data.class_names(recipe.dataset, data_dir)),
     )
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,

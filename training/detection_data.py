@@ -61,6 +61,11 @@ def num_classes(name, data_dir=None):
     return builder(name, data_dir).info.features["objects"]["label"].num_classes
 
 
+def class_names(name, data_dir=None):
+    """The names of the object classes, in label order (TFDS's `ClassLabel` names)."""
+    return list(builder(name, data_dir).info.features["objects"]["label"].names)
+
+
 def split_size(name, split, data_dir=None):
     """Number of examples in `split` (a TFDS split string, slices included)."""
     dataset_builder = builder(name, data_dir)
@@ -132,6 +137,15 @@ def preprocess_for_training(example, image_size, scale_min=1.0, scale_max=1.0, f
     return image, {"boxes": _pad(boxes, max_instances), "labels": _pad(labels, max_instances)}
 
 
+def resize_for_evaluation(image, image_size):
+    """An image (H, W, 3) of any size as evaluation gives it to the detector: float32
+    (image_size, image_size, 3) in [0, 1], scaled to fit and padded at the bottom and right;
+    and `image_info` (4, 2) of `resize_and_crop_image` (its row 2 is the scale from pixels of
+    the image to pixels of the resized one)."""
+    image, info = preprocess_ops.resize_and_crop_image(image, [image_size, image_size], [image_size, image_size])
+    return tf.ensure_shape(tf.cast(image, tf.float32) / 255.0, [image_size, image_size, 3]), info
+
+
 def preprocess_for_evaluation(example, image_size, max_instances=100):
     """One evaluation example: (image, ground truth with `source_id`, `height`, `width`,
     `image_info` (4, 2) from `resize_and_crop_image`, `num_detections`, `boxes` in pixels of
@@ -143,8 +157,7 @@ def preprocess_for_evaluation(example, image_size, max_instances=100):
     boxes = box_ops.denormalize_boxes(boxes, original_size)
     if areas is None:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    image, info = preprocess_ops.resize_and_crop_image(image, [image_size, image_size], [image_size, image_size])
-    image = tf.ensure_shape(tf.cast(image, tf.float32) / 255.0, [image_size, image_size, 3])
+    image, info = resize_for_evaluation(image, image_size)
     groundtruth = {
         "source_id": _source_id(example),
         "height": tf.cast(original_size[0], tf.int32),

@@ -166,6 +166,8 @@ class TrainingTask:
             optimizer is built; None for nothing.
         eval_summaries: `(model) -> None`, called on the chief after each evaluation's scalar
             summaries, under the eval summary writer, to write more; None for nothing.
+        class_names: the dataset's class names in label order, written to the run folder's
+            `labels.txt` (`training.artifacts.LABELS`); None for none.
     """
 
     build_model: Callable
@@ -176,6 +178,7 @@ class TrainingTask:
     describe: Callable
     compile: Optional[Callable] = None
     eval_summaries: Optional[Callable] = None
+    class_names: Optional[tuple] = None
 
 
 def run_training(
@@ -198,7 +201,7 @@ def run_training(
 
     Writes `model_dir/run_config.json` (`config`, which the caller has checked against the
     run found there with `start_run`; settings changed on resume are recorded in its
-    `changes`), `checkpoints` (every `checkpoint_steps` steps and each epoch),
+    `changes`), `labels.txt` (the task's class names), `checkpoints` (every `checkpoint_steps` steps and each epoch),
     `logs/{train,eval}` (TensorBoard), `train.log` (resumption and recovery), and at the end
     `model.keras` and `metrics.json`; the last two atomically. Each epoch is evaluated and
     recorded in the history of metrics.json. The chief holds `train.lock` while it runs
@@ -378,6 +381,8 @@ def _run_training(
                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     if chief:
         artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+        if task.class_names is not None:
+            artifacts.write_labels(os.path.join(model_dir, artifacts.LABELS), task.class_names)
 
     def write_metrics(results, finished):
         metrics = {
@@ -603,6 +608,7 @@ def train_model(
         metrics=lambda results: {"test_loss": results["loss"], "test_accuracy": results["accuracy"]},
         describe=lambda results: f"eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}",
         eval_summaries=attention_summaries.make_eval_summaries(recipe, data_dir),
+        class_names=tuple(data.class_names(recipe.dataset, data_dir)),
     )
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,

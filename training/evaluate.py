@@ -1,0 +1,241 @@
+"""Evaluates a saved `.keras` model on a split of a dataset: accuracy and top-5 accuracy of a
+classifier, the COCO metrics of a RetinaNet detector (`training.detection.evaluate_detector`,
+the trainer's own evaluation).
+
+    python -m training.evaluate --model=runs/quick/aa_small/model.keras --dataset=glyph_pairs
+    python -m training.evaluate --model=runs/quick_detection/aa_retinanet_r18/model.keras \
+        --dataset=glyph_boxes --output=runs/aa_retinanet_r18_test.json
+
+The images go through the evaluation pipeline of the run that trained the model: the
+run_config.json next to the model gives its preprocessing (classification) and its objects
+per image (detection); without one, a plain resize and 100 objects. The class names stored
+with the model (the labels.txt next to it) must be the dataset's.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from export.detection import is_detector
+from export.model_source import load_keras_file
+from training import artifacts, data, detection, detection_data
+from training.loop import check_count
+
+TOP_K = 5
+DEFAULT_MAX_INSTANCES = 100
+
+# The CLI's own flags, added to absl's global flags by run_main only (see training.train).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "A `.keras` model file (a classifier, or a detector of training.detection).", flag_values=FLAGS)
+flags.DEFINE_string("dataset", None, "TFDS dataset to evaluate on, with the model's classes.", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "TFDS split, e.g. test, validation, test[:10%].", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Images per prediction batch.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", None, "Input size, for a model whose input size is not fixed (default: the run's).", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Also write the results to this JSON file.", flag_values=FLAGS)
+flags.mark_flags_as_required(["model", "dataset"], flag_values=FLAGS)
+
+
+def load_model(path):
+    """The model in the `.keras` file `path`; a ValueError naming `--model` when it is missing,
+    not a `.keras` archive, or does not load as a Keras model."""
+    try:
+        return load_keras_file(path)
+    except ValueError as error:
+        if str(error).startswith("Invalid `--model`"):
+            raise
+        raise ValueError(f"Invalid `--model`: {path!r} does not load as a Keras model: {error}") from None
+    except (KeyError, OSError) as error:  # An archive without a model's config.json or weights.
+        raise ValueError(f"Invalid `--model`: {path!r} does not load as a Keras model: {error!r}") from None
+
+
+def run_config(model_path):
+    """The run_config.json of the run folder that holds `model_path`, or {}."""
+    return artifacts.read_json(os.path.join(os.path.dirname(os.path.abspath(model_path)), artifacts.RUN_CONFIG), {})
+
+
+def input_size(model, image_size=None, config=None):
+    """The square input size of `model`: its own, else `image_size`, else the run's."""
+    height, width = model.inputs[0].shape[1:3]
+    if height is not None and height != width:
+        raise ValueError(f"The model takes {height}x{width} images; the input pipelines make square images.")
+    if height is not None:
+        if image_size not in (None, height):
+            raise ValueError(f"Invalid `--image_size`: received {image_size}, and the model takes {height}x{height} images.")
+        return height
+    size = image_size or (config or {}).get("image_size")
+    if size is None:
+        raise ValueError("The model's input size is not fixed and its run folder has none: pass --image_size.")
+    return size
+
+
+def check_classes(model_path, classes, dataset, dataset_names):
+    """Raises a ValueError unless the dataset has the model's `classes` classes and the names
+    stored with the model (if any) are the dataset's."""
+    if len(dataset_names) != classes:
+        raise ValueError(
+            f"Invalid `--dataset`: {dataset!r} has {len(dataset_names)} classes and the model {model_path!r} "
+            f"predicts {classes}; evaluate it on the dataset it was trained on."
+        )
+    stored = artifacts.stored_labels(model_path)
+    if stored is not None and stored != list(dataset_names):
+        raise ValueError(
+            f"Invalid `--dataset`: the model {model_path!r} was trained on the classes {stored[:10]} (its "
+            f"{artifacts.LABELS}), and {dataset!r} has {list(dataset_names)[:10]}; evaluate it on the dataset it was "
+            "trained on."
+        )
+
+
+def evaluate_classifier(model, dataset, split, image_size, data_dir=None, batch_size=64, preprocessing="none",
+                        verbose=False):
+    """Accuracy and top-5 accuracy of the classifier `model` on `split` of `dataset`.
+
+    Args:
+        model: Keras model from (B, image_size, image_size, 3) float32 images in [0, 1] to
+            (B, classes) scores.
+        dataset, split, data_dir: the TFDS data (see `training.data.build_dataset`).
+        image_size: side of the square images.
+        batch_size: images per prediction batch.
+        preprocessing: the evaluation preprocessing of the recipe ("inception", "cifar", "none").
+        verbose: show a progress bar over the images.
+
+    Returns:
+        {"examples": N, "accuracy": top-1 fraction, "top5_accuracy": fraction of images whose
+        label is among the 5 highest scores (among all of them with fewer than 5 classes)}.
+    """
+    k = min(TOP_K, model.outputs[0].shape[-1])
+    images = data.build_dataset(
+        dataset, split, image_size, global_batch_size=batch_size, data_dir=data_dir, preprocessing=preprocessing
+    )
+    total = data.split_size(dataset, split, data_dir)
+    progbar = keras.utils.Progbar(total, verbose=1 if verbose else 0, unit_name="image")
+
+    @tf.function
+    def top_k(batch):
+        return tf.math.top_k(tf.cast(model(batch, training=False), tf.float32), k).indices
+
+    count, correct, correct_k = 0, 0, 0
+    for batch, labels in images:
+        found = top_k(batch).numpy()
+        labels = labels.numpy()
+        correct += int(np.sum(found[:, 0] == labels))
+        correct_k += int(np.sum(np.any(found == labels[:, None], axis=-1)))
+        count += len(labels)
+        progbar.add(len(labels))
+    if count == 0:
+        raise ValueError(f"Invalid `--split`: {split!r} of {dataset!r} has no images.")
+    return {"examples": count, "accuracy": correct / count, "top5_accuracy": correct_k / count}
+
+
+def format_table(result):
+    """The results as a text table: one metric a line (accuracies and AP in percent)."""
+    lines = [
+        f"{result['model']} on {result['dataset']} ({result['split']}, {result['examples']} images)",
+        f"{'metric':<16}{'value':>10}",
+    ]
+    names = {"accuracy": "accuracy", "top5_accuracy": "top-5 accuracy"}
+    for name, value in result["metrics"].items():
+        shown = f"{value * 100:>9.2f}%" if value >= 0 else f"{'n/a':>10}"  # COCO's -1: no objects of that size
+        lines.append(f"{names.get(name, name):<16}{shown}")
+    return "\n".join(lines)
+
+
+def evaluate(model_path, dataset, split="test", data_dir=None, batch_size=64, image_size=None, verbose=True):
+    """Evaluates the `.keras` model `model_path` on `split` of `dataset` (classifier or detector,
+    told from the model).
+
+    Returns:
+        {"model", "task", "dataset", "split", "examples", "metrics": {name: value},
+        "class_names"}: accuracy and top5_accuracy for a classifier, the COCO metrics of
+        `training.detection.COCO_METRICS` (AP in [0, 1], -1 where COCO has no objects of a size)
+        for a detector.
+
+    Raises:
+        ValueError: a missing or unloadable model, an unknown dataset or split, or a dataset
+            whose classes are not the model's.
+    """
+    check_count("--batch_size", batch_size)
+    check_count("--image_size", image_size, optional=True)
+    model = load_model(model_path)
+    config = run_config(model_path)
+    size = input_size(model, image_size, config)
+    if is_detector(model):
+        task, names = "detection", detection_data.class_names(dataset, data_dir)
+        check_classes(model_path, model.num_classes, dataset, names)
+        metrics = detection.evaluate_detector(
+            model, dataset, split, size, data_dir=data_dir, batch_size=batch_size,
+            max_instances=config.get("max_instances", DEFAULT_MAX_INSTANCES), verbose=verbose,
+        )
+        examples = detection_data.split_size(dataset, split, data_dir)
+    else:
+        if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+            raise ValueError(
+                f"Invalid `--model`: {model_path!r} maps {model.inputs[0].shape} to "
+                f"{[output.shape for output in model.outputs]}; expected an image classifier (one (B, classes) "
+                "output) or a RetinaNet detector."
+            )
+        task, names = "classification", data.class_names(dataset, data_dir)
+        check_classes(model_path, model.outputs[0].shape[-1], dataset, names)
+        metrics = evaluate_classifier(
+            model, dataset, split, size, data_dir=data_dir, batch_size=batch_size,
+            preprocessing=config.get("preprocessing", "none"), verbose=verbose,
+        )
+        examples = metrics.pop("examples")
+    return {
+        "model": os.path.abspath(model_path),
+        "task": task,
+        "dataset": dataset,
+        "split": split,
+        "examples": examples,
+        "metrics": metrics,
+        "class_names": names,
+    }
+
+
+def check_output(path):
+    """Raises a ValueError unless `path` can take the results file (checked before evaluating)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        problem = "is a folder" if os.path.isdir(path) else f"is in {folder!r}, which is not a folder"
+        raise ValueError(f"Invalid `--output`: {path!r} {problem}; pass a JSON file name in an existing folder.")
+
+
+def run(argv):
+    """Evaluates `--model` as the flags say, prints the table, writes `--output`; returns the
+    results (see `evaluate`)."""
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
+    if FLAGS.output:
+        check_output(FLAGS.output)
+    result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.image_size)
+    print(format_table(result), flush=True)
+    if FLAGS.output:
+        artifacts.write_json(FLAGS.output, result)
+        print(f"Wrote {os.path.abspath(FLAGS.output)}")
+    return result
+
+
+def main(argv):
+    FLAGS.mark_as_parsed()
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
+    try:
+        run(argv)
+    except ValueError as error:
+        sys.exit(f"aa-evaluate: error: {error}")
+
+
+def run_main():
+    """Entry point of the `aa-evaluate` console script."""
+    flags.FLAGS.append_flag_values(FLAGS)
+    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
