@@ -44,6 +44,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
+from aa_keras.validation import positive_int
 from export import report, saved_model, tflite
 from training import artifacts as run_artifacts
 from export.export import ParityError
@@ -298,8 +299,7 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     if unknown or not formats:
         raise ValueError(f"Invalid `formats`: received {formats!r}, unknown {unknown or 'empty'}; use names from {FORMATS}.")
     output_dir = check_output_dir(output_dir, overwrite)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"Invalid `batch`: expected a positive int, received batch={batch!r}.")
+    positive_int("batch", batch)
     if not is_detector(model):
         raise ValueError(
             f"Invalid `model`: {getattr(model, 'name', model)!r} is not a RetinaNet detector (it needs "

@@ -33,6 +33,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, build_detector
+from aa_keras.command_line import run_program
+from aa_keras.validation import positive_int
 from export import model_source, parity, report, saved_model, tflite
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 from training import artifacts as run_artifacts
@@ -189,8 +191,7 @@ def export(
     kinds = parse_formats(formats)
     output_dir = check_output_dir(output_dir, overwrite)
     for name, value in (("batch", batch), ("threads", threads), ("latency_runs", latency_runs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
+        positive_int(f"--{name}", value)
     image_shape = model_source.image_shape(model, image_size)
     classes = model.outputs[0].shape[-1]
     if class_names is not None and len(class_names) != classes:
@@ -443,10 +444,8 @@ def main(argv):
 
 
 def run_main():
-    flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main)
+    """Entry point of the `aa-export` console script."""
+    run_program(FLAGS, main)
 
 
 if __name__ == "__main__":

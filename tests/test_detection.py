@@ -289,7 +289,7 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
     )
     assert second["steps"] == 2 and [h["epoch"] for h in second["history"]] == [0, 1]
     assert json.load(open(os.path.join(model_dir, "metrics.json")))["steps"] == 2
-    table = detection.comparison_table([second]).splitlines()
+    table = train.comparison_table([second], "detection").splitlines()
     assert table[1].split()[:2] == ["aa_retinanet_r18", f"{model.count_params():,}"]
     restored = keras.saving.load_model(os.path.join(model_dir, "model.keras"))
     images = np.random.default_rng(0).random((1, SIZE, SIZE, 3)).astype(np.float32)

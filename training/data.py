@@ -16,6 +16,7 @@ from official.vision.ops import augment, preprocess_ops
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs with TFDS)
 from aa_keras.datasets import coco_json, image_folder
+from aa_keras.validation import positive_int
 from training.recipes import PREPROCESSING
 
 EMBEDDED_DATASETS = ("glyph_pairs",)
@@ -198,8 +199,7 @@ def build_dataset(
     """
     if preprocessing not in PREPROCESSING:
         raise ValueError(f"Invalid `preprocessing`: received {preprocessing!r}, expected one of {PREPROCESSING}.")
-    if not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"Invalid `image_size`: expected a positive int, received image_size={image_size!r}.")
+    positive_int("image_size", image_size)
     dataset, batch_size = pipeline_examples(
         lambda part: _load(_builder(name, data_dir), part, training, seed, data_dir=data_dir),
         split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer,

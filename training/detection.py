@@ -19,10 +19,11 @@ import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
+from aa_keras.validation import positive_int
 from training import detection_data, recipes
 from training.data import per_replica_batch_size
 from training.init_from import detector_attention
-from training.loop import TrainingTask, check_count, run_training, start_run
+from training.loop import TrainingTask, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
@@ -112,19 +113,6 @@ def get_detection_recipe(name, **overrides):
     if name not in DETECTION_RECIPES:
         raise ValueError(f"Unknown detection recipe: received recipe={name!r}, expected one of {sorted(DETECTION_RECIPES)}.")
     return recipes.override(DETECTION_RECIPES[name], **overrides)
-
-
-def comparison_table(rows):
-    """A text table of detection metrics.json dicts: network, parameters, COCO AP, AP50, AP75,
-    training time."""
-    lines = [f"{'model':<20}{'params':>12}{'AP':>8}{'AP50':>8}{'AP75':>8}{'train time':>13}"]
-    for row in rows:
-        coco = row["coco"]
-        lines.append(
-            f"{row['model']:<20}{row['params']:>12,}{coco['AP'] * 100:>8.2f}{coco['AP50'] * 100:>8.2f}"
-            f"{coco['AP75'] * 100:>8.2f}{row['train_seconds']:>12.0f}s"
-        )
-    return "\n".join(lines)
 
 
 def build_named_detector(name, input_shape, num_classes, **kwargs):
@@ -270,7 +258,7 @@ def train_detection(
     recipe = recipes.override(recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
     if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
-    check_count("eval_examples", eval_examples, optional=True)
+    positive_int("eval_examples", eval_examples, optional=True)
     config = start_run(
         model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
         task="detection", model=model_name, seed=seed,

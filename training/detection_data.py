@@ -23,6 +23,7 @@ import functools
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_boxes with TFDS)
 from aa_keras.datasets import coco_json
+from aa_keras.validation import positive_int
 from training.data import pipeline_examples, tfds_builder
 
 EMBEDDED_DATASETS = ("glyph_boxes",)
@@ -211,15 +212,13 @@ def build_dataset(
     Returns:
         The dataset, batched when `global_batch_size` is given.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"Invalid `image_size`: expected a positive int, received image_size={image_size!r}.")
+    positive_int("image_size", image_size)
     if not 0.0 < scale_min <= 1.0 <= scale_max:
         raise ValueError(
             f"Invalid scale jitter: expected 0 < scale_min <= 1 <= scale_max, received "
             f"scale_min={scale_min!r}, scale_max={scale_max!r}."
         )
-    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances <= 0:
-        raise ValueError(f"Invalid `max_instances`: expected a positive int, received {max_instances!r}.")
+    positive_int("max_instances", max_instances)
     dataset, batch_size = pipeline_examples(
         lambda part: _load(builder(name, data_dir), part, training, seed),
         split, global_batch_size, input_context, training, seed, skip_batches, shuffle_buffer,

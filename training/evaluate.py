@@ -18,12 +18,13 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
+from aa_keras.command_line import run_program
+from aa_keras.validation import positive_int
 from export.detection import is_detector
 from export.model_source import load_keras_file
 from training import artifacts, data, detection, detection_data
-from training.loop import check_count
 
 TOP_K = 5
 DEFAULT_MAX_INSTANCES = 100
@@ -158,8 +159,8 @@ def evaluate(model_path, dataset, split="test", data_dir=None, batch_size=64, im
         ValueError: a missing or unloadable model, an unknown dataset or split, or a dataset
             whose classes are not the model's.
     """
-    check_count("--batch_size", batch_size)
-    check_count("--image_size", image_size, optional=True)
+    positive_int("--batch_size", batch_size)
+    positive_int("--image_size", image_size, optional=True)
     model = load_model(model_path)
     config = run_config(model_path)
     size = input_size(model, image_size, config)
@@ -231,10 +232,7 @@ def main(argv):
 
 def run_main():
     """Entry point of the `aa-evaluate` console script."""
-    flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main)
+    run_program(FLAGS, main)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from aa_keras.applications import build_model, keras_classifier, set_backbone_trainable
+from aa_keras.validation import positive_int
 from training import artifacts, attention_summaries, checkpoints, data, run_lock
 from training.distribute import is_chief, worker_id
 from training.init_from import initialize_from
@@ -100,16 +101,6 @@ def statistics_sync(strategy, model):
     return sync
 
 
-def check_count(name, value, optional=False):
-    """Raises a ValueError naming the argument `name` unless `value` is a positive int (or
-    None, when `optional`)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        valid = "a positive int or None" if optional else "a positive int"
-        raise ValueError(f"Invalid `{name}`: expected {valid}, received {name}={value!r}.")
-
-
 def check_mixed_precision(mixed_precision):
     """Raises a ValueError unless `mixed_precision` is one of `MIXED_PRECISION`."""
     if mixed_precision not in MIXED_PRECISION:
@@ -134,8 +125,8 @@ def start_run(
         ValueError: a bad argument, an unusable `model_dir`, or one holding a different run.
     """
     check_mixed_precision(mixed_precision)
-    check_count("checkpoint_steps", checkpoint_steps)
-    check_count("steps_per_epoch", steps_per_epoch, optional=True)
+    positive_int("checkpoint_steps", checkpoint_steps)
+    positive_int("steps_per_epoch", steps_per_epoch, optional=True)
     config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
     config.update(fields, mixed_precision=mixed_precision, steps_per_epoch=steps_per_epoch)
     artifacts.check_model_dir(model_dir)

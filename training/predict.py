@@ -20,10 +20,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
+from aa_keras.command_line import run_program
 from export import parity, saved_model, tflite
 from export.detection import DETECTION_OUTPUTS, DetectionRunner, is_detector, run_batched
 from training import artifacts, data, detection_data
@@ -306,10 +307,7 @@ def main(argv):
 
 def run_main():
     """Entry point of the `aa-predict` console script."""
-    flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main)
+    run_program(FLAGS, main)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import math
 import keras
 import tensorflow as tf
 
+from aa_keras.validation import positive_int
+
 DECAYS = ("step", "cosine", "constant")
 
 
@@ -30,8 +32,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, peak, total_steps, warmup_steps=0, decay="cosine", boundaries=(), decay_factor=0.1):
         if not peak > 0:
             raise ValueError(f"Invalid `peak`: expected a positive float, received peak={peak!r}.")
-        if not (isinstance(total_steps, int) and total_steps > 0):
-            raise ValueError(f"Invalid `total_steps`: expected a positive int, received total_steps={total_steps!r}.")
+        positive_int("total_steps", total_steps)
         if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
             raise ValueError(
                 f"Invalid `warmup_steps`: expected an int in [0, total_steps={total_steps}), "

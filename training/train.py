@@ -16,11 +16,12 @@ import os
 import sys
 
 import keras
-from absl import app, flags, logging
+from absl import flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES, keras_networks
 from aa_keras.applications.keras_classifier import AUGMENT
 from aa_keras.layers import RESAMPLE_METHODS
+from aa_keras.command_line import run_program
 from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.init_from import model_file
@@ -113,15 +114,22 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
-def comparison_table(rows):
-    """A text table of metrics.json dicts: network, parameters, test accuracy, training time."""
+# The metric columns of the comparison table, by task: (header, the value in a metrics.json dict).
+TABLE_METRICS = {
+    "classification": (("test accuracy", lambda row: row["test_accuracy"]),),
+    "detection": tuple((name, lambda row, name=name: row["coco"][name]) for name in ("AP", "AP50", "AP75")),
+}
+
+
+def comparison_table(rows, task="classification"):
+    """A text table of metrics.json dicts: network, parameters, the task's metrics in percent,
+    training time."""
     width = max([16, *(len(row["model"]) + 2 for row in rows)])
-    lines = [f"{'model':<{width}}{'params':>12}{'test accuracy':>16}{'train time':>14}"]
+    metrics = [(header, value, max(len(header) + 3, 9)) for header, value in TABLE_METRICS[task]]
+    lines = [f"{'model':<{width}}{'params':>12}" + "".join(f"{h:>{w}}" for h, _, w in metrics) + f"{'train time':>14}"]
     for row in rows:
-        lines.append(
-            f"{row['model']:<{width}}{row['params']:>12,}{row['test_accuracy'] * 100:>15.2f}%"
-            f"{row['train_seconds']:>13.0f}s"
-        )
+        values = "".join(f"{value(row) * 100:>{w - 1}.2f}%" for _, value, w in metrics)
+        lines.append(f"{row['model']:<{width}}{row['params']:>12,}{values}{row['train_seconds']:>13.0f}s")
     return "\n".join(lines)
 
 
@@ -216,11 +224,11 @@ def run(argv):
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
     if task == "detection":
-        trainer, table = detection.train_detection, detection.comparison_table
+        trainer = detection.train_detection
         options = {"eval_examples": FLAGS.eval_examples}
     else:
         data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
-        trainer, table, options = train_model, comparison_table, {}
+        trainer, options = train_model, {}
     rows = []
     for name in models:
         keras.utils.set_random_seed(FLAGS.seed)
@@ -242,7 +250,7 @@ def run(argv):
             **model_options,
         )
         rows.append(metrics)
-    print(table(rows), flush=True)
+    print(comparison_table(rows, task), flush=True)
     return rows
 
 
@@ -258,10 +266,7 @@ def main(argv):
 
 def run_main():
     """Entry point of the `aa-train` console script."""
-    flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:  # --help lists the key flags of the program (sys.argv[0])
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main)
+    run_program(FLAGS, main)
 
 
 if __name__ == "__main__":

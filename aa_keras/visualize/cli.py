@@ -19,11 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs with TFDS)
 from aa_keras.visualize.figure import attention_figure, save_png
 from aa_keras.visualize.maps import attention_maps, check_queries
+from aa_keras.command_line import run_program
 
 # The CLI's own flags, added to absl's global flags by run_main only (as training.train does).
 FLAGS = flags.FlagValues()
@@ -118,7 +119,4 @@ def main(argv):
 
 def run_main():
     """Entry point of `python -m aa_keras.visualize` and the `aa-visualize` console script."""
-    flags.FLAGS.append_flag_values(FLAGS)
-    for name in FLAGS:  # --help lists these flags under the program's name
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main)
+    run_program(FLAGS, main)
