@@ -47,7 +47,7 @@ from aa_keras.applications.retinanet import detections
 from aa_keras.validation import positive_int
 from export import report, saved_model, tflite
 from training import artifacts as run_artifacts
-from export.export import ParityError
+from export.parity import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 
 FORMATS = ("saved_model", "tflite_raw", "tflite")

@@ -36,6 +36,7 @@ from aa_keras.applications import DETECTOR_NAMES, build_detector
 from aa_keras.command_line import run_program
 from aa_keras.validation import positive_int
 from export import model_source, parity, report, saved_model, tflite
+from export.parity import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 from training import artifacts as run_artifacts
 from training import data, detection_data
@@ -43,10 +44,6 @@ from training import data, detection_data
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
 FORMATS = ("saved_model", "tflite", *TFLITE_KINDS, "onnx")
-
-
-class ParityError(RuntimeError):
-    """An exported artifact does not compute what the Keras model computes."""
 
 
 def parse_formats(formats):
@@ -411,7 +408,7 @@ def main(argv):
     FLAGS.mark_as_parsed()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from export import detection as export_detection  # It builds on this module, so it loads after it.
+    from export import detection as export_detection  # keras-hub loads only when a detector is exported.
 
     task = FLAGS.task
     formats = DEFAULT_FORMATS[task] if FLAGS.formats is None else FLAGS.formats
