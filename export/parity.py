@@ -13,6 +13,7 @@ import numpy as np
 class ParityError(RuntimeError):
     """An exported artifact does not compute what the Keras model computes."""
 
+
 # Artifact kind -> (metric that decides, bound, "max" or "min").
 CHECKS = {
     "saved_model": ("max_abs_diff", 1e-4, "max"),
