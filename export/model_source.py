@@ -1,47 +1,14 @@
 """The model to export: a `.keras` file, or a builder name for a randomly initialised model."""
 
 import os
-import re
-import zipfile
 
-import keras
-
-from aa_keras.applications import MODEL_NAMES, build_model  # also registers aa_keras objects for loading
+from aa_keras.applications import MODEL_NAMES, build_model
+from aa_keras.model_files import load_keras_file
 
 
 def is_model_file(spec):
     """Whether `spec` names a file (a path or a `.keras` name) rather than a builder."""
     return spec.endswith(".keras") or os.sep in spec or os.path.exists(spec)
-
-
-def load_keras_file(path, flag="--model", safe_mode=True):
-    """Loads a `.keras` model, with a ValueError naming `flag` for a missing, non-Keras or
-    unloadable file; `safe_mode=False` lets Keras load Lambda layers (code in the file)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"Invalid `{flag}`: {path!r} does not exist or is not a file.")
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"Invalid `{flag}`: {path!r} is not a Keras 3 `.keras` archive; save the model with "
-            "`model.save('name.keras')` or pass a builder name such as 'aa_small'."
-        )
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as error:
-        if "safe_mode" not in str(error):
-            raise
-        raise ValueError(
-            f"Invalid `{flag}`: {path!r} holds a Lambda layer, whose Python code Keras does not load in safe "
-            "mode. If you trust the file, pass --nosafe_mode; better, replace the Lambda by a registered layer."
-        ) from None
-    except TypeError as error:
-        unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
-        if unknown is None:
-            raise
-        raise ValueError(
-            f"Invalid `{flag}`: {path!r} uses the custom object {unknown.group(1)!r}, which is not "
-            "registered. Only aa_keras and built-in Keras objects can be loaded; register the object "
-            "with `keras.saving.register_keras_serializable` in an imported module."
-        ) from None
 
 
 def build_named_model(name, image_size, channels, classes, flag="--model"):

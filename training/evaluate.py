@@ -21,9 +21,9 @@ import tensorflow as tf
 from absl import flags, logging
 
 from aa_keras.command_line import run_program
+from aa_keras.model_files import load_keras_file
 from aa_keras.validation import positive_int
 from export.detection import is_detector
-from export.model_source import load_keras_file
 from training import artifacts, data, detection, detection_data
 
 TOP_K = 5
@@ -39,19 +39,6 @@ flags.DEFINE_integer("batch_size", 64, "Images per prediction batch.", flag_valu
 flags.DEFINE_integer("image_size", None, "Input size, for a model whose input size is not fixed (default: the run's).", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Also write the results to this JSON file.", flag_values=FLAGS)
 flags.mark_flags_as_required(["model", "dataset"], flag_values=FLAGS)
-
-
-def load_model(path):
-    """The model in the `.keras` file `path`; a ValueError naming `--model` when it is missing,
-    not a `.keras` archive, or does not load as a Keras model."""
-    try:
-        return load_keras_file(path)
-    except ValueError as error:
-        if str(error).startswith("Invalid `--model`"):
-            raise
-        raise ValueError(f"Invalid `--model`: {path!r} does not load as a Keras model: {error}") from None
-    except (KeyError, OSError) as error:  # An archive without a model's config.json or weights.
-        raise ValueError(f"Invalid `--model`: {path!r} does not load as a Keras model: {error!r}") from None
 
 
 def run_config(model_path):
@@ -161,7 +148,7 @@ def evaluate(model_path, dataset, split="test", data_dir=None, batch_size=64, im
     """
     positive_int("--batch_size", batch_size)
     positive_int("--image_size", image_size, optional=True)
-    model = load_model(model_path)
+    model = load_keras_file(model_path)
     config = run_config(model_path)
     size = input_size(model, image_size, config)
     if is_detector(model):

@@ -10,10 +10,9 @@ heads) keeps its initial value. A table of counts says which was which.
 
 import os
 
-import keras
-
 from aa_keras.applications import ResNetEncoder, transfer_weights  # importing them registers the aa_keras models
 from aa_keras.applications.retinanet import backbone_attention
+from aa_keras.model_files import load_keras_file
 
 MODEL_FILE = "model.keras"
 
@@ -40,11 +39,7 @@ def model_file(path):
 
 def load_source(path):
     """The model saved at `path` (a .keras file or a run folder), uncompiled."""
-    file = model_file(path)
-    try:
-        return keras.models.load_model(file, compile=False)
-    except Exception as error:  # noqa: BLE001  (any failure to read the file is the user's bad path)
-        raise ValueError(f"Invalid `init_from`: cannot load {file!r} as a Keras model: {error}") from error
+    return load_keras_file(model_file(path), flag="init_from")
 
 
 def initialize_from(model, path, method="linear", verbose=True):

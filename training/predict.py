@@ -25,10 +25,11 @@ from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
 from aa_keras.command_line import run_program
+from aa_keras.model_files import load_keras_file
 from export import parity, saved_model, tflite
 from export.detection import DETECTION_OUTPUTS, DetectionRunner, is_detector, run_batched
 from training import artifacts, data, detection_data
-from training.evaluate import load_model, run_config
+from training.evaluate import run_config
 from training.recipes import PREPROCESSING
 
 PREDICTIONS = "predictions.json"
@@ -75,7 +76,7 @@ class Predictor:
 
 
 def _keras_predictor(path):
-    model = load_model(path)
+    model = load_keras_file(path)
     shape = tuple(model.inputs[0].shape[1:])
     config = run_config(path)
     stored = artifacts.stored_labels(path)
