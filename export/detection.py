@@ -176,7 +176,9 @@ def detection_matching(outputs, reference):
     """How many of the reference's detections with a score of at least `MATCH_MIN_SCORE` the
     outputs find again: a detection of the same image and class with IoU >= `MATCH_MIN_IOU`,
     each output detection matched once. Passes when the matched fraction is at least
-    `MATCH_FRACTION` (with no such reference detection there is nothing to miss: `compared` 0)."""
+    `MATCH_FRACTION` of at least one compared detection: with no reference detection that
+    confident (an untrained or weak detector) the check has nothing to compare and fails, with
+    `matched_fraction` None."""
     compared = matched = 0
     for i, count in enumerate(np.asarray(reference["num_detections"])):
         found = int(outputs["num_detections"][i])
@@ -193,8 +195,13 @@ def detection_matching(outputs, reference):
                 if ious[best] >= MATCH_MIN_IOU:
                     free[best] = False
                     matched += 1
-    fraction = matched / compared if compared else 1.0
-    return {"compared": compared, "matched": matched, "matched_fraction": fraction, "passed": fraction >= MATCH_FRACTION}
+    fraction = matched / compared if compared else None
+    return {
+        "compared": compared,
+        "matched": matched,
+        "matched_fraction": fraction,
+        "passed": compared > 0 and fraction >= MATCH_FRACTION,
+    }
 
 
 def raw_parity(outputs, reference):
@@ -204,6 +211,13 @@ def raw_parity(outputs, reference):
     return values
 
 
+def _matching_text(parity):
+    if not parity["compared"]:
+        return (f"no reference detection with score >= {MATCH_MIN_SCORE}: nothing to compare "
+                "(train the detector further, or check it on images with objects)")
+    return f"{parity['matched']} of {parity['compared']} detections with score >= {MATCH_MIN_SCORE} matched"
+
+
 def format_table(rows):
     """A text table of report rows: artifact, size, the largest differences from the Keras
     model, and the check."""
@@ -211,8 +225,7 @@ def format_table(rows):
     for row in rows:
         differences = ", ".join(
             f"{name.removeprefix('max_')}={value:.2e}" for name, value in row["parity"].items() if name.startswith("max_")
-        ) or (f"{row['parity']['matched']} of {row['parity']['compared']} detections with score >= "
-              f"{MATCH_MIN_SCORE} matched" if "matched" in row["parity"] else "")
+        ) or (_matching_text(row["parity"]) if "matched" in row["parity"] else "")
         check = "passed" if row["parity"]["passed"] else "FAILED"
         lines.append(f"{row['artifact']:<14}{row['size_bytes'] / 2**20:>10.2f}MB  {check:<8}{differences}")
     return "\n".join(lines)

@@ -172,6 +172,46 @@ def test_detection_matching_counts_same_class_overlapping_detections():
     assert export_detection.detection_matching(reference, reference) == {
         "compared": 3, "matched": 3, "matched_fraction": 1.0, "passed": True
     }
+    # Every box moved 4 px (IoU 0.67 for these 20 px boxes, 0.33 for the 10 px one): none matched.
+    shifted = dict(reference, boxes=reference["boxes"] + np.array([4, 4, 4, 4], np.float32))
+    assert export_detection.detection_matching(shifted, reference)["matched"] == 0
+    assert not export_detection.detection_matching(shifted, reference)["passed"]
+
+
+def test_detection_matching_fails_when_there_is_nothing_to_compare():
+    """A detector whose scores all stay under MATCH_MIN_SCORE (untrained, or weak) gives the
+    check nothing to compare: that is a failure, not a pass."""
+    weak = {
+        "boxes": np.array([[[10, 10, 30, 30], [0, 0, 0, 0]]], np.float32),
+        "scores": np.array([[0.29, 0.0]], np.float32),
+        "classes": np.array([[1, 0]]),
+        "num_detections": np.array([1]),
+    }
+    for reference in (weak, dict(weak, num_detections=np.array([0]))):
+        values = export_detection.detection_matching(reference, reference)
+        assert values == {"compared": 0, "matched": 0, "matched_fraction": None, "passed": False}
+    row = {"artifact": "tflite", "size_bytes": 2**20, "parity": values}
+    assert "FAILED" in export_detection.format_table([row]) and "nothing to compare" in export_detection.format_table([row])
+
+
+class _ShiftedBoxes:
+    """An `Interpreter` whose signature runner moves every box down and right by a quarter of
+    its size (IoU 0.39 with where it was)."""
+
+    def __init__(self, model_path):
+        self._interpreter = Interpreter(model_path=model_path)
+
+    def get_signature_runner(self, name):
+        runner = self._interpreter.get_signature_runner(name)
+
+        def run(**inputs):
+            outputs = dict(runner(**inputs))
+            boxes = outputs["boxes"]
+            size = boxes[..., 2:] - boxes[..., :2]
+            outputs["boxes"] = boxes + np.concatenate([size, size], axis=-1) / 4
+            return outputs
+
+        return run
 
 
 @pytest.mark.slow
@@ -181,6 +221,16 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         "aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3, confidence_threshold=0.001
     )
     images = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float32)
+    # The untrained detector scores about 0.01: nothing reaches MATCH_MIN_SCORE, nothing is
+    # compared, and the export fails and writes nothing.
+    with pytest.raises(exporter.ParityError, match="nothing to compare"):
+        export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
+    assert not (tmp_path / "export").exists() or not list((tmp_path / "export").iterdir())
+    monkeypatch.setattr(export_detection, "MATCH_MIN_SCORE", 0.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(export_detection, "Interpreter", _ShiftedBoxes)
+        with pytest.raises(exporter.ParityError, match=r"tflite .*FAILED +0 of [1-9]\d* detections"):
+            export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
     result = export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
     (row,) = result["rows"]
     assert "NON_MAX_SUPPRESSION_V4" in row["ops"] and "ARG_MAX" in row["ops"]
@@ -196,5 +246,4 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         np.testing.assert_array_equal(found["classes"][:, :20], expected["classes"][:, :20])
         np.testing.assert_allclose(found["boxes"][:, :20], expected["boxes"][:, :20], atol=1e-2)
         np.testing.assert_allclose(found["scores"][:, :20], expected["scores"][:, :20], atol=1e-4)
-        monkeypatch.setattr(export_detection, "MATCH_MIN_SCORE", 0.0)
         assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
