@@ -191,6 +191,39 @@ def attention_core_nodes(flatbuffer):
     return [graph.tensors[t].name.decode() for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
+# Where an attention block's float island of `attention_block_nodes` ends: the qkv and output
+# projections, and what joins the attention output to the convolution's.
+_BLOCK_BOUNDARY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION")
+
+
+def attention_block_nodes(flatbuffer):
+    """Names of the output tensors of each attention block, from the split of the qkv
+    projection's output to the attention output before the output projection: every op
+    connected to a SOFTMAX, in either direction, without crossing a `_BLOCK_BOUNDARY` op."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
+    consumers = {}
+    for i, op in enumerate(graph.operators):
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(i)
+
+    def neighbours(i):
+        op = graph.operators[i]
+        return [producer[t] for t in op.inputs if t in producer] + [j for t in op.outputs for j in consumers.get(t, [])]
+
+    kept = set()
+    stack = [i for i, name in enumerate(names) if name == "SOFTMAX"]
+    kept.update(stack)
+    while stack:
+        for j in neighbours(stack.pop()):
+            if j not in kept and names[j] not in _BLOCK_BOUNDARY:
+                kept.add(j)
+                stack.append(j)
+    return [graph.tensors[t].name.decode() for i in sorted(kept) for t in graph.operators[i].outputs]
+
+
 def int8_variants(saved_model_dir, calibration_batches):
     """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -202,6 +235,9 @@ def int8_variants(saved_model_dir, calibration_batches):
             calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)
         ),
         "int8 float attention core": tflite.quantize_int8(calibrated, denylisted_nodes=attention_core_nodes(calibrated)),
+        "int8 float attention block": tflite.quantize_int8(
+            calibrated, denylisted_nodes=attention_block_nodes(calibrated)
+        ),
     }
 
 
@@ -265,7 +301,10 @@ def main(argv=None):
                 f"  {name:<36} {row['latency_ms']:>7.3f} {row['latency_ms'] / rows['float32']['latency_ms']:>9.2f} "
                 f"{row['size_bytes'] / 1024:>7.1f} {row['top1_agreement']:>14.3f}"
             )
-        flatbuffers.update((name, variants[name]) for name in ("float32", "int8 default", "int8 float BATCH_MATMUL, SOFTMAX (export)"))
+        flatbuffers.update(
+            (name, variants[name])
+            for name in ("float32", "int8 float BATCH_MATMUL, SOFTMAX (export)", "int8 float attention block")
+        )
     profiles = {}
     for name, flatbuffer in flatbuffers.items():
         tflite.check_builtin_ops(tflite.list_ops(flatbuffer), what=name)

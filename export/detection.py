@@ -39,13 +39,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.applications.retinanet import detections
-from export import report, saved_model, tflite
+from export import parity, report, saved_model, tflite
 from export.export import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 
-FORMATS = ("saved_model", "tflite_raw", "tflite")
+FORMATS = ("saved_model", "tflite_raw", "tflite", "tflite_int8")
+TFLITE_FILES = {"tflite_raw": "model_raw.tflite", "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 RAW_OUTPUTS = ("bbox_regression", "cls_logits", "anchors")
 # Bounds of the parity checks: decoded boxes in pixels, scores, raw head outputs.
@@ -57,6 +59,8 @@ RAW_TOLERANCE = 1e-3
 MATCH_FRACTION = 0.95
 MATCH_MIN_SCORE = 0.3
 MATCH_MIN_IOU = 0.9
+# Name scope of the whole detector's decoding and suppression, which its int8 model keeps in float32.
+POSTPROCESS_SCOPE = "decode_and_suppress"
 
 
 def is_detector(model):
@@ -75,40 +79,47 @@ def _serve_detections(model):
 
 def _serve_builtin_detections(model, batch):
     """Like `_serve_detections`, with decoding and suppression from TFLite builtin ops (see the
-    module docstring); `batch` is the static batch, one suppression per image."""
-    decoder = model.prediction_decoder
-    count = decoder.max_detections
+    module docstring); `batch` is the static batch, one suppression per image. The decoding and
+    suppression are built in the name scope `POSTPROCESS_SCOPE`."""
 
     def serve(images):
         raw = model(images, training=False)
-        anchors = tf.concat(list(model.anchor_generator(images).values()), axis=0)
-        boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
-            anchors=anchors,
-            boxes_delta=tf.cast(raw["bbox_regression"], tf.float32),
-            encoded_format="center_xywh",
-            anchor_format=model.anchor_generator.bounding_box_format,
-            box_format="yxyx",
-            image_shape=tuple(images.shape[1:]),
-        )
-        probabilities = tf.cast(raw["cls_logits"], tf.float32)
-        if decoder.from_logits:
-            probabilities = tf.sigmoid(probabilities)
-        scores = tf.reduce_max(probabilities, axis=-1)
-        classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        found = {name: [] for name in DETECTION_OUTPUTS}
-        for i in range(batch):
-            indices, valid = tf.image.non_max_suppression_padded(
-                boxes[i], scores[i], count, decoder.iou_threshold, decoder.confidence_threshold,
-                pad_to_max_output_size=True,
-            )
-            keep = tf.range(count) < valid
-            found["boxes"].append(tf.where(keep[:, None], tf.gather(boxes[i], indices), 0.0))
-            found["scores"].append(tf.where(keep, tf.gather(scores[i], indices), 0.0))
-            found["classes"].append(tf.where(keep, tf.gather(classes[i], indices), 0))
-            found["num_detections"].append(tf.cast(valid, tf.int32))
-        return {name: tf.stack(values) for name, values in found.items()}
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            return _decode_and_suppress(model, images, raw, batch)
 
     return serve
+
+
+def _decode_and_suppress(model, images, raw, batch):
+    """The detections of `_serve_builtin_detections` from the network's raw outputs."""
+    decoder = model.prediction_decoder
+    count = decoder.max_detections
+    anchors = tf.concat(list(model.anchor_generator(images).values()), axis=0)
+    boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
+        anchors=anchors,
+        boxes_delta=tf.cast(raw["bbox_regression"], tf.float32),
+        encoded_format="center_xywh",
+        anchor_format=model.anchor_generator.bounding_box_format,
+        box_format="yxyx",
+        image_shape=tuple(images.shape[1:]),
+    )
+    probabilities = tf.cast(raw["cls_logits"], tf.float32)
+    if decoder.from_logits:
+        probabilities = tf.sigmoid(probabilities)
+    scores = tf.reduce_max(probabilities, axis=-1)
+    classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    found = {name: [] for name in DETECTION_OUTPUTS}
+    for i in range(batch):
+        indices, valid = tf.image.non_max_suppression_padded(
+            boxes[i], scores[i], count, decoder.iou_threshold, decoder.confidence_threshold,
+            pad_to_max_output_size=True,
+        )
+        keep = tf.range(count) < valid
+        found["boxes"].append(tf.where(keep[:, None], tf.gather(boxes[i], indices), 0.0))
+        found["scores"].append(tf.where(keep, tf.gather(scores[i], indices), 0.0))
+        found["classes"].append(tf.where(keep, tf.gather(classes[i], indices), 0))
+        found["num_detections"].append(tf.cast(valid, tf.int32))
+    return {name: tf.stack(values) for name, values in found.items()}
 
 
 def _serve_raw(model):
@@ -124,11 +135,49 @@ def _serve_raw(model):
     return serve
 
 
-def _convert_builtin(source, what):
-    """A float32 TFLite flatbuffer of `source` with builtin ops only, and its op names; a
-    ValueError naming the offending TF ops otherwise."""
+def postprocess_nodes(flatbuffer):
+    """Output tensor names of the ops of the main subgraph built in `POSTPROCESS_SCOPE` and of
+    every op after them (the output reshapes): what the int8 detector keeps in float32."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    operators = model.subgraphs[0].operators
+    names = [t.name.decode() for t in model.subgraphs[0].tensors]
+    consumers = {}
+    for i, op in enumerate(operators):
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(i)
+    stack = [i for i, op in enumerate(operators) if any(names[t].startswith(f"{POSTPROCESS_SCOPE}/") for t in op.outputs)]
+    kept = set(stack)
+    while stack:
+        for j in (j for t in operators[stack.pop()].outputs for j in consumers.get(t, [])):
+            if j not in kept:
+                kept.add(j)
+                stack.append(j)
+    return [names[t] for i in sorted(kept) for t in operators[i].outputs]
+
+
+def _convert_int8(source, calibration_batches):
+    """The int8 whole detector: the network int8 as the classifier's recipe (`tflite.convert`
+    with "int8": the attention's products and softmax float32), its decoding and suppression
+    (`postprocess_nodes`) float32, float32 images in and detections out."""
+    calibrated = tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration_batches)
+    postprocess = postprocess_nodes(calibrated)
+    if not postprocess:
+        raise ValueError(f"No op of the detector's source is in the name scope {POSTPROCESS_SCOPE!r}.")
+    return tflite.quantize_int8(
+        calibrated, denylisted_nodes=postprocess, denylisted_ops=list(tflite.INT8_FLOAT_OPS), io_type=tf.float32
+    )
+
+
+def _convert_builtin(source, what, calibration_batches=None):
+    """A TFLite flatbuffer of `source` with builtin ops only, float32 or, given
+    `calibration_batches`, int8 (`_convert_int8`), and its op names; a ValueError naming the
+    offending TF ops otherwise."""
     try:
-        flatbuffer = tflite.convert(source, "float32")
+        flatbuffer = tflite.convert(source, "float32") if calibration_batches is None else _convert_int8(
+            source, calibration_batches
+        )
+    except ValueError:
+        raise
     except Exception as error:  # The converter raises its own ConverterError type.
         ops = sorted(set(re.findall(r"\btf\.[A-Z]\w*", str(error))))
         raise ValueError(
@@ -211,11 +260,11 @@ def raw_parity(outputs, reference):
     return values
 
 
-def _matching_text(parity):
-    if not parity["compared"]:
+def _matching_text(values):
+    if not values["compared"]:
         return (f"no reference detection with score >= {MATCH_MIN_SCORE}: nothing to compare "
                 "(train the detector further, or check it on images with objects)")
-    return f"{parity['matched']} of {parity['compared']} detections with score >= {MATCH_MIN_SCORE} matched"
+    return f"{values['matched']} of {values['compared']} detections with score >= {MATCH_MIN_SCORE} matched"
 
 
 def format_table(rows):
@@ -245,7 +294,9 @@ def _run_batched(function, images, batch):
     }
 
 
-def export_detector(model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False):
+def export_detector(
+    model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False, calibration_images=None
+):
     """Exports `model` to `output_dir` and checks every artifact against it on `images`.
 
     Args:
@@ -255,6 +306,8 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         formats: names from `FORMATS`.
         batch: static batch of the artifacts and of their parity runs.
         overwrite: replace a non-empty `output_dir`.
+        calibration_images: for "tflite_int8", (M, H, W, C) float32 images in [0, 1] (M > 0,
+            not the parity images) to calibrate the int8 ranges, in batches of `batch`.
 
     Returns:
         The report dict, also written to `output_dir/export_report.json`.
@@ -279,6 +332,15 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1:] != image_shape or len(images) == 0:
         raise ValueError(f"Invalid `images`: shape {images.shape}; the detector needs (N, *{image_shape}) with N > 0.")
+    calibration = None
+    if "tflite_int8" in formats:
+        calibration_images = np.asarray([] if calibration_images is None else calibration_images, np.float32)
+        if calibration_images.ndim != 4 or calibration_images.shape[1:] != image_shape or not len(calibration_images):
+            raise ValueError(
+                f"Invalid `calibration_images`: shape {calibration_images.shape}; 'tflite_int8' needs "
+                f"(M, *{image_shape}) with M > 0 (train images, not the parity images)."
+            )
+        calibration = parity.batches(calibration_images, batch)[0]
 
     with staged_output(output_dir) as staging:
         rows = []
@@ -294,18 +356,22 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             raw = kind == "tflite_raw"
             serve = _serve_raw(model) if raw else _serve_builtin_detections(model, batch)
             saved_model.write_signature(model, serve, source, image_shape, batch)
-            flatbuffer, ops = _convert_builtin(source, "detector's raw network" if raw else "full detector")
+            flatbuffer, ops = _convert_builtin(
+                source,
+                "detector's raw network" if raw else "full detector",
+                calibration if kind == "tflite_int8" else None,
+            )
             shutil.rmtree(source)
-            path = os.path.join(staging, "model_raw.tflite" if raw else "model.tflite")
+            path = os.path.join(staging, TFLITE_FILES[kind])
             with open(path, "wb") as f:
                 f.write(flatbuffer)
             runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
             outputs = _run_batched(lambda x: runner(**{saved_model.INPUT_NAME: x}), images, batch)
             if raw:
-                parity = raw_parity(outputs, _run_batched(tf.function(serve), images, batch))
+                check = raw_parity(outputs, _run_batched(tf.function(serve), images, batch))
             else:
-                parity = detection_matching(outputs, _run_batched(tf.function(_serve_detections(model)), images, batch))
-            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": parity})
+                check = detection_matching(outputs, _run_batched(tf.function(_serve_detections(model)), images, batch))
+            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": check})
         for row in rows:
             row["size_bytes"] = report.size_bytes(row["file"])
             row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))

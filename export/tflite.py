@@ -72,14 +72,15 @@ def calibrate(converter, representative_batches):
     return converter.convert()
 
 
-def quantize_int8(calibrated, denylisted_nodes=None, denylisted_ops=None):
-    """The converter's own int8 quantization of a `calibrate`d model (int8 input and output),
-    except the ops named by their output tensors in `denylisted_nodes` or by their op names in
-    `denylisted_ops`, which stay float32 between DEQUANTIZE and QUANTIZE ops."""
+def quantize_int8(calibrated, denylisted_nodes=None, denylisted_ops=None, io_type=tf.int8):
+    """The converter's own int8 quantization of a `calibrate`d model (inputs and outputs of
+    `io_type`: int8, or float32 with QUANTIZE and DEQUANTIZE inside), except the ops named by
+    their output tensors in `denylisted_nodes` or by their op names in `denylisted_ops`, which
+    stay float32 between DEQUANTIZE and QUANTIZE ops."""
     return lite_convert.mlir_quantize(
         calibrated,
-        input_data_type=tf.int8,
-        output_data_type=tf.int8,
+        input_data_type=io_type,
+        output_data_type=io_type,
         denylisted_nodes=denylisted_nodes,
         denylisted_ops=denylisted_ops,
     )

@@ -247,3 +247,29 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         np.testing.assert_allclose(found["boxes"][:, :20], expected["boxes"][:, :20], atol=1e-2)
         np.testing.assert_allclose(found["scores"][:, :20], expected["scores"][:, :20], atol=1e-4)
         assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
+
+
+@pytest.mark.slow  # About a minute: an int8 conversion of a 64x64 detector.
+def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
+    """The network runs int8 (the attention's products and softmax float, as the classifier's
+    recipe), the decoding and suppression float32; float32 images in, detections out."""
+    keras.utils.set_random_seed(0)
+    detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3)
+    source = str(tmp_path / "source")
+    saved_model.write_signature(detector, export_detection._serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
+    calibration, _ = parity.batches(np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32), 1)
+    flatbuffer, ops = export_detection._convert_builtin(source, "full detector", calibration)
+    tflite.check_builtin_ops(ops)
+    assert "NON_MAX_SUPPRESSION_V4" in ops and "QUANTIZE" in ops and "DEQUANTIZE" in ops
+    interpreter = Interpreter(model_content=flatbuffer)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert {np.dtype(d["dtype"]) for d in interpreter.get_output_details()} == {np.dtype(np.float32), np.dtype(np.int32)}
+    types = _op_types(flatbuffer)
+    convolutions = [t for name, t in types if name == "CONV_2D"]
+    assert convolutions and all(t[:2] == ["int8", "int8"] for t in convolutions)
+    for name, operands in types:
+        if name in ("EXP", "LOGISTIC", "NON_MAX_SUPPRESSION_V4", "SELECT_V2", *tflite.INT8_FLOAT_OPS):
+            assert "int8" not in operands, (name, operands)
+    # What stays float is the decoding and suppression and the ops after them, no op of the network.
+    nodes = export_detection.postprocess_nodes(tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration))
+    assert nodes and all(not name.startswith(detector.name) for name in nodes)
