@@ -39,7 +39,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.applications.retinanet import detections
 from export import parity, report, saved_model, tflite
@@ -138,13 +137,8 @@ def _serve_raw(model):
 def postprocess_nodes(flatbuffer):
     """Output tensor names of the ops of the main subgraph built in `POSTPROCESS_SCOPE` and of
     every op after them (the output reshapes): what the int8 detector keeps in float32."""
-    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
-    operators = model.subgraphs[0].operators
-    names = [t.name.decode() for t in model.subgraphs[0].tensors]
-    consumers = {}
-    for i, op in enumerate(operators):
-        for t in op.inputs:
-            consumers.setdefault(t, []).append(i)
+    graph, _, names, _, consumers = tflite.operator_graph(flatbuffer)
+    operators = graph.operators
     stack = [i for i, op in enumerate(operators) if any(names[t].startswith(f"{POSTPROCESS_SCOPE}/") for t in op.outputs)]
     kept = set(stack)
     while stack:

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 from tensorflow.lite.python import convert as lite_convert
 
 MODES = ("float32", "float16", "dynamic", "int8")
@@ -31,6 +32,48 @@ INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
 _BUILTIN_NAMES = {
     code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
 }
+
+
+def operator_graph(flatbuffer):
+    """The main subgraph of a TFLite flatbuffer as (graph, op names, tensor names, producer,
+    consumers): `graph.operators[i]` has the op name `names[i]`; `producer[t]` is the index of
+    the op writing tensor t, `consumers[t]` those reading it."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+    tensors = [t.name.decode() for t in graph.tensors]
+    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
+    consumers = {}
+    for i, op in enumerate(graph.operators):
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(i)
+    return graph, names, tensors, producer, consumers
+
+
+# Where an attention block's float island ends: the qkv and output projections, and what joins
+# the attention output to the convolution's.
+_BLOCK_BOUNDARY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION")
+
+
+def attention_block_nodes(flatbuffer):
+    """Names of the output tensors of each attention block, from the split of the qkv
+    projection's output to the attention output before the output projection (the heads'
+    reshapes and transposes, the relative logits, the products, their sums, the softmax): every
+    op connected to a SOFTMAX, in either direction, without crossing a `_BLOCK_BOUNDARY` op."""
+    graph, names, tensors, producer, consumers = operator_graph(flatbuffer)
+
+    def neighbours(i):
+        op = graph.operators[i]
+        return [producer[t] for t in op.inputs if t in producer] + [j for t in op.outputs for j in consumers.get(t, [])]
+
+    stack = [i for i, name in enumerate(names) if name == "SOFTMAX"]
+    kept = set(stack)
+    while stack:
+        for j in neighbours(stack.pop()):
+            if j not in kept and names[j] not in _BLOCK_BOUNDARY:
+                kept.add(j)
+                stack.append(j)
+    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
 def convert(saved_model_dir, mode, representative_batches=None):
@@ -56,7 +99,10 @@ def convert(saved_model_dir, mode, representative_batches=None):
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode == "int8":
-        return quantize_int8(calibrate(converter, representative_batches), denylisted_ops=list(INT8_FLOAT_OPS))
+        calibrated = calibrate(converter, representative_batches)
+        return quantize_int8(
+            calibrated, denylisted_nodes=attention_block_nodes(calibrated), denylisted_ops=list(INT8_FLOAT_OPS)
+        )
     return converter.convert()
 
 

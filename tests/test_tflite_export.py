@@ -62,17 +62,28 @@ def test_attention_core_nodes_of_the_profiled_variant(converted):
     assert tflite_profile.attention_core_nodes(converted["conv"][0]) == []
 
 
-def test_int8_recipe_runs_the_attention_products_and_softmax_in_float(converted):
-    _, recipe, default = converted["aa"]
+def test_attention_block_nodes_span_the_split_of_qkv_to_the_attention_output(converted):
+    nodes = tflite.attention_block_nodes(converted["aa"][0])
+    layer = [name.rsplit("/", 1)[-1] for name in nodes]
+    assert {"MatMul", "MatMul_1", "Softmax", "add", "add_1", "transpose", "split"} <= set(layer), layer
+    assert sum("Einsum" in name for name in layer) >= 2
+    assert not [name for name in nodes if "qkv" in name or "attn_out" in name or "conv" in name.lower()]
+    assert tflite.attention_block_nodes(converted["conv"][0]) == []
+
+
+def test_int8_recipe_runs_each_attention_block_in_float(converted):
+    calibrated, recipe, default = converted["aa"]
     ops = _op_types(recipe)
-    kinds = {name for name, _ in ops}
     tflite.check_builtin_ops(tflite.list_ops(recipe))
-    assert {"QUANTIZE", "DEQUANTIZE"} <= kinds
+    # One float island per attention block: entered by DEQUANTIZE, left by one QUANTIZE.
+    softmaxes = sum(name == "SOFTMAX" for name, _ in ops)
+    assert softmaxes >= 1 and sum(name == "QUANTIZE" for name, _ in ops) == softmaxes
     for name, types in ops:
-        if name in tflite.INT8_FLOAT_OPS:
-            assert set(types) == {"float32"}, (name, types)
-        if name in ("CONV_2D", "FULLY_CONNECTED", "ADD"):
+        if name in (*tflite.INT8_FLOAT_OPS, "TRANSPOSE"):
+            assert set(types) <= {"float32", "int32"}, (name, types)
+        if name in ("CONV_2D", "FULLY_CONNECTED"):
             assert types[:2] == ["int8", "int8"], (name, types)
+    assert ("ADD", ["int8", "int8"]) in ops  # The batch normalisation outside the blocks.
     interpreter = Interpreter(model_content=recipe)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
