@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.applications.retinanet import detections
 from export import parity, report, saved_model, tflite
@@ -157,8 +158,18 @@ def _convert_int8(source, calibration_batches):
     postprocess = postprocess_nodes(calibrated)
     if not postprocess:
         raise ValueError(f"No op of the detector's source is in the name scope {POSTPROCESS_SCOPE!r}.")
+    # The quantizer still rounds a denylisted op's output through int8 where the tensor has a
+    # calibrated range and a fixed-range or same-scale op reads it (LOGISTIC, SPLIT): the
+    # class scores on a 1/256 grid, the boxes on a grid of several pixels. Without a range it
+    # cannot.
+    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
+    floats = set(postprocess)
+    for tensor in model.subgraphs[0].tensors:
+        if tensor.name.decode() in floats:
+            tensor.quantization = None
+    uncalibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return tflite.quantize_int8(
-        calibrated, denylisted_nodes=postprocess, denylisted_ops=list(tflite.INT8_FLOAT_OPS), io_type=tf.float32
+        uncalibrated, denylisted_nodes=postprocess, denylisted_ops=list(tflite.INT8_FLOAT_OPS), io_type=tf.float32
     )
 
 
