@@ -152,7 +152,7 @@ def postprocess_nodes(flatbuffer):
 
 def _convert_int8(source, calibration_batches):
     """The int8 whole detector: the network int8 as the classifier's recipe (`tflite.convert`
-    with "int8": the attention's products and softmax float32), its decoding and suppression
+    with "int8": each attention block float32), its decoding and suppression
     (`postprocess_nodes`) float32, float32 images in and detections out."""
     calibrated = tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration_batches)
     postprocess = postprocess_nodes(calibrated)
@@ -169,7 +169,10 @@ def _convert_int8(source, calibration_batches):
             tensor.quantization = None
     uncalibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return tflite.quantize_int8(
-        uncalibrated, denylisted_nodes=postprocess, denylisted_ops=list(tflite.INT8_FLOAT_OPS), io_type=tf.float32
+        uncalibrated,
+        denylisted_nodes=tflite.attention_block_nodes(calibrated) + postprocess,
+        denylisted_ops=list(tflite.INT8_FLOAT_OPS),
+        io_type=tf.float32,
     )
 
 

@@ -1,4 +1,4 @@
-"""The int8 TFLite recipe (the attention's products and softmax in float32), the per-operator
+"""The int8 TFLite recipe (each attention block in float32), the per-operator
 profiler and the TFLite benchmark's pieces, on small trained models; the whole detector's
 TFLite file and its detection matching."""
 
@@ -260,9 +260,9 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
 
 
-@pytest.mark.slow  # About a minute: an int8 conversion of a 64x64 detector.
+@pytest.mark.slow  # An int8 conversion of a 64x64 detector: about 3 min on the loaded 2-core VM.
 def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
-    """The network runs int8 (the attention's products and softmax float, as the classifier's
+    """The network runs int8 (each attention block float, as the classifier's
     recipe), the decoding and suppression float32; float32 images in, detections out."""
     keras.utils.set_random_seed(0)
     detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3)
