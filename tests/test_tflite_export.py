@@ -242,11 +242,14 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         patch.setattr(export_detection, "Interpreter", _ShiftedBoxes)
         with pytest.raises(exporter.ParityError, match=r"tflite .*FAILED +\d+ of [1-9]\d* detections"):
             export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
-    result = export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
-    (row,) = result["rows"]
-    assert "NON_MAX_SUPPRESSION_V4" in row["ops"] and "ARG_MAX" in row["ops"]
-    tflite.check_builtin_ops(row["ops"])
-    runner = Interpreter(model_path=row["file"]).get_signature_runner("serving_default")
+    # The file itself (its match with keras-hub's suppression is measured on a trained detector
+    # by benchmarks/detector_tflite.py: on these near-tied scores the two suppressions differ).
+    source = str(tmp_path / "source")
+    saved_model.write_signature(detector, export_detection._serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
+    flatbuffer, ops = export_detection._convert_builtin(source, "full detector")
+    assert "NON_MAX_SUPPRESSION_V4" in ops and "ARG_MAX" in ops
+    tflite.check_builtin_ops(ops)
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
     graph = tf.function(export_detection._serve_builtin_detections(detector, 1))
     for image in images:
         found = runner(images=image[None])
@@ -262,8 +265,9 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
 
 @pytest.mark.slow  # An int8 conversion of a 64x64 detector: about 3 min on the loaded 2-core VM.
 def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
-    """The network runs int8 (each attention block float, as the classifier's
-    recipe), the decoding and suppression float32; float32 images in, detections out."""
+    """The network runs int8 (each attention block float, as the classifier's recipe) up to its
+    heads' output layers; those, the decoding and suppression float32; float32 images in,
+    detections out."""
     keras.utils.set_random_seed(0)
     detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3)
     source = str(tmp_path / "source")
@@ -276,11 +280,18 @@ def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     assert {np.dtype(d["dtype"]) for d in interpreter.get_output_details()} == {np.dtype(np.float32), np.dtype(np.int32)}
     types = _op_types(flatbuffer)
+    # Every convolution int8 but the heads' output layers, one per head and pyramid level (P3-P7).
     convolutions = [t for name, t in types if name == "CONV_2D"]
-    assert convolutions and all(t[:2] == ["int8", "int8"] for t in convolutions)
+    assert sum(t[:2] == ["int8", "int8"] for t in convolutions) == len(convolutions) - 10
+    assert sum(set(t) == {"float32"} for t in convolutions) == 10
     for name, operands in types:
         if name in ("EXP", "LOGISTIC", "NON_MAX_SUPPRESSION_V4", "SELECT_V2", *tflite.INT8_FLOAT_OPS):
             assert "int8" not in operands, (name, operands)
-    # What stays float is the decoding and suppression and the ops after them, no op of the network.
+    # What stays float: the decoding and suppression, the ops after them, and of the network only
+    # the heads' output layers and the reshapes and concatenations that join them.
     nodes = export_detection.postprocess_nodes(tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration))
-    assert nodes and all(not name.startswith(detector.name) for name in nodes)
+    network = [name for name in nodes if name.startswith(detector.name)]
+    assert len(network) == 22 and all(
+        "logits_layer" in name or "_pred_P" in name or name.endswith(("bbox_regression_1/concat", "cls_logits_1/concat"))
+        for name in network
+    ), network
