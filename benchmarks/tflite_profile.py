@@ -5,11 +5,14 @@ int8 recipes of `export.tflite` against each other.
     python -m benchmarks.tflite_profile runs/quick/export/model_int8.tflite runs/quick/export/model_float32.tflite
 
 With `--keras`, the model is converted (batch 1, calibrated on train images of `--dataset`) to
-float32 and to three int8 variants: the converter's default (everything int8), the op names
-BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's recipe), and each
-attention's whole core kept float (`attention_core_nodes`: the products, the sums and reshapes
-between them, the softmax); the four are timed side by side (`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images,
-and profiled operator by operator.
+float32 and to four int8 variants: the converter's default (everything int8); the op names
+BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's recipe until the block
+variant measured faster); each attention's core kept float (`attention_core_nodes`: the
+products, the sums and reshapes between them, the softmax); and each attention block kept float
+from the split of the qkv projection to the attention output (`tflite.attention_block_nodes`:
+the exporter's recipe, `tflite.convert`). The five are timed side by side
+(`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images, and
+float32, the op-name variant and the exporter's are profiled operator by operator.
 
 LiteRT's Python interpreter has no per-operator profiler, so each operator of the model's main
 subgraph is cut out into a one-operator model (same tensors, quantization and constants; its
@@ -35,6 +38,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 from benchmarks.bench_tflite import side_by_side_ms
 from export import report, tflite
 
+# The exporter's int8 recipe (`tflite.convert`): each attention block float.
+EXPORT_VARIANT = "int8 float attention block (export)"
 # The node LiteRT puts in the execution plan for a partition that a delegate took.
 _DELEGATE_NODE = "DELEGATE"
 
@@ -164,14 +169,7 @@ def attention_core_nodes(flatbuffer):
     and the ops reached from it, backward and forward, through ADD, RESHAPE and TRANSPOSE up to
     and including the nearest BATCH_MATMULs (the logit products before it, the product with the
     values after it)."""
-    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
-    graph = model.subgraphs[0]
-    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
-    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
-    consumers = {}
-    for i, op in enumerate(graph.operators):
-        for t in op.inputs:
-            consumers.setdefault(t, []).append(i)
+    graph, names, tensors, producer, consumers = tflite.operator_graph(flatbuffer)
     neighbours = (
         lambda i: [producer[t] for t in graph.operators[i].inputs if t in producer],
         lambda i: [j for t in graph.operators[i].outputs for j in consumers.get(t, [])],
@@ -188,7 +186,7 @@ def attention_core_nodes(flatbuffer):
                     kept.add(j)
                     if names[j] != "BATCH_MATMUL":
                         stack.append(j)
-    return [graph.tensors[t].name.decode() for i in sorted(kept) for t in graph.operators[i].outputs]
+    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
 def int8_variants(saved_model_dir, calibration_batches):
@@ -198,10 +196,9 @@ def int8_variants(saved_model_dir, calibration_batches):
     return {
         "float32": tflite.convert(saved_model_dir, "float32"),
         "int8 default": tflite.quantize_int8(calibrated),
-        "int8 float BATCH_MATMUL, SOFTMAX (export)": tflite.quantize_int8(
-            calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)
-        ),
+        "int8 float BATCH_MATMUL, SOFTMAX": tflite.quantize_int8(calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)),
         "int8 float attention core": tflite.quantize_int8(calibrated, denylisted_nodes=attention_core_nodes(calibrated)),
+        EXPORT_VARIANT: tflite.convert(saved_model_dir, "int8", calibration_batches),
     }
 
 
@@ -259,13 +256,16 @@ def main(argv=None):
         rows, variants = compare_int8_recipes(args.keras, args.dataset, args.threads, args.rounds)
         results["int8_recipes"] = {"model": args.keras, "threads": args.threads, "rows": rows}
         print(f"{args.keras}, batch 1, {args.threads} thread(s), side by side:")
-        print(f"  {'variant':<36} {'ms':>7} {'x float32':>9} {'KiB':>7} {'top-1 vs Keras':>14}")
+        print(f"  {'variant':<40} {'ms':>7} {'x float32':>9} {'KiB':>7} {'top-1 vs Keras':>14}")
         for name, row in rows.items():
             print(
-                f"  {name:<36} {row['latency_ms']:>7.3f} {row['latency_ms'] / rows['float32']['latency_ms']:>9.2f} "
+                f"  {name:<40} {row['latency_ms']:>7.3f} {row['latency_ms'] / rows['float32']['latency_ms']:>9.2f} "
                 f"{row['size_bytes'] / 1024:>7.1f} {row['top1_agreement']:>14.3f}"
             )
-        flatbuffers.update((name, variants[name]) for name in ("float32", "int8 default", "int8 float BATCH_MATMUL, SOFTMAX (export)"))
+        flatbuffers.update(
+            (name, variants[name])
+            for name in ("float32", "int8 float BATCH_MATMUL, SOFTMAX", EXPORT_VARIANT)
+        )
     profiles = {}
     for name, flatbuffer in flatbuffers.items():
         tflite.check_builtin_ops(tflite.list_ops(flatbuffer), what=name)

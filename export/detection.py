@@ -42,15 +42,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.applications.retinanet import detections
 from aa_keras.validation import positive_int
-from export import report, saved_model, tflite
-from training import artifacts as run_artifacts
+from export import parity, report, saved_model, tflite
 from export.parity import ParityError
+from training import artifacts as run_artifacts
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 
-FORMATS = ("saved_model", "tflite_raw", "tflite")
+FORMATS = ("saved_model", "tflite_raw", "tflite", "tflite_int8")
+TFLITE_FILES = {"tflite_raw": "model_raw.tflite", "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 RAW_OUTPUTS = ("bbox_regression", "cls_logits", "anchors")
 # Bounds of the parity checks: decoded boxes in pixels, scores, raw head outputs.
@@ -62,6 +64,8 @@ RAW_TOLERANCE = 1e-3
 MATCH_FRACTION = 0.95
 MATCH_MIN_SCORE = 0.3
 MATCH_MIN_IOU = 0.9
+# Name scope of the whole detector's decoding and suppression, which its int8 model keeps in float32.
+POSTPROCESS_SCOPE = "decode_and_suppress"
 
 
 def is_detector(model):
@@ -80,40 +84,47 @@ def _serve_detections(model):
 
 def _serve_builtin_detections(model, batch):
     """Like `_serve_detections`, with decoding and suppression from TFLite builtin ops (see the
-    module docstring); `batch` is the static batch, one suppression per image."""
-    decoder = model.prediction_decoder
-    count = decoder.max_detections
+    module docstring); `batch` is the static batch, one suppression per image. The decoding and
+    suppression are built in the name scope `POSTPROCESS_SCOPE`."""
 
     def serve(images):
         raw = model(images, training=False)
-        anchors = tf.concat(list(model.anchor_generator(images).values()), axis=0)
-        boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
-            anchors=anchors,
-            boxes_delta=tf.cast(raw["bbox_regression"], tf.float32),
-            encoded_format="center_xywh",
-            anchor_format=model.anchor_generator.bounding_box_format,
-            box_format="yxyx",
-            image_shape=tuple(images.shape[1:]),
-        )
-        probabilities = tf.cast(raw["cls_logits"], tf.float32)
-        if decoder.from_logits:
-            probabilities = tf.sigmoid(probabilities)
-        scores = tf.reduce_max(probabilities, axis=-1)
-        classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        found = {name: [] for name in DETECTION_OUTPUTS}
-        for i in range(batch):
-            indices, valid = tf.image.non_max_suppression_padded(
-                boxes[i], scores[i], count, decoder.iou_threshold, decoder.confidence_threshold,
-                pad_to_max_output_size=True,
-            )
-            keep = tf.range(count) < valid
-            found["boxes"].append(tf.where(keep[:, None], tf.gather(boxes[i], indices), 0.0))
-            found["scores"].append(tf.where(keep, tf.gather(scores[i], indices), 0.0))
-            found["classes"].append(tf.where(keep, tf.gather(classes[i], indices), 0))
-            found["num_detections"].append(tf.cast(valid, tf.int32))
-        return {name: tf.stack(values) for name, values in found.items()}
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            return _decode_and_suppress(model, images, raw, batch)
 
     return serve
+
+
+def _decode_and_suppress(model, images, raw, batch):
+    """The detections of `_serve_builtin_detections` from the network's raw outputs."""
+    decoder = model.prediction_decoder
+    count = decoder.max_detections
+    anchors = tf.concat(list(model.anchor_generator(images).values()), axis=0)
+    boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
+        anchors=anchors,
+        boxes_delta=tf.cast(raw["bbox_regression"], tf.float32),
+        encoded_format="center_xywh",
+        anchor_format=model.anchor_generator.bounding_box_format,
+        box_format="yxyx",
+        image_shape=tuple(images.shape[1:]),
+    )
+    probabilities = tf.cast(raw["cls_logits"], tf.float32)
+    if decoder.from_logits:
+        probabilities = tf.sigmoid(probabilities)
+    scores = tf.reduce_max(probabilities, axis=-1)
+    classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    found = {name: [] for name in DETECTION_OUTPUTS}
+    for i in range(batch):
+        indices, valid = tf.image.non_max_suppression_padded(
+            boxes[i], scores[i], count, decoder.iou_threshold, decoder.confidence_threshold,
+            pad_to_max_output_size=True,
+        )
+        keep = tf.range(count) < valid
+        found["boxes"].append(tf.where(keep[:, None], tf.gather(boxes[i], indices), 0.0))
+        found["scores"].append(tf.where(keep, tf.gather(scores[i], indices), 0.0))
+        found["classes"].append(tf.where(keep, tf.gather(classes[i], indices), 0))
+        found["num_detections"].append(tf.cast(valid, tf.int32))
+    return {name: tf.stack(values) for name, values in found.items()}
 
 
 def _serve_raw(model):
@@ -129,11 +140,69 @@ def _serve_raw(model):
     return serve
 
 
-def _convert_builtin(source, what):
-    """A float32 TFLite flatbuffer of `source` with builtin ops only, and its op names; a
-    ValueError naming the offending TF ops otherwise."""
+def postprocess_nodes(flatbuffer):
+    """Output tensor names of what the int8 detector keeps in float32: the ops of the main
+    subgraph built in `POSTPROCESS_SCOPE`, every op after them (the output reshapes), and the
+    heads' output convolutions with the reshapes and concatenations that lead from them to it."""
+    graph, ops, names, producer, consumers = tflite.operator_graph(flatbuffer)
+    operators = graph.operators
+    scope = [i for i, op in enumerate(operators) if any(names[t].startswith(f"{POSTPROCESS_SCOPE}/") for t in op.outputs)]
+    kept = set(scope)
+    heads = list(scope)
+    while heads:
+        for j in (producer[t] for t in operators[heads.pop()].inputs if t in producer):
+            if j not in kept and ops[j] in ("RESHAPE", "CONCATENATION", "CONV_2D"):
+                kept.add(j)
+                if ops[j] != "CONV_2D":
+                    heads.append(j)
+    stack = list(scope)
+    while stack:
+        for j in (j for t in operators[stack.pop()].outputs for j in consumers.get(t, [])):
+            if j not in kept:
+                kept.add(j)
+                stack.append(j)
+    return [names[t] for i in sorted(kept) for t in operators[i].outputs]
+
+
+def _convert_int8(source, calibration_batches):
+    """The int8 whole detector: the network int8 as the classifier's recipe (`tflite.convert`
+    with "int8": each attention block float32) up to its heads' output layers; those, the
+    decoding and suppression (`postprocess_nodes`) float32; float32 images in and detections
+    out. Measured on a trained aa_retinanet_r18 (`benchmarks/detector_tflite.py`): with the
+    heads' output layers int8 too, 13 of the SavedModel's 19 detections with score >= 0.3 were
+    found again."""
+    calibrated = tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration_batches)
+    postprocess = postprocess_nodes(calibrated)
+    if not postprocess:
+        raise ValueError(f"No op of the detector's source is in the name scope {POSTPROCESS_SCOPE!r}.")
+    # The quantizer still rounds a denylisted op's output through int8 where the tensor has a
+    # calibrated range and a fixed-range or same-scale op reads it (LOGISTIC, SPLIT): the
+    # class scores on a 1/256 grid, the boxes on a grid of several pixels. Without a range it
+    # cannot.
+    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
+    floats = set(postprocess)
+    for tensor in model.subgraphs[0].tensors:
+        if tensor.name.decode() in floats:
+            tensor.quantization = None
+    uncalibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return tflite.quantize_int8(
+        uncalibrated,
+        denylisted_nodes=tflite.attention_block_nodes(calibrated) + postprocess,
+        denylisted_ops=list(tflite.INT8_FLOAT_OPS),
+        io_type=tf.float32,
+    )
+
+
+def _convert_builtin(source, what, calibration_batches=None):
+    """A TFLite flatbuffer of `source` with builtin ops only, float32 or, given
+    `calibration_batches`, int8 (`_convert_int8`), and its op names; a ValueError naming the
+    offending TF ops otherwise."""
     try:
-        flatbuffer = tflite.convert(source, "float32")
+        flatbuffer = tflite.convert(source, "float32") if calibration_batches is None else _convert_int8(
+            source, calibration_batches
+        )
+    except ValueError:
+        raise
     except Exception as error:  # The converter raises its own ConverterError type.
         ops = sorted(set(re.findall(r"\btf\.[A-Z]\w*", str(error))))
         raise ValueError(
@@ -181,7 +250,9 @@ def detection_matching(outputs, reference):
     """How many of the reference's detections with a score of at least `MATCH_MIN_SCORE` the
     outputs find again: a detection of the same image and class with IoU >= `MATCH_MIN_IOU`,
     each output detection matched once. Passes when the matched fraction is at least
-    `MATCH_FRACTION` (with no such reference detection there is nothing to miss: `compared` 0)."""
+    `MATCH_FRACTION` of at least one compared detection: with no reference detection that
+    confident (an untrained or weak detector) the check has nothing to compare and fails, with
+    `matched_fraction` None."""
     compared = matched = 0
     for i, count in enumerate(np.asarray(reference["num_detections"])):
         found = int(outputs["num_detections"][i])
@@ -198,8 +269,13 @@ def detection_matching(outputs, reference):
                 if ious[best] >= MATCH_MIN_IOU:
                     free[best] = False
                     matched += 1
-    fraction = matched / compared if compared else 1.0
-    return {"compared": compared, "matched": matched, "matched_fraction": fraction, "passed": fraction >= MATCH_FRACTION}
+    fraction = matched / compared if compared else None
+    return {
+        "compared": compared,
+        "matched": matched,
+        "matched_fraction": fraction,
+        "passed": compared > 0 and fraction >= MATCH_FRACTION,
+    }
 
 
 def raw_parity(outputs, reference):
@@ -209,6 +285,13 @@ def raw_parity(outputs, reference):
     return values
 
 
+def _matching_text(values):
+    if not values["compared"]:
+        return (f"no reference detection with score >= {MATCH_MIN_SCORE}: nothing to compare "
+                "(train the detector further, or check it on images with objects)")
+    return f"{values['matched']} of {values['compared']} detections with score >= {MATCH_MIN_SCORE} matched"
+
+
 def format_table(rows):
     """A text table of report rows: artifact, size, the largest differences from the Keras
     model, and the check."""
@@ -216,8 +299,7 @@ def format_table(rows):
     for row in rows:
         differences = ", ".join(
             f"{name.removeprefix('max_')}={value:.2e}" for name, value in row["parity"].items() if name.startswith("max_")
-        ) or (f"{row['parity']['matched']} of {row['parity']['compared']} detections with score >= "
-              f"{MATCH_MIN_SCORE} matched" if "matched" in row["parity"] else "")
+        ) or (_matching_text(row["parity"]) if "matched" in row["parity"] else "")
         check = "passed" if row["parity"]["passed"] else "FAILED"
         lines.append(f"{row['artifact']:<14}{row['size_bytes'] / 2**20:>10.2f}MB  {check:<8}{differences}")
     return "\n".join(lines)
@@ -273,8 +355,10 @@ def run_batched(function, images, batch):
     }
 
 
-def export_detector(model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False,
-                    class_names=None):
+def export_detector(
+    model, output_dir, images, formats=("saved_model", "tflite_raw"), batch=1, overwrite=False, class_names=None,
+    calibration_images=None,
+):
     """Exports `model` to `output_dir` and checks every artifact against it on `images`.
 
     Args:
@@ -286,6 +370,8 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
         overwrite: replace a non-empty `output_dir`.
         class_names: the names of the object classes, written to `labels.txt` and the SavedModel's
             `metadata` signature; None for none.
+        calibration_images: for "tflite_int8", (M, H, W, C) float32 images in [0, 1] (M > 0,
+            not the parity images) to calibrate the int8 ranges, in batches of `batch`.
 
     Returns:
         The report dict, also written to `output_dir/export_report.json`.
@@ -314,6 +400,15 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1:] != image_shape or len(images) == 0:
         raise ValueError(f"Invalid `images`: shape {images.shape}; the detector needs (N, *{image_shape}) with N > 0.")
+    calibration = None
+    if "tflite_int8" in formats:
+        calibration_images = np.asarray([] if calibration_images is None else calibration_images, np.float32)
+        if calibration_images.ndim != 4 or calibration_images.shape[1:] != image_shape or not len(calibration_images):
+            raise ValueError(
+                f"Invalid `calibration_images`: shape {calibration_images.shape}; 'tflite_int8' needs "
+                f"(M, *{image_shape}) with M > 0 (train images, not the parity images)."
+            )
+        calibration = parity.batches(calibration_images, batch)[0]
 
     with staged_output(output_dir) as staging:
         rows = []
@@ -332,21 +427,23 @@ def export_detector(model, output_dir, images, formats=("saved_model", "tflite_r
             raw = kind == "tflite_raw"
             serve = _serve_raw(model) if raw else _serve_builtin_detections(model, batch)
             saved_model.write_signature(model, serve, source, image_shape, batch)
-            flatbuffer, ops = _convert_builtin(source, "detector's raw network" if raw else "full detector")
+            flatbuffer, ops = _convert_builtin(
+                source,
+                "detector's raw network" if raw else "full detector",
+                calibration if kind == "tflite_int8" else None,
+            )
             shutil.rmtree(source)
-            path = os.path.join(staging, "model_raw.tflite" if raw else "model.tflite")
+            path = os.path.join(staging, TFLITE_FILES[kind])
             with open(path, "wb") as f:
                 f.write(flatbuffer)
             if raw:
                 runner = Interpreter(model_path=path).get_signature_runner(saved_model.SIGNATURE)
                 outputs = run_batched(lambda x: runner(**{saved_model.INPUT_NAME: x}), images, batch)
+                check = raw_parity(outputs, run_batched(tf.function(serve), images, batch))
             else:
                 outputs = DetectionRunner(path)(images)
-            if raw:
-                parity = raw_parity(outputs, run_batched(tf.function(serve), images, batch))
-            else:
-                parity = detection_matching(outputs, run_batched(tf.function(_serve_detections(model)), images, batch))
-            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": parity})
+                check = detection_matching(outputs, run_batched(tf.function(_serve_detections(model)), images, batch))
+            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": check})
         for row in rows:
             row["size_bytes"] = report.size_bytes(row["file"])
             row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))

@@ -278,7 +278,7 @@ TASKS = ("classification", "detection")
 DEFAULT_DATASETS = {"classification": "glyph_pairs", "detection": "glyph_boxes"}
 DEFAULT_FORMATS = {"classification": ["saved_model", "tflite"], "detection": ["saved_model", "tflite_raw"]}
 # Flags that only the classification export reads; giving one with --task=detection is an error.
-CLASSIFICATION_FLAGS = ("baseline", "calibration_images", "threads", "latency_runs", "uint8_input")
+CLASSIFICATION_FLAGS = ("baseline", "threads", "latency_runs", "uint8_input")
 flags.DEFINE_enum("task", "classification", TASKS, "Export an image classifier, or a RetinaNet detector.", flag_values=FLAGS)
 flags.DEFINE_string(
     "model", None, "A `.keras` model file, or a builder name for a randomly initialised model with the classes of "
@@ -288,7 +288,8 @@ flags.DEFINE_string(
 flags.DEFINE_string("output_dir", None, "Directory for the artifacts and export_report.json.", flag_values=FLAGS)
 flags.DEFINE_list(
     "formats", None, f"Artifacts to write. Classification: from {FORMATS}, default saved_model,tflite. Detection: "
-    "from saved_model, tflite_raw, tflite (the whole detector, float32), default saved_model,tflite_raw.",
+    "from saved_model, tflite_raw, tflite, tflite_int8 (the whole detector, float32 or int8), default "
+    "saved_model,tflite_raw.",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.", flag_values=FLAGS)
@@ -398,9 +399,15 @@ def _export_detector(export_detection, formats, dataset):
     image_shape = model_source.image_shape(model, FLAGS.image_size)
     class_names = _class_names(model.num_classes, dataset, detection_data.class_names)
     images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir, task="detection")
+    calibration = None
+    if "tflite_int8" in formats:
+        calibration = dataset_images(
+            dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir, task="detection"
+        )
     return export_detection.export_detector(
         model, FLAGS.output_dir, images, formats=formats, batch=FLAGS.batch, overwrite=FLAGS.overwrite,
         class_names=class_names,
+        calibration_images=calibration,
     )
 
 

@@ -1,26 +1,33 @@
 """TFLite conversion (float32, float16, dynamic range, full int8), op listing and inference.
 
 The int8 recipe. Everything is int8 (weights per channel, activations per tensor, int8 input
-and output) except the BATCH_MATMUL and SOFTMAX ops, the attention's products and softmax, which
-stay float32 between DEQUANTIZE and QUANTIZE ops (`INT8_FLOAT_OPS`). Measured with
-`benchmarks.tflite_profile`: in a fully int8 model LiteRT's XNNPACK delegate takes neither the
-int8 SOFTMAX (XNNPACK's softmax is float only) nor an int8 BATCH_MATMUL whose right-hand input
-has a non-zero zero point (both attention products, with asymmetric activations), so these run
-on LiteRT's reference kernels (on the trained small AA model: q k^T 0.72 ms, softmax 0.49 ms,
-against 0.02 and 0.05 ms in float under XNNPACK) and the int8 model was slower than the float32
-one. With these ops in float XNNPACK runs every op but SPLIT_V and an AVERAGE_POOL_2D. The ops
-are left out of the quantization with the MLIR quantizer's `denylisted_ops`, the mechanism of
+and output) except each attention block, from the split of the qkv projection's output to the
+attention output before the output projection (`attention_block_nodes`: the heads' reshapes and
+transposes, the relative logits, q k^T, their sums, the softmax, the product with v), which
+stays float32 between DEQUANTIZE and one QUANTIZE; BATCH_MATMUL and SOFTMAX ops outside such a
+block stay float too (`INT8_FLOAT_OPS`). Measured with `benchmarks.tflite_profile`: in a fully
+int8 model LiteRT's XNNPACK delegate takes neither the int8 SOFTMAX (XNNPACK's softmax is float
+only) nor an int8 BATCH_MATMUL whose right-hand input has a non-zero zero point (both attention
+products, with asymmetric activations), so these run on LiteRT's reference kernels (on the
+trained small AA model: q k^T 0.66 ms, softmax 0.49 ms, against 0.02 and 0.05 ms in float under
+XNNPACK) and the int8 model is 4.7-6.1x slower than the float32 one. Keeping only those two op
+types float (the recipe before) leaves the int8 ADDs of the relative logits between them, so
+each block had 4 QUANTIZE and 6 DEQUANTIZE ops, on (HW x HW) tensors among others; keeping the
+whole block float leaves 1 QUANTIZE and 3 DEQUANTIZE ops per block and measured 13-15% faster
+on the trained aa_small in three side-by-side runs (0.35 against 0.41 ms, 1 thread), with a
+higher top-1 agreement with Keras (0.995 against 0.980). XNNPACK runs every op but SPLIT_V and
+an AVERAGE_POOL_2D. The ops are left out of the quantization with the MLIR quantizer's
+`denylisted_nodes` and `denylisted_ops`, the mechanism of
 `tf.lite.experimental.QuantizationDebugger`, applied to the converter's own calibrated model;
-the rest is quantized exactly as the converter does by default (a model without these ops gives
-the default int8 model). Keeping each attention's whole core in float (the sums and reshapes
-between the products too) measured no faster (a tie in one run, slower in two) and needs a
-graph walk to find it, so the recipe denylists the two op types.
+the rest is quantized exactly as the converter does by default (a model without attention
+gives the default int8 model).
 """
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 from tensorflow.lite.python import convert as lite_convert
 
 MODES = ("float32", "float16", "dynamic", "int8")
@@ -31,6 +38,48 @@ INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
 _BUILTIN_NAMES = {
     code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
 }
+
+
+def operator_graph(flatbuffer):
+    """The main subgraph of a TFLite flatbuffer as (graph, op names, tensor names, producer,
+    consumers): `graph.operators[i]` has the op name `names[i]`; `producer[t]` is the index of
+    the op writing tensor t, `consumers[t]` those reading it."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+    tensors = [t.name.decode() for t in graph.tensors]
+    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
+    consumers = {}
+    for i, op in enumerate(graph.operators):
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(i)
+    return graph, names, tensors, producer, consumers
+
+
+# Where an attention block's float island ends: the qkv and output projections, and what joins
+# the attention output to the convolution's.
+_BLOCK_BOUNDARY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION")
+
+
+def attention_block_nodes(flatbuffer):
+    """Names of the output tensors of each attention block, from the split of the qkv
+    projection's output to the attention output before the output projection (the heads'
+    reshapes and transposes, the relative logits, the products, their sums, the softmax): every
+    op connected to a SOFTMAX, in either direction, without crossing a `_BLOCK_BOUNDARY` op."""
+    graph, names, tensors, producer, consumers = operator_graph(flatbuffer)
+
+    def neighbours(i):
+        op = graph.operators[i]
+        return [producer[t] for t in op.inputs if t in producer] + [j for t in op.outputs for j in consumers.get(t, [])]
+
+    stack = [i for i, name in enumerate(names) if name == "SOFTMAX"]
+    kept = set(stack)
+    while stack:
+        for j in neighbours(stack.pop()):
+            if j not in kept and names[j] not in _BLOCK_BOUNDARY:
+                kept.add(j)
+                stack.append(j)
+    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
 def convert(saved_model_dir, mode, representative_batches=None):
@@ -56,7 +105,10 @@ def convert(saved_model_dir, mode, representative_batches=None):
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode == "int8":
-        return quantize_int8(calibrate(converter, representative_batches), denylisted_ops=list(INT8_FLOAT_OPS))
+        calibrated = calibrate(converter, representative_batches)
+        return quantize_int8(
+            calibrated, denylisted_nodes=attention_block_nodes(calibrated), denylisted_ops=list(INT8_FLOAT_OPS)
+        )
     return converter.convert()
 
 
@@ -72,14 +124,15 @@ def calibrate(converter, representative_batches):
     return converter.convert()
 
 
-def quantize_int8(calibrated, denylisted_nodes=None, denylisted_ops=None):
-    """The converter's own int8 quantization of a `calibrate`d model (int8 input and output),
-    except the ops named by their output tensors in `denylisted_nodes` or by their op names in
-    `denylisted_ops`, which stay float32 between DEQUANTIZE and QUANTIZE ops."""
+def quantize_int8(calibrated, denylisted_nodes=None, denylisted_ops=None, io_type=tf.int8):
+    """The converter's own int8 quantization of a `calibrate`d model (inputs and outputs of
+    `io_type`: int8, or float32 with QUANTIZE and DEQUANTIZE inside), except the ops named by
+    their output tensors in `denylisted_nodes` or by their op names in `denylisted_ops`, which
+    stay float32 between DEQUANTIZE and QUANTIZE ops."""
     return lite_convert.mlir_quantize(
         calibrated,
-        input_data_type=tf.int8,
-        output_data_type=tf.int8,
+        input_data_type=io_type,
+        output_data_type=io_type,
         denylisted_nodes=denylisted_nodes,
         denylisted_ops=denylisted_ops,
     )

@@ -344,6 +344,11 @@ def test_export_rejects_bad_arguments(small_detector, tmp_path):
         export_detection.export_detector(small_detector, str(tmp_path / "b"), np.zeros((1, 32, 32, 3)))
     with pytest.raises(ValueError, match="RetinaNet"):
         export_detection.export_detector(keras.Sequential([keras.Input((SIZE, SIZE, 3))]), str(tmp_path / "c"), images)
+    for calibration in (None, np.zeros((0, SIZE, SIZE, 3)), np.zeros((2, 32, 32, 3))):
+        with pytest.raises(ValueError, match="calibration_images"):
+            export_detection.export_detector(
+                small_detector, str(tmp_path / "d"), images, formats=["tflite_int8"], calibration_images=calibration
+            )
     assert os.listdir(tmp_path) == []
 
 
