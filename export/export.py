@@ -34,7 +34,7 @@ from absl import app, flags, logging
 
 from aa_keras.applications import DETECTOR_NAMES, build_detector
 from aa_keras.command_line import run_program
-from aa_keras.validation import positive_int
+from aa_keras.validation import is_int
 from export import model_source, parity, report, saved_model, tflite
 from export.parity import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
@@ -188,7 +188,8 @@ def export(
     kinds = parse_formats(formats)
     output_dir = check_output_dir(output_dir, overwrite)
     for name, value in (("batch", batch), ("threads", threads), ("latency_runs", latency_runs)):
-        positive_int(f"--{name}", value)
+        if not is_int(value) or value <= 0:
+            raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
     image_shape = model_source.image_shape(model, image_size)
     classes = model.outputs[0].shape[-1]
     if class_names is not None and len(class_names) != classes:
