@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from aa_keras.applications import small_nets
 from export import export as exporter
-from training import data, recipes, train
+from training import data, evaluate, predict, recipes, train
 from training.loop import train_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,6 +108,24 @@ def test_cli_trains_on_a_folder(folder, tmp_path, capsys):
         train.FLAGS.unparse_flags()
     assert rows[0]["model"] == "conv_small" and (tmp_path / "conv_small" / "model.keras").exists()
     assert capsys.readouterr().out.splitlines()[-1].split()[0] == "conv_small"
+    # The run's class names are the folder's, and evaluate and predict work from them.
+    model_file = str(tmp_path / "conv_small" / "model.keras")
+    assert (tmp_path / "conv_small" / "labels.txt").read_text() == "cat\ndog\nowl\n"
+    evaluate.FLAGS(["aa-evaluate", f"--model={model_file}", f"--dataset=image_folder:{folder}"])
+    try:
+        result = evaluate.run(["aa-evaluate"])
+    finally:
+        evaluate.FLAGS.unparse_flags()
+    assert result["examples"] == 5 and result["class_names"] == ["cat", "dog", "owl"]
+    assert 0 <= result["metrics"]["accuracy"] <= result["metrics"]["top5_accuracy"] == 1
+    image = str(folder / "test" / "owl" / sorted(os.listdir(folder / "test" / "owl"))[0])
+    remaining = predict.FLAGS(["aa-predict", f"--model={model_file}", "--top=3", image])
+    try:
+        (found,) = predict.run(remaining)
+    finally:
+        predict.FLAGS.unparse_flags()
+    assert sorted(p["class"] for p in found) == ["cat", "dog", "owl"]
+    assert f"1. {found[0]['class']}" in capsys.readouterr().out
 
 
 def _empty(root):
