@@ -7,7 +7,7 @@ flags on a `flags.FlagValues` of its own, so that importing several of them in o
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 def run_program(flag_values, main):
@@ -17,3 +17,20 @@ def run_program(flag_values, main):
     for name in flag_values:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag_values[name])
     app.run(main)
+
+
+def program_main(flag_values, run, error_prefix, errors=(ValueError,)):
+    """The `main(argv)` of a program: `run(argv)` with absl logging at WARNING unless
+    `--verbosity` is given (TFDS logs every dataset it opens at INFO), exiting with
+    `error_prefix` and the message on any of `errors` (bad input, not a crash)."""
+
+    def main(argv):
+        flag_values.mark_as_parsed()
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            run(argv)
+        except errors as error:
+            sys.exit(f"{error_prefix}{error}")
+
+    return main

@@ -13,14 +13,13 @@ with the model (the labels.txt next to it) must be the dataset's.
 """
 
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+from absl import flags
 
-from aa_keras.command_line import run_program
+from aa_keras.command_line import program_main, run_program
 from aa_keras.model_files import load_keras_file
 from aa_keras.validation import positive_int
 from export.detection import is_detector
@@ -207,14 +206,7 @@ def run(argv):
     return result
 
 
-def main(argv):
-    FLAGS.mark_as_parsed()
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
-    try:
-        run(argv)
-    except ValueError as error:
-        sys.exit(f"aa-evaluate: error: {error}")
+main = program_main(FLAGS, run, "aa-evaluate: error: ")
 
 
 def run_main():

@@ -15,16 +15,15 @@ the labels.txt in the folder that holds it (run folder or export folder) or a Sa
 
 import dataclasses
 import os
-import sys
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+from absl import flags
 from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications.retinanet import detections
-from aa_keras.command_line import run_program
+from aa_keras.command_line import program_main, run_program
 from aa_keras.model_files import load_keras_file
 from export import parity, saved_model, tflite
 from export.detection import DETECTION_OUTPUTS, DetectionRunner, is_detector, run_batched
@@ -296,14 +295,7 @@ def run(argv):
     return results
 
 
-def main(argv):
-    FLAGS.mark_as_parsed()
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        run(argv)
-    except ValueError as error:
-        sys.exit(f"aa-predict: error: {error}")
+main = program_main(FLAGS, run, "aa-predict: error: ")
 
 
 def run_main():

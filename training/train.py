@@ -13,15 +13,14 @@ Classification runs `training.loop.train_model`, detection `training.detection.t
 """
 
 import os
-import sys
 
 import keras
-from absl import flags, logging
+from absl import flags
 
 from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES, keras_networks
 from aa_keras.applications.keras_classifier import AUGMENT
 from aa_keras.layers import RESAMPLE_METHODS
-from aa_keras.command_line import run_program
+from aa_keras.command_line import program_main, run_program
 from training import data, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.init_from import model_file
@@ -254,14 +253,7 @@ def run(argv):
     return rows
 
 
-def main(argv):
-    FLAGS.mark_as_parsed()
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
-    try:
-        run(argv)
-    except (ValueError, FloatingPointError) as error:
-        sys.exit(f"training.train: {error}")
+main = program_main(FLAGS, run, "training.train: ", errors=(ValueError, FloatingPointError))
 
 
 def run_main():
