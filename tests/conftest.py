@@ -82,3 +82,19 @@ def detector_run(tiny_glyph_boxes, tmp_path_factory):
         global_batch_size=4, steps_per_epoch=1, eval_examples=2, verbose=False,
     )
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def classifier_export(classifier_run, data_dir, tmp_path_factory):
+    """The trained classifier's SavedModel and float32 TFLite model, exported with its names."""
+    output_dir = tmp_path_factory.mktemp("export") / "export"
+    argv = ["aa-export", f"--model={classifier_run / 'model.keras'}", f"--output_dir={output_dir}", "--baseline=none",
+            "--formats=saved_model,tflite_float32", f"--data_dir={data_dir}", "--num_images=4", "--latency_runs=1"]  # fmt: skip
+    from export import export as exporter
+
+    exporter.FLAGS(argv)
+    try:
+        exporter.main(argv[:1])
+    finally:
+        exporter.FLAGS.unparse_flags()
+    return output_dir

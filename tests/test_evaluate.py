@@ -12,7 +12,6 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import small_nets
 from aa_keras.datasets import glyph_boxes
-from export import export as exporter
 from export import saved_model
 from training import artifacts, data, detection, evaluate
 
@@ -47,15 +46,8 @@ def test_labels_files_are_checked(tmp_path):
     assert artifacts.resolve_labels("m.keras", None, 2) is None
 
 
-def test_export_carries_the_class_names(classifier_run, data_dir, tmp_path):
-    output_dir = tmp_path / "export"
-    argv = ["aa-export", f"--model={classifier_run / 'model.keras'}", f"--output_dir={output_dir}", "--baseline=none",
-            "--formats=saved_model,tflite_float32", f"--data_dir={data_dir}", "--num_images=4", "--latency_runs=1"]  # fmt: skip
-    exporter.FLAGS(argv)
-    try:
-        exporter.main(argv[:1])
-    finally:
-        exporter.FLAGS.unparse_flags()
+def test_export_carries_the_class_names(classifier_export):
+    output_dir = classifier_export
     assert (output_dir / "labels.txt").read_text() == "different\nsame\n"
     signatures = tf.saved_model.load(str(output_dir / "saved_model")).signatures
     assert saved_model.read_metadata(signatures) == ((32, 32, 3), None, GLYPH_PAIRS_NAMES)

@@ -15,7 +15,6 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import retinanet
 from export import detection as export_detection
-from export import export as exporter
 from training import artifacts, data, detection_data, predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,20 +49,6 @@ def glyph_pngs(data_dir, tmp_path_factory):
         _write_png(folder / f"glyph_{i}.png", tf.cast(tf.image.resize(example["image"], size, "nearest"), tf.uint8))
         for i, (example, size) in enumerate(zip(examples, sizes))
     ]
-
-
-@pytest.fixture(scope="module")
-def classifier_export(classifier_run, data_dir, tmp_path_factory):
-    """The trained classifier's SavedModel and float32 TFLite model, exported with its names."""
-    output_dir = tmp_path_factory.mktemp("export") / "export"
-    argv = ["aa-export", f"--model={classifier_run / 'model.keras'}", f"--output_dir={output_dir}", "--baseline=none",
-            "--formats=saved_model,tflite_float32", f"--data_dir={data_dir}", "--num_images=4", "--latency_runs=1"]  # fmt: skip
-    exporter.FLAGS(argv)
-    try:
-        exporter.main(argv[:1])
-    finally:
-        exporter.FLAGS.unparse_flags()
-    return output_dir
 
 
 def test_keras_saved_model_and_tflite_give_the_same_top1_names(classifier_run, classifier_export, glyph_pngs, capsys):
