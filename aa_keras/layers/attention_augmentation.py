@@ -124,8 +124,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
         inputs: (B, H, W, C) tensor.
         return_attention_scores: bool, also return the attention weights (as
             `keras.layers.MultiHeadAttention` does). The attention then runs on the unblocked
-            TensorFlow-op path whatever `attention_implementation` says, for grids of at most `MAX_ATTENTION_SCORES` weights per
-            example; `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
+            TensorFlow-op path whatever `attention_implementation` says, for grids of at most
+            `MAX_ATTENTION_SCORES` weights per example; `aa_keras.visualize.attention_maps`
+            gives chosen rows of larger ones.
 
     Returns:
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
