@@ -344,14 +344,11 @@ class DetectionRunner:
 def run_batched(function, images, batch):
     """`function` (a batch of exactly `batch` images -> dict of arrays) over all `images`, the
     last batch padded; outputs without a batch axis ("anchors") are taken from the first run."""
-    runs = []
-    for start in range(0, len(images), batch):
-        piece = images[start : start + batch]
-        padded = np.concatenate([piece, np.repeat(piece[:1], batch - len(piece), axis=0)])
-        runs.append(({k: np.asarray(v) for k, v in function(padded).items()}, len(piece)))
+    pieces, count = parity.batches(images, batch)
+    runs = [{k: np.asarray(v) for k, v in function(piece).items()} for piece in pieces]
     return {
-        name: runs[0][0][name] if name == "anchors" else np.concatenate([out[name][:n] for out, n in runs])
-        for name in runs[0][0]
+        name: runs[0][name] if name == "anchors" else np.concatenate([run[name] for run in runs])[:count]
+        for name in runs[0]
     }
 
 
