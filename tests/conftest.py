@@ -57,15 +57,25 @@ def classifier_run(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_glyph_boxes(tmp_path_factory):
-    """glyph_boxes with 8 train and 4 test images."""
+def make_glyph_boxes(tmp_path_factory):
+    """A function (train, test) -> a new data_dir holding glyph_boxes with that many train and
+    test images."""
     from aa_keras.datasets import glyph_boxes
 
-    path = str(tmp_path_factory.mktemp("tiny_glyph_boxes"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(glyph_boxes, "SPLIT_SIZES", {"train": 8, "test": 4})
-        tfds.builder("glyph_boxes", data_dir=path).download_and_prepare()
-    return path
+    def make(train, test):
+        path = str(tmp_path_factory.mktemp("glyph_boxes"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(glyph_boxes, "SPLIT_SIZES", {"train": train, "test": test})
+            tfds.builder("glyph_boxes", data_dir=path).download_and_prepare()
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_glyph_boxes(make_glyph_boxes):
+    """glyph_boxes with 8 train and 4 test images."""
+    return make_glyph_boxes(8, 4)
 
 
 @pytest.fixture(scope="session")

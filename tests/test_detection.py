@@ -27,13 +27,9 @@ CLASSES = 3
 
 
 @pytest.fixture(scope="module")
-def small_glyph_boxes(tmp_path_factory):
+def small_glyph_boxes(make_glyph_boxes):
     """glyph_boxes with 48 train and 16 test images, generated into a temporary data_dir."""
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(glyph_boxes, "SPLIT_SIZES", {"train": 48, "test": 16})
-        tfds.builder("glyph_boxes", data_dir=data_dir).download_and_prepare()
-    return data_dir
+    return make_glyph_boxes(48, 16)
 
 
 @pytest.fixture(scope="module")
