@@ -42,7 +42,7 @@ setuptools.setup(
             "aa-train=training.train:run_main",
             "aa-export=export.export:run_main",
             "aa-evaluate=training.evaluate:run_main",
-            "aa-predict=training.predict:run_main",
+            "aa-predict=export.predict:run_main",
             "aa-visualize=aa_keras.visualize.cli:run_main",
         ]
     },

@@ -29,10 +29,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_pairs
+from aa_keras.run_folder import RunFolder
 from aa_keras.visualize import attention_layers, attention_maps
-from training import data, recipes
-from training.loop import FINAL_MODEL, train_model
+from training import recipes
+from training.loop import train_model
 
 FLAGS = flags.FLAGS
 
@@ -133,7 +135,7 @@ def table(results, grids, share):
 def load_or_train(data_dir):
     if FLAGS.model:
         return keras.saving.load_model(FLAGS.model, compile=False), FLAGS.model
-    path = os.path.join(FLAGS.model_dir, FINAL_MODEL)
+    path = RunFolder(FLAGS.model_dir).model
     if not os.path.exists(path):
         data.prepare("glyph_pairs", data_dir)
         keras.utils.set_random_seed(0)

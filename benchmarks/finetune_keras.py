@@ -20,7 +20,8 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from training import data, recipes
+from aa_keras.data import classification as data
+from training import recipes
 from training.loop import train_model
 
 FLAGS = flags.FLAGS

@@ -31,7 +31,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from aa_keras.applications import resize_model
-from training import data, detection, recipes
+from aa_keras.data import classification as data
+from training import detection, recipes
 from training.init_from import load_source
 from training.loop import train_model
 

@@ -44,11 +44,11 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
-from aa_keras.applications.retinanet import detections
+from aa_keras import files
+from aa_keras.applications.retinanet import detections, is_detector
 from aa_keras.validation import positive_int
 from export import parity, report, saved_model, tflite
 from export.parity import ParityError
-from training import artifacts as run_artifacts
 from export.staging import REPORT_FILE, check_output_dir, staged_output
 
 FORMATS = ("saved_model", "tflite_raw", "tflite", "tflite_int8")
@@ -66,11 +66,6 @@ MATCH_MIN_SCORE = 0.3
 MATCH_MIN_IOU = 0.9
 # Name scope of the whole detector's decoding and suppression, which its int8 model keeps in float32.
 POSTPROCESS_SCOPE = "decode_and_suppress"
-
-
-def is_detector(model):
-    """Whether `model` is a RetinaNet detector (it decodes its predictions and has anchors)."""
-    return all(hasattr(model, attribute) for attribute in ("decode_predictions", "anchor_generator"))
 
 
 def _serve_detections(model):
@@ -410,7 +405,7 @@ def export_detector(
     with staged_output(output_dir) as staging:
         rows = []
         if class_names is not None:
-            run_artifacts.write_labels(os.path.join(staging, run_artifacts.LABELS), class_names)
+            files.write_labels(os.path.join(staging, files.LABELS), class_names)
         if "saved_model" in formats:
             path = os.path.join(staging, "saved_model")
             saved_model.write_signature(

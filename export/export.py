@@ -13,7 +13,7 @@ Artifacts (for the model, and under `baseline/` for the `--baseline` model):
                           [0, 255] with `--uint8_input`, -> predictions (B, classes)
                           `metadata`: image_shape, batch, class_names (see export.saved_model)
     labels.txt            the class names, one a line in index order (when known: see
-                          `training.artifacts.resolve_labels`)
+                          `training.files.resolve_labels`)
     model_float32.tflite, model_float16.tflite, model_dynamic.tflite, model_int8.tflite
                           batch `--batch`; int8 takes int8 images and gives int8 scores
     model.onnx            images (B, H, W, C) float32 -> predictions
@@ -32,14 +32,15 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
+from aa_keras import files
 from aa_keras.applications import DETECTOR_NAMES, build_detector
 from aa_keras.command_line import run_program
+from aa_keras.data import classification as data
+from aa_keras.data import detection as detection_data
 from aa_keras.validation import is_int
 from export import model_source, parity, report, saved_model, tflite
 from export.parity import ParityError
 from export.staging import REPORT_FILE, check_output_dir, staged_output
-from training import artifacts as run_artifacts
-from training import data, detection_data
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
@@ -76,7 +77,7 @@ def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, ca
     """
     os.makedirs(directory, exist_ok=True)
     if class_names is not None:
-        run_artifacts.write_labels(os.path.join(directory, run_artifacts.LABELS), class_names)
+        files.write_labels(os.path.join(directory, files.LABELS), class_names)
     artifacts = {}
     if "saved_model" in kinds:
         path = _artifact_path(directory, "saved_model")
@@ -365,7 +366,7 @@ def _class_names(classes, dataset, dataset_class_names):
     model's number of classes: otherwise it gives the parity images only) or the model was built
     from a name with its classes; None (with a warning) otherwise."""
     from_file = model_source.is_model_file(FLAGS.model)
-    stored = run_artifacts.stored_labels(FLAGS.model) if from_file else None
+    stored = files.stored_labels(FLAGS.model) if from_file else None
     names = None
     if stored is None and (FLAGS["dataset"].present or not from_file):
         names = dataset_class_names(dataset, FLAGS.data_dir)
@@ -373,7 +374,7 @@ def _class_names(classes, dataset, dataset_class_names):
             logging.warning(f"--dataset={dataset} has {len(names)} classes and the model {classes}: its names are not the "
                             "model's, and its images serve the parity checks only.")  # fmt: skip
             names = None
-    return run_artifacts.resolve_labels(FLAGS.model, stored, classes, dataset, names)
+    return files.resolve_labels(FLAGS.model, stored, classes, dataset, names)
 
 
 def _export_detector(export_detection, formats, dataset):

@@ -14,12 +14,14 @@ import os
 import shutil
 import tempfile
 
+from aa_keras.run_folder import RunFolder
+
 REPORT_FILE = "export_report.json"
 # What an export writes at the top of its folder (classifier and detector); anything else in a
 # folder makes it foreign, and `--overwrite` refuses to replace it.
 EXPORT_ENTRIES = (REPORT_FILE, "saved_model", "baseline", "model*.tflite", "model.onnx", "labels.txt")
 # What marks a training run's folder (see training/).
-RUN_ENTRIES = ("checkpoints", "run_config.json")
+RUN_ENTRIES = (RunFolder.CHECKPOINTS, RunFolder.RUN_CONFIG)
 
 
 def _inside(path, folder):

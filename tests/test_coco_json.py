@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from aa_keras.data import classification as data
+from aa_keras.data import detection as detection_data
 from aa_keras.datasets import CocoJson
 from export import export as exporter
-from training import data, detection, detection_data
+from training import detection
 
 SIZE = 64
 # Sparse category ids, listed out of order: label i is the i-th category by id.

@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aa_keras.data.classification import build_dataset
 from aa_keras.datasets import glyph_pairs
-from training.data import build_dataset
 
 
 def _glyphs_in(image, alphabet):

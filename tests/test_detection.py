@@ -12,15 +12,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aa_keras.applications import AAResNet, feature_extractor
-from aa_keras.applications import retinanet
+from aa_keras.applications import AAResNet, feature_extractor, retinanet
+from aa_keras.data import detection as detection_data
 from aa_keras.datasets import glyph_boxes
 from aa_keras.datasets.glyph_pairs import SEED as ALPHABET_SEED
 from aa_keras.datasets.glyph_pairs import make_alphabet
 from aa_keras.layers import AttentionAugmentation2D
 from export import detection as export_detection
 from export import export as exporter
-from training import detection, detection_data, train
+from training import detection, train
 
 SIZE = 64
 CLASSES = 3

@@ -10,10 +10,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from aa_keras import files
 from aa_keras.applications import small_nets
+from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_boxes
 from export import saved_model
-from training import artifacts, data, detection, evaluate
+from training import detection, evaluate
 
 GLYPH_PAIRS_NAMES = ["different", "same"]
 
@@ -30,20 +32,20 @@ def _evaluate_cli(*flags, entry="run"):
 
 def test_trainer_stores_the_class_names_in_the_run_folder(classifier_run):
     assert (classifier_run / "labels.txt").read_text() == "different\nsame\n"
-    assert artifacts.stored_labels(str(classifier_run / "model.keras")) == GLYPH_PAIRS_NAMES
+    assert files.stored_labels(str(classifier_run / "model.keras")) == GLYPH_PAIRS_NAMES
 
 
 def test_labels_files_are_checked(tmp_path):
     with pytest.raises(ValueError, match="Invalid class names"):
-        artifacts.write_labels(str(tmp_path / "labels.txt"), ["a", "two\nlines"])
+        files.write_labels(str(tmp_path / "labels.txt"), ["a", "two\nlines"])
     assert not (tmp_path / "labels.txt").exists()
     (tmp_path / "labels.txt").write_text("a\n\nb\n")
     with pytest.raises(ValueError, match="labels.txt is damaged"):
-        artifacts.read_labels(str(tmp_path / "labels.txt"))
+        files.read_labels(str(tmp_path / "labels.txt"))
     with pytest.raises(ValueError, match="has 2 class names, but the model .* has 3 classes"):
-        artifacts.resolve_labels("m.keras", ["a", "b"], 3)
-    assert artifacts.resolve_labels("m.keras", None, 2, "glyph_pairs", GLYPH_PAIRS_NAMES) == GLYPH_PAIRS_NAMES
-    assert artifacts.resolve_labels("m.keras", None, 2) is None
+        files.resolve_labels("m.keras", ["a", "b"], 3)
+    assert files.resolve_labels("m.keras", None, 2, "glyph_pairs", GLYPH_PAIRS_NAMES) == GLYPH_PAIRS_NAMES
+    assert files.resolve_labels("m.keras", None, 2) is None
 
 
 def test_export_carries_the_class_names(classifier_export):

@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 
 from aa_keras.applications import small_nets
+from aa_keras.data import classification as data
 from export import export as exporter
-from training import data, evaluate, predict, recipes, train
+from export import predict
+from training import evaluate, recipes, train
 from training.loop import train_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +176,7 @@ def test_a_split_the_folder_lacks_and_a_task_that_does_not_read_folders(folder):
         data.split_size(f"image_folder:{folder}", "validation")
     with pytest.raises(ValueError, match=r"image_folder:PATH"):
         data.num_classes("image_folder:")
-    from training import detection_data
+    from aa_keras.data import detection as detection_data
 
     with pytest.raises(ValueError, match=r"dataset='image_folder:.*which this task does not read.*coco_json:PATH"):
         detection_data.num_classes(f"image_folder:{folder}")

@@ -11,10 +11,12 @@ import pytest
 import tensorflow as tf
 from keras.src.utils import file_utils
 
+from aa_keras import files
 from aa_keras.applications import ChannelAffine, keras_classifier, set_backbone_trainable
 from aa_keras.applications.keras_classifier import preprocessing_layer
 from aa_keras.layers import AttentionAugmentation2D
-from training import artifacts, recipes, train
+from aa_keras.run_folder import RunFolder
+from training import recipes, train
 from training.loop import start_run, train_model
 
 
@@ -241,7 +243,7 @@ def test_cli_fine_tunes_a_keras_network_from_a_weights_file(tmp_path, data_dir, 
     ])  # fmt: skip
     assert rows[0]["model"] == "keras:VGG16" and rows[0]["steps"] == 2
     run = tmp_path / "runs" / "keras_VGG16"
-    config = artifacts.read_json(str(run / artifacts.RUN_CONFIG))
+    config = files.read_json(str(run / RunFolder.RUN_CONFIG))
     assert (config["weights"], config["augment"], config["augment_skip_unfit"], config["freeze_backbone_epochs"]) == (
         path, "paper", False, 1
     )
@@ -284,7 +286,7 @@ def test_a_changed_keras_setting_is_refused_on_resume(tmp_path, field, before, a
         )  # fmt: skip
 
     base = dict(weights="imagenet", augment="paper", augment_skip_unfit=False)
-    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), start(**{**base, field: before}))
+    files.write_json(str(tmp_path / RunFolder.RUN_CONFIG), start(**{**base, field: before}))
     with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
         start(**{**base, field: after})
     with pytest.raises(ValueError, match="holds a run with freeze_backbone_epochs=1.*freeze_backbone_epochs=2"):

@@ -13,9 +13,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from aa_keras import files
 from aa_keras.applications import retinanet
+from aa_keras.data import classification as data
+from aa_keras.data import detection as detection_data
 from export import detection as export_detection
-from training import artifacts, data, detection_data, predict
+from export import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLYPH_PAIRS_NAMES = ["different", "same"]
@@ -91,7 +94,7 @@ def detector_files(tmp_path_factory):
     model = retinanet.build_detector("aa_retinanet_r18", input_shape=(DETECTOR_SIZE, DETECTOR_SIZE, 3),
                                      num_classes=len(DETECTOR_NAMES), confidence_threshold=0.005)  # fmt: skip
     model.save(str(folder / "model.keras"))
-    artifacts.write_labels(str(folder / artifacts.LABELS), DETECTOR_NAMES)
+    files.write_labels(str(folder / files.LABELS), DETECTOR_NAMES)
     images = np.random.default_rng(0).random((1, DETECTOR_SIZE, DETECTOR_SIZE, 3)).astype(np.float32)
     export_detection.export_detector(model, str(folder / "export"), images, formats=["saved_model"],
                                      class_names=DETECTOR_NAMES)  # fmt: skip
@@ -168,7 +171,7 @@ def test_predict_errors_name_what_is_wrong(classifier_run, classifier_export, gl
 
 def test_the_command_exits_0_and_prints_the_names(classifier_export, glyph_pngs):
     completed = subprocess.run(
-        [sys.executable, "-m", "training.predict", f"--model={classifier_export / 'model_float32.tflite'}", "--top=1",
+        [sys.executable, "-m", "export.predict", f"--model={classifier_export / 'model_float32.tflite'}", "--top=1",
          glyph_pngs[0]],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

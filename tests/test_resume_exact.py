@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from training import data, recipes
+from aa_keras.data import classification as data
+from training import recipes
 from training.loop import train_model
 
 # The mutation check (scripts/mutation_check.py) points this at a glyph_pairs it generated once,

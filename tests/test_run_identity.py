@@ -3,6 +3,8 @@ naming the field, also with `allow_changed_settings`, and nothing is written."""
 
 import pytest
 
+from aa_keras import files
+from aa_keras.run_folder import RunFolder
 from training import artifacts, recipes
 from training.loop import start_run
 
@@ -32,13 +34,13 @@ def test_every_identity_field_is_checked():
 @pytest.mark.parametrize("field", sorted(CHANGES))
 def test_a_changed_identity_field_is_refused(tmp_path, field):
     config = _start(tmp_path, **_BASE)
-    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), config)
-    stored = (tmp_path / artifacts.RUN_CONFIG).read_text()
+    files.write_json(str(tmp_path / RunFolder.RUN_CONFIG), config)
+    stored = (tmp_path / RunFolder.RUN_CONFIG).read_text()
     assert _start(tmp_path, **_BASE) == config  # the same run resumes
     changed = {**_BASE, **CHANGES[field]}
     # Refused even where other settings may change: the checkpoints do not fit another identity.
     for allow in (False, True):
         with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
             _start(tmp_path, **changed, allow_changed_settings=allow)
-    assert (tmp_path / artifacts.RUN_CONFIG).read_text() == stored
-    assert sorted(p.name for p in tmp_path.iterdir()) == [artifacts.RUN_CONFIG]
+    assert (tmp_path / RunFolder.RUN_CONFIG).read_text() == stored
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder.RUN_CONFIG]

@@ -16,7 +16,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.applications import small_nets
-from training import artifacts, data, distribute, recipes, train
+from aa_keras.data import classification as data
+from aa_keras.run_folder import RunFolder
+from training import distribute, recipes, train
 from training.checkpoints import checkpoint_files
 from training.loop import train_model
 from training.schedules import WarmupDecay
@@ -194,10 +196,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
 
 def test_a_different_run_in_the_same_model_dir_is_refused(tmp_path, data_dir):
     _train(tmp_path, data_dir, steps=1)
-    config = (tmp_path / artifacts.RUN_CONFIG).read_text()
+    config = (tmp_path / RunFolder.RUN_CONFIG).read_text()
     with pytest.raises(ValueError, match="model='conv_small'.*model='aa_small'"):
         _train(tmp_path, data_dir, model="aa_small", steps=1)
-    assert (tmp_path / artifacts.RUN_CONFIG).read_text() == config
+    assert (tmp_path / RunFolder.RUN_CONFIG).read_text() == config
 
 
 def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, data_dir):

@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 from test_training import REPO, _tiny_recipe, _train
 
-from training import artifacts, checkpoints, distribute, run_lock
+from aa_keras import files
+from aa_keras.run_folder import RunFolder
+from training import checkpoints, distribute, run_lock
 from training.loop import start_run
 
 
@@ -116,7 +118,7 @@ def test_trainer_resumes_from_the_newest_intact_checkpoint_and_says_so(tmp_path,
     resumed = f"Resuming conv_small from {directory / 'ckpt-4'} (step 4, epoch 1 of 2)"
     assert resumed in capsys.readouterr().out
     assert "ckpt-5" in caplog.text and "Damaged checkpoint files" in caplog.text
-    log = (tmp_path / artifacts.RUN_LOG).read_text()
+    log = (tmp_path / RunFolder.LOG).read_text()
     assert resumed in log and "Damaged checkpoint files" in log
     (moved,) = glob.glob(str(directory / checkpoints.DAMAGED / "*"))
     names = sorted(os.listdir(moved))
@@ -131,7 +133,7 @@ def test_trainer_refuses_to_start_over_damaged_checkpoints(tmp_path, data_dir):
     with pytest.raises(ValueError, match="No intact checkpoint"):
         _train(tmp_path, data_dir, steps=2, checkpoint_steps=1, recipe=_tiny_recipe(epochs=2))
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
-    assert not os.path.exists(tmp_path / run_lock.LOCK_FILE)
+    assert not os.path.exists(tmp_path / RunFolder.LOCK)
 
 
 def _start(model_dir, recipe=None, steps_per_epoch=2, seed=0):
@@ -153,11 +155,11 @@ def _start(model_dir, recipe=None, steps_per_epoch=2, seed=0):
 def test_changed_settings_on_resume_are_refused(tmp_path, field, override):
     """Before: resuming with another --batch_size, --learning_rate, --seed or --steps_per_epoch ran
     on and overwrote run_config.json. (The whole trainer, with the flag, in the next test.)"""
-    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), _start(tmp_path))
-    config = (tmp_path / artifacts.RUN_CONFIG).read_text()
+    files.write_json(str(tmp_path / RunFolder.RUN_CONFIG), _start(tmp_path))
+    config = (tmp_path / RunFolder.RUN_CONFIG).read_text()
     with pytest.raises(ValueError, match=f"other settings \\({field}: .*--allow_changed_settings"):
         _start(tmp_path, **override)
-    assert (tmp_path / artifacts.RUN_CONFIG).read_text() == config
+    assert (tmp_path / RunFolder.RUN_CONFIG).read_text() == config
 
 
 def test_allowed_changed_settings_are_recorded_and_the_history_stays_whole(tmp_path, data_dir):
@@ -165,7 +167,7 @@ def test_allowed_changed_settings_are_recorded_and_the_history_stays_whole(tmp_p
     _train(tmp_path, data_dir, steps=4, recipe=_tiny_recipe(epochs=1))
     _, metrics = _train(tmp_path, data_dir, steps=2, recipe=_tiny_recipe(epochs=3), allow_changed_settings=True)
     assert [(h["epoch"], h["end_step"]) for h in metrics["history"]] == [(0, 4), (1, 6), (2, 8)]
-    config = json.loads((tmp_path / artifacts.RUN_CONFIG).read_text())
+    config = json.loads((tmp_path / RunFolder.RUN_CONFIG).read_text())
     assert config["steps_per_epoch"] == 2 and config["epochs"] == 3
     assert config["changes"] == [
         {"step": 4, "fields": {"epochs": {"from": 1, "to": 3}, "steps_per_epoch": {"from": 4, "to": 2}}}
@@ -178,7 +180,7 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path, data_
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "earlier"}
-        (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps(lock))
+        (tmp_path / RunFolder.LOCK).write_text(json.dumps(lock))
         with pytest.raises(ValueError, match=f"in use by another trainer: process {holder.pid} on host"):
             _train(tmp_path, data_dir, steps=1)
         assert not (tmp_path / "checkpoints").exists()
@@ -189,11 +191,11 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path, data_
     _, metrics = _train(tmp_path, data_dir, steps=1)
     assert metrics["steps"] == 1
     assert f"Took over the stale lock of process {holder.pid}" in caplog.text
-    assert not (tmp_path / run_lock.LOCK_FILE).exists()
+    assert not (tmp_path / RunFolder.LOCK).exists()
 
 
 def test_a_lock_held_from_another_host_is_refused(tmp_path):
-    (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "earlier"}))
+    (tmp_path / RunFolder.LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "earlier"}))
     with pytest.raises(run_lock.RunLocked, match="host 'elsewhere'.*delete the lock file"):
         with run_lock.run_lock(str(tmp_path)):
             pass
@@ -218,9 +220,9 @@ def test_cli_with_gpus_that_do_not_exist_fails_fast(tmp_path):
     assert "Traceback" not in completed.stderr
 
 
-@pytest.mark.parametrize("record", [artifacts.RUN_CONFIG, "metrics.json"])
+@pytest.mark.parametrize("record", [RunFolder.RUN_CONFIG, "metrics.json"])
 def test_damaged_records_are_named(tmp_path, data_dir, record):
-    artifacts.write_json(str(tmp_path / artifacts.RUN_CONFIG), _start(tmp_path, steps_per_epoch=1))
+    files.write_json(str(tmp_path / RunFolder.RUN_CONFIG), _start(tmp_path, steps_per_epoch=1))
     (tmp_path / record).write_text('{"model": "conv_sm')
     with pytest.raises(ValueError, match=f"{tmp_path / record} is damaged \\(not valid JSON"):
         _train(tmp_path, data_dir, steps=1)
@@ -242,5 +244,5 @@ def test_written_files_follow_the_umask(tmp_path, data_dir):
         _train(tmp_path, data_dir, steps=1)
     finally:
         os.umask(previous)
-    for name in ("model.keras", "metrics.json", artifacts.RUN_CONFIG):
+    for name in ("model.keras", "metrics.json", RunFolder.RUN_CONFIG):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

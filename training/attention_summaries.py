@@ -9,9 +9,9 @@ one row per AA layer) is written as an image summary `attention/image_<i>/query_
 import numpy as np
 import tensorflow as tf
 
+from aa_keras.data import classification as data
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.visualize import attention_figure, attention_maps, figure_to_array
-from training import data
 
 NUM_IMAGES = 2
 

@@ -19,9 +19,10 @@ import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
 from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
+from aa_keras.data import detection as detection_data
+from aa_keras.data.classification import per_replica_batch_size
 from aa_keras.validation import positive_int
-from training import detection_data, recipes
-from training.data import per_replica_batch_size
+from training import recipes
 from training.init_from import detector_attention
 from training.loop import TrainingTask, run_training, start_run
 

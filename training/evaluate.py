@@ -19,11 +19,15 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from aa_keras import files
+from aa_keras.applications.retinanet import is_detector
 from aa_keras.command_line import program_main, run_program
-from aa_keras.model_files import load_keras_file
+from aa_keras.data import classification as data
+from aa_keras.data import detection as detection_data
+from aa_keras.files import load_keras_file
+from aa_keras.run_folder import RunFolder
 from aa_keras.validation import positive_int
-from export.detection import is_detector
-from training import artifacts, data, detection, detection_data
+from training import detection
 
 TOP_K = 5
 DEFAULT_MAX_INSTANCES = 100
@@ -38,11 +42,6 @@ flags.DEFINE_integer("batch_size", 64, "Images per prediction batch.", flag_valu
 flags.DEFINE_integer("image_size", None, "Input size, for a model whose input size is not fixed (default: the run's).", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Also write the results to this JSON file.", flag_values=FLAGS)
 flags.mark_flags_as_required(["model", "dataset"], flag_values=FLAGS)
-
-
-def run_config(model_path):
-    """The run_config.json of the run folder that holds `model_path`, or {}."""
-    return artifacts.read_json(os.path.join(os.path.dirname(os.path.abspath(model_path)), artifacts.RUN_CONFIG), {})
 
 
 def input_size(model, image_size=None, config=None):
@@ -68,11 +67,11 @@ def check_classes(model_path, classes, dataset, dataset_names):
             f"Invalid `--dataset`: {dataset!r} has {len(dataset_names)} classes and the model {model_path!r} "
             f"predicts {classes}; evaluate it on the dataset it was trained on."
         )
-    stored = artifacts.stored_labels(model_path)
+    stored = files.stored_labels(model_path)
     if stored is not None and stored != list(dataset_names):
         raise ValueError(
             f"Invalid `--dataset`: the model {model_path!r} was trained on the classes {stored[:10]} (its "
-            f"{artifacts.LABELS}), and {dataset!r} has {list(dataset_names)[:10]}; evaluate it on the dataset it was "
+            f"{files.LABELS}), and {dataset!r} has {list(dataset_names)[:10]}; evaluate it on the dataset it was "
             "trained on."
         )
 
@@ -148,7 +147,7 @@ def evaluate(model_path, dataset, split="test", data_dir=None, batch_size=64, im
     positive_int("--batch_size", batch_size)
     positive_int("--image_size", image_size, optional=True)
     model = load_keras_file(model_path)
-    config = run_config(model_path)
+    config = RunFolder.of_model(model_path).read_run_config({})
     size = input_size(model, image_size, config)
     if is_detector(model):
         task, names = "detection", detection_data.class_names(dataset, data_dir)
@@ -201,7 +200,7 @@ def run(argv):
     result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.image_size)
     print(format_table(result), flush=True)
     if FLAGS.output:
-        artifacts.write_json(FLAGS.output, result)
+        files.write_json(FLAGS.output, result)
         print(f"Wrote {os.path.abspath(FLAGS.output)}")
     return result
 

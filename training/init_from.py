@@ -12,9 +12,8 @@ import os
 
 from aa_keras.applications import ResNetEncoder, transfer_weights  # importing them registers the aa_keras models
 from aa_keras.applications.retinanet import backbone_attention
-from aa_keras.model_files import load_keras_file
-
-MODEL_FILE = "model.keras"
+from aa_keras.files import load_keras_file
+from aa_keras.run_folder import RunFolder
 
 
 def model_file(path):
@@ -23,10 +22,10 @@ def model_file(path):
         raise ValueError(f"Invalid `init_from`: expected the path of a .keras model or a run folder, received {path!r}.")
     path = os.fspath(path)
     if os.path.isdir(path):
-        file = os.path.join(path, MODEL_FILE)
+        file = RunFolder(path).model
         if not os.path.isfile(file):
             raise ValueError(
-                f"Invalid `init_from`: the folder {path!r} holds no {MODEL_FILE}; pass a .keras file, or the "
+                f"Invalid `init_from`: the folder {path!r} holds no {RunFolder.MODEL}; pass a .keras file, or the "
                 "folder of a finished run (training writes model.keras at its end)."
             )
         return file

@@ -12,7 +12,6 @@ stops on a non-finite loss without saving.
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import time
 from typing import Callable, Optional
@@ -23,16 +22,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from aa_keras import files
 from aa_keras.applications import build_model, keras_classifier, set_backbone_trainable
+from aa_keras.data import classification as data
+from aa_keras.run_folder import RunFolder
 from aa_keras.validation import positive_int
-from training import artifacts, attention_summaries, checkpoints, data, run_lock
+from training import artifacts, attention_summaries, checkpoints, run_lock
 from training.distribute import is_chief, worker_id
 from training.init_from import initialize_from
 from training.schedules import WarmupDecay
 
 MIXED_PRECISION = (None, "bfloat16", "float16")
-METRICS = "metrics.json"
-FINAL_MODEL = "model.keras"
 _SUM = tf.distribute.ReduceOp.SUM
 # `--model=keras:<Name>`: a keras.applications network (`aa_keras.applications.keras_classifier`).
 KERAS_PREFIX = "keras:"
@@ -158,7 +158,7 @@ class TrainingTask:
         eval_summaries: `(model) -> None`, called on the chief after each evaluation's scalar
             summaries, under the eval summary writer, to write more; None for nothing.
         class_names: the dataset's class names in label order, written to the run folder's
-            `labels.txt` (`training.artifacts.LABELS`); None for none.
+            `labels.txt`; None for none.
     """
 
     build_model: Callable
@@ -241,7 +241,7 @@ def _note(model_dir, message, warning=False):
         logging.warning(message)
     else:
         print(message, flush=True)
-    artifacts.log(model_dir, message)
+    RunFolder(model_dir).log(message)
 
 
 def _resume_position(history, step, epoch_steps):
@@ -269,7 +269,9 @@ def _run_training(
         )
     epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
 
-    write_dir = model_dir if chief else os.path.join(model_dir, f".scratch_{worker_id(strategy)}")
+    folder = RunFolder(model_dir)
+    # Other workers of a cluster write their checkpoints and model to a scratch folder.
+    write_folder = folder if chief else RunFolder(folder.file(f".scratch_{worker_id(strategy)}"))
 
     def note(message, warning=False):
         if chief:
@@ -292,7 +294,7 @@ def _run_training(
     finally:
         keras.config.set_dtype_policy(previous_policy)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
-    restored = checkpoints.restore_newest(checkpoint, os.path.join(model_dir, "checkpoints"), move_damaged=chief)
+    restored = checkpoints.restore_newest(checkpoint, folder.checkpoints, move_damaged=chief)
     if restored.damaged or restored.stale_state:
         damaged = [f"{path} ({reason})" for path, reason in restored.damaged.items()]
         if restored.stale_state:
@@ -300,7 +302,7 @@ def _run_training(
         moved = f"; moved to {restored.moved_to}" if restored.moved_to else ""
         note(f"Damaged checkpoint files of {model_name}: {'; '.join(damaged)}{moved}. Resuming from the newest "
              f"intact one, {restored.path}.", warning=True)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+    manager = tf.train.CheckpointManager(checkpoint, write_folder.checkpoints, max_to_keep=3)
     if restored.path:
         if init_from:
             note(f"{model_name}: resuming from {restored.path}; --init_from={init_from} is ignored.")
@@ -344,14 +346,13 @@ def _run_training(
 
     def summary_writer(name):
         if chief:
-            return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
+            return tf.summary.create_file_writer(folder.logs(name))
         return tf.summary.create_noop_writer()
 
     train_writer, eval_writer = summary_writer("train"), summary_writer("eval")
     step = int(optimizer.iterations.numpy())
-    metrics_path = os.path.join(model_dir, METRICS)
     seconds = float(train_seconds.numpy())
-    previous = artifacts.read_json(metrics_path, {})
+    previous = files.read_json(folder.metrics, {})
     resumed_at = previous.get("resumed_at_steps", []) + ([step] if step else [])
     # Records of the epochs finished by the restored step; older metrics.json files lack end_step.
     history = [
@@ -362,7 +363,7 @@ def _run_training(
     if restored.path:
         note(f"Resuming {model_name} from {restored.path} (step {step}, epoch {min(first_epoch + 1, recipe.epochs)} "
              f"of {recipe.epochs})")
-    stored = artifacts.read_json(os.path.join(model_dir, artifacts.RUN_CONFIG))
+    stored = folder.read_run_config()
     if stored is not None:
         changes = artifacts.changed_fields(stored, config)
         config = {**config, "changes": stored.get("changes", [])}
@@ -371,9 +372,9 @@ def _run_training(
             note(f"Continuing {model_name} at step {step} with changed settings: "
                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     if chief:
-        artifacts.write_json(os.path.join(model_dir, artifacts.RUN_CONFIG), config)
+        files.write_json(folder.run_config, config)
         if task.class_names is not None:
-            artifacts.write_labels(os.path.join(model_dir, artifacts.LABELS), task.class_names)
+            files.write_labels(folder.labels, task.class_names)
 
     def write_metrics(results, finished):
         metrics = {
@@ -389,7 +390,7 @@ def _run_training(
             "history": history,
         }
         if chief:
-            artifacts.write_json(metrics_path, metrics)
+            files.write_json(folder.metrics, metrics)
         return metrics
 
     try:
@@ -467,10 +468,10 @@ def _run_training(
         results = evaluate()
     else:
         results = {name[len("eval_"):]: value for name, value in final.items() if name.startswith("eval_")}
-    artifacts.save_model(model, os.path.join(write_dir, FINAL_MODEL))
+    files.save_model(model, write_folder.model)
     metrics = write_metrics(results, finished=True)
     if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
+        shutil.rmtree(write_folder.path, ignore_errors=True)
     return model, metrics
 
 

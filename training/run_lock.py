@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-LOCK_FILE = "train.lock"
+from aa_keras.run_folder import RunFolder
 
 
 class RunLocked(ValueError):
@@ -62,7 +62,7 @@ def run_lock(model_dir, warn=print):
         RunLocked: another live trainer (or one on another host) holds the lock.
     """
     os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, LOCK_FILE)
+    path = RunFolder(model_dir).lock
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):
         try:

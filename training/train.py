@@ -19,9 +19,10 @@ from absl import flags
 
 from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES, keras_networks
 from aa_keras.applications.keras_classifier import AUGMENT
-from aa_keras.layers import RESAMPLE_METHODS
 from aa_keras.command_line import program_main, run_program
-from training import data, detection, recipes
+from aa_keras.data import classification as data
+from aa_keras.layers import RESAMPLE_METHODS
+from training import detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.init_from import model_file
 from training.loop import KERAS_PREFIX, MIXED_PRECISION, train_model

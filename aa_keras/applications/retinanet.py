@@ -214,6 +214,11 @@ def AARetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_I
                   max_detections, name or f"aa_retinanet_r{depth}")
 
 
+def is_detector(model):
+    """Whether `model` is a RetinaNet detector (it decodes its predictions and has anchors)."""
+    return all(hasattr(model, attribute) for attribute in ("decode_predictions", "anchor_generator"))
+
+
 def detections(detector, images):
     """The decoded detections of `detector` on `images`, (B, H, W, C) in [0, 1]: its raw heads,
     then keras-hub's box decoding and non-maximum suppression, under serving names.

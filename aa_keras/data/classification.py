@@ -17,9 +17,9 @@ from official.vision.ops import augment, preprocess_ops
 import aa_keras.datasets  # noqa: F401  (registers glyph_pairs with TFDS)
 from aa_keras.datasets import coco_json, image_folder
 from aa_keras.validation import positive_int
-from training.recipes import PREPROCESSING
 
 EMBEDDED_DATASETS = ("glyph_pairs",)
+PREPROCESSING = ("inception", "cifar", "none")
 _CIFAR_PAD = 4
 
 

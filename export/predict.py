@@ -22,13 +22,15 @@ import tensorflow as tf
 from absl import flags
 from ai_edge_litert.interpreter import Interpreter
 
-from aa_keras.applications.retinanet import detections
+from aa_keras import files
+from aa_keras.applications.retinanet import detections, is_detector
 from aa_keras.command_line import program_main, run_program
-from aa_keras.model_files import load_keras_file
+from aa_keras.data import classification as data
+from aa_keras.data import detection as detection_data
+from aa_keras.files import load_keras_file
+from aa_keras.run_folder import RunFolder
 from export import parity, saved_model, tflite
-from export.detection import DETECTION_OUTPUTS, DetectionRunner, is_detector, run_batched
-from training import artifacts, data, detection_data
-from training.evaluate import run_config
+from export.detection import DETECTION_OUTPUTS, DetectionRunner, run_batched
 from training.recipes import PREPROCESSING
 
 PREDICTIONS = "predictions.json"
@@ -77,8 +79,8 @@ class Predictor:
 def _keras_predictor(path):
     model = load_keras_file(path)
     shape = tuple(model.inputs[0].shape[1:])
-    config = run_config(path)
-    stored = artifacts.stored_labels(path)
+    config = RunFolder.of_model(path).read_run_config({})
+    stored = files.stored_labels(path)
     if is_detector(model):
         def run(images):
             return run_batched(lambda x: {k: np.asarray(v) for k, v in detections(model, x).items()}, images, 1)
@@ -96,7 +98,7 @@ def _saved_model_predictor(path):
         raise ValueError(f"Invalid `--model`: the SavedModel {path!r} has no {saved_model.SIGNATURE!r} signature.")
     if set(signature.structured_outputs) == set(DETECTION_OUTPUTS):
         runner = DetectionRunner(path)
-        return Predictor("detection", runner.image_shape, runner, None, runner.class_names or artifacts.stored_labels(path))
+        return Predictor("detection", runner.image_shape, runner, None, runner.class_names or files.stored_labels(path))
     runner = saved_model.SavedModelRunner(path)
     if runner.metadata is None:
         raise ValueError(
@@ -106,7 +108,7 @@ def _saved_model_predictor(path):
     image_shape, batch, names = runner.metadata
     classes = signature.structured_outputs[saved_model.OUTPUT_NAME].shape[-1]
     run = lambda images: parity.predict(runner, images, batch or len(images))  # noqa: E731
-    return Predictor("classification", image_shape, run, classes, names or artifacts.stored_labels(path))
+    return Predictor("classification", image_shape, run, classes, names or files.stored_labels(path))
 
 
 def _tflite_predictor(path):
@@ -114,11 +116,11 @@ def _tflite_predictor(path):
     outputs = interpreter.get_signature_list().get(saved_model.SIGNATURE, {}).get("outputs", [])
     if set(outputs) == set(DETECTION_OUTPUTS) or "cls_logits" in outputs:
         runner = DetectionRunner(path)  # Explains why model_raw.tflite does not predict.
-        return Predictor("detection", runner.image_shape, runner, None, artifacts.stored_labels(path))
+        return Predictor("detection", runner.image_shape, runner, None, files.stored_labels(path))
     runner = tflite.TFLiteRunner(path)
     run = lambda images: parity.predict(runner, images, runner.batch)  # noqa: E731
     classes = int(interpreter.get_output_details()[0]["shape"][-1])
-    return Predictor("classification", runner.image_shape, run, classes, artifacts.stored_labels(path))
+    return Predictor("classification", runner.image_shape, run, classes, files.stored_labels(path))
 
 
 def load_predictor(path):
@@ -276,7 +278,7 @@ def run(argv):
     if FLAGS.dataset:
         pipeline = detection_data if predictor.task == "detection" else data
         dataset_names = pipeline.class_names(FLAGS.dataset, FLAGS.data_dir)
-    names = artifacts.resolve_labels(FLAGS.model, predictor.stored_names, predictor.classes, FLAGS.dataset, dataset_names)
+    names = files.resolve_labels(FLAGS.model, predictor.stored_names, predictor.classes, FLAGS.dataset, dataset_names)
     preprocessing = FLAGS.preprocessing or predictor.preprocessing or "none"
     results = predict(predictor, images, names, FLAGS.top, preprocessing)
     print(format_predictions(paths, results, predictor.task), flush=True)
@@ -289,7 +291,7 @@ def run(argv):
                 name = os.path.splitext(os.path.basename(path))[0] + ".png"
                 save_png(draw_boxes(image, found), os.path.join(FLAGS.output, name))
         records = [{"image": os.path.abspath(path), "predictions": found} for path, found in zip(paths, results)]
-        artifacts.write_json(os.path.join(FLAGS.output, PREDICTIONS), {"model": os.path.abspath(FLAGS.model),
+        files.write_json(os.path.join(FLAGS.output, PREDICTIONS), {"model": os.path.abspath(FLAGS.model),
                                                                       "task": predictor.task, "images": records})
         print(f"Wrote {os.path.abspath(FLAGS.output)}")
     return results

@@ -15,16 +15,16 @@ objects (crowd boxes are dropped). Evaluation examples: (image, ground truth) wh
 ground truth has what `official.vision.evaluation.coco_evaluator.COCOEvaluator` reads.
 """
 
+import functools
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from official.vision.ops import box_ops, preprocess_ops
 
-import functools
-
 import aa_keras.datasets  # noqa: F401  (registers glyph_boxes with TFDS)
+from aa_keras.data.classification import pipeline_examples, tfds_builder
 from aa_keras.datasets import coco_json
 from aa_keras.validation import positive_int
-from training.data import pipeline_examples, tfds_builder
 
 EMBEDDED_DATASETS = ("glyph_boxes",)
 
