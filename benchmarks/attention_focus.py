@@ -34,7 +34,7 @@ from aa_keras.datasets import glyph_pairs
 from aa_keras.run_folder import RunFolder
 from aa_keras.visualize import attention_layers, attention_maps
 from training import recipes
-from training.loop import train_model
+from training import classification
 
 FLAGS = flags.FLAGS
 
@@ -139,7 +139,7 @@ def load_or_train(data_dir):
     if not os.path.exists(path):
         data.prepare("glyph_pairs", data_dir)
         keras.utils.set_random_seed(0)
-        train_model("aa_small", recipes.get_recipe("quick"), FLAGS.model_dir, tf.distribute.get_strategy(),
+        classification.train(tf.distribute.get_strategy(), "aa_small", FLAGS.model_dir, recipes.get_recipe("quick"),
                     data_dir=data_dir)  # fmt: skip
     return keras.saving.load_model(path, compile=False), path
 

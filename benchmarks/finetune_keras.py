@@ -4,7 +4,7 @@
     python -m benchmarks.finetune_keras --dataset=image_folder:PATH --image_size=224 --weights=imagenet
 
 Trains `keras:<Name>` with `--augment=paper` and with `--augment=none` through the trainer
-(`training.loop.train_model`, the `finetune` recipe with the overrides below) for the same
+(`training.classification.train`, the `finetune` recipe with the overrides below) for the same
 number of steps from the same weights, and prints and writes, for each, the test accuracy (on
 the first `--eval_examples` test images), the training time (`train_seconds` of metrics.json:
 the time in training steps, the first step's tracing included) and the wall time of the run.
@@ -21,8 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from aa_keras.data import classification as data
-from training import recipes
-from training.loop import train_model
+from training import classification, recipes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ResNet50", "The keras.applications network.")
@@ -61,11 +60,11 @@ def main(argv):
     for augment in AUGMENT:
         keras.utils.set_random_seed(0)
         started = time.perf_counter()
-        _, metrics = train_model(
-            f"keras:{FLAGS.model}",
-            recipe,
-            os.path.join(run_dir, augment),
+        _, metrics = classification.train(
             tf.distribute.get_strategy(),
+            f"keras:{FLAGS.model}",
+            os.path.join(run_dir, augment),
+            recipe,
             data_dir=FLAGS.data_dir,
             steps_per_epoch=FLAGS.steps,
             verbose=False,

@@ -32,9 +32,8 @@ from absl import app, flags, logging
 
 from aa_keras.applications import resize_model
 from aa_keras.data import classification as data
-from training import detection, recipes
+from training import classification, detection, recipes
 from training.init_from import load_source
-from training.loop import train_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "A .keras aa_small trained at 32x32 (or its run folder); default: train one.")
@@ -72,7 +71,7 @@ def accuracy(model, dataset, image_size, data_dir, batch_statistics=False):
 def _run(model_dir, **kwargs):
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    _, metrics = train_model(model_dir=model_dir, strategy=tf.distribute.get_strategy(), data_dir=FLAGS.data_dir,
+    _, metrics = classification.train(model_dir=model_dir, strategy=tf.distribute.get_strategy(), data_dir=FLAGS.data_dir,
                              verbose=False, **kwargs)
     return metrics, time.perf_counter() - started
 
@@ -119,9 +118,9 @@ def imagenet_to_coco():
                                steps_per_epoch=FLAGS.classifier_steps)  # fmt: skip
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    _, detector = detection.train_detection(
+    _, detector = detection.train(
         tf.distribute.get_strategy(), "aa_retinanet_r18", os.path.join(FLAGS.work_dir, "aa_retinanet_r18_128"),
-        recipe=detection.get_detection_recipe("quick_detection", epochs=1), data_dir=FLAGS.data_dir,
+        recipe=recipes.get_detection_recipe("quick_detection", epochs=1), data_dir=FLAGS.data_dir,
         steps_per_epoch=FLAGS.detection_steps, eval_examples=FLAGS.detection_eval_examples, verbose=False,
         init_from=classifier_dir,
     )

@@ -16,7 +16,7 @@ from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
 from aa_keras.datasets import CocoJson
 from export import export as exporter
-from training import detection
+from training import detection, recipes
 
 SIZE = 64
 # Sparse category ids, listed out of order: label i is the i-th category by id.
@@ -98,8 +98,8 @@ def test_exporter_takes_its_parity_images_from_coco_json(coco):
 
 def test_trains_a_detector_two_steps(coco, tmp_path):
     keras.utils.set_random_seed(0)
-    recipe = detection.get_detection_recipe("quick_detection", dataset=f"coco_json:{coco}", image_size=SIZE, max_instances=4)
-    model, metrics = detection.train_detection(
+    recipe = recipes.get_detection_recipe("quick_detection", dataset=f"coco_json:{coco}", image_size=SIZE, max_instances=4)
+    model, metrics = detection.train(
         tf.distribute.get_strategy(), "retinanet_r18", str(tmp_path), recipe=recipe, global_batch_size=1,
         epochs=1, steps_per_epoch=2, verbose=False,
     )

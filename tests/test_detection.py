@@ -20,7 +20,7 @@ from aa_keras.datasets.glyph_pairs import make_alphabet
 from aa_keras.layers import AttentionAugmentation2D
 from export import detection as export_detection
 from export import export as exporter
-from training import detection, train
+from training import detection, recipes, train
 
 SIZE = 64
 CLASSES = 3
@@ -250,26 +250,26 @@ def test_coco_pipeline_drops_crowds_and_evaluates_perfect_detections_at_ap_1():
 
 
 def test_recipes_validate_detection_fields():
-    assert detection.get_detection_recipe("paper_coco").image_size == 640
+    assert recipes.get_detection_recipe("paper_coco").image_size == 640
     with pytest.raises(ValueError, match="scale_min"):
-        detection.get_detection_recipe("quick_detection", scale_min=0.0)
+        recipes.get_detection_recipe("quick_detection", scale_min=0.0)
     with pytest.raises(ValueError, match="randaugment_magnitude"):
-        detection.get_detection_recipe("quick_detection", randaugment_magnitude=5)
+        recipes.get_detection_recipe("quick_detection", randaugment_magnitude=5)
     with pytest.raises(ValueError, match="models"):
-        detection.get_detection_recipe("quick_detection", models=("aa_resnet50",))
+        recipes.get_detection_recipe("quick_detection", models=("aa_resnet50",))
     with pytest.raises(ValueError, match="paper_coco"):
-        detection.get_detection_recipe("coco")
+        recipes.get_detection_recipe("coco")
 
 
 def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, mirrored_strategy):
     model_dir = str(tmp_path / "run")
     arguments = dict(
-        recipe=detection.get_detection_recipe("quick_detection", image_size=SIZE, max_instances=4),
+        recipe=recipes.get_detection_recipe("quick_detection", image_size=SIZE, max_instances=4),
         data_dir=small_glyph_boxes, global_batch_size=4, steps_per_epoch=1, eval_examples=4, verbose=False,
     )
     keras.utils.set_random_seed(0)
     mirrored = mirrored_strategy
-    _, first = detection.train_detection(mirrored, "aa_retinanet_r18", model_dir, epochs=1, **arguments)
+    _, first = detection.train(mirrored, "aa_retinanet_r18", model_dir, epochs=1, **arguments)
     assert first["steps"] == 1 and first["finished"]
     assert set(first["coco"]) == set(detection.COCO_METRICS)
     assert all(-1.0 <= value <= 1.0 for value in first["coco"].values())
@@ -277,10 +277,10 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
     # A different network in the same model_dir is refused before anything is written.
     config = open(os.path.join(model_dir, "run_config.json")).read()
     with pytest.raises(ValueError, match="model"):
-        detection.train_detection(mirrored, "retinanet_r18", model_dir, epochs=2, **arguments)
+        detection.train(mirrored, "retinanet_r18", model_dir, epochs=2, **arguments)
     assert open(os.path.join(model_dir, "run_config.json")).read() == config
     # The same run with one more epoch resumes from the checkpoint of step 1 (on one replica).
-    model, second = detection.train_detection(
+    model, second = detection.train(
         tf.distribute.get_strategy(), "aa_retinanet_r18", model_dir, epochs=2, **arguments
     )
     assert second["steps"] == 2 and [h["epoch"] for h in second["history"]] == [0, 1]
@@ -367,7 +367,7 @@ def test_train_cli_trains_a_detector_and_prints_the_comparison(small_glyph_boxes
     assert [row["model"] for row in rows] == ["aa_retinanet_r18"]
     assert (rows[0]["task"], rows[0]["steps"], rows[0]["eval_examples"]) == ("detection", 1, 4)
     config = json.load(open(tmp_path / "aa_retinanet_r18" / "run_config.json"))
-    quick = detection.get_detection_recipe("quick_detection")  # --task=detection's default recipe
+    quick = recipes.get_detection_recipe("quick_detection")  # --task=detection's default recipe
     assert (config["dataset"], config["optimizer"], config["image_size"]) == (quick.dataset, quick.optimizer, SIZE)
     table = capsys.readouterr().out.splitlines()[-2:]
     assert table[0].split() == ["model", "params", "AP", "AP50", "AP75", "train", "time"]

@@ -16,8 +16,8 @@ from aa_keras.applications import ChannelAffine, keras_classifier, set_backbone_
 from aa_keras.applications.keras_classifier import preprocessing_layer
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.run_folder import RunFolder
-from training import recipes, train
-from training.loop import start_run, train_model
+from training import classification, recipes, train
+from training.loop import start_run
 
 
 @pytest.fixture(autouse=True)
@@ -187,9 +187,9 @@ def test_frozen_epochs_follow_the_epoch_after_a_kill_mid_freeze(tmp_path, data_d
     monkeypatch.setattr(keras.utils.Progbar, "update", after_step)
     run = dict(data_dir=data_dir, steps_per_epoch=2, checkpoint_steps=1, verbose=False, model_fn=build)
     with pytest.raises(Killed):  # after step 2, in the frozen epoch, before its checkpoint
-        train_model("keras:VGG16", recipe, str(tmp_path), tf.distribute.get_strategy(), **run)
+        classification.train(tf.distribute.get_strategy(), "keras:VGG16", str(tmp_path), recipe, **run)
     kill_after.clear()
-    model, metrics = train_model("keras:VGG16", recipe, str(tmp_path), tf.distribute.get_strategy(), **run)
+    model, metrics = classification.train(tf.distribute.get_strategy(), "keras:VGG16", str(tmp_path), recipe, **run)
     assert metrics["resumed_at_steps"] == [1] and metrics["steps"] == 4
     # Steps 1, 2 (lost to the kill), then from checkpoint 1: step 2 of the frozen epoch, steps 3, 4.
     assert len(steps) == 5
@@ -214,12 +214,12 @@ def test_frozen_epochs_under_mirrored_strategy(tmp_path, data_dir, mirrored_stra
 
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, freeze_backbone_epochs=1, eval_split="test[:32]")
     run = dict(data_dir=data_dir, steps_per_epoch=1, verbose=False, model_fn=build)
-    model, metrics = train_model("keras:VGG16", recipe, str(tmp_path), mirrored_strategy, **run)
+    model, metrics = classification.train(mirrored_strategy, "keras:VGG16", str(tmp_path), recipe, **run)
     frozen = _watched(model)
     assert metrics["steps"] == 1 and not np.array_equal(frozen["head"], initial[0]["head"])
     np.testing.assert_array_equal(frozen["backbone"], initial[0]["backbone"])
     # A longer run resumes there and trains everything in its second epoch.
-    model, metrics = train_model("keras:VGG16", recipes.override(recipe, epochs=2), str(tmp_path), mirrored_strategy, **run)
+    model, metrics = classification.train(mirrored_strategy, "keras:VGG16", str(tmp_path), recipes.override(recipe, epochs=2), **run)
     assert metrics["steps"] == 2 and metrics["resumed_at_steps"] == [1]
     assert not np.array_equal(_watched(model)["backbone"], initial[0]["backbone"])
 

@@ -17,13 +17,13 @@ import sys
 import numpy as np
 from training import recipes
 from training.distribute import create_strategy, is_chief
-from training.loop import train_model
+from training import classification
 
 model_dir, data_dir, weights_path = sys.argv[1:]
 strategy = create_strategy("multi_worker_mirrored")
 recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16)
-model, metrics = train_model(
-    "conv_small", recipe, model_dir, strategy, data_dir=data_dir, steps_per_epoch=3, checkpoint_steps=2, verbose=False
+model, metrics = classification.train(
+    strategy, "conv_small", model_dir, recipe, data_dir=data_dir, steps_per_epoch=3, checkpoint_steps=2, verbose=False
 )
 assert strategy.num_replicas_in_sync == 2 and metrics["steps"] == 3
 print("chief" if is_chief(strategy) else "worker")

@@ -19,8 +19,7 @@ from aa_keras.applications import (
     transfer_weights,
 )
 from aa_keras.layers import AttentionAugmentation2D, resample_relative_table
-from training import init_from, recipes, train
-from training.loop import train_model
+from training import classification, init_from, recipes, train
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
 
@@ -260,8 +259,8 @@ def _recipe(image_size, **overrides):
 
 
 def _train(model_dir, data_dir, recipe, steps, **kwargs):
-    return train_model(
-        "aa_small", recipe, str(model_dir), tf.distribute.get_strategy(), data_dir=data_dir, steps_per_epoch=steps,
+    return classification.train(
+        tf.distribute.get_strategy(), "aa_small", str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=steps,
         verbose=False, model_fn=lambda name, shape, classes: small_nets.aa_small_net(shape, classes), **kwargs,
     )
 

@@ -18,9 +18,8 @@ import tensorflow_datasets as tfds
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
 from aa_keras.run_folder import RunFolder
-from training import distribute, recipes, train
+from training import classification, distribute, recipes, train
 from training.checkpoints import checkpoint_files
-from training.loop import train_model
 from training.schedules import WarmupDecay
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,11 +35,11 @@ def _tiny_recipe(**overrides):
 
 def _train(model_dir, data_dir, model="conv_small", strategy=None, steps=3, **kwargs):
     recipe = kwargs.pop("recipe", _tiny_recipe())
-    return train_model(
-        model,
-        recipe,
-        str(model_dir),
+    return classification.train(
         strategy or tf.distribute.get_strategy(),
+        model,
+        str(model_dir),
+        recipe,
         data_dir=data_dir,
         steps_per_epoch=steps,
         verbose=False,

@@ -20,7 +20,7 @@ from aa_keras.ops import fused_attention
 from aa_keras.visualize import attention_maps, cli, query_cells
 from aa_keras.visualize.figure import DPI, PANEL_INCHES
 from training import attention_summaries, recipes
-from training.loop import train_model
+from training import classification
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -270,8 +270,8 @@ def _summaries(log_dir):
 
 def test_training_writes_attention_pictures_to_the_eval_log(tmp_path, data_dir):
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, eval_split="test[:16]")
-    train_model(
-        "aa_small", recipe, str(tmp_path / "aa"), tf.distribute.get_strategy(), data_dir=data_dir,
+    classification.train(
+        tf.distribute.get_strategy(), "aa_small", str(tmp_path / "aa"), recipe, data_dir=data_dir,
         steps_per_epoch=1, verbose=False,
     )  # fmt: skip
     summaries = _summaries(tmp_path / "aa" / "logs" / "eval")

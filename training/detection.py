@@ -1,7 +1,7 @@
-"""Trains and evaluates RetinaNet / AA-RetinaNet detectors: the `--task=detection` path of the
-trainer (`train_detection`).
+"""Object detection with RetinaNet / AA-RetinaNet, the trainer's second task
+(`--task=detection`): a sibling of `training.classification`, with the same `train` signature.
 
-The run is the classification loop's (`training.loop.run_training`) with a detection
+The run is the loop of every task (`training.loop.run_training`) with a detection
 `TrainingTask`: the same checkpoints, resumption (mid-epoch included), stop on a non-finite
 loss, and the same recipe fields (optimizer, warm-up and decay schedule, weight decay, mixed
 precision) mean the same.
@@ -11,7 +11,6 @@ Evaluation runs the detector's non-maximum suppression and Model Garden's COCO e
 (pycocotools) for AP, AP50, AP75, APs, APm, APl and the recalls.
 """
 
-import dataclasses
 
 import keras
 import numpy as np
@@ -27,98 +26,6 @@ from training.init_from import detector_attention
 from training.loop import TrainingTask, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectionRecipe(recipes.Recipe):
-    """A `training.recipes.Recipe` for detection, with the augmentation of detection.
-
-    The classification fields mean the same here, except `preprocessing`, which must be
-    "none"; `label_smoothing` and `randaugment_magnitude` must be 0 (detection has neither).
-
-    Attributes:
-        scale_min, scale_max: scale jitter range of training images (1, 1 is off).
-        flip: random horizontal flips of training images.
-        max_instances: objects per image kept for training and evaluation.
-    """
-
-    scale_min: float = 0.8
-    scale_max: float = 1.2
-    flip: bool = True
-    max_instances: int = 100
-
-    def __post_init__(self):
-        super().__post_init__()
-        recipes.check_field(self, "preprocessing", self.preprocessing == "none", "'none' for detection")
-        recipes.check_field(self, "label_smoothing", self.label_smoothing == 0, "0 for detection")
-        recipes.check_field(self, "randaugment_magnitude", self.randaugment_magnitude == 0, "0 for detection")
-        recipes.check_field(self, "scale_min", 0 < self.scale_min <= 1, "a float in (0, 1]")
-        recipes.check_field(self, "scale_max", self.scale_max >= 1, "a float >= 1")
-        recipes.check_field(self, "flip", isinstance(self.flip, bool), "a bool")
-        recipes.check_field(
-            self,
-            "max_instances",
-            isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool) and self.max_instances > 0,
-            "a positive int",
-        )
-        unknown = [name for name in self.models if name not in DETECTOR_NAMES]
-        recipes.check_field(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
-
-
-DETECTION_RECIPES = {
-    # Bello et al. 2019, section 4.4: RetinaNet on COCO with the training setup of the TPU
-    # RetinaNet reference they used: 640x640 images, flips and [0.8, 1.2] scale jitter, SGD
-    # momentum 0.9, weight decay 1e-4, 0.08 per 64 images (0.32 per 256), a linear warm-up
-    # of 1000 of 22500 steps, divided by 10 at steps 15000 and 20000: at batch 64 on the
-    # 118287 train2017 images, 12 epochs with decays at epochs 8 and 11.
-    "paper_coco": DetectionRecipe(
-        dataset="coco/2017",
-        models=("aa_retinanet_r50", "retinanet_r50"),
-        image_size=640,
-        epochs=12,
-        global_batch_size=64,
-        optimizer="sgd",
-        learning_rate=0.32,
-        momentum=0.9,
-        weight_decay=1e-4,
-        warmup_fraction=0.044,
-        schedule="step",
-        decay_epochs=(8, 11),
-        decay_factor=0.1,
-        scale_min=0.8,
-        scale_max=1.2,
-        train_split="train",
-        eval_split="validation",
-    ),
-    # The offline run: AA-RetinaNet-18 against RetinaNet-18 on glyph_boxes, sized for a CPU.
-    "quick_detection": DetectionRecipe(
-        dataset="glyph_boxes",
-        models=("aa_retinanet_r18", "retinanet_r18"),
-        image_size=128,
-        epochs=3,
-        global_batch_size=16,
-        optimizer="adam",
-        learning_rate=0.008,
-        warmup_fraction=0.05,
-        schedule="cosine",
-        scale_min=0.9,
-        scale_max=1.1,
-        max_instances=8,
-    ),
-}
-
-
-def get_detection_recipe(name, **overrides):
-    """The detection recipe `name` with the fields in `overrides` replaced (None values are
-    ignored). Raises a ValueError for an unknown recipe, an unknown field or a bad value."""
-    if name not in DETECTION_RECIPES:
-        raise ValueError(f"Unknown detection recipe: received recipe={name!r}, expected one of {sorted(DETECTION_RECIPES)}.")
-    return recipes.override(DETECTION_RECIPES[name], **overrides)
-
-
-def build_named_detector(name, input_shape, num_classes, **kwargs):
-    """The detector `name` from `aa_keras.applications.retinanet` (`kwargs`: its further arguments)."""
-    return build_detector(name, input_shape=input_shape, num_classes=num_classes, **kwargs)
 
 
 def compile_detector(model, optimizer):
@@ -193,25 +100,25 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
     return {name: float(results[name]) for name in COCO_METRICS}
 
 
-def train_detection(
+def train(
     strategy,
     model_name,
     model_dir,
     recipe="quick_detection",
-    dataset=None,
     data_dir=None,
+    dataset=None,
     epochs=None,
-    steps_per_epoch=None,
     global_batch_size=None,
+    steps_per_epoch=None,
     mixed_precision=None,
     checkpoint_steps=200,
-    eval_examples=None,
     seed=0,
     verbose=True,
-    model_fn=build_named_detector,
+    model_fn=build_detector,
     allow_changed_settings=False,
     init_from=None,
     init_method="linear",
+    eval_examples=None,
 ):
     """Trains the detector `model_name` into `model_dir`, resuming a run found there, and
     evaluates it with the COCO evaluator after each epoch.
@@ -226,13 +133,13 @@ def train_detection(
         strategy: a `tf.distribute.Strategy` (see `training.distribute.create_strategy`).
         model_name: one of `aa_keras.applications.retinanet.DETECTOR_NAMES`.
         model_dir: output folder.
-        recipe: a `DetectionRecipe`, or the name of one in `DETECTION_RECIPES`.
-        dataset, epochs, global_batch_size: override the recipe's (None keeps it).
+        recipe: a `training.recipes.DetectionRecipe`, or the name of one in
+            `training.recipes.DETECTION_RECIPES`.
         data_dir: TFDS data directory.
+        dataset, epochs, global_batch_size: override the recipe's (None keeps it).
         steps_per_epoch: at most this many steps per epoch (None: the whole training split).
         mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
         checkpoint_steps: steps between checkpoints.
-        eval_examples: evaluate on the first this many images of the evaluation split (None: all).
         seed: seed of the data order (epoch e shuffles with seed + e).
         verbose: show a progress bar (on the chief).
         model_fn: `(name, input_shape, num_classes, **attention) -> detector`.
@@ -242,6 +149,7 @@ def train_detection(
             `training.loop.run_training`); an AA detector takes the attention settings of its
             backbone layers (`training.init_from.detector_attention`), so re-run the same command
             to resume.
+        eval_examples: evaluate on the first this many images of the evaluation split (None: all).
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -251,13 +159,8 @@ def train_detection(
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    if isinstance(recipe, str):
-        recipe = get_detection_recipe(recipe)
-    if not isinstance(recipe, DetectionRecipe):
-        raise ValueError(f"Invalid `recipe`: expected a DetectionRecipe or a name from {sorted(DETECTION_RECIPES)}, "
-                         f"received {recipe!r}.")
-    recipe = recipes.override(recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
-    if model_name not in DETECTOR_NAMES and model_fn is build_named_detector:
+    recipe = recipes.recipe_for("detection", recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
+    if model_name not in DETECTOR_NAMES and model_fn is build_detector:
         raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
     positive_int("eval_examples", eval_examples, optional=True)
     config = start_run(

@@ -1,5 +1,6 @@
-"""Training recipes as data: the paper's ImageNet and CIFAR-100 settings, a quick offline run, and
-the fine-tuning of a pretrained `keras.applications` network with attention added.
+"""Training recipes as data, for both tasks: the paper's ImageNet and CIFAR-100 settings, a quick
+offline run, the fine-tuning of a pretrained `keras.applications` network with attention added,
+and the detection recipes (the paper's COCO RetinaNet and a quick offline run).
 
 A `Recipe` holds everything that defines a run except the network and where it runs; flags
 override single fields with `get_recipe(name, **overrides)`. Learning rates are given per 256
@@ -186,17 +187,6 @@ RECIPES = {
 }
 
 
-def get_recipe(name, **overrides):
-    """The recipe `name` with the fields in `overrides` replaced (None values are ignored).
-
-    Raises:
-        ValueError: for an unknown recipe, an unknown field or an invalid value.
-    """
-    if name not in RECIPES:
-        raise ValueError(f"Unknown recipe: received recipe={name!r}, expected one of {sorted(RECIPES)}.")
-    return override(RECIPES[name], **overrides)
-
-
 def override(recipe, **overrides):
     """`recipe` (a `Recipe` or a subclass) with the fields in `overrides` replaced (None values
     are ignored), validated again.
@@ -209,3 +199,120 @@ def override(recipe, **overrides):
     if unknown:
         raise ValueError(f"Unknown recipe fields {unknown}; valid fields are {sorted(fields)}.")
     return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionRecipe(Recipe):
+    """A `training.Recipe` for detection, with the augmentation of detection.
+
+    The classification fields mean the same here, except `preprocessing`, which must be
+    "none"; `label_smoothing` and `randaugment_magnitude` must be 0 (detection has neither).
+
+    Attributes:
+        scale_min, scale_max: scale jitter range of training images (1, 1 is off).
+        flip: random horizontal flips of training images.
+        max_instances: objects per image kept for training and evaluation.
+    """
+
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    flip: bool = True
+    max_instances: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_field(self, "preprocessing", self.preprocessing == "none", "'none' for detection")
+        check_field(self, "label_smoothing", self.label_smoothing == 0, "0 for detection")
+        check_field(self, "randaugment_magnitude", self.randaugment_magnitude == 0, "0 for detection")
+        check_field(self, "scale_min", 0 < self.scale_min <= 1, "a float in (0, 1]")
+        check_field(self, "scale_max", self.scale_max >= 1, "a float >= 1")
+        check_field(self, "flip", isinstance(self.flip, bool), "a bool")
+        check_field(
+            self,
+            "max_instances",
+            isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool) and self.max_instances > 0,
+            "a positive int",
+        )
+        from aa_keras.applications.retinanet import DETECTOR_NAMES  # keras-hub loads only for detection recipes.
+
+        unknown = [name for name in self.models if name not in DETECTOR_NAMES]
+        check_field(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
+
+
+DETECTION_RECIPES = {
+    # Bello et al. 2019, section 4.4: RetinaNet on COCO with the training setup of the TPU
+    # RetinaNet reference they used: 640x640 images, flips and [0.8, 1.2] scale jitter, SGD
+    # momentum 0.9, weight decay 1e-4, 0.08 per 64 images (0.32 per 256), a linear warm-up
+    # of 1000 of 22500 steps, divided by 10 at steps 15000 and 20000: at batch 64 on the
+    # 118287 train2017 images, 12 epochs with decays at epochs 8 and 11.
+    "paper_coco": DetectionRecipe(
+        dataset="coco/2017",
+        models=("aa_retinanet_r50", "retinanet_r50"),
+        image_size=640,
+        epochs=12,
+        global_batch_size=64,
+        optimizer="sgd",
+        learning_rate=0.32,
+        momentum=0.9,
+        weight_decay=1e-4,
+        warmup_fraction=0.044,
+        schedule="step",
+        decay_epochs=(8, 11),
+        decay_factor=0.1,
+        scale_min=0.8,
+        scale_max=1.2,
+        train_split="train",
+        eval_split="validation",
+    ),
+    # The offline run: AA-RetinaNet-18 against RetinaNet-18 on glyph_boxes, sized for a CPU.
+    "quick_detection": DetectionRecipe(
+        dataset="glyph_boxes",
+        models=("aa_retinanet_r18", "retinanet_r18"),
+        image_size=128,
+        epochs=3,
+        global_batch_size=16,
+        optimizer="adam",
+        learning_rate=0.008,
+        warmup_fraction=0.05,
+        schedule="cosine",
+        scale_min=0.9,
+        scale_max=1.1,
+        max_instances=8,
+    ),
+}
+
+
+# The recipes of each task (`training.train --task`), and the one a task runs by default.
+TASK_RECIPES = {"classification": RECIPES, "detection": DETECTION_RECIPES}
+DEFAULT_RECIPES = {"classification": "quick", "detection": "quick_detection"}
+
+
+def recipe_for(task, recipe, **overrides):
+    """`recipe` (a recipe of `task`, or the name of one in `TASK_RECIPES[task]`) with the fields
+    in `overrides` replaced (None values are ignored).
+
+    Raises:
+        ValueError: an unknown recipe, a recipe of the other task, an unknown field or an
+            invalid value.
+    """
+    recipes = TASK_RECIPES[task]
+    if isinstance(recipe, str):
+        if recipe not in recipes:
+            raise ValueError(f"Unknown {task} recipe: received recipe={recipe!r}, expected one of {sorted(recipes)}.")
+        recipe = recipes[recipe]
+    expected = DetectionRecipe if task == "detection" else Recipe
+    if not isinstance(recipe, expected) or (task == "classification" and isinstance(recipe, DetectionRecipe)):
+        raise ValueError(
+            f"Invalid `recipe`: expected a {expected.__name__} or a name from {sorted(recipes)}, received {recipe!r}."
+        )
+    return override(recipe, **overrides)
+
+
+def get_recipe(name, **overrides):
+    """The classification recipe `name` with `overrides` (see `recipe_for`)."""
+    return recipe_for("classification", name, **overrides)
+
+
+def get_detection_recipe(name, **overrides):
+    """The detection recipe `name` with `overrides` (see `recipe_for`)."""
+    return recipe_for("detection", name, **overrides)

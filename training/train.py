@@ -9,7 +9,7 @@
 
 Each network trains into `<model_dir>/<name>` (`keras:<Name>` into `<model_dir>/keras_<Name>`;
 checkpoints, TensorBoard logs, model.keras, metrics.json); re-running the same command resumes. A table compares the networks at the end.
-Classification runs `training.loop.train_model`, detection `training.detection.train_detection`.
+Each task is a module with one `train` function: `training.classification`, `training.detection`.
 """
 
 import os
@@ -17,21 +17,20 @@ import os
 import keras
 from absl import flags
 
-from aa_keras.applications import DETECTOR_NAMES, MODEL_NAMES, keras_networks
+from aa_keras.applications import DETECTOR_NAMES, KERAS_PREFIX, MODEL_NAMES, keras_networks
 from aa_keras.applications.keras_classifier import AUGMENT
 from aa_keras.command_line import program_main, run_program
+from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.layers import RESAMPLE_METHODS
-from training import detection, recipes
+from training import classification, detection, recipes
 from training.distribute import STRATEGIES, create_strategy
 from training.init_from import model_file
-from training.loop import KERAS_PREFIX, MIXED_PRECISION, train_model
+from training.loop import MIXED_PRECISION
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
 FLAGS = flags.FlagValues()
-TASKS = ("classification", "detection")
-DEFAULT_RECIPES = {"classification": "quick", "detection": "quick_detection"}
 # Flags that only one task reads; giving one to the other task is an error.
 KERAS_FLAGS = ("weights", "augment", "augment_skip_unfit", "freeze_backbone_epochs")
 TASK_FLAGS = {
@@ -40,8 +39,8 @@ TASK_FLAGS = {
 }
 flags.DEFINE_enum("task", "classification", TASKS, "Image classification, or object detection with RetinaNet.", flag_values=FLAGS)
 flags.DEFINE_enum(
-    "recipe", None, sorted({*recipes.RECIPES, *detection.DETECTION_RECIPES}),
-    "Training recipe (training/recipes.py for classification, training/detection.py for detection); "
+    "recipe", None, sorted({name for table in recipes.TASK_RECIPES.values() for name in table}),
+    "Training recipe (training/recipes.py); "
     "default: quick (classification) or quick_detection (detection).", flag_values=FLAGS,
 )
 flags.DEFINE_list(
@@ -142,8 +141,8 @@ def _check_task_flags(task):
 
 def _recipe_from_flags(task):
     """The recipe's name and the recipe of `--recipe` (or the task's default) with the flags' overrides."""
-    name = FLAGS.recipe or DEFAULT_RECIPES[task]
-    table = detection.DETECTION_RECIPES if task == "detection" else recipes.RECIPES
+    name = FLAGS.recipe or recipes.DEFAULT_RECIPES[task]
+    table = recipes.TASK_RECIPES[task]
     if name not in table:
         raise ValueError(
             f"Invalid `--recipe`: {name!r} is not a {task} recipe; with --task={task} use one of {sorted(table)}."
@@ -224,11 +223,11 @@ def run(argv):
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
     if task == "detection":
-        trainer = detection.train_detection
+        trainer = detection.train
         options = {"eval_examples": FLAGS.eval_examples}
     else:
         data.prepare(recipe.dataset, FLAGS.data_dir, FLAGS.manual_dir)
-        trainer, options = train_model, {}
+        trainer, options = classification.train, {}
     rows = []
     for name in models:
         keras.utils.set_random_seed(FLAGS.seed)

@@ -61,25 +61,34 @@ _BUILDERS = {
     "conv_small": _small_net("conv_small_net"),
 }
 MODEL_NAMES = tuple(_BUILDERS)
+# "keras:<Name>": the pretrained `keras.applications.<Name>` with attention added (`keras_classifier`).
+KERAS_PREFIX = "keras:"
 
 
 def build_model(name, input_shape=None, classes=None, **kwargs):
     """Builds a registered model by name.
 
     Args:
-        name: one of `MODEL_NAMES`.
+        name: one of `MODEL_NAMES`, or "keras:<Name>" for `keras_classifier(<Name>, ...)`'s
+            pretrained `keras.applications` network with attention added.
         input_shape: (H, W, C); None for the network's default ((224, 224, 3) for the ResNets,
             (32, 32, 3) for the WRNs). Required by "aa_small" and "conv_small".
         classes: number of classes; None for the network's default (1000 for the ResNets,
-            100 for the WRNs). Required by "aa_small" and "conv_small".
+            100 for the WRNs). Required by "aa_small", "conv_small" and "keras:<Name>".
         **kwargs: further arguments of the builder (`AAResNet`, `WideResNet`, ...); the small
-            networks take none.
+            networks take none; "keras:<Name>" takes `keras_classifier`'s `weights` and
+            `augment`, and `augment_skip_unfit` (its `skip_unfit`).
 
     Returns:
         A `keras.Model`.
     """
+    if name.startswith(KERAS_PREFIX):
+        skip_unfit = kwargs.pop("augment_skip_unfit", False)
+        return keras_classifier(name[len(KERAS_PREFIX):], classes, input_shape, skip_unfit=skip_unfit, **kwargs)[0]
     if name not in _BUILDERS:
-        raise ValueError(f"Unknown model name {name!r}; valid names are {', '.join(MODEL_NAMES)}.")
+        raise ValueError(
+            f"Unknown model name {name!r}; valid names are {', '.join(MODEL_NAMES)} and {KERAS_PREFIX}<Name>."
+        )
     if name in ("aa_small", "conv_small"):
         if kwargs:
             raise ValueError(f"Model {name!r} takes only input_shape and classes, received {sorted(kwargs)}.")
@@ -99,6 +108,7 @@ __all__ = [
     "ChannelAffine",
     "DETECTOR_NAMES",
     "GridChange",
+    "KERAS_PREFIX",
     "LastStages",
     "MODEL_NAMES",
     "PRESETS",

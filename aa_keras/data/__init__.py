@@ -6,3 +6,6 @@ box targets from TFDS detection datasets, the embedded `glyph_boxes` and `coco_j
 need TensorFlow Datasets and tf-models-official (the `[datasets]` and `[train]` extras), which
 `import aa_keras` does not load.
 """
+
+# The tasks of the trainer, the evaluator and the exporter; each has one pipeline module here.
+TASKS = ("classification", "detection")
