@@ -10,7 +10,7 @@ test images of glyph_pairs and int8-calibrated on its train images; `resnet50` i
 ResNet-50 at 224x224 with 1000 classes and random weights (nothing can be trained at that size
 here), int8-calibrated on uniform random images: its latencies are those of any weights, its
 top-1 agreement is not measured (an untrained network's near-tied logits say nothing about the
-quantization). Every artifact is written by `export.export.write_artifacts` (batch 1, builtin
+quantization). Every artifact is written by `export.classification.write_artifacts` (batch 1, builtin
 ops checked); latencies are the best of interleaved rounds (`side_by_side_ms`), the model and its
 twin alternating in one process, so the ratio is from one run. Writes the rows, the versions of LiteRT,
 onnxruntime and TensorFlow, and a Markdown table to `--output`.
@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 from aa_keras.applications import build_model
+from export import classification as export_classification
 from export import export, model_source, parity, report, tflite
 
-KINDS = (*export.TFLITE_KINDS, "onnx")
+KINDS = (*export_classification.TFLITE_KINDS, "onnx")
 PAIRS = ("small", "resnet50")
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "bench_tflite.json")
 
@@ -67,7 +68,7 @@ def load_pair(name, small_model, small_baseline, num_images, num_calibration):
         shape = model_source.image_shape(model, None)
         images = export.dataset_images("glyph_pairs", "test", shape, num_images)
         calibration = export.dataset_images("glyph_pairs", "train", shape, num_calibration)
-        return model, twin, export.snap_to_8_bit(images), calibration
+        return model, twin, export_classification.snap_to_8_bit(images), calibration
     shape = (224, 224, 3)
     model = build_model("aa_resnet50", shape, 1000)
     twin = build_model("resnet50", shape, 1000)
@@ -80,7 +81,7 @@ def bench_pair(name, model, twin, images, calibration, threads, rounds, director
     shape = model_source.image_shape(model, None)
     artifacts = {}
     for label, network in (("aa", model), ("conv", twin)):
-        artifacts[label] = export.write_artifacts(
+        artifacts[label] = export_classification.write_artifacts(
             network, os.path.join(directory, name, label), KINDS, shape, 1, False, calibration
         )
     agreement = {}

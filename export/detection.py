@@ -273,6 +273,27 @@ def detection_matching(outputs, reference):
     }
 
 
+def detection_check(kind, values):
+    """The check of the detector artifact `kind` from its parity `values`, as a dict of
+    `export.parity.check`'s form (metric, value, bound, direction, passed): the criterion that
+    decides. The SavedModel must meet several: the first it misses, else the box or score
+    difference nearer its tolerance; the raw network: its largest difference."""
+    if kind == "tflite_raw":
+        metric = max((name for name in values if name.startswith("max_abs_diff_")), key=values.get)
+        bound, direction = RAW_TOLERANCE, "max"
+    elif kind == "saved_model":
+        missed = [name for name in ("num_detections_equal", "classes_equal") if not values[name]]
+        if missed:
+            metric, bound, direction = missed[0], True, "min"
+        else:
+            tolerances = {"max_box_diff": BOX_TOLERANCE, "max_score_diff": SCORE_TOLERANCE}
+            metric = max(tolerances, key=lambda name: values[name] / tolerances[name])
+            bound, direction = tolerances[metric], "max"
+    else:
+        metric, bound, direction = "matched_fraction", MATCH_FRACTION, "min"
+    return {"metric": metric, "value": values[metric], "bound": bound, "direction": direction, "passed": values["passed"]}
+
+
 def raw_parity(outputs, reference):
     """Parity of the raw heads and anchors: the largest absolute difference of each."""
     values = {f"max_abs_diff_{name}": _max_abs(outputs[name], reference[name]) for name in RAW_OUTPUTS}
@@ -413,7 +434,7 @@ def export_detector(
             )
             outputs = DetectionRunner(path)(images)
             reference = run_batched(tf.function(_serve_detections(model)), images, batch)
-            rows.append({"artifact": "saved_model", "file": path, "parity": detection_parity(outputs, reference)})
+            rows.append(("saved_model", path, saved_model.SavedModelRunner.runtime, detection_parity(outputs, reference), None))
         for kind in [name for name in formats if name.startswith("tflite")]:
             source = tempfile.mkdtemp(prefix=".tflite_source-", dir=staging)
             raw = kind == "tflite_raw"
@@ -435,9 +456,13 @@ def export_detector(
             else:
                 outputs = DetectionRunner(path)(images)
                 check = detection_matching(outputs, run_batched(tf.function(_serve_detections(model)), images, batch))
-            rows.append({"artifact": kind, "file": path, "ops": ops, "parity": check})
+            rows.append((kind, path, tflite.TFLiteRunner.runtime, check, ops))
+        rows = [
+            report.artifact_row(
+                "model", kind, path, runtime, values, detection_check(kind, values), ops=ops
+            ) for kind, path, runtime, values, ops in rows
+        ]
         for row in rows:
-            row["size_bytes"] = report.size_bytes(row["file"])
             row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))
         result = {
             "image_shape": list(image_shape),
@@ -447,7 +472,7 @@ def export_detector(
             "rows": rows,
             "table": format_table(rows),
         }
-        failed = [row["artifact"] for row in rows if not row["parity"]["passed"]]
+        failed = [row["artifact"] for row in rows if not row["check"]["passed"]]
         if failed:
             raise ParityError(
                 f"Artifacts failed their parity check: {failed}; nothing was written to {output_dir!r}.\n{result['table']}"

@@ -6,6 +6,26 @@ import statistics
 import time
 
 
+def artifact_row(model, artifact, file, runtime, parity, check, latency_ms=None, ops=None):
+    """One row of an export report's `rows`, the same for classifiers and detectors.
+
+    Args:
+        model: "model", or "baseline" for the classifier exported alongside for comparison.
+        artifact: the artifact kind ("saved_model", "tflite_int8", ...).
+        file: its path (a file, or the SavedModel's folder); `size_bytes` is measured here.
+        runtime: what ran it for the parity check ("tf.saved_model", "LiteRT", "onnxruntime").
+        parity: {metric: value} of its outputs against the Keras model's.
+        check: the check that decides whether it may be deployed: {metric, value, bound,
+            direction ("max" or "min"), passed}.
+        latency_ms: median latency of one batch; None where not measured (detectors).
+        ops: the sorted op names of a TFLite or ONNX model; None for a SavedModel.
+    """
+    return {
+        "model": model, "artifact": artifact, "file": file, "runtime": runtime, "size_bytes": size_bytes(file),
+        "latency_ms": latency_ms, "parity": parity, "check": check, "ops": ops,
+    }
+
+
 def median_latency_ms(runner, batch, runs, warmup=3):
     """Median wall time in ms of `runner.run` on one prepared batch, after `warmup` runs."""
     prepared = runner.prepare(batch)

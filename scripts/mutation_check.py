@@ -85,14 +85,14 @@ MUTANTS = (
     M("recipe_learning_rate_per_128", "training/recipes.py",
       "self.learning_rate * self.global_batch_size / 256", "self.learning_rate * self.global_batch_size / 128",
       SCHEDULE),
-    # training/data.py: the batches a resumed run skips.
-    M("skip_one_batch_short", "training/data.py",
+    # aa_keras/data/classification.py: the batches a resumed run skips.
+    M("skip_one_batch_short", "aa_keras/data/classification.py",
       "dataset.skip(skip_batches * batch_size * replicas_per_pipeline)",
       "dataset.skip((skip_batches - 1) * batch_size * replicas_per_pipeline)", (*RESUME, "-k", "resumed_mid_epoch")),
-    M("skip_ignores_replicas", "training/data.py",
+    M("skip_ignores_replicas", "aa_keras/data/classification.py",
       "dataset.skip(skip_batches * batch_size * replicas_per_pipeline)",
       "dataset.skip(skip_batches * batch_size)", (*RESUME, "-k", "skip_batches")),
-    M("per_replica_batch_is_global", "training/data.py",
+    M("per_replica_batch_is_global", "aa_keras/data/classification.py",
       "return global_batch_size // num_replicas", "return global_batch_size",
       ("tests/test_training.py", "-k", "input_context_shards")),
     # training/artifacts.py: the run identity.
@@ -117,11 +117,11 @@ MUTANTS = (
     M("parity_last_batch_short", "export/parity.py",
       "np.repeat(piece[:1], batch - len(piece), axis=0)", "np.repeat(piece[:1], batch - len(piece) - 1, axis=0)",
       ("tests/test_export.py", "-k", "parity_metrics")),
-    # export/export.py: what evaluate compares and what fails an export.
-    M("evaluate_reference_against_itself", "export/export.py",
+    # export/classification.py: what evaluate compares and what fails an export.
+    M("evaluate_reference_against_itself", "export/classification.py",
       "values = parity.metrics(parity.predict(runner, images, batch), reference)",
       "values = parity.metrics(reference, reference)", (*CHECKS, "-k", "evaluate_refuses")),
-    M("export_fails_on_baseline_only", "export/export.py",
+    M("export_fails_on_baseline_only", "export/classification.py",
       'if row["model"] == "model" and not row["check"]["passed"]]',
       'if row["model"] == "baseline" and not row["check"]["passed"]]', (*CHECKS, "-k", "export_refuses")),
     # export/tflite.py: int8 input and output.

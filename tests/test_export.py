@@ -14,6 +14,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 import aa_keras
+from export import classification as export_classification
 from export import export as exporter
 from export import model_source, parity, staging, tflite
 
@@ -80,17 +81,17 @@ def full_export(models, tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("full") / "export")
     eval_images, _ = quadrant_images(100, seed=1)
     calibration_images, _ = quadrant_images(64, seed=2)
-    result = exporter.export(
+    result = export_classification.export(
         model, output_dir, ALL_FORMATS, eval_images, calibration_images, baseline=baseline,
         latency_runs=5, uint8_input=True,
     )
-    return output_dir, result, exporter.snap_to_8_bit(eval_images)
+    return output_dir, result, export_classification.snap_to_8_bit(eval_images)
 
 
 def test_every_format_is_written_and_passes_parity(full_export):
     output_dir, result, _ = full_export
     rows = {(row["model"], row["artifact"]): row for row in result["rows"]}
-    assert set(rows) == {(m, k) for m in ("model", "baseline") for k in exporter.ARTIFACT_KINDS}
+    assert set(rows) == {(m, k) for m in ("model", "baseline") for k in export_classification.ARTIFACT_KINDS}
     for (label, kind), row in rows.items():
         assert os.path.exists(row["file"]), row["file"]
         assert row["file"].startswith(output_dir)
@@ -187,7 +188,7 @@ def test_report_json_and_baseline_ratios(full_export):
         if row["model"] == "model":
             assert row["size_vs_baseline"] == pytest.approx(sizes["model", row["artifact"]] / sizes["baseline", row["artifact"]])
     assert os.path.getsize(os.path.join(output_dir, "model_float16.tflite")) == sizes["model", "tflite_float16"]
-    for kind in exporter.ARTIFACT_KINDS:
+    for kind in export_classification.ARTIFACT_KINDS:
         assert kind in written["table"]
 
 
@@ -209,13 +210,13 @@ def test_parity_failure_leaves_nothing_behind(models, tmp_path, monkeypatch):
     monkeypatch.setitem(parity.CHECKS, "saved_model", ("max_abs_diff", -1.0, "max"))
     images, _ = quadrant_images(4, seed=3)
     with pytest.raises(exporter.ParityError, match="saved_model"):
-        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
     assert os.listdir(tmp_path) == []
 
 
 def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeypatch):
     model, baseline = models
-    real_evaluate = exporter.evaluate
+    real_evaluate = export_classification.evaluate
 
     def evaluate_failing_baseline(network, *args):
         rows = real_evaluate(network, *args)
@@ -223,9 +224,9 @@ def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeyp
             row["check"] = {**row["check"], "passed": False}
         return rows
 
-    monkeypatch.setattr(exporter, "evaluate", evaluate_failing_baseline)
+    monkeypatch.setattr(export_classification, "evaluate", evaluate_failing_baseline)
     images, _ = quadrant_images(4, seed=3)
-    result = exporter.export(
+    result = export_classification.export(
         model, str(tmp_path / "out"), "saved_model", images, images, baseline=baseline, latency_runs=1
     )
     assert [(row["model"], row["check"]["passed"]) for row in result["rows"]] == [("model", True), ("baseline", False)]
@@ -236,14 +237,14 @@ def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeyp
 def test_overwrite_replaces_a_previous_export_and_its_leftovers(models, tmp_path):
     output_dir = tmp_path / "out"
     images, _ = quadrant_images(4, seed=3)
-    exporter.export(models[0], str(output_dir), "tflite_float32", images, latency_runs=1)
+    export_classification.export(models[0], str(output_dir), "tflite_float32", images, latency_runs=1)
     with pytest.raises(ValueError, match="not empty.*--overwrite"):
-        exporter.export(models[0], str(output_dir), "saved_model", images, images)
+        export_classification.export(models[0], str(output_dir), "saved_model", images, images)
     assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "model_float32.tflite"]
     # Staging folders of a killed export into the same place.
     (tmp_path / ".out.partial-killed").mkdir()
     (tmp_path / ".out.old-killed").mkdir()
-    exporter.export(models[0], str(output_dir), "saved_model", images, latency_runs=1, overwrite=True)
+    export_classification.export(models[0], str(output_dir), "saved_model", images, latency_runs=1, overwrite=True)
     assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "saved_model"]
     assert os.listdir(tmp_path) == ["out"]
 
@@ -331,9 +332,9 @@ def test_saved_model_signature_checks_its_input(full_export):
 
 def test_calibration_images_are_needed_only_for_int8(models, tmp_path):
     images, _ = quadrant_images(4, seed=3)
-    exporter.export(models[0], str(tmp_path / "float"), "tflite_float32", images, images[:0], latency_runs=1)
+    export_classification.export(models[0], str(tmp_path / "float"), "tflite_float32", images, images[:0], latency_runs=1)
     with pytest.raises(ValueError, match="--calibration_images`: the int8 TFLite model needs at least one"):
-        exporter.export(models[0], str(tmp_path / "int8"), "tflite_int8", images, images[:0], latency_runs=1)
+        export_classification.export(models[0], str(tmp_path / "int8"), "tflite_int8", images, images[:0], latency_runs=1)
     assert not (tmp_path / "int8").exists()
 
 
@@ -350,18 +351,18 @@ def test_lambda_layer_needs_an_explicit_opt_in(tmp_path):
 def test_unknown_format(models, tmp_path):
     images, _ = quadrant_images(4, seed=3)
     with pytest.raises(ValueError, match=r"--formats.*unknown \['tflite_int4'\]"):
-        exporter.export(models[0], str(tmp_path / "out"), "saved_model,tflite_int4", images, images)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model,tflite_int4", images, images)
     assert os.listdir(tmp_path) == []
 
 
 def test_bad_image_size_and_batch(models, tmp_path):
     images, _ = quadrant_images(4, seed=3)
     with pytest.raises(ValueError, match=r"--image_size`: 24 does not match.*\(16, 16\)"):
-        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images, images, image_size=24)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, image_size=24)
     with pytest.raises(ValueError, match="--batch`: expected a positive int, received 0"):
-        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images, images, batch=0)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, batch=0)
     with pytest.raises(ValueError, match=r"evaluation images have shape \(4, 16, 16, 1\)"):
-        exporter.export(models[0], str(tmp_path / "out"), "saved_model", images[..., :1], images)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images[..., :1], images)
     assert os.listdir(tmp_path) == []
 
 

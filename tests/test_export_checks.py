@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from export import classification as export_classification
 from export import export as exporter
 from export import parity, saved_model, tflite
 from test_export import quadrant_images, trained
@@ -110,8 +111,8 @@ def test_evaluate_refuses_an_artifact_shifted_past_its_bound(scorer, tmp_path, m
     checks = {}
     for name, change in (("wrong", wrong), ("close", close)):
         runner = ShiftedRunner(KerasRunner(scorer), change)
-        monkeypatch.setattr(exporter, "_runner", lambda kind, path, threads: runner)
-        (row,) = exporter.evaluate(scorer, {kind: {"path": str(path)}}, images, 100, 1, 1)
+        monkeypatch.setattr(export_classification, "_runner", lambda kind, path, threads: runner)
+        (row,) = export_classification.evaluate(scorer, {kind: {"path": str(path)}}, images, 100, 1, 1)
         checks[name] = row["check"]
     assert not checks["wrong"]["passed"], checks["wrong"]
     assert checks["close"]["passed"], checks["close"]
@@ -119,15 +120,15 @@ def test_evaluate_refuses_an_artifact_shifted_past_its_bound(scorer, tmp_path, m
 
 
 def test_export_refuses_a_saved_model_whose_outputs_are_shifted(scorer, tmp_path, monkeypatch):
-    real_runner = exporter._runner
+    real_runner = export_classification._runner
 
     def shifted_runner(kind, path, threads):
         return ShiftedRunner(real_runner(kind, path, threads), _shift(2e-4))
 
-    monkeypatch.setattr(exporter, "_runner", shifted_runner)
+    monkeypatch.setattr(export_classification, "_runner", shifted_runner)
     images = np.random.default_rng(3).uniform(size=(8, SIZE, SIZE, 3)).astype(np.float32)
     with pytest.raises(exporter.ParityError, match=r"failed their parity check: \['saved_model'\]"):
-        exporter.export(scorer, str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
+        export_classification.export(scorer, str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
     assert os.listdir(tmp_path) == []
 
 
@@ -177,8 +178,8 @@ def test_int8_relative_error_of_a_trained_model_is_bounded(tmp_path):
     model = trained(attention=True)
     calibration, _ = quadrant_images(64, seed=2)
     images, _ = quadrant_images(64, seed=1)
-    images = exporter.snap_to_8_bit(images)
-    (artifact,) = exporter.write_artifacts(
+    images = export_classification.snap_to_8_bit(images)
+    (artifact,) = export_classification.write_artifacts(
         model, str(tmp_path), ["tflite_int8"], (16, 16, 3), 8, False, calibration
     ).values()
     outputs = parity.predict(tflite.TFLiteRunner(artifact["path"]), images, 8)

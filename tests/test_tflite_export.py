@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from benchmarks import bench_tflite, tflite_profile
 from aa_keras.applications import retinanet
+from export import classification as export_classification
 from export import detection as export_detection
 from export import export as exporter
 from export import parity, saved_model, tflite
@@ -97,7 +98,7 @@ def test_int8_recipe_runs_each_attention_block_in_float(converted):
 
 
 def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
-    images = exporter.snap_to_8_bit(quadrant_images(200, seed=1)[0])
+    images = export_classification.snap_to_8_bit(quadrant_images(200, seed=1)[0])
     assert _top1_agreement(converted["aa"][1], models["aa"], images, tmp_path) >= 0.97
 
 
@@ -118,7 +119,7 @@ def test_a_model_without_attention_is_quantized_as_by_default(converted, tmp_pat
 def test_exporter_checks_the_int8_recipe(models, tmp_path):
     eval_images, _ = quadrant_images(100, seed=1)
     calibration_images, _ = quadrant_images(64, seed=2)
-    result = exporter.export(
+    result = export_classification.export(
         models["aa"], str(tmp_path / "export"), ["tflite_int8"], eval_images, calibration_images, latency_runs=3
     )
     (row,) = result["rows"]
@@ -144,7 +145,7 @@ def test_profile_times_every_operator(converted):
 
 @pytest.mark.slow  # About 20 s: the benchmark's plumbing, not an export check.
 def test_bench_pair_rows_and_table(models, tmp_path):
-    images = exporter.snap_to_8_bit(quadrant_images(20, seed=1)[0])
+    images = export_classification.snap_to_8_bit(quadrant_images(20, seed=1)[0])
     calibration = quadrant_images(16, seed=2)[0]
     rows = bench_tflite.bench_pair(
         "tiny", models["aa"], models["conv"], images, calibration, [1], 2, str(tmp_path)
