@@ -32,17 +32,21 @@ setuptools.setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["aa_keras*", "training*", "export*"]),
+    # The trainer and the exporter live in the repository's training/ and export/ folders and are
+    # installed as aa_keras.training and aa_keras.export, so that no generic top-level name
+    # (a user's own `training` package) shadows them or is shadowed.
+    packages=[*setuptools.find_packages(include=["aa_keras", "aa_keras.*"]), "aa_keras.training", "aa_keras.export"],
+    package_dir={"aa_keras.training": "training", "aa_keras.export": "export"},
     # The fused attention kernel is compiled from its source on the user's machine.
     package_data={"aa_keras.ops": ["fused_attention.cc"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "aa-train=training.train:run_main",
-            "aa-export=export.export:run_main",
-            "aa-evaluate=training.evaluate:run_main",
-            "aa-predict=export.predict:run_main",
+            "aa-train=aa_keras.training.train:run_main",
+            "aa-export=aa_keras.export.export:run_main",
+            "aa-evaluate=aa_keras.training.evaluate:run_main",
+            "aa-predict=aa_keras.export.predict:run_main",
             "aa-visualize=aa_keras.visualize.cli:run_main",
         ]
     },

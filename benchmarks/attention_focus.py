@@ -33,8 +33,8 @@ from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_pairs
 from aa_keras.run_folder import RunFolder
 from aa_keras.visualize import attention_layers, attention_maps
-from training import recipes
-from training import classification
+from aa_keras.training import recipes
+from aa_keras.training import classification
 
 FLAGS = flags.FLAGS
 

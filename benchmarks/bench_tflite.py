@@ -5,7 +5,7 @@ twin, with top-1 agreement against the Keras model.
     python -m benchmarks.bench_tflite --pairs=small --threads=1
 
 Pairs: `small` is `aa_small` / `conv_small` from the `.keras` files of the default training run
-(`--small_model`, `--small_baseline`; `python -m training.train` writes them), checked on the
+(`--small_model`, `--small_baseline`; `python -m aa_keras.training.train` writes them), checked on the
 test images of glyph_pairs and int8-calibrated on its train images; `resnet50` is AAResNet-50 /
 ResNet-50 at 224x224 with 1000 classes and random weights (nothing can be trained at that size
 here), int8-calibrated on uniform random images: its latencies are those of any weights, its
@@ -26,8 +26,8 @@ import time
 import numpy as np
 
 from aa_keras.applications import build_model
-from export import classification as export_classification
-from export import export, model_source, parity, report, tflite
+from aa_keras.export import classification as export_classification
+from aa_keras.export import export, model_source, parity, report, tflite
 
 KINDS = (*export_classification.TFLITE_KINDS, "onnx")
 PAIRS = ("small", "resnet50")
@@ -54,7 +54,7 @@ def side_by_side_ms(runners, batch, rounds, per_round=5):
 
 def _runner(kind, path, threads):
     if kind == "onnx":
-        from export import onnx_model
+        from aa_keras.export import onnx_model
 
         return onnx_model.OnnxRunner(path, threads)
     return tflite.TFLiteRunner(path, threads)

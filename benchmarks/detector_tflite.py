@@ -1,7 +1,7 @@
 """The whole detector's TFLite files (float32 and int8) against its SavedModel, on a trained
 detector and the glyph_boxes test images.
 
-    python -m training.train --task=detection --model=aa_retinanet_r18 --epochs=5 --eval_examples=20 --model_dir=runs/det
+    python -m aa_keras.training.train --task=detection --model=aa_retinanet_r18 --epochs=5 --eval_examples=20 --model_dir=runs/det
     python -m benchmarks.detector_tflite --detector=runs/det/aa_retinanet_r18/model.keras
 
 `export.detection.export_detector` writes `saved_model`, `tflite` and `tflite_int8` (int8
@@ -20,8 +20,8 @@ import tempfile
 
 import numpy as np
 
+from aa_keras.export import detection, export, model_source, report
 from benchmarks.bench_tflite import versions
-from export import detection, export, model_source, report
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "detector_tflite.json")
 FORMATS = ("saved_model", "tflite", "tflite_int8")

@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from aa_keras.data import classification as data
-from training import classification, recipes
+from aa_keras.training import classification, recipes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ResNet50", "The keras.applications network.")

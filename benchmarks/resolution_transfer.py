@@ -32,8 +32,8 @@ from absl import app, flags, logging
 
 from aa_keras.applications import resize_model
 from aa_keras.data import classification as data
-from training import classification, detection, recipes
-from training.init_from import load_source
+from aa_keras.training import classification, detection, recipes
+from aa_keras.training.init_from import load_source
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "A .keras aa_small trained at 32x32 (or its run folder); default: train one.")

@@ -35,8 +35,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
+from aa_keras.export import report, tflite
 from benchmarks.bench_tflite import side_by_side_ms
-from export import report, tflite
 
 # The exporter's int8 recipe (`tflite.convert`): each attention block float.
 EXPORT_VARIANT = "int8 float attention block (export)"
@@ -205,7 +205,7 @@ def int8_variants(saved_model_dir, calibration_batches):
 def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, num_calibration=100):
     """The variants of `int8_variants` for a `.keras` classifier: latency side by side and top-1
     agreement with the Keras model; returns ({name: row}, {name: flatbuffer})."""
-    from export import export, model_source, parity, saved_model
+    from aa_keras.export import export, model_source, parity, saved_model
 
     model = model_source.load_keras_file(keras_path)
     shape = model_source.image_shape(model, None)

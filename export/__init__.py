@@ -1,4 +1,4 @@
 """Exporter: a Keras model to SavedModel, TFLite and ONNX, each checked against Keras.
 
-`python -m export.export --model model.keras --output_dir out` (see `export.export`).
+`python -m aa_keras.export.export --model model.keras --output_dir out` (see `export.export`).
 """

@@ -26,9 +26,10 @@ import numpy as np
 
 from aa_keras import files
 from aa_keras.validation import is_int
-from export import model_source, parity, report, saved_model, tflite
-from export.parity import ParityError
-from export.staging import REPORT_FILE, check_output_dir, staged_output
+
+from . import model_source, parity, report, saved_model, tflite
+from .parity import ParityError
+from .staging import REPORT_FILE, check_output_dir, staged_output
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
 ARTIFACT_KINDS = ("saved_model", *TFLITE_KINDS, "onnx")
@@ -88,7 +89,7 @@ def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, ca
             artifacts[kind] = {"path": path, "ops": ops}
         shutil.rmtree(source)
     if "onnx" in kinds:
-        from export import onnx_model  # tf2onnx and onnxruntime load only when ONNX is asked for.
+        from . import onnx_model  # tf2onnx and onnxruntime load only when ONNX is asked for.
 
         path = _artifact_path(directory, "onnx")
         onnx_model.write_onnx(model, path, image_shape)
@@ -100,7 +101,7 @@ def _runner(kind, path, threads):
     if kind == "saved_model":
         return saved_model.SavedModelRunner(path)
     if kind == "onnx":
-        from export import onnx_model
+        from . import onnx_model
 
         return onnx_model.OnnxRunner(path, threads)
     return tflite.TFLiteRunner(path, threads)

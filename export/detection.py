@@ -1,7 +1,7 @@
 """Exports a RetinaNet / AA-RetinaNet detector (`aa_keras.applications.retinanet`) and proves
 each artifact computes what the Keras model computes.
 
-    from export.detection import export_detector
+    from aa_keras.export.detection import export_detector
     export_detector(keras.saving.load_model("runs/det/model.keras"), "runs/det/export", images)
 
 Artifacts:
@@ -47,9 +47,10 @@ from ai_edge_litert.tools import flatbuffer_utils
 from aa_keras import files
 from aa_keras.applications.retinanet import detections, is_detector
 from aa_keras.validation import positive_int
-from export import parity, report, saved_model, tflite
-from export.parity import ParityError
-from export.staging import REPORT_FILE, check_output_dir, staged_output
+
+from . import parity, report, saved_model, tflite
+from .parity import ParityError
+from .staging import REPORT_FILE, check_output_dir, staged_output
 
 FORMATS = ("saved_model", "tflite_raw", "tflite", "tflite_int8")
 TFLITE_FILES = {"tflite_raw": "model_raw.tflite", "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}

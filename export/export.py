@@ -2,10 +2,10 @@
 ONNX (`export.classification`), or with `--task=detection` a RetinaNet detector
 (`export.detection`), each artifact checked against the Keras model.
 
-    python -m export.export --model=runs/aa_small/model.keras --output_dir=runs/aa_small/export
-    python -m export.export --model=aa_small --image_size=32 --formats=saved_model,tflite,onnx \
+    python -m aa_keras.export.export --model=runs/aa_small/model.keras --output_dir=runs/aa_small/export
+    python -m aa_keras.export.export --model=aa_small --image_size=32 --formats=saved_model,tflite,onnx \
         --output_dir=/tmp/aa_small_export
-    python -m export.export --task=detection --model=runs/quick_detection/aa_retinanet_r18/model.keras \
+    python -m aa_keras.export.export --task=detection --model=runs/quick_detection/aa_retinanet_r18/model.keras \
         --output_dir=/tmp/aa_retinanet_export
 
 The artifacts and the report are described in `export.classification` and `export.detection`.
@@ -25,14 +25,16 @@ from aa_keras.command_line import run_program
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
-from export import classification, model_source
-from export.parity import ParityError
-from export.staging import REPORT_FILE, check_output_dir
+
+from . import classification, model_source
+from .parity import ParityError
+from .staging import REPORT_FILE, check_output_dir
+
 
 def dataset_images(name, split, image_shape, count, data_dir=None, task="classification"):
     """The first `count` images of `split` of the dataset `name`, through the evaluation input
-    pipeline of `task`: `training.data.build_dataset` for classification,
-    `training.detection_data.build_dataset` for detection (float32 in [0, 1])."""
+    pipeline of `task`: `aa_keras.data.classification.build_dataset` for classification,
+    `aa_keras.data.detection.build_dataset` for detection (float32 in [0, 1])."""
     height, width, _ = image_shape
     if height != width:
         raise ValueError(f"The input pipeline makes square images; the model's input is {(height, width)}.")
@@ -187,7 +189,7 @@ def main(argv):
     FLAGS.mark_as_parsed()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from export import detection as export_detection  # keras-hub loads only when a detector is exported.
+    from . import detection as export_detection  # keras-hub loads only when a detector is exported.
 
     task = FLAGS.task
     formats = DEFAULT_FORMATS[task] if FLAGS.formats is None else FLAGS.formats

@@ -6,7 +6,8 @@ import tensorflow as tf
 import tf2onnx
 
 from aa_keras.layers import use_attention_implementation
-from export.saved_model import INPUT_NAME, OUTPUT_NAME
+
+from .saved_model import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
 

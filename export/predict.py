@@ -2,12 +2,12 @@
 detector, with class names and scores. The model is a `.keras` file, an exported SavedModel
 folder or an exported `.tflite` file (run by the exporter's runners in export/).
 
-    python -m training.predict --model=runs/quick/aa_small/model.keras a.png b.jpg
-    python -m training.predict --model=runs/quick/export/model_float32.tflite --top=2 a.png
-    python -m training.predict --model=runs/det/export/saved_model --output=found street.png
+    python -m aa_keras.export.predict --model=runs/quick/aa_small/model.keras a.png b.jpg
+    python -m aa_keras.export.predict --model=runs/quick/export/model_float32.tflite --top=2 a.png
+    python -m aa_keras.export.predict --model=runs/det/export/saved_model --output=found street.png
 
-Images of any size are resized as the model's evaluation pipeline does (`training.data`'s for
-a classifier with the run's preprocessing, `training.detection_data.resize_for_evaluation` for
+Images of any size are resized as the model's evaluation pipeline does (`aa_keras.data.classification`'s for
+a classifier with the run's preprocessing, `aa_keras.data.detection.resize_for_evaluation` for
 a detector); boxes are given in pixels of the original image. Class names come from the model:
 the labels.txt in the folder that holds it (run folder or export folder) or a SavedModel's
 `metadata` signature, else from `--dataset`, else classes are named by index (with a warning).
@@ -27,11 +27,12 @@ from aa_keras.applications.retinanet import detections, is_detector
 from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
+from aa_keras.data.classification import PREPROCESSING
 from aa_keras.files import load_keras_file
 from aa_keras.run_folder import RunFolder
-from export import parity, saved_model, tflite
-from export.detection import DETECTION_OUTPUTS, DetectionRunner, run_batched
-from training.recipes import PREPROCESSING
+
+from . import parity, saved_model, tflite
+from .detection import DETECTION_OUTPUTS, DetectionRunner, run_batched
 
 PREDICTIONS = "predictions.json"
 

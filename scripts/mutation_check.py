@@ -208,13 +208,22 @@ def repository_files():
     return sorted(name for name in listed.split("\0") if name and os.path.isfile(os.path.join(REPO, name)))
 
 
+# Installed packages that live outside aa_keras/ in the repository (setup.py's package_dir).
+PACKAGE_DIRS = {"aa_keras/training": "training", "aa_keras/export": "export"}
+
+
 def fresh_copy(files, copy):
-    """`files` of the repository copied into the folder `copy`, which is emptied first."""
+    """`files` of the repository copied into the folder `copy`, which is emptied first, with
+    aa_keras/training and aa_keras/export linked to the copy's training/ and export/: the
+    editable install maps those names to the repository's own folders, and the tests must
+    import the copy's (mutated) files."""
     shutil.rmtree(copy, ignore_errors=True)
     for name in files:
         target = os.path.join(copy, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(os.path.join(REPO, name), target)
+    for link, folder in PACKAGE_DIRS.items():
+        os.symlink(os.path.join("..", folder), os.path.join(copy, link))
 
 
 def apply(mutant, copy):
@@ -243,8 +252,8 @@ def prepare_data(python, copy, data_dir):
     code = (
         "import tensorflow_datasets as tfds, aa_keras.datasets\n"
         f"tfds.builder('glyph_pairs', data_dir={data_dir!r}).download_and_prepare()\n"
-        "import aa_keras, training, export\n"
-        "print(aa_keras.__file__, training.__file__, export.__file__)\n"
+        "import aa_keras, aa_keras.training, aa_keras.export\n"
+        "print(aa_keras.__file__, aa_keras.training.__file__, aa_keras.export.__file__)\n"
     )
     result = subprocess.run(
         [python, "-c", code], cwd=copy, env=environment(copy, data_dir), capture_output=True, text=True

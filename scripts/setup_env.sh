@@ -10,7 +10,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+# Editable (PEP 660), with the environment's setuptools: training/ and export/ import as
+# aa_keras.training and aa_keras.export (see setup.py).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 # The fused CPU attention kernel, compiled once per machine and cached (see README). Without a
 # compiler the layer still works, on standard TensorFlow ops, so this only warns.
 .venv/bin/python -m aa_keras.ops >/dev/null ||

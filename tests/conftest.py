@@ -43,7 +43,7 @@ def classifier_run(data_dir, tmp_path_factory):
     """The run folder of aa_small trained 5 steps on glyph_pairs by the trainer (model.keras,
     labels.txt, run_config.json), for the evaluate and predict tests."""
     from aa_keras.applications import small_nets
-    from training import classification, recipes
+    from aa_keras.training import classification, recipes
 
     model_dir = tmp_path_factory.mktemp("classifier_run") / "aa_small"
     keras.utils.set_random_seed(0)
@@ -81,7 +81,7 @@ def tiny_glyph_boxes(make_glyph_boxes):
 def detector_run(tiny_glyph_boxes, tmp_path_factory):
     """The run folder of aa_retinanet_r18 (64 x 64 images) trained 1 step on glyph_boxes,
     evaluated on 2 test images, for the evaluate and predict tests."""
-    from training import detection, recipes
+    from aa_keras.training import detection, recipes
 
     model_dir = tmp_path_factory.mktemp("detector_run") / "aa_retinanet_r18"
     keras.utils.set_random_seed(0)
@@ -99,7 +99,7 @@ def classifier_export(classifier_run, data_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("export") / "export"
     argv = ["aa-export", f"--model={classifier_run / 'model.keras'}", f"--output_dir={output_dir}", "--baseline=none",
             "--formats=saved_model,tflite_float32", f"--data_dir={data_dir}", "--num_images=4", "--latency_runs=1"]  # fmt: skip
-    from export import export as exporter
+    from aa_keras.export import export as exporter
 
     exporter.FLAGS(argv)
     try:

@@ -15,8 +15,8 @@ import tensorflow_datasets as tfds
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
 from aa_keras.datasets import CocoJson
-from export import export as exporter
-from training import detection, recipes
+from aa_keras.export import export as exporter
+from aa_keras.training import detection, recipes
 
 SIZE = 64
 # Sparse category ids, listed out of order: label i is the i-th category by id.

@@ -17,10 +17,10 @@ from aa_keras.data import detection as detection_data
 from aa_keras.datasets import glyph_boxes
 from aa_keras.datasets.glyph_pairs import SEED as ALPHABET_SEED
 from aa_keras.datasets.glyph_pairs import make_alphabet
+from aa_keras.export import detection as export_detection
+from aa_keras.export import export as exporter
 from aa_keras.layers import AttentionAugmentation2D
-from export import detection as export_detection
-from export import export as exporter
-from training import detection, recipes, train
+from aa_keras.training import detection, recipes, train
 
 SIZE = 64
 CLASSES = 3

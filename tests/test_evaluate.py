@@ -14,8 +14,8 @@ from aa_keras import files
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_boxes
-from export import saved_model
-from training import detection, evaluate
+from aa_keras.export import saved_model
+from aa_keras.training import detection, evaluate
 
 GLYPH_PAIRS_NAMES = ["different", "same"]
 

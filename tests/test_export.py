@@ -14,9 +14,9 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 import aa_keras
-from export import classification as export_classification
-from export import export as exporter
-from export import model_source, parity, staging, tflite
+from aa_keras.export import classification as export_classification
+from aa_keras.export import export as exporter
+from aa_keras.export import model_source, parity, staging, tflite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -310,7 +310,7 @@ def test_command_line_overwrite_of_the_run_folder_keeps_the_run(model_files, tmp
     model.write_bytes(open(model_files[0], "rb").read())
     before = _tree(run)
     completed = subprocess.run(
-        [sys.executable, "-m", "export.export", f"--model={model}", f"--output_dir={run}", "--overwrite",
+        [sys.executable, "-m", "aa_keras.export.export", f"--model={model}", f"--output_dir={run}", "--overwrite",
          "--baseline=none", "--formats=saved_model"],
         capture_output=True, text=True, cwd=REPO,
     )
@@ -367,7 +367,7 @@ def test_bad_image_size_and_batch(models, tmp_path):
 
 
 def test_missing_and_non_keras_files(tmp_path):
-    from export import model_source
+    from aa_keras.export import model_source
 
     with pytest.raises(ValueError, match="does not exist"):
         model_source.load_model(str(tmp_path / "missing.keras"))
@@ -383,7 +383,7 @@ def test_missing_and_non_keras_files(tmp_path):
 
 
 def test_builder_names(tmp_path):
-    from export import model_source
+    from aa_keras.export import model_source
 
     model = model_source.load_model("aa_small", image_size=SIZE, classes=3)
     assert tuple(model.outputs[0].shape) == (None, 3)
@@ -395,7 +395,7 @@ def test_builder_names(tmp_path):
 
 
 def test_unknown_custom_object(tmp_path, monkeypatch):
-    from export import model_source
+    from aa_keras.export import model_source
 
     @keras.saving.register_keras_serializable(package="test_export")
     class Doubler(keras.layers.Layer):
@@ -412,7 +412,7 @@ def test_unknown_custom_object(tmp_path, monkeypatch):
 
 
 def test_command_line_exports_a_keras_file(model_files, tmp_path, monkeypatch, capsys):
-    """`main` end to end, with a stand-in for the dataset of `training.data.build_dataset`."""
+    """`main` end to end, with a stand-in for the dataset of `aa_keras.data.classification.build_dataset`."""
 
     def build_dataset(name, split, image_size, global_batch_size=None, data_dir=None, training=False):
         assert (name, image_size, global_batch_size, training) == ("stand_in", SIZE, None, False)
@@ -453,7 +453,7 @@ def test_command_line_exports_a_keras_file(model_files, tmp_path, monkeypatch, c
 def test_command_line_error_is_clear_and_writes_nothing(tmp_path):
     output_dir = tmp_path / "out"
     completed = subprocess.run(
-        [sys.executable, "-m", "export.export", f"--model={tmp_path / 'missing.keras'}",
+        [sys.executable, "-m", "aa_keras.export.export", f"--model={tmp_path / 'missing.keras'}",
          f"--output_dir={output_dir}", "--baseline=none"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-
-from export import classification as export_classification
-from export import export as exporter
-from export import parity, saved_model, tflite
 from test_export import quadrant_images, trained
+
+from aa_keras.export import classification as export_classification
+from aa_keras.export import export as exporter
+from aa_keras.export import parity, saved_model, tflite
 
 SIZE = 8
 CLASSES = 4

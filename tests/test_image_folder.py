@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
-from export import export as exporter
-from export import predict
-from training import classification, evaluate, recipes, train
+from aa_keras.export import export as exporter
+from aa_keras.export import predict
+from aa_keras.training import classification, evaluate, recipes, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # {split: {label: number of images}}; sizes differ per image to show that any size is taken.

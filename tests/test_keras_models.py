@@ -16,8 +16,8 @@ from aa_keras.applications import ChannelAffine, keras_classifier, set_backbone_
 from aa_keras.applications.keras_classifier import preprocessing_layer
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.run_folder import RunFolder
-from training import classification, recipes, train
-from training.loop import start_run
+from aa_keras.training import classification, recipes, train
+from aa_keras.training.loop import start_run
 
 
 @pytest.fixture(autouse=True)

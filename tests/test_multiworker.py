@@ -15,9 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = """
 import sys
 import numpy as np
-from training import recipes
-from training.distribute import create_strategy, is_chief
-from training import classification
+from aa_keras.training import recipes
+from aa_keras.training.distribute import create_strategy, is_chief
+from aa_keras.training import classification
 
 model_dir, data_dir, weights_path = sys.argv[1:]
 strategy = create_strategy("multi_worker_mirrored")

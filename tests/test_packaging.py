@@ -7,6 +7,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,24 +22,32 @@ def _python(code, cwd, **environment):
     return completed.stdout
 
 
-def test_wheel_ships_the_kernel_and_it_compiles_and_applies_where_installed(tmp_path):
-    """Before, a wheel had no fused_attention.cc and an installed package silently ran the slower
-    TensorFlow-op path. The wheel is installed into its own folder (the environment's
-    dependencies, no download) and imported from outside the repository."""
-    # Built from a copy, so that the build leaves nothing (build/, *.egg-info) in the repository.
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The package's wheel, built from a copy of the repository (so that the build leaves
+    nothing, build/ or *.egg-info, in the repository), and its install into its own folder
+    (the environment's dependencies, no download): (wheel path, install folder)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), source],
         check=True, capture_output=True, timeout=300,
     )
-    (wheel,) = tmp_path.glob("aa_keras-*.whl")
-    assert "aa_keras/ops/fused_attention.cc" in zipfile.ZipFile(wheel).namelist()
+    (built,) = tmp_path.glob("aa_keras-*.whl")
     target = tmp_path / "installed"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(built)],
         check=True, capture_output=True, timeout=300,
     )
+    return built, target
+
+
+def test_wheel_ships_the_kernel_and_it_compiles_and_applies_where_installed(wheel, tmp_path):
+    """Before, a wheel had no fused_attention.cc and an installed package silently ran the slower
+    TensorFlow-op path. The installed wheel is imported from outside the repository."""
+    wheel, target = wheel
+    assert "aa_keras/ops/fused_attention.cc" in zipfile.ZipFile(wheel).namelist()
     printed = _python(
         "import aa_keras, tensorflow as tf\n"
         "from aa_keras.ops import fused_attention\n"
@@ -63,3 +73,32 @@ def test_importing_the_layer_loads_no_optional_dependency():
         cwd=REPO,
     )
     assert printed.splitlines()[-1] == "[]"
+
+
+def test_wheel_installs_the_trainer_and_exporter_under_aa_keras(wheel, tmp_path):
+    """The wheel's only top-level package is aa_keras: the trainer and the exporter are
+    aa_keras.training and aa_keras.export, and the console scripts name them. A user's own
+    `training` and `export` packages, first on the path, neither shadow them nor are shadowed."""
+    wheel, target = wheel
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(archive.read(name).decode() for name in names if name.endswith("entry_points.txt"))
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"aa_keras"}
+    assert {"aa_keras/training/train.py", "aa_keras/export/export.py", "aa_keras/data/classification.py"} <= set(names)
+    assert "aa-train = aa_keras.training.train:run_main" in entry_points
+    assert "aa-export = aa_keras.export.export:run_main" in entry_points
+    user = tmp_path / "user_project"
+    for package in ("training", "export"):
+        (user / package).mkdir(parents=True)
+        (user / package / "__init__.py").write_text(f"NAME = {'the user project ' + package!r}\n")
+    printed = _python(
+        "import training, export\n"
+        "from aa_keras.training import train\n"
+        "from aa_keras.export import export as exporter, predict\n"
+        "print(training.NAME, '|', export.NAME)\n"
+        "print(train.__file__, exporter.__file__, predict.__file__)\n",
+        cwd=user, PYTHONPATH=f"{user}{os.pathsep}{target}",
+    )
+    names_line, files_line = printed.splitlines()[-2:]
+    assert names_line == "the user project training | the user project export"
+    assert all(path.startswith(str(target / "aa_keras")) for path in files_line.split())

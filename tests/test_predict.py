@@ -1,4 +1,4 @@
-"""`training.predict` on PNG images of any size: the same top-1 class names from a `.keras` model,
+"""`export.predict` on PNG images of any size: the same top-1 class names from a `.keras` model,
 its SavedModel and its TFLite file; a detector's named boxes, in pixels of the original image,
 drawn with `--output`; where class names come from; errors."""
 
@@ -17,8 +17,8 @@ from aa_keras import files
 from aa_keras.applications import retinanet
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
-from export import detection as export_detection
-from export import predict
+from aa_keras.export import detection as export_detection
+from aa_keras.export import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLYPH_PAIRS_NAMES = ["different", "same"]
@@ -171,7 +171,7 @@ def test_predict_errors_name_what_is_wrong(classifier_run, classifier_export, gl
 
 def test_the_command_exits_0_and_prints_the_names(classifier_export, glyph_pngs):
     completed = subprocess.run(
-        [sys.executable, "-m", "export.predict", f"--model={classifier_export / 'model_float32.tflite'}", "--top=1",
+        [sys.executable, "-m", "aa_keras.export.predict", f"--model={classifier_export / 'model_float32.tflite'}", "--top=1",
          glyph_pngs[0]],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from aa_keras.applications import (
     transfer_weights,
 )
 from aa_keras.layers import AttentionAugmentation2D, resample_relative_table
-from training import classification, init_from, recipes, train
+from aa_keras.training import classification, init_from, recipes, train
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.data import classification as data
-from training import classification, recipes
+from aa_keras.training import classification, recipes
 
 # The mutation check (scripts/mutation_check.py) points this at a glyph_pairs it generated once,
 # so that each of its runs does not generate the dataset again.

@@ -5,8 +5,8 @@ import pytest
 
 from aa_keras import files
 from aa_keras.run_folder import RunFolder
-from training import artifacts, recipes
-from training.loop import start_run
+from aa_keras.training import artifacts, recipes
+from aa_keras.training.loop import start_run
 
 # Each identity field, and a run that differs from `_BASE` in that field only. Written out here
 # rather than read from `artifacts.IDENTITY_FIELDS`, so that a field dropped from the check fails.

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from training import recipes
-from training.loop import build_optimizer
+from aa_keras.training import recipes
+from aa_keras.training.loop import build_optimizer
 
 STEPS_PER_EPOCH = 5
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-
-from benchmarks import bench_tflite, tflite_profile
-from aa_keras.applications import retinanet
-from export import classification as export_classification
-from export import detection as export_detection
-from export import export as exporter
-from export import parity, saved_model, tflite
 from test_export import SIZE, quadrant_images, trained
+
+from aa_keras.applications import retinanet
+from aa_keras.export import classification as export_classification
+from aa_keras.export import detection as export_detection
+from aa_keras.export import export as exporter
+from aa_keras.export import parity, saved_model, tflite
+from benchmarks import bench_tflite, tflite_profile
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import tensorflow_datasets as tfds
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
 from aa_keras.run_folder import RunFolder
-from training import classification, distribute, recipes, train
-from training.checkpoints import checkpoint_files
-from training.schedules import WarmupDecay
+from aa_keras.training import classification, distribute, recipes, train
+from aa_keras.training.checkpoints import checkpoint_files
+from aa_keras.training.schedules import WarmupDecay
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,7 +203,7 @@ def test_a_different_run_in_the_same_model_dir_is_refused(tmp_path, data_dir):
 
 def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, data_dir):
     command = [
-        sys.executable, "-m", "training.train", "--model=conv_small", f"--data_dir={data_dir}",
+        sys.executable, "-m", "aa_keras.training.train", "--model=conv_small", f"--data_dir={data_dir}",
         f"--model_dir={tmp_path}", "--epochs=2", "--batch_size=16", "--steps_per_epoch=40",
         "--checkpoint_steps=2",
     ]  # fmt: skip

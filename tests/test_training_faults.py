@@ -16,8 +16,8 @@ from test_training import REPO, _tiny_recipe, _train
 
 from aa_keras import files
 from aa_keras.run_folder import RunFolder
-from training import checkpoints, distribute, run_lock
-from training.loop import start_run
+from aa_keras.training import checkpoints, distribute, run_lock
+from aa_keras.training.loop import start_run
 
 
 def _saved_checkpoints(directory, count=5):
@@ -212,7 +212,7 @@ def test_cli_with_gpus_that_do_not_exist_fails_fast(tmp_path):
     """Before: `--strategy=mirrored --num_gpus=2` on a machine without GPUs printed `epoch 1/1`
     and hung."""
     completed = subprocess.run(
-        [sys.executable, "-m", "training.train", "--strategy=mirrored", "--num_gpus=2", f"--model_dir={tmp_path}"],
+        [sys.executable, "-m", "aa_keras.training.train", "--strategy=mirrored", "--num_gpus=2", f"--model_dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode != 0

@@ -19,8 +19,8 @@ from aa_keras.layers.attention_augmentation import MAX_ATTENTION_SCORES
 from aa_keras.ops import fused_attention
 from aa_keras.visualize import attention_maps, cli, query_cells
 from aa_keras.visualize.figure import DPI, PANEL_INCHES
-from training import attention_summaries, recipes
-from training import classification
+from aa_keras.training import attention_summaries, recipes
+from aa_keras.training import classification
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

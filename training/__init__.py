@@ -1,1 +1,1 @@
-"""The tf.distribute trainer for aa_keras networks: `python -m training.train` (or `aa-train`)."""
+"""The tf.distribute trainer for aa_keras networks: `python -m aa_keras.training.train` (or `aa-train`)."""

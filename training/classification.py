@@ -11,8 +11,9 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import build_model
 from aa_keras.data import classification as data
-from training import attention_summaries, recipes
-from training.loop import TrainingTask, run_training, start_run
+
+from . import attention_summaries, recipes
+from .loop import TrainingTask, run_training, start_run
 
 _SUM = tf.distribute.ReduceOp.SUM
 

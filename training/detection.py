@@ -21,9 +21,10 @@ from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, dete
 from aa_keras.data import detection as detection_data
 from aa_keras.data.classification import per_replica_batch_size
 from aa_keras.validation import positive_int
-from training import recipes
-from training.init_from import detector_attention
-from training.loop import TrainingTask, run_training, start_run
+
+from . import recipes
+from .init_from import detector_attention
+from .loop import TrainingTask, run_training, start_run
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
@@ -51,7 +52,7 @@ def compile_detector(model, optimizer):
 def coco_predictions(found, groundtruth):
     """The `COCOEvaluator` predictions of a batch: `found` from
     `aa_keras.applications.retinanet.detections` on the images of the evaluation batch whose
-    ground truth is `groundtruth` (see `training.detection_data.preprocess_for_evaluation`).
+    ground truth is `groundtruth` (see `aa_keras.data.detection.preprocess_for_evaluation`).
     Boxes stay in pixels of the resized image (the evaluator rescales them with `image_info`);
     category ids are class + 1, as in the ground truth, and 0 (no category) marks padding."""
     count = np.asarray(found["num_detections"])
@@ -73,7 +74,7 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
 
     Args:
         model: a detector from `aa_keras.applications.retinanet` taking (image_size, image_size, 3).
-        dataset, split, data_dir: the TFDS detection data (see `training.detection_data`).
+        dataset, split, data_dir: the TFDS detection data (see `aa_keras.data.detection`).
         image_size: side of the square images.
         batch_size: images per prediction batch.
         max_instances: ground-truth objects kept per image.

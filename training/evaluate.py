@@ -2,8 +2,8 @@
 classifier, the COCO metrics of a RetinaNet detector (`training.detection.evaluate_detector`,
 the trainer's own evaluation).
 
-    python -m training.evaluate --model=runs/quick/aa_small/model.keras --dataset=glyph_pairs
-    python -m training.evaluate --model=runs/quick_detection/aa_retinanet_r18/model.keras \
+    python -m aa_keras.training.evaluate --model=runs/quick/aa_small/model.keras --dataset=glyph_pairs
+    python -m aa_keras.training.evaluate --model=runs/quick_detection/aa_retinanet_r18/model.keras \
         --dataset=glyph_boxes --output=runs/aa_retinanet_r18_test.json
 
 The images go through the evaluation pipeline of the run that trained the model: the
@@ -27,7 +27,8 @@ from aa_keras.data import detection as detection_data
 from aa_keras.files import load_keras_file
 from aa_keras.run_folder import RunFolder
 from aa_keras.validation import positive_int
-from training import detection
+
+from . import detection
 
 TOP_K = 5
 DEFAULT_MAX_INSTANCES = 100
@@ -83,7 +84,7 @@ def evaluate_classifier(model, dataset, split, image_size, data_dir=None, batch_
     Args:
         model: Keras model from (B, image_size, image_size, 3) float32 images in [0, 1] to
             (B, classes) scores.
-        dataset, split, data_dir: the TFDS data (see `training.data.build_dataset`).
+        dataset, split, data_dir: the TFDS data (see `aa_keras.data.classification.build_dataset`).
         image_size: side of the square images.
         batch_size: images per prediction batch.
         preprocessing: the evaluation preprocessing of the recipe ("inception", "cifar", "none").

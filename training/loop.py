@@ -24,10 +24,11 @@ from aa_keras import files
 from aa_keras.applications import set_backbone_trainable
 from aa_keras.run_folder import RunFolder
 from aa_keras.validation import positive_int
-from training import artifacts, checkpoints, run_lock
-from training.distribute import is_chief, worker_id
-from training.init_from import initialize_from
-from training.schedules import WarmupDecay
+
+from . import artifacts, checkpoints, run_lock
+from .distribute import is_chief, worker_id
+from .init_from import initialize_from
+from .schedules import WarmupDecay
 
 MIXED_PRECISION = (None, "bfloat16", "float16")
 _SUM = tf.distribute.ReduceOp.SUM

@@ -10,7 +10,8 @@ images and scaled linearly with the global batch size (`peak_learning_rate`).
 import dataclasses
 
 from aa_keras.data.classification import PREPROCESSING
-from training.schedules import DECAYS as SCHEDULES
+
+from .schedules import DECAYS as SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -1,11 +1,11 @@
 """Trains aa_keras networks with the paper's recipes on any tf.distribute strategy.
 
-    python -m training.train                      # the default run: aa_small vs conv_small on glyph_pairs
-    python -m training.train --recipe=paper_cifar100 --model=aa_wrn28_10 --strategy=mirrored --num_gpus=8
-    python -m training.train --recipe=paper_imagenet --manual_dir=/data/imagenet --strategy=tpu --tpu=NAME
-    python -m training.train --task=detection     # aa_retinanet_r18 vs retinanet_r18 on glyph_boxes
-    python -m training.train --task=detection --dataset=coco/2017 --model=aa_retinanet_r50 --recipe=paper_coco
-    python -m training.train --recipe=finetune --model=keras:EfficientNetB0 --dataset=NAME   # pretrained, attention added
+    python -m aa_keras.training.train                      # the default run: aa_small vs conv_small on glyph_pairs
+    python -m aa_keras.training.train --recipe=paper_cifar100 --model=aa_wrn28_10 --strategy=mirrored --num_gpus=8
+    python -m aa_keras.training.train --recipe=paper_imagenet --manual_dir=/data/imagenet --strategy=tpu --tpu=NAME
+    python -m aa_keras.training.train --task=detection     # aa_retinanet_r18 vs retinanet_r18 on glyph_boxes
+    python -m aa_keras.training.train --task=detection --dataset=coco/2017 --model=aa_retinanet_r50 --recipe=paper_coco
+    python -m aa_keras.training.train --recipe=finetune --model=keras:EfficientNetB0 --dataset=NAME   # pretrained, attention added
 
 Each network trains into `<model_dir>/<name>` (`keras:<Name>` into `<model_dir>/keras_<Name>`;
 checkpoints, TensorBoard logs, model.keras, metrics.json); re-running the same command resumes. A table compares the networks at the end.
@@ -23,10 +23,11 @@ from aa_keras.command_line import program_main, run_program
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.layers import RESAMPLE_METHODS
-from training import classification, detection, recipes
-from training.distribute import STRATEGIES, create_strategy
-from training.init_from import model_file
-from training.loop import MIXED_PRECISION
+
+from . import classification, detection, recipes
+from .distribute import STRATEGIES, create_strategy
+from .init_from import model_file
+from .loop import MIXED_PRECISION
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
