@@ -19,7 +19,13 @@ from aa_keras import files
 
 
 class RunFolder:
-    """The paths of the run folder `path` (nothing is created or read until asked)."""
+    """The paths of the run folder `path` (nothing is created or read until asked).
+
+    Attributes:
+        path: the folder.
+        run_config, labels, checkpoints, log_file, lock, model, metrics: the paths of its
+            entries (the file names are the class attributes in capitals).
+    """
 
     RUN_CONFIG = "run_config.json"
     LABELS = files.LABELS
@@ -32,6 +38,13 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.run_config = self.file(self.RUN_CONFIG)
+        self.labels = self.file(self.LABELS)
+        self.checkpoints = self.file(self.CHECKPOINTS)
+        self.log_file = self.file(self.LOG)
+        self.lock = self.file(self.LOCK)
+        self.model = self.file(self.MODEL)
+        self.metrics = self.file(self.METRICS)
 
     @classmethod
     def of_model(cls, model_path):
@@ -42,35 +55,8 @@ class RunFolder:
         return f"RunFolder({self.path!r})"
 
     def file(self, name):
+        """The path of the entry `name`."""
         return os.path.join(self.path, name)
-
-    @property
-    def run_config(self):
-        return self.file(self.RUN_CONFIG)
-
-    @property
-    def labels(self):
-        return self.file(self.LABELS)
-
-    @property
-    def checkpoints(self):
-        return self.file(self.CHECKPOINTS)
-
-    @property
-    def log_file(self):
-        return self.file(self.LOG)
-
-    @property
-    def lock(self):
-        return self.file(self.LOCK)
-
-    @property
-    def model(self):
-        return self.file(self.MODEL)
-
-    @property
-    def metrics(self):
-        return self.file(self.METRICS)
 
     def logs(self, name):
         """The TensorBoard folder `logs/<name>` ("train" or "eval")."""

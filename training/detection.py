@@ -131,26 +131,17 @@ def train(
     end, and every worker evaluates the (whole) evaluation split by itself.
 
     Args:
-        strategy: a `tf.distribute.Strategy` (see `training.distribute.create_strategy`).
+        The arguments of `training.classification.train` (the same signature), except:
         model_name: one of `aa_keras.applications.retinanet.DETECTOR_NAMES`.
-        model_dir: output folder.
         recipe: a `training.recipes.DetectionRecipe`, or the name of one in
             `training.recipes.DETECTION_RECIPES`.
-        data_dir: TFDS data directory.
-        dataset, epochs, global_batch_size: override the recipe's (None keeps it).
-        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
-        mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
-        checkpoint_steps: steps between checkpoints.
-        seed: seed of the data order (epoch e shuffles with seed + e).
-        verbose: show a progress bar (on the chief).
         model_fn: `(name, input_shape, num_classes, **attention) -> detector`.
-        allow_changed_settings: resume a run found in `model_dir` whose settings (other than
-            the identity fields and `epochs`) differ from these; the change is recorded.
         init_from, init_method: start from the weights of a saved classifier or detector (see
             `training.loop.run_training`); an AA detector takes the attention settings of its
             backbone layers (`training.init_from.detector_attention`), so re-run the same command
             to resume.
-        eval_examples: evaluate on the first this many images of the evaluation split (None: all).
+        eval_examples: evaluate on the first this many images of the evaluation split (None: all);
+            in place of classification's `model_options`.
 
     Returns:
         (model, metrics dict as written to metrics.json).
