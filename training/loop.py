@@ -2,10 +2,10 @@
 
 `run_training` is the loop of every task; a `TrainingTask` gives what differs between tasks
 (the model, the training data, the loss, the evaluation, the metrics); the task modules
-`training.classification` and `training.detection` build one each. Model, optimizer and checkpoint are built under the strategy's scope; the
-training data is distributed with `distribute_datasets_from_function` (one even part of the
-split per input pipeline, per-replica batches); gradients are summed over replicas by the
-optimizer. The run resumes from the last checkpoint in `model_dir`, mid-epoch included, and
+`training.classification` and `training.detection` build one each. Model, optimizer and
+checkpoint are built under the strategy's scope; the training data is distributed with
+`distribute_datasets_from_function` (one even part of the split per input pipeline, per-replica
+batches); gradients are summed over replicas by the optimizer. The run resumes from the last checkpoint in `model_dir`, mid-epoch included, and
 stops on a non-finite loss without saving.
 """
 

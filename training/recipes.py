@@ -9,6 +9,7 @@ images and scaled linearly with the global batch size (`peak_learning_rate`).
 
 import dataclasses
 
+from aa_keras.applications.retinanet import DETECTOR_NAMES
 from aa_keras.data.classification import PREPROCESSING
 
 from .schedules import DECAYS as SCHEDULES
@@ -204,7 +205,7 @@ def override(recipe, **overrides):
 
 @dataclasses.dataclass(frozen=True)
 class DetectionRecipe(Recipe):
-    """A `training.Recipe` for detection, with the augmentation of detection.
+    """A `Recipe` for detection, with the augmentation of detection.
 
     The classification fields mean the same here, except `preprocessing`, which must be
     "none"; `label_smoothing` and `randaugment_magnitude` must be 0 (detection has neither).
@@ -234,8 +235,6 @@ class DetectionRecipe(Recipe):
             isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool) and self.max_instances > 0,
             "a positive int",
         )
-        from aa_keras.applications.retinanet import DETECTOR_NAMES  # keras-hub loads only for detection recipes.
-
         unknown = [name for name in self.models if name not in DETECTOR_NAMES]
         check_field(self, "models", not unknown, f"names from {DETECTOR_NAMES}")
 
