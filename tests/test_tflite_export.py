@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 from benchmarks import bench_tflite, tflite_profile
 from aa_keras.applications import retinanet
@@ -91,8 +92,8 @@ def test_int8_recipe_runs_each_attention_in_float_up_to_the_softmax(converted):
     softmaxes = sum(name == "SOFTMAX" for name, _ in ops)
     assert softmaxes >= 1 and sum(name == "QUANTIZE" for name, _ in ops) == softmaxes
     for name, types in ops:
-        if name in ("SOFTMAX", "TRANSPOSE") and types[0] != "int8":
-            assert set(types) <= {"float32", "int32"}, (name, types)
+        if name == "SOFTMAX":
+            assert types == ["float32"], (name, types)
         if name in ("CONV_2D", "FULLY_CONNECTED"):
             assert types[:2] == ["int8", "int8"], (name, types)
     products = _batch_matmuls(recipe)
@@ -122,6 +123,29 @@ def test_symmetric_matmul_rhs_lets_xnnpack_take_every_int8_batch_matmul(converte
     symmetric = tflite.symmetric_matmul_rhs(default, calibrated)
     after = _batch_matmuls(symmetric)
     assert [types for types, _ in after] == [types for types, _ in before] and {z for _, z in after} == {0}
+    # A computed right-hand input's symmetric range just covers its calibrated one, whatever the
+    # sign of its zero point (the same model with every zero point negated has the other signs).
+    graph, names, _, producer, _ = tflite.operator_graph(default)
+    computed = [
+        op.inputs[1] for op, name in zip(graph.operators, names) if name == "BATCH_MATMUL" and op.inputs[1] in producer
+    ]
+    negated = flatbuffer_utils.read_model_from_bytearray(default)
+    for tensor in negated.subgraphs[0].tensors:
+        if tensor.quantization is not None and tensor.quantization.zeroPoint is not None:
+            tensor.quantization.zeroPoint = np.minimum(-tensor.quantization.zeroPoint, 127)
+    negated = bytes(flatbuffer_utils.convert_object_to_bytearray(negated))
+    signs = set()
+    for quantized in (default, negated):
+        params = [
+            {t["index"]: t["quantization"] for t in Interpreter(model_content=fb).get_tensor_details()}
+            for fb in (quantized, tflite.symmetric_matmul_rhs(quantized, calibrated))
+        ]
+        for t in computed:
+            (scale, zero_point), (new_scale, new_zero_point) = params[0][t], params[1][t]
+            signs.add(np.sign(zero_point))
+            assert new_zero_point == 0
+            assert new_scale == pytest.approx(max(scale * (128 + zero_point), scale * (127 - zero_point)) / 127)
+    assert {-1, 1} <= signs
     assert all(ok for name, ok in tflite_profile.xnnpack_ops(symmetric) if name == "BATCH_MATMUL")
     images = exporter.snap_to_8_bit(quadrant_images(200, seed=1)[0])
     assert _top1_agreement(symmetric, models["aa"], images, tmp_path) >= 0.97
