@@ -25,17 +25,21 @@ variants and the conv twin's int8 file are timed side by side in interleaved rou
 (`bench_tflite.side_by_side_ms`, best round; 1 thread, batch 1), with the top-1 agreement with
 Keras on the 200 test images (small pair), how many BATCH_MATMUL and SOFTMAX ops XNNPACK takes
 (each op tested on its own, `tflite_profile.xnnpack_ops`) and the whole model's delegate
-partitions; for the small pair the int8 variants are then profiled operator by operator.
-Writes everything to `--output`.
+partitions. For the small pair the int8 variants are then profiled operator by operator, and
+the first (16x16) attention of three of them is cut into its logits, its softmax and its product
+with v, each timed side by side as a model of its own (`attention_parts`). Writes everything to
+`--output`.
 """
 
 import argparse
+import copy
 import os
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 from benchmarks import bench_tflite, tflite_profile
 from export import model_source, parity, report, saved_model, tflite
@@ -74,6 +78,58 @@ def delegation(flatbuffer):
     }
     not_taken = sorted({name for name, taken in ops if not taken})
     return counts | {"delegate_partitions": plan.count(tflite_profile._DELEGATE_NODE), "not_taken": not_taken}
+
+
+def sub_model(flatbuffer, indices):
+    """The operators `indices` of the main subgraph as a model of their own: its inputs the
+    non-constant tensors they read and none of them writes, its outputs those they write that
+    another operator or the model reads."""
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    constant = {i for i, t in enumerate(graph.tensors) if model.buffers[t.buffer].data is not None}
+    ops = [graph.operators[i] for i in indices]
+    written = {t for op in ops for t in op.outputs}
+    read_outside = {t for i, op in enumerate(graph.operators) if i not in indices for t in op.inputs} | set(graph.outputs)
+    part = copy.copy(graph)
+    part.operators = ops
+    part.inputs = sorted({t for op in ops for t in op.inputs if t >= 0} - constant - written)
+    part.outputs = sorted(written & read_outside)
+    model.subgraphs = [part]
+    model.signatureDefs = []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def attention_parts(flatbuffer):
+    """{part: operator indices} of the model's first attention: the logits (from the split of
+    the qkv projection to the softmax), the softmax (with a DEQUANTIZE before and a QUANTIZE
+    after it), the product with v (to the output projection), and all three."""
+    graph, names, _, producer, consumers = tflite.operator_graph(flatbuffer)
+    split = names.index("SPLIT_V")
+    softmax = names.index("SOFTMAX")
+    end = next(i for i in range(softmax, len(names)) if names[i] == "CONV_2D")
+    op = graph.operators[softmax]
+    first = producer[op.inputs[0]] if names[producer[op.inputs[0]]] == "DEQUANTIZE" else softmax
+    after = consumers[op.outputs[0]]
+    last = after[0] if len(after) == 1 and names[after[0]] == "QUANTIZE" else softmax
+    return {
+        "logits": list(range(split + 1, first)),
+        "softmax": list(range(first, last + 1)),
+        "product with v": list(range(last + 1, end)),
+        "attention": list(range(split + 1, end)),
+    }
+
+
+def time_attention_parts(files, labels, rounds):
+    """{label: {part: ms}}: `attention_parts` of each labelled model cut out as models of their
+    own (each one XNNPACK partition, random inputs) and timed side by side."""
+    runners = {}
+    for label in labels:
+        for part, indices in attention_parts(files[label]).items():
+            interpreter = Interpreter(model_content=sub_model(files[label], indices), num_threads=1)
+            interpreter.allocate_tensors()
+            runners[label, part] = tflite_profile._InputRunner(interpreter, np.random.default_rng(0))
+    latency = bench_tflite.side_by_side_ms(runners, None, rounds)
+    return {label: {part: latency[label, part] for (name, part) in runners if name == label} for label in labels}
 
 
 def bench_pair(name, rounds, per_round, args, directory):
@@ -142,12 +198,16 @@ def main(argv=None):
                     f"XNNPACK BATCH_MATMUL {row['BATCH_MATMUL']}, SOFTMAX {row['SOFTMAX']}, "
                     f"{row['delegate_partitions']} partitions, not taken {row['not_taken']}"
                 )
-            profiles = {}
+            profiles, parts = {}, {}
             if small:
                 for label in (BLOCK, *SYMMETRIC, EXPORT):
                     profiles[label] = tflite_profile.profile(files[label], 1, args.runs)
                     print(tflite_profile.format_profile(label, profiles[label]))
-            result["pairs"][name] = {"rows": rows, "profiles": profiles}
+                parts = time_attention_parts(files, (BLOCK, SYMMETRIC[1], EXPORT), args.rounds)
+                print("the first attention's parts, each cut out as a model of its own, ms:")
+                for label, times in parts.items():
+                    print(f"  {label:<40} " + ", ".join(f"{part} {ms:.3f}" for part, ms in times.items()))
+            result["pairs"][name] = {"rows": rows, "profiles": profiles, "attention_parts_ms": parts}
     report.write_json(args.output, result)
     print(f"Wrote {args.output}")
 

@@ -1,30 +1,31 @@
 """TFLite conversion (float32, float16, dynamic range, full int8), op listing and inference.
 
-The int8 recipe. Everything is int8 (weights per channel, activations per tensor, int8 input
-and output) except each attention block, from the split of the qkv projection's output to the
+The int8 recipe. Everything is int8 (weights per channel, activations per tensor, int8 input and
+output) except each attention block, from the split of the qkv projection's output to the
 softmax (`attention_block_nodes` less `weighted_sum_nodes`: the heads' reshapes and transposes,
-the relative logits, q k^T, their sums, the softmax), which stays float32 between DEQUANTIZE
-and one QUANTIZE of the softmax's output; the product of the weights with v runs in int8, with
-v quantized symmetrically (`symmetric_matmul_rhs`). Measured with `benchmarks.tflite_profile`:
-in a fully int8 model LiteRT's XNNPACK delegate takes neither the int8 SOFTMAX (XNNPACK's softmax
+the relative logits, q k^T, their sums, the softmax), which stays float32 between DEQUANTIZE and
+one QUANTIZE of the softmax's output; the product of the weights with v runs in int8, with v
+quantized symmetrically (`symmetric_matmul_rhs`). Measured with `benchmarks.tflite_profile`: in
+a fully int8 model LiteRT's XNNPACK delegate takes neither the int8 SOFTMAX (XNNPACK's softmax
 is float only) nor an int8 BATCH_MATMUL whose right-hand input has a non-zero zero point (both
 attention products, with asymmetric activations), so these run on LiteRT's reference kernels (on
 the trained small AA model: q k^T 0.66 ms, softmax 0.49 ms, against 0.02 and 0.05 ms in float
-under XNNPACK) and the int8 model is 4.7-6.1x slower than the float32 one. Keeping only those two
-op types float leaves the int8 ADDs of the relative logits between them (4 QUANTIZE and 6
+under XNNPACK) and the int8 model is 4.7-6.1x slower than the float32 one. Keeping only those
+two op types float leaves the int8 ADDs of the relative logits between them (4 QUANTIZE and 6
 DEQUANTIZE ops per block); keeping the whole block float was 13-15% faster (0.35 against 0.41 ms
 on the trained aa_small, 1 thread). With v's zero point 0, XNNPACK takes the int8 product with
-v, which is 3x faster than in float (its output is only dkh wide per head); measured with
-`benchmarks.int8_symmetric_kv`, the model is 9% faster than with the whole block float on the
-trained aa_small (0.28 against 0.31 ms) and 4% faster at AAResNet-50 224, with a top-1
-agreement with Keras of 0.990 (0.995). Quantizing k as well, so that q k^T runs in int8 too,
-was slower (0.32 ms): in XNNPACK the int8 logits (q k^T, relative logits, their sums) take
-longer than the float ones, and an int8 softmax is LiteRT's reference kernel (0.53 ms). XNNPACK
-runs every op but SPLIT_V and an AVERAGE_POOL_2D. The ops are left out of the quantization with
-the MLIR quantizer's `denylisted_nodes`, the mechanism of
+v, which took 0.022 ms against 0.059 ms in float for the 16x16 layer of aa_small; measured with
+`benchmarks.int8_symmetric_kv`, the model is 10% faster than with the whole block float on the
+trained aa_small (0.279 against 0.309 ms, 1 thread) and 4% at AAResNet-50 224 (17.57 against
+18.31 ms), with a top-1 agreement with Keras of 0.990 (0.995). Quantizing k as well, so that
+q k^T runs in int8 too, was slower (0.321 ms): in XNNPACK the int8 logits (q k^T, relative
+logits, their sums) take longer than the float ones, and an int8 softmax runs on LiteRT's
+builtin kernel (the model with it: 0.531 ms). A BATCH_MATMUL outside the attention blocks is int8 with the same symmetric
+right-hand input. XNNPACK runs every op but SPLIT_V and an AVERAGE_POOL_2D. The ops are left out
+of the quantization with the MLIR quantizer's `denylisted_nodes`, the mechanism of
 `tf.lite.experimental.QuantizationDebugger`, applied to the converter's own calibrated model;
-the rest is quantized exactly as the converter does by default (a model without attention
-gives the default int8 model).
+the rest is quantized exactly as the converter does by default (a model without attention gives
+the default int8 model).
 """
 
 import numpy as np
