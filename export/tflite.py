@@ -20,12 +20,12 @@ trained aa_small (0.279 against 0.309 ms, 1 thread) and 4% at AAResNet-50 224 (1
 18.31 ms), with a top-1 agreement with Keras of 0.990 (0.995). Quantizing k as well, so that
 q k^T runs in int8 too, was slower (0.321 ms): in XNNPACK the int8 logits (q k^T, relative
 logits, their sums) take longer than the float ones, and an int8 softmax runs on LiteRT's
-builtin kernel (the model with it: 0.531 ms). A BATCH_MATMUL outside the attention blocks is int8 with the same symmetric
-right-hand input. XNNPACK runs every op but SPLIT_V and an AVERAGE_POOL_2D. The ops are left out
-of the quantization with the MLIR quantizer's `denylisted_nodes`, the mechanism of
-`tf.lite.experimental.QuantizationDebugger`, applied to the converter's own calibrated model;
-the rest is quantized exactly as the converter does by default (a model without attention gives
-the default int8 model).
+builtin kernel (the model with it: 0.531 ms). A BATCH_MATMUL outside the attention blocks is
+int8 with the same symmetric right-hand input. XNNPACK runs every op but SPLIT_V and an
+AVERAGE_POOL_2D. The ops are left out of the quantization with the MLIR quantizer's
+`denylisted_nodes`, the mechanism of `tf.lite.experimental.QuantizationDebugger`, applied to the
+converter's own calibrated model; the rest is quantized exactly as the converter does by default
+(a model without attention gives the default int8 model).
 """
 
 import numpy as np
@@ -164,7 +164,7 @@ def symmetric_matmul_rhs(quantized, calibrated):
             continue
         if op.inputs[1] in producer:
             group = _sharing_group(op.inputs[1], graph, names, producer, consumers)
-            ops = {producer[t] for t in group} | {i for t in group for i in consumers.get(t, [])}
+            ops = {producer[t] for t in group if t in producer} | {i for t in group for i in consumers.get(t, [])}
             if group & fixed or any(names[i] not in (*_SAME_PARAMS, *_REQUANTIZING) for i in ops):
                 continue
             scale, zero_point = float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
