@@ -5,12 +5,13 @@ int8 recipes of `export.tflite` against each other.
     python -m benchmarks.tflite_profile runs/quick/export/model_int8.tflite runs/quick/export/model_float32.tflite
 
 With `--keras`, the model is converted (batch 1, calibrated on train images of `--dataset`) to
-float32 and to four int8 variants: the converter's default (everything int8); the op names
-BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's recipe until the block
-variant measured faster); each attention's core kept float (`attention_core_nodes`: the
-products, the sums and reshapes between them, the softmax); and each attention block kept float
-from the split of the qkv projection to the attention output (`tflite.attention_block_nodes`:
-the exporter's recipe, `tflite.convert`). The five are timed side by side
+float32 and to five int8 variants: the converter's default (everything int8); the op names
+BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's first recipe); each
+attention's core kept float (`attention_core_nodes`: the products, the sums and reshapes between
+them, the softmax); each attention block kept float from the split of the qkv projection to the
+attention output (`tflite.attention_block_nodes`: the exporter's second recipe); and the same
+up to the softmax, the product with v in int8 with v symmetric (the exporter's recipe,
+`tflite.convert`; see `benchmarks/int8_symmetric_kv.py`). The six are timed side by side
 (`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images, and
 float32, the op-name variant and the exporter's are profiled operator by operator.
 
@@ -38,8 +39,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 from aa_keras.export import report, tflite
 from benchmarks.bench_tflite import side_by_side_ms
 
-# The exporter's int8 recipe (`tflite.convert`): each attention block float.
-EXPORT_VARIANT = "int8 float attention block (export)"
+# The exporter's int8 recipe (`tflite.convert`): each attention block float up to the softmax.
+EXPORT_VARIANT = "int8 float attention block but P v (export)"
 # The node LiteRT puts in the execution plan for a partition that a delegate took.
 _DELEGATE_NODE = "DELEGATE"
 
@@ -198,6 +199,9 @@ def int8_variants(saved_model_dir, calibration_batches):
         "int8 default": tflite.quantize_int8(calibrated),
         "int8 float BATCH_MATMUL, SOFTMAX": tflite.quantize_int8(calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)),
         "int8 float attention core": tflite.quantize_int8(calibrated, denylisted_nodes=attention_core_nodes(calibrated)),
+        "int8 float attention block": tflite.quantize_int8(
+            calibrated, denylisted_nodes=tflite.attention_block_nodes(calibrated), denylisted_ops=list(tflite.INT8_FLOAT_OPS)
+        ),
         EXPORT_VARIANT: tflite.convert(saved_model_dir, "int8", calibration_batches),
     }
 
@@ -205,11 +209,11 @@ def int8_variants(saved_model_dir, calibration_batches):
 def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, num_calibration=100):
     """The variants of `int8_variants` for a `.keras` classifier: latency side by side and top-1
     agreement with the Keras model; returns ({name: row}, {name: flatbuffer})."""
-    from aa_keras.export import export, model_source, parity, saved_model
+    from aa_keras.export import classification, export, model_source, parity, saved_model
 
     model = model_source.load_keras_file(keras_path)
     shape = model_source.image_shape(model, None)
-    images = export.snap_to_8_bit(export.dataset_images(dataset, "test", shape, num_images))
+    images = classification.snap_to_8_bit(export.dataset_images(dataset, "test", shape, num_images))
     calibration, _ = parity.batches(export.dataset_images(dataset, "train", shape, num_calibration), 1)
     reference = parity.predict(lambda x: np.asarray(model(x, training=False)), images, 1)
     with tempfile.TemporaryDirectory() as directory:

@@ -1,26 +1,31 @@
 """TFLite conversion (float32, float16, dynamic range, full int8), op listing and inference.
 
-The int8 recipe. Everything is int8 (weights per channel, activations per tensor, int8 input
-and output) except each attention block, from the split of the qkv projection's output to the
-attention output before the output projection (`attention_block_nodes`: the heads' reshapes and
-transposes, the relative logits, q k^T, their sums, the softmax, the product with v), which
-stays float32 between DEQUANTIZE and one QUANTIZE; BATCH_MATMUL and SOFTMAX ops outside such a
-block stay float too (`INT8_FLOAT_OPS`). Measured with `benchmarks.tflite_profile`: in a fully
-int8 model LiteRT's XNNPACK delegate takes neither the int8 SOFTMAX (XNNPACK's softmax is float
-only) nor an int8 BATCH_MATMUL whose right-hand input has a non-zero zero point (both attention
-products, with asymmetric activations), so these run on LiteRT's reference kernels (on the
-trained small AA model: q k^T 0.66 ms, softmax 0.49 ms, against 0.02 and 0.05 ms in float under
-XNNPACK) and the int8 model is 4.7-6.1x slower than the float32 one. Keeping only those two op
-types float (the recipe before) leaves the int8 ADDs of the relative logits between them, so
-each block had 4 QUANTIZE and 6 DEQUANTIZE ops, on (HW x HW) tensors among others; keeping the
-whole block float leaves 1 QUANTIZE and 3 DEQUANTIZE ops per block and measured 13-15% faster
-on the trained aa_small in three side-by-side runs (0.35 against 0.41 ms, 1 thread), with a
-higher top-1 agreement with Keras (0.995 against 0.980). XNNPACK runs every op but SPLIT_V and
-an AVERAGE_POOL_2D. The ops are left out of the quantization with the MLIR quantizer's
-`denylisted_nodes` and `denylisted_ops`, the mechanism of
-`tf.lite.experimental.QuantizationDebugger`, applied to the converter's own calibrated model;
-the rest is quantized exactly as the converter does by default (a model without attention
-gives the default int8 model).
+The int8 recipe. Everything is int8 (weights per channel, activations per tensor, int8 input and
+output) except each attention block, from the split of the qkv projection's output to the
+softmax (`attention_block_nodes` less `weighted_sum_nodes`: the heads' reshapes and transposes,
+the relative logits, q k^T, their sums, the softmax), which stays float32 between DEQUANTIZE and
+one QUANTIZE of the softmax's output; the product of the weights with v runs in int8, with v
+quantized symmetrically (`symmetric_matmul_rhs`). Measured with `benchmarks.tflite_profile`: in
+a fully int8 model LiteRT's XNNPACK delegate takes neither the int8 SOFTMAX (XNNPACK's softmax
+is float only) nor an int8 BATCH_MATMUL whose right-hand input has a non-zero zero point (both
+attention products, with asymmetric activations), so these run on LiteRT's reference kernels (on
+the trained small AA model: q k^T 0.66 ms, softmax 0.49 ms, against 0.02 and 0.05 ms in float
+under XNNPACK) and the int8 model is 4.7-6.1x slower than the float32 one. Keeping only those
+two op types float leaves the int8 ADDs of the relative logits between them (4 QUANTIZE and 6
+DEQUANTIZE ops per block); keeping the whole block float was 13-15% faster (0.35 against 0.41 ms
+on the trained aa_small, 1 thread). With v's zero point 0, XNNPACK takes the int8 product with
+v, which took 0.022 ms against 0.059 ms in float for the 16x16 layer of aa_small; measured with
+`benchmarks.int8_symmetric_kv`, the model is 10% faster than with the whole block float on the
+trained aa_small (0.279 against 0.309 ms, 1 thread) and 4% at AAResNet-50 224 (17.57 against
+18.31 ms), with a top-1 agreement with Keras of 0.990 (0.995). Quantizing k as well, so that
+q k^T runs in int8 too, was slower (0.321 ms): in XNNPACK the int8 logits (q k^T, relative
+logits, their sums) take longer than the float ones, and an int8 softmax runs on LiteRT's
+builtin kernel (the model with it: 0.531 ms). A BATCH_MATMUL outside the attention blocks is
+int8 with the same symmetric right-hand input. XNNPACK runs every op but SPLIT_V and an
+AVERAGE_POOL_2D. The ops are left out of the quantization with the MLIR quantizer's
+`denylisted_nodes`, the mechanism of `tf.lite.experimental.QuantizationDebugger`, applied to the
+converter's own calibrated model; the rest is quantized exactly as the converter does by default
+(a model without attention gives the default int8 model).
 """
 
 import numpy as np
@@ -32,8 +37,17 @@ from tensorflow.lite.python import convert as lite_convert
 
 MODES = ("float32", "float16", "dynamic", "int8")
 
-# The ops that the int8 recipe keeps in float32 (see the module docstring).
+# The op types that the int8 detector (`export/detection.py`) keeps in float32 everywhere; the
+# classifier's recipe (`convert`) runs the attention's product with v in int8 instead.
 INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
+
+_INT8 = schema.TensorType.INT8
+# Ops whose int8 kernels copy bytes: their input and outputs share quantization parameters.
+_SAME_PARAMS = ("RESHAPE", "TRANSPOSE", "SPLIT", "SPLIT_V")
+# Ops whose int8 kernels read their inputs' and outputs' parameters, whatever they are.
+_REQUANTIZING = (
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL", "QUANTIZE", "DEQUANTIZE"
+)
 
 _BUILTIN_NAMES = {
     code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
@@ -44,7 +58,11 @@ def operator_graph(flatbuffer):
     """The main subgraph of a TFLite flatbuffer as (graph, op names, tensor names, producer,
     consumers): `graph.operators[i]` has the op name `names[i]`; `producer[t]` is the index of
     the op writing tensor t, `consumers[t]` those reading it."""
-    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    return _operator_maps(flatbuffer_utils.read_model_from_bytearray(flatbuffer))
+
+
+def _operator_maps(model):
+    """`operator_graph` of a model object (`flatbuffer_utils.read_model_from_bytearray`)."""
     graph = model.subgraphs[0]
     names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
     tensors = [t.name.decode() for t in graph.tensors]
@@ -82,6 +100,94 @@ def attention_block_nodes(flatbuffer):
     return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
+def weighted_sum_nodes(flatbuffer):
+    """Names of the output tensors of each attention's product with the values (a BATCH_MATMUL
+    reading a SOFTMAX's output), of the RESHAPEs and TRANSPOSEs that lead to its right-hand input
+    v, and of those after it."""
+    graph, names, tensors, producer, consumers = operator_graph(flatbuffer)
+    kept = set()
+    for softmax in (i for i, name in enumerate(names) if name == "SOFTMAX"):
+        for product in consumers.get(graph.operators[softmax].outputs[0], []):
+            kept.add(product)
+            t = graph.operators[product].inputs[1]
+            while t in producer and names[producer[t]] in ("RESHAPE", "TRANSPOSE"):
+                kept.add(producer[t])
+                t = graph.operators[producer[t]].inputs[0]
+            stack = [product]
+            while stack:
+                for j in consumers.get(graph.operators[stack.pop()].outputs[0], []):
+                    if names[j] in ("RESHAPE", "TRANSPOSE") and j not in kept:
+                        kept.add(j)
+                        stack.append(j)
+    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
+
+
+def _sharing_group(tensor, graph, names, producer, consumers):
+    """`tensor` and every tensor linked to it through `_SAME_PARAMS` ops, in either direction."""
+    group, stack = {tensor}, [tensor]
+    while stack:
+        t = stack.pop()
+        linked = []
+        if t in producer and names[producer[t]] in _SAME_PARAMS:
+            linked += [graph.operators[producer[t]].inputs[0], *graph.operators[producer[t]].outputs]
+        for i in consumers.get(t, []):
+            if names[i] in _SAME_PARAMS and graph.operators[i].inputs[0] == t:
+                linked += list(graph.operators[i].outputs)
+        stack += [u for u in linked if u not in group]
+        group.update(linked)
+    return group
+
+
+def symmetric_matmul_rhs(quantized, calibrated):
+    """`quantized`, an int8 model of `calibrated`, with zero point 0 on the right-hand input of
+    every int8 BATCH_MATMUL, which LiteRT's XNNPACK delegate needs to take it. A computed input
+    gets the scale max(|min|, |max|) / 127 of its calibrated range, together with the tensors
+    that share its parameters (through `_SAME_PARAMS` ops, back to the op that computes it); a
+    constant one is quantized again from its float values in `calibrated`, scale max|x| / 127.
+    An input that cannot be rewritten stays as it is (correct, on LiteRT's reference kernel):
+    one whose group holds a model input or output or is written or read by an op outside
+    `_SAME_PARAMS` and `_REQUANTIZING`, or a constant without a float source."""
+    model = flatbuffer_utils.read_model_from_bytearray(quantized)
+    graph, names, _, producer, consumers = _operator_maps(model)
+    float_model = flatbuffer_utils.read_model_from_bytearray(calibrated)
+    float_graph, float_names, *_ = _operator_maps(float_model)
+    float_rhs = {
+        float_graph.tensors[op.outputs[0]].name: float_graph.tensors[op.inputs[1]]
+        for op, name in zip(float_graph.operators, float_names)
+        if name == "BATCH_MATMUL"
+    }
+    fixed = set(graph.inputs) | set(graph.outputs)
+    rewritten = False
+    for op in (op for op, name in zip(graph.operators, names) if name == "BATCH_MATMUL"):
+        tensor = graph.tensors[op.inputs[1]]
+        if tensor.type != _INT8 or int(tensor.quantization.zeroPoint[0]) == 0:
+            continue
+        if op.inputs[1] in producer:
+            group = _sharing_group(op.inputs[1], graph, names, producer, consumers)
+            ops = {producer[t] for t in group if t in producer} | {i for t in group for i in consumers.get(t, [])}
+            if group & fixed or any(names[i] not in (*_SAME_PARAMS, *_REQUANTIZING) for i in ops):
+                continue
+            scale, zero_point = float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
+            scale = max(128 + zero_point, 127 - zero_point) * scale / 127
+            quantized_tensors = [graph.tensors[t] for t in group]
+        else:
+            source = float_rhs.get(graph.tensors[op.outputs[0]].name)
+            if source is None:
+                continue
+            values = np.frombuffer(bytes(float_model.buffers[source.buffer].data), np.float32)
+            scale = max(float(np.abs(values).max()), np.finfo(np.float32).tiny) / 127
+            buffer = schema.BufferT()
+            buffer.data = np.clip(np.round(values / scale), -127, 127).astype(np.int8).view(np.uint8)
+            model.buffers.append(buffer)
+            tensor.buffer = len(model.buffers) - 1
+            quantized_tensors = [tensor]
+        for t in quantized_tensors:
+            t.quantization.scale = np.array([scale], np.float32)
+            t.quantization.zeroPoint = np.array([0], np.int64)
+        rewritten = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if rewritten else quantized
+
+
 def convert(saved_model_dir, mode, representative_batches=None):
     """Converts a SavedModel to a TFLite flatbuffer restricted to builtin ops.
 
@@ -106,9 +212,9 @@ def convert(saved_model_dir, mode, representative_batches=None):
         converter.target_spec.supported_types = [tf.float16]
     if mode == "int8":
         calibrated = calibrate(converter, representative_batches)
-        return quantize_int8(
-            calibrated, denylisted_nodes=attention_block_nodes(calibrated), denylisted_ops=list(INT8_FLOAT_OPS)
-        )
+        products = set(weighted_sum_nodes(calibrated))
+        floats = [name for name in attention_block_nodes(calibrated) if name not in products]
+        return symmetric_matmul_rhs(quantize_int8(calibrated, denylisted_nodes=floats), calibrated)
     return converter.convert()
 
 

@@ -137,7 +137,11 @@ MUTANTS = (
     M("tflite_int8_attention_block_walked_upstream_only", "export/tflite.py",
       "return [producer[t] for t in op.inputs if t in producer] + [j for t in op.outputs for j in consumers.get(t, [])]",
       "return [producer[t] for t in op.inputs if t in producer]",
-      ("tests/test_tflite_export.py", "-k", "runs_each_attention_block_in_float")),
+      ("tests/test_tflite_export.py", "-k", "attention_block_nodes_span")),
+    M("tflite_int8_symmetric_range_sign", "export/tflite.py",
+      "scale = max(128 + zero_point, 127 - zero_point) * scale / 127",
+      "scale = max(-128 - zero_point, 127 - zero_point) * scale / 127",
+      ("tests/test_tflite_export.py", "-k", "symmetric_matmul_rhs")),
     # aa_keras/applications/augment.py: weight transfer and layer selection.
     M("augment_bias_not_transferred", "aa_keras/applications/augment.py",
       "new.conv.bias.assign(old.bias[:keep])", "pass", ("tests/test_augment_bias.py",)),

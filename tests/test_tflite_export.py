@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 from test_export import SIZE, quadrant_images, trained
 
 from aa_keras.applications import retinanet
@@ -72,29 +73,83 @@ def test_attention_block_nodes_span_the_split_of_qkv_to_the_attention_output(con
     assert tflite.attention_block_nodes(converted["conv"][0]) == []
 
 
-def test_int8_recipe_runs_each_attention_block_in_float(converted):
+def _batch_matmuls(flatbuffer):
+    """[(input dtypes, right-hand input's zero point)] of the main subgraph's BATCH_MATMULs."""
+    interpreter = Interpreter(model_content=flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return [
+        ([np.dtype(t).name for t in op["operand_types"]], int(tensors[op["inputs"][1]]["quantization"][1]))
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "BATCH_MATMUL"
+    ]
+
+
+def test_int8_recipe_runs_each_attention_in_float_up_to_the_softmax(converted):
     calibrated, recipe, default = converted["aa"]
     ops = _op_types(recipe)
     tflite.check_builtin_ops(tflite.list_ops(recipe))
-    # One float island per attention block: entered by DEQUANTIZE, left by one QUANTIZE.
+    # One float island per attention block: entered by DEQUANTIZE, left by the one QUANTIZE of
+    # the softmax's output; the product with v in int8, v symmetric.
     softmaxes = sum(name == "SOFTMAX" for name, _ in ops)
     assert softmaxes >= 1 and sum(name == "QUANTIZE" for name, _ in ops) == softmaxes
     for name, types in ops:
-        if name in (*tflite.INT8_FLOAT_OPS, "TRANSPOSE"):
-            assert set(types) <= {"float32", "int32"}, (name, types)
+        if name == "SOFTMAX":
+            assert types == ["float32"], (name, types)
         if name in ("CONV_2D", "FULLY_CONNECTED"):
             assert types[:2] == ["int8", "int8"], (name, types)
+    products = _batch_matmuls(recipe)
+    int8_products = [zero_point for types, zero_point in products if types == ["int8", "int8"]]
+    assert int8_products == [0] * softmaxes
+    assert sum(types == ["float32", "float32"] for types, _ in products) == len(products) - softmaxes
     assert ("ADD", ["int8", "int8"]) in ops  # The batch normalisation outside the blocks.
     interpreter = Interpreter(model_content=recipe)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     # The converter's default quantizes them, and then LiteRT's XNNPACK delegate leaves the int8
-    # softmax to the reference kernel; in the recipe it takes every attention op, and every
-    # op but SPLIT_V and AVERAGE_POOL_2D.
+    # softmax to the reference kernel; in the recipe it takes every attention op, the int8 product
+    # with v included, and every op but SPLIT_V and AVERAGE_POOL_2D.
     assert ("SOFTMAX", ["int8"]) in _op_types(default)
     delegated = tflite_profile.xnnpack_ops(recipe)
     assert {name for name, ok in delegated if not ok} <= {"SPLIT_V", "AVERAGE_POOL_2D"}, delegated
     assert not all(ok for name, ok in tflite_profile.xnnpack_ops(default) if name == "SOFTMAX")
+
+
+def test_symmetric_matmul_rhs_lets_xnnpack_take_every_int8_batch_matmul(converted, models, tmp_path):
+    """On the converter's fully int8 model: k, v and the relative logits' constant tables get
+    zero point 0, XNNPACK then takes every BATCH_MATMUL, and the model still agrees with Keras."""
+    calibrated, _, default = converted["aa"]
+    before = _batch_matmuls(default)
+    assert any(zero_point != 0 for _, zero_point in before)
+    assert not all(ok for name, ok in tflite_profile.xnnpack_ops(default) if name == "BATCH_MATMUL")
+    symmetric = tflite.symmetric_matmul_rhs(default, calibrated)
+    after = _batch_matmuls(symmetric)
+    assert [types for types, _ in after] == [types for types, _ in before] and {z for _, z in after} == {0}
+    # A computed right-hand input's symmetric range just covers its calibrated one, whatever the
+    # sign of its zero point (the same model with every zero point negated has the other signs).
+    graph, names, _, producer, _ = tflite.operator_graph(default)
+    computed = [
+        op.inputs[1] for op, name in zip(graph.operators, names) if name == "BATCH_MATMUL" and op.inputs[1] in producer
+    ]
+    negated = flatbuffer_utils.read_model_from_bytearray(default)
+    for tensor in negated.subgraphs[0].tensors:
+        if tensor.quantization is not None and tensor.quantization.zeroPoint is not None:
+            tensor.quantization.zeroPoint = np.minimum(-tensor.quantization.zeroPoint, 127)
+    negated = bytes(flatbuffer_utils.convert_object_to_bytearray(negated))
+    signs = set()
+    for quantized in (default, negated):
+        params = [
+            {t["index"]: t["quantization"] for t in Interpreter(model_content=fb).get_tensor_details()}
+            for fb in (quantized, tflite.symmetric_matmul_rhs(quantized, calibrated))
+        ]
+        for t in computed:
+            (scale, zero_point), (new_scale, new_zero_point) = params[0][t], params[1][t]
+            signs.add(np.sign(zero_point))
+            assert new_zero_point == 0
+            assert new_scale == pytest.approx(max(scale * (128 + zero_point), scale * (127 - zero_point)) / 127)
+    assert {-1, 1} <= signs
+    assert all(ok for name, ok in tflite_profile.xnnpack_ops(symmetric) if name == "BATCH_MATMUL")
+    images = export_classification.snap_to_8_bit(quadrant_images(200, seed=1)[0])
+    assert _top1_agreement(symmetric, models["aa"], images, tmp_path) >= 0.97
 
 
 def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
