@@ -269,16 +269,24 @@ class _ShiftedBoxes:
         self._interpreter = Interpreter(model_path=model_path)
 
     def get_signature_runner(self, name):
-        runner = self._interpreter.get_signature_runner(name)
+        return _ShiftedRunner(self._interpreter.get_signature_runner(name))
 
-        def run(**inputs):
-            outputs = dict(runner(**inputs))
-            boxes = outputs["boxes"]
-            size = boxes[..., 2:] - boxes[..., :2]
-            outputs["boxes"] = boxes + np.concatenate([size, size], axis=-1) / 4
-            return outputs
 
-        return run
+class _ShiftedRunner:
+    """A signature runner whose outputs' boxes are moved as `_ShiftedBoxes` says; its input and
+    output details are the real runner's."""
+
+    def __init__(self, runner):
+        self._runner = runner
+        self.get_input_details = runner.get_input_details
+        self.get_output_details = runner.get_output_details
+
+    def __call__(self, **inputs):
+        outputs = dict(self._runner(**inputs))
+        boxes = outputs["boxes"]
+        size = boxes[..., 2:] - boxes[..., :2]
+        outputs["boxes"] = boxes + np.concatenate([size, size], axis=-1) / 4
+        return outputs
 
 
 @pytest.mark.slow
