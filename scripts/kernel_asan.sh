@@ -2,7 +2,7 @@
 # Runs the fused kernel's tests with the kernel built under AddressSanitizer (and
 # UndefinedBehaviorSanitizer), in a cache of its own: any read or write outside the kernel's
 # buffers (see "The slack invariant" in aa_keras/ops/fused_attention.cc) is reported and fails
-# the run. About 5 minutes on 2 cores. Extra arguments go to pytest.
+# the run. About 1.5 minutes on 2 cores (48 tests). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(mktemp -d)
