@@ -42,8 +42,10 @@ MODES = ("float32", "float16", "dynamic", "int8")
 INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
 
 _INT8 = schema.TensorType.INT8
-# Ops whose int8 kernels copy bytes: their input and outputs share quantization parameters.
+# Ops whose int8 kernels copy bytes: their data input and outputs share quantization parameters.
 _SAME_PARAMS = ("RESHAPE", "TRANSPOSE", "SPLIT", "SPLIT_V")
+# The data input's position where it is not the first (SPLIT's inputs are axis, then data).
+_DATA_INPUT = {"SPLIT": 1}
 # Ops whose int8 kernels read their inputs' and outputs' parameters, whatever they are.
 _REQUANTIZING = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL", "QUANTIZE", "DEQUANTIZE"
@@ -123,15 +125,20 @@ def weighted_sum_nodes(flatbuffer):
 
 
 def _sharing_group(tensor, graph, names, producer, consumers):
-    """`tensor` and every tensor linked to it through `_SAME_PARAMS` ops, in either direction."""
+    """`tensor` and every tensor linked to it through `_SAME_PARAMS` ops (their data input and
+    outputs), in either direction."""
+
+    def data_input(i):
+        return graph.operators[i].inputs[_DATA_INPUT.get(names[i], 0)]
+
     group, stack = {tensor}, [tensor]
     while stack:
         t = stack.pop()
         linked = []
         if t in producer and names[producer[t]] in _SAME_PARAMS:
-            linked += [graph.operators[producer[t]].inputs[0], *graph.operators[producer[t]].outputs]
+            linked += [data_input(producer[t]), *graph.operators[producer[t]].outputs]
         for i in consumers.get(t, []):
-            if names[i] in _SAME_PARAMS and graph.operators[i].inputs[0] == t:
+            if names[i] in _SAME_PARAMS and data_input(i) == t:
                 linked += list(graph.operators[i].outputs)
         stack += [u for u in linked if u not in group]
         group.update(linked)

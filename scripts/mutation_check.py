@@ -142,6 +142,9 @@ MUTANTS = (
       "scale = max(128 + zero_point, 127 - zero_point) * scale / 127",
       "scale = max(-128 - zero_point, 127 - zero_point) * scale / 127",
       ("tests/test_tflite_export.py", "-k", "symmetric_matmul_rhs")),
+    M("tflite_int8_split_axis_taken_for_data", "export/tflite.py",
+      '_DATA_INPUT = {"SPLIT": 1}', '_DATA_INPUT = {"SPLIT": 0}',
+      ("tests/test_tflite_export.py", "-k", "symmetric_matmul_rhs")),
     # aa_keras/applications/augment.py: weight transfer and layer selection.
     M("augment_bias_not_transferred", "aa_keras/applications/augment.py",
       "new.conv.bias.assign(old.bias[:keep])", "pass", ("tests/test_augment_bias.py",)),

@@ -152,6 +152,47 @@ def test_symmetric_matmul_rhs_lets_xnnpack_take_every_int8_batch_matmul(converte
     assert _top1_agreement(symmetric, models["aa"], images, tmp_path) >= 0.97
 
 
+def test_symmetric_matmul_rhs_follows_a_split_to_its_data_input():
+    """SPLIT's inputs are (axis, data): the rewritten v's parameters reach the split's data input,
+    so that the int8 SPLIT, which copies bytes, still maps its input to the same values (with the
+    axis taken for the data, the split's input kept its old zero point and XNNPACK refused the
+    model)."""
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(size=(8, 16)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 12, 8), tf.float32)])
+    def attend(x):
+        y = tf.nn.relu(tf.einsum("bnc,cd->bnd", x, weights)) - 0.5  # Asymmetric: zero point != 0.
+        a, v = tf.split(y, 2, axis=-1)
+        return tf.matmul(tf.nn.softmax(tf.matmul(a, a, transpose_b=True)), v)
+
+    batches = [rng.normal(size=(1, 12, 8)).astype(np.float32) for _ in range(32)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([attend.get_concrete_function()], attend)
+    calibrated = tflite.calibrate(converter, batches)
+    default = tflite.quantize_int8(calibrated, io_type=tf.float32)
+    symmetric = tflite.symmetric_matmul_rhs(default, calibrated)
+    assert any(zero_point != 0 for _, zero_point in _batch_matmuls(default))
+    assert {zero_point for _, zero_point in _batch_matmuls(symmetric)} == {0}
+    interpreter = Interpreter(model_content=symmetric)
+    params = {t["index"]: t["quantization"] for t in interpreter.get_tensor_details()}
+    (split,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "SPLIT"]
+    assert {params[t] for t in (split["inputs"][1], *split["outputs"])} == {params[split["outputs"][0]]}
+    assert params[split["outputs"][0]][1] == 0
+    reference = np.stack([attend(x).numpy() for x in batches[:8]])
+    errors = {}
+    for label, flatbuffer in (("default", default), ("symmetric", symmetric)):
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        outputs = []
+        for x in batches[:8]:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
+        errors[label] = np.abs(np.stack(outputs) - reference).mean()
+    # Symmetric v has about half the resolution of the asymmetric one: a small loss, not a wrong model.
+    assert errors["symmetric"] < 1.5 * errors["default"] < 0.1 * np.abs(reference).mean()
+
+
 def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
     images = export_classification.snap_to_8_bit(quadrant_images(200, seed=1)[0])
     assert _top1_agreement(converted["aa"][1], models["aa"], images, tmp_path) >= 0.97
