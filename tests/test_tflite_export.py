@@ -1,6 +1,6 @@
-"""The int8 TFLite recipe (each attention block in float32), the per-operator
-profiler and the TFLite benchmark's pieces, on small trained models; the whole detector's
-TFLite file and its detection matching."""
+"""The int8 TFLite recipe (each attention float up to the softmax, the product with v in int8
+with v symmetric), the per-operator profiler and the TFLite benchmark's pieces, on small trained
+models; the whole detector's TFLite file and its detection matching."""
 
 import keras
 import numpy as np
