@@ -3,6 +3,7 @@ RetinaNet detectors, and registries of named models and detectors.
 
     model, summary = augment(keras.applications.ResNet50(weights=None))
     model_320, summary = resize_model(model, (320, 320, 3))      # relative tables resampled
+    summary = recalibrate_batch_norm(model, images)               # exact BatchNormalization statistics
     model = build_model("aa_resnet50", classes=1000)
     detector = build_detector("aa_retinanet_r50", num_classes=80)
     model, summary = keras_classifier("ResNet50", classes=5)          # pretrained, attention added
@@ -11,6 +12,7 @@ RetinaNet detectors, and registries of named models and detectors.
 import importlib
 
 from aa_keras.applications._backbone import feature_extractor
+from aa_keras.applications.batch_norm import RecalibrationSummary, batch_norm_layers, recalibrate_batch_norm
 from aa_keras.applications.augment import PRESETS, AugmentSummary, LastStages, Replacement, augment
 from aa_keras.applications.keras_classifier import ChannelAffine, keras_classifier, keras_networks, set_backbone_trainable
 from aa_keras.applications.resize import GridChange, ResizeSummary, WeightTransfer, resize_model, transfer_weights
@@ -112,6 +114,7 @@ __all__ = [
     "LastStages",
     "MODEL_NAMES",
     "PRESETS",
+    "RecalibrationSummary",
     "Replacement",
     "ResizeSummary",
     "ResNet",
@@ -121,11 +124,13 @@ __all__ = [
     "WideResNet",
     "augment",
     "build_detector",
+    "batch_norm_layers",
     "build_model",
     "detections",
     "feature_extractor",
     "keras_classifier",
     "keras_networks",
+    "recalibrate_batch_norm",
     "resize_model",
     "set_backbone_trainable",
     "transfer_weights",
