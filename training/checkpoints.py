@@ -9,6 +9,7 @@ does not name the restored checkpoint) aside into `checkpoints/damaged/<time>/`,
 them, so that later saves cannot overwrite them and they stay for inspection.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -52,6 +53,17 @@ def checkpoint_files(directory):
         if match:
             files.setdefault(int(match.group(1)), []).append(name)
     return files
+
+
+def remove_partial(directory, step):
+    """Removes what a failed save of the checkpoint of `step` left in `directory` (a full disk, a
+    folder made read-only): its `ckpt-<step>_temp*` folders and its `ckpt-<step>.*` files. Older
+    checkpoints and the state file are untouched."""
+    for path in glob.glob(os.path.join(glob.escape(directory), f"ckpt-{step}_temp*")):
+        shutil.rmtree(path, ignore_errors=True)
+    for name in checkpoint_files(directory).get(step, ()):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, name))
 
 
 def _missing_part(names):

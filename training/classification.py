@@ -119,6 +119,12 @@ def train(
         length = eval_steps * batch // context.num_input_pipelines
         return real.concatenate(padding).take(length).batch(per_replica)
 
+    def calibration_dataset(context, images):
+        return data.build_dataset(
+            recipe.dataset, f"{recipe.train_split}[:{images}]", recipe.image_size, global_batch_size=batch,
+            data_dir=data_dir, preprocessing=recipe.preprocessing, input_context=context,
+        )
+
     def make_evaluate(model):
         def replica_eval_step(images, labels, weights):
             logits = tf.cast(model(images, training=False), tf.float32)
@@ -150,6 +156,7 @@ def train(
         describe=lambda results: f"eval loss {results['loss']:.4f}, accuracy {results['accuracy']:.4f}",
         eval_summaries=attention_summaries.make_eval_summaries(recipe, data_dir),
         class_names=tuple(data.class_names(recipe.dataset, data_dir)),
+        calibration_dataset=calibration_dataset,
     )
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,

@@ -12,6 +12,7 @@ stops on a non-finite loss without saving.
 import contextlib
 import dataclasses
 import math
+import re
 import shutil
 import time
 from typing import Callable, Optional
@@ -21,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from aa_keras import files
-from aa_keras.applications import set_backbone_trainable
+from aa_keras.applications import batch_norm_layers, recalibrate_batch_norm, set_backbone_trainable
 from aa_keras.run_folder import RunFolder
 from aa_keras.validation import positive_int
 
@@ -142,6 +143,11 @@ class TrainingTask:
             summaries, under the eval summary writer, to write more; None for nothing.
         class_names: the dataset's class names in label order, written to the run folder's
             `labels.txt`; None for none.
+        calibration_dataset: `(input_context, num_images) -> tf.data.Dataset`: per-replica
+            batches whose first element is the images, of the first `num_images` of the training
+            split preprocessed as for evaluation, for the input pipeline of `input_context`; the
+            images over which BatchNormalization statistics are re-estimated at the end of a
+            run. None for no re-estimation.
     """
 
     build_model: Callable
@@ -153,6 +159,7 @@ class TrainingTask:
     compile: Optional[Callable] = None
     eval_summaries: Optional[Callable] = None
     class_names: Optional[tuple] = None
+    calibration_dataset: Optional[Callable] = None
 
 
 def run_training(
@@ -237,6 +244,61 @@ def _resume_position(history, step, epoch_steps):
     epoch, start = (len(history), history[-1]["end_step"]) if history else (0, 0)
     skipped = max(0, -(-(step - start) // epoch_steps) - 1)
     return epoch + skipped, start + skipped * epoch_steps
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the message says where a re-run resumes."""
+
+
+def _reason(error):
+    """What went wrong, in a few words, from an OS or TensorFlow error: "No space left on
+    device", "Permission denied"... (TensorFlow puts it after the file name and a "; ")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    message = str(getattr(error, "message", error)).strip()
+    message = message.splitlines()[0] if message else type(error).__name__
+    return re.sub(r"\s*\[Op:\w+\]$", "", message.rsplit("; ", 1)[-1])
+
+
+def _resume_point(manager):
+    """Where a re-run resumes: the newest checkpoint of `manager`, or the start."""
+    return manager.latest_checkpoint or "the start (no checkpoint was written yet)"
+
+
+def _recalibrate(model, strategy, task, images, before, note, model_name, verbose):
+    """Re-estimates `model`'s BatchNormalization statistics over the first `images` training
+    images (`aa_keras.applications.recalibrate_batch_norm`, under `strategy`). Returns
+    {"images", "layers", "kept", "before": `before`} for metrics.json, or {} for a model with
+    no trainable BatchNormalization layer."""
+    if not any(layer.trainable for _, layer in batch_norm_layers(model)):
+        note(f"{model_name}: no BatchNormalization statistics to re-estimate.")
+        return {}
+    note(f"{model_name}: re-estimating the BatchNormalization statistics over the first {images} training images "
+         "(--batch_norm_images; 0 turns this off).")
+    data = strategy.distribute_datasets_from_function(lambda context: task.calibration_dataset(context, images))
+    with strategy.scope():
+        summary = recalibrate_batch_norm(model, data, verbose=1 if verbose else 0)
+    note(f"{model_name}: {summary}")
+    return {"images": summary.images, "layers": len(summary.layers), "kept": len(summary.kept), "before": before}
+
+
+# A finished run whose test accuracy is this far below its last training accuracy (above
+# TRAIN_ACCURACY_CHECKED) gets a warning.
+ACCURACY_GAP_WARNED = 0.3
+TRAIN_ACCURACY_CHECKED = 0.8
+
+
+def _warn_far_below_training(train_accuracy, test_accuracy, warn, model_name):
+    """Warns when `test_accuracy` is far below `train_accuracy` (see ACCURACY_GAP_WARNED)."""
+    if train_accuracy is None or train_accuracy <= TRAIN_ACCURACY_CHECKED:
+        return
+    if test_accuracy < train_accuracy - ACCURACY_GAP_WARNED:
+        warn(
+            f"{model_name}: test accuracy {test_accuracy:.1%} is far below the last training accuracy "
+            f"{train_accuracy:.1%}. Likely causes: too few steps for BatchNormalization's moving statistics "
+            "(keep --batch_norm_images above 0), preprocessing that differs between the training and test "
+            "images, or a test set unlike the training set."
+        )
 
 
 def _run_training(
@@ -325,7 +387,15 @@ def _run_training(
         if not all_finite(model.trainable_variables):
             raise Diverged(f"the weights became non-finite before step {step}")
         sync_statistics()
-        manager.save(checkpoint_number=step)
+        try:
+            manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            checkpoints.remove_partial(write_folder.checkpoints, step)
+            raise OSError(
+                f"Could not write the checkpoint of step {step} of {model_name} into {write_folder.checkpoints} "
+                f"({_reason(error)}); the partial files were removed. Free space or make the folder writable, then "
+                f"re-run the same command: it resumes from {_resume_point(manager)}."
+            ) from None
 
     def summary_writer(name):
         if chief:
@@ -343,6 +413,12 @@ def _run_training(
     ]
     history = [h for h in history if h["end_step"] <= step]
     first_epoch, first_epoch_step = _resume_position(history, step, epoch_steps)
+    if step > recipe.epochs * epoch_steps:
+        raise ValueError(
+            f"model_dir {model_dir!r} holds a run of {model_name} that is past --epochs={recipe.epochs}: it reached step "
+            f"{step} ({len(history)} epoch(s) recorded, {epoch_steps} steps each). Pass --epochs={first_epoch} or more "
+            "to resume or finish it, or a new --model_dir; nothing was written."
+        )
     if restored.path:
         note(f"Resuming {model_name} from {restored.path} (step {step}, epoch {min(first_epoch + 1, recipe.epochs)} "
              f"of {recipe.epochs})")
@@ -359,7 +435,7 @@ def _run_training(
         if task.class_names is not None:
             files.write_labels(folder.labels, task.class_names)
 
-    def write_metrics(results, finished):
+    def write_metrics(results, finished, batch_norm=None):
         metrics = {
             "model": model_name,
             "dataset": recipe.dataset,
@@ -371,6 +447,7 @@ def _run_training(
             "train_seconds": seconds,
             "resumed_at_steps": resumed_at,
             "history": history,
+            **({"batch_norm": batch_norm} if batch_norm else {}),
         }
         if chief:
             files.write_json(folder.metrics, metrics)
@@ -437,22 +514,40 @@ def _run_training(
             write_metrics(results, finished=False)
             if chief and verbose:
                 print(f"{model_name}: {task.describe(results)}", flush=True)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{model_name} interrupted at step {step}; re-run the same command to resume from "
+            f"{_resume_point(manager)}."
+        ) from None
     except Diverged as error:
         raise FloatingPointError(
             f"Training {model_name} stopped: {error}. Nothing was saved after the last good checkpoint "
             f"({manager.latest_checkpoint or 'none yet'}). Lower the learning rate (--learning_rate) or "
             "use a longer warm-up, then re-run the command to resume from that checkpoint."
         ) from None
-    if recipe.freeze_backbone_epochs:
-        set_backbone_trainable(model, True)  # The saved model is trainable throughout.
-
     final = history[-1] if history and history[-1]["epoch"] == recipe.epochs - 1 else None
     if final is None:
         results = evaluate()
     else:
         results = {name[len("eval_"):]: value for name, value in final.items() if name.startswith("eval_")}
+    recalibration = {}
+    if recipe.batch_norm_images and task.calibration_dataset is not None:
+        if recipe.freeze_backbone_epochs:
+            # As after the last epoch, also when a finished run is re-run.
+            set_backbone_trainable(model, recipe.epochs > recipe.freeze_backbone_epochs)
+        images = min(recipe.batch_norm_images, train_examples)
+        recalibration = _recalibrate(model, strategy, task, images, results, note, model_name, verbose and chief)
+        if recalibration:
+            results = evaluate()
+            note(f"{model_name}: evaluated with the re-estimated statistics: {task.describe(results)} (with the "
+                 f"moving statistics of training: {task.describe(recalibration['before'])}).")
+            recalibration["before"] = task.metrics(recalibration["before"])
+    if recipe.freeze_backbone_epochs:
+        set_backbone_trainable(model, True)  # The saved model is trainable throughout.
+    if history and "accuracy" in results:
+        _warn_far_below_training(history[-1].get("train_accuracy"), results["accuracy"], lambda m: note(m, True), model_name)
     files.save_model(model, write_folder.model)
-    metrics = write_metrics(results, finished=True)
+    metrics = write_metrics(results, finished=True, batch_norm=recalibration or None)
     if not chief:
         shutil.rmtree(write_folder.path, ignore_errors=True)
     return model, metrics

@@ -44,6 +44,10 @@ class Recipe:
         freeze_backbone_epochs: for this many first epochs, train only the new head and the
             attention branches of a "keras:<Name>" model (its pretrained backbone frozen,
             `aa_keras.applications.set_backbone_trainable`), then everything; 0 is off.
+        batch_norm_images: at the end of a run, re-estimate the BatchNormalization statistics
+            over the first this many training images (all if the split is smaller;
+            `aa_keras.applications.recalibrate_batch_norm`) before the final evaluation and
+            `model.keras`; 0 is off.
     """
 
     dataset: str
@@ -65,6 +69,7 @@ class Recipe:
     train_split: str = "train"
     eval_split: str = "test"
     freeze_backbone_epochs: int = 0
+    batch_norm_images: int = 1000
 
     def __post_init__(self):
         check_field(self, "dataset", isinstance(self.dataset, str) and self.dataset, "a TFDS dataset name")
@@ -98,6 +103,11 @@ class Recipe:
         value = self.freeze_backbone_epochs
         check_field(
             self, "freeze_backbone_epochs", isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            "an int >= 0 (0 is off)",
+        )
+        value = self.batch_norm_images
+        check_field(
+            self, "batch_norm_images", isinstance(value, int) and not isinstance(value, bool) and value >= 0,
             "an int >= 0 (0 is off)",
         )
 
