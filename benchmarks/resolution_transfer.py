@@ -34,6 +34,7 @@ from aa_keras.applications import resize_model
 from aa_keras.data import classification as data
 from aa_keras.training import classification, detection, recipes
 from aa_keras.training.init_from import load_source
+from benchmarks.accuracy import accuracy
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "A .keras aa_small trained at 32x32 (or its run folder); default: train one.")
@@ -52,20 +53,6 @@ flags.DEFINE_integer("detection_eval_examples", 40, "Evaluation images of the de
 flags.DEFINE_string("output", "benchmarks/results/resolution_transfer.json", "Where to write the JSON.")
 
 CASES = {"upsampled": "glyph_pairs", "canvas64": "glyph_pairs/canvas64"}
-
-
-def accuracy(model, dataset, image_size, data_dir, batch_statistics=False):
-    """Test accuracy of `model` on the whole test split of `dataset` at `image_size`; with
-    `batch_statistics`, BatchNormalization normalises with the statistics of each batch of 200
-    test images instead of its moving averages (a diagnostic: how much of a drop is theirs)."""
-    predict = tf.function(
-        lambda images: tf.argmax(model(images, training=batch_statistics), -1, output_type=tf.int32)
-    )
-    correct = total = 0
-    for images, labels in data.build_dataset(dataset, "test", image_size, global_batch_size=200, data_dir=data_dir):
-        correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
-        total += int(labels.shape[0])
-    return correct / total
 
 
 def _run(model_dir, **kwargs):

@@ -265,9 +265,10 @@ def _resume_point(manager):
     return manager.latest_checkpoint or "the start (no checkpoint was written yet)"
 
 
-def _recalibrate(model, strategy, task, images, before, note, model_name, verbose):
+def _recalibrate(model, strategy, task, images, global_batch, before, note, model_name, verbose):
     """Re-estimates `model`'s BatchNormalization statistics over the first `images` training
-    images (`aa_keras.applications.recalibrate_batch_norm`, under `strategy`). Returns
+    images in batches of `global_batch` (`aa_keras.applications.recalibrate_batch_norm`, under
+    `strategy`). Returns
     {"images", "layers", "kept", "before": `before`} for metrics.json, or {} for a model with
     no trainable BatchNormalization layer."""
     if not any(layer.trainable for _, layer in batch_norm_layers(model)):
@@ -277,7 +278,7 @@ def _recalibrate(model, strategy, task, images, before, note, model_name, verbos
          "(--batch_norm_images; 0 turns this off).")
     data = strategy.distribute_datasets_from_function(lambda context: task.calibration_dataset(context, images))
     with strategy.scope():
-        summary = recalibrate_batch_norm(model, data, verbose=1 if verbose else 0)
+        summary = recalibrate_batch_norm(model, data, steps=-(-images // global_batch), verbose=1 if verbose else 0)
     note(f"{model_name}: {summary}")
     return {"images": summary.images, "layers": len(summary.layers), "kept": len(summary.kept), "before": before}
 
@@ -536,7 +537,7 @@ def _run_training(
             # As after the last epoch, also when a finished run is re-run.
             set_backbone_trainable(model, recipe.epochs > recipe.freeze_backbone_epochs)
         images = min(recipe.batch_norm_images, train_examples)
-        recalibration = _recalibrate(model, strategy, task, images, results, note, model_name, verbose and chief)
+        recalibration = _recalibrate(model, strategy, task, images, batch, results, note, model_name, verbose and chief)
         if recalibration:
             results = evaluate()
             note(f"{model_name}: evaluated with the re-estimated statistics: {task.describe(results)} (with the "
