@@ -14,6 +14,7 @@ from aa_keras.applications import (
     augment,
     build_detector,
     build_model,
+    keras_classifier,
     resize_model,
     small_nets,
     transfer_weights,
@@ -191,6 +192,57 @@ def test_resize_an_aa_resnet_with_downsampled_attention():
     assert grids["conv5_block2_1_conv"] == ((2, 2), (1, 1))
     x = _images((1, 32, 32, 3))
     np.testing.assert_allclose(resized(x), _run_at(model, x), atol=1e-5)
+
+
+def _nested(shape):
+    """image -> "backbone" (functional: "stem" -> "stage" (functional: AA "inner") -> AA "middle") ->
+    "head" (Sequential: AA "last", pooling): attention layers one and two models deep."""
+    stage_inputs = keras.Input((*shape[:2], 4))
+    stage = keras.Model(stage_inputs, AttentionAugmentation2D(**SMALL, name="inner")(stage_inputs), name="stage")
+    backbone_inputs = keras.Input(shape)
+    x = stage(keras.layers.Conv2D(4, 3, padding="same", name="stem")(backbone_inputs))
+    x = AttentionAugmentation2D(**SMALL, strides=2, name="middle")(x)
+    backbone = keras.Model(backbone_inputs, x, name="backbone")
+    head = keras.Sequential(
+        [keras.Input((shape[0] // 2, shape[1] // 2, 8)), AttentionAugmentation2D(**SMALL, name="last"),
+         keras.layers.GlobalAveragePooling2D()], name="head",
+    )  # fmt: skip
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, head(backbone(inputs)), name="nested")
+
+
+@pytest.mark.parametrize("method", ["linear", "edge"])
+def test_resize_rebuilds_attention_layers_in_nested_models(method, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _nested((8, 8, 3))
+    same, _ = resize_model(model, (8, 8, 3))
+    x = _images((2, 8, 8, 3))
+    np.testing.assert_array_equal(same(x), model(x))
+    resized, summary = resize_model(model, (12, 16, 3), method=method)
+    assert {c.layer: (c.old_grid, c.new_grid, c.tables) for c in summary.layers} == {
+        "inner": ((8, 8), (12, 16), method),
+        "middle": ((4, 4), (6, 8), method),
+        "last": ((4, 4), (6, 8), method),
+    }
+    assert resized.get_layer("backbone").get_layer("stage").input.shape == (None, 12, 16, 4)
+    table = model.get_layer("backbone").get_layer("stage").get_layer("inner").rel_width.numpy()
+    np.testing.assert_array_equal(
+        resized.get_layer("backbone").get_layer("stage").get_layer("inner").rel_width.numpy(),
+        resample_relative_table(table, 16, method),
+    )
+    outputs = resized(_images((2, 12, 16, 3)))
+    assert outputs.shape == (2, 8) and np.all(np.isfinite(outputs))
+    resized.save(tmp_path / "resized.keras")
+    np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "resized.keras")(_images((2, 12, 16, 3))), outputs)
+
+
+def test_resize_a_keras_classifier_with_its_augmented_backbone_nested():
+    model, _ = keras_classifier("ResNet50", classes=3, input_shape=(32, 32, 3), weights=None)
+    resized, summary = resize_model(model, (64, 64, 3))
+    grids = {c.layer: (c.old_grid, c.new_grid) for c in summary.layers}
+    assert len(grids) == 13 and grids["conv4_block6_2_conv"] == ((2, 2), (4, 4))
+    assert resized(_images((1, 64, 64, 3))).shape == (1, 3)
+    assert resized.get_layer("backbone").input.shape == (None, 64, 64, 3)
 
 
 def test_resize_rejects_bad_arguments(aa_small):

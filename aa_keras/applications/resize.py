@@ -170,31 +170,45 @@ def _check_arguments(model, input_shape):
             f"Invalid `input_shape`: expected (height, width, {old_shape[-1]}) with positive ints, as the "
             f"model's input {old_shape}, received input_shape={input_shape!r}."
         )
-    nested = [
-        f"{layer.name} in {outer.name}"
-        for outer in model.layers
-        if isinstance(outer, keras.Model)
-        for layer in attention_layers(outer)
-    ]
-    if nested:
-        raise ValueError(
-            f"Invalid `model`: resize_model rebuilds the layers of the top-level graph, and {nested[:3]} "
-            "sit in nested models; rebuild the nested model for its new input size first (or use "
-            "`transfer_weights` into a model built at the new size)."
-        )
     return old_shape, shape
 
 
 def _rebuild(model, inputs, max_sizes):
-    """`model` cloned onto `inputs`, attention layers with `max_size` given `max_sizes[name]`."""
+    """`model` cloned onto `inputs`, attention layers with `max_size` given `max_sizes[name]`.
+    A functional or Sequential model nested in a functional one is rebuilt, the same way, onto
+    the inputs it gets in the new graph (once, if it is called more than once)."""
+    if isinstance(model, keras.Sequential):
+        nested = [f"{layer.name} in {outer.name}" for outer in model.layers if isinstance(outer, keras.Model)
+                  for layer in attention_layers(outer)]  # fmt: skip
+        if nested:
+            raise ValueError(
+                f"Invalid `model`: {nested[:3]} sit in nested models of the Sequential model {model.name!r}, which "
+                "resize_model cannot rebuild at another size (it rebuilds models nested in functional ones); build "
+                "it as a functional model, keras.Model(inputs, outputs), or use `transfer_weights` into a model built "
+                "at the new size."
+            )
+    in_graph = isinstance(model, Functional)
+    rebuilt = {}
 
     def clone_layer(layer):
+        if in_graph and isinstance(layer, (Functional, keras.Sequential)):
+            return layer  # rebuilt by call_layer, which sees its new inputs
         config = layer.get_config()
         if isinstance(layer, AttentionAugmentation2D) and layer.max_size is not None:
             config["max_size"] = max_sizes.get(layer.name)
         return layer.__class__.from_config(config)
 
-    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_layer)
+    def call_layer(layer, *args, **kwargs):
+        if isinstance(layer, (Functional, keras.Sequential)):
+            if id(layer) not in rebuilt:
+                like = keras.tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), args[0])
+                rebuilt[id(layer)] = _rebuild(layer, like, max_sizes)
+            layer = rebuilt[id(layer)]
+        return layer(*args, **kwargs)
+
+    if not in_graph:  # a Sequential: clone_model takes no call_function
+        return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_layer)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_layer, call_function=call_layer)
 
 
 def _grid(layer):
@@ -215,7 +229,8 @@ def resize_model(model, input_shape, method="linear"):
 
     Args:
         model: a built functional or `Sequential` model with one (B, H, W, C) input; its
-            attention layers in the top-level graph.
+            attention layers in its graph or in functional or `Sequential` models nested in a
+            functional model, any depth (a `keras_classifier` model's "backbone").
         input_shape: (H, W, C), the new size, C as before.
         method: "linear" (content scaled with the image) or "edge" (same content scale on a
             larger canvas), see `aa_keras.layers.resample_relative_table`.
@@ -228,14 +243,10 @@ def resize_model(model, input_shape, method="linear"):
     old_shape, shape = _check_arguments(model, input_shape)
     dtype = model.inputs[0].dtype
     max_sizes = {}
-    if any(isinstance(layer, AttentionAugmentation2D) and layer.max_size is not None for layer in model.layers):
+    if any(layer.max_size is not None for layer in attention_layers(model)):
         # A first rebuild at the fixed size tells each layer's input size.
         probe = _rebuild(model, keras.Input(shape, dtype=dtype), {})
-        max_sizes = {
-            layer.name: tuple(layer.input.shape[1:3])
-            for layer in probe.layers
-            if isinstance(layer, AttentionAugmentation2D)
-        }
+        max_sizes = {layer.name: tuple(layer.input.shape[1:3]) for layer in attention_layers(probe)}
     new_shape = (*(s if o is not None else None for s, o in zip(shape[:2], old_shape[:2])), shape[2])
     new_model = _rebuild(model, keras.Input(new_shape, dtype=dtype), max_sizes)
     transfer = transfer_weights(model, new_model, method)
@@ -244,17 +255,17 @@ def resize_model(model, input_shape, method="linear"):
             f"Cannot carry every weight of {model.name!r} over to input_shape={shape}:\n{transfer}"
         )
     changes = []
-    for old in model.layers:
-        if isinstance(old, AttentionAugmentation2D):
-            new = new_model.get_layer(old.name)
-            before, after = _grid(old), _grid(new)
-            if old.rel_height is None:
-                tables = "no tables"
-            elif before == after:
-                tables = "same"
-            elif all(a <= b for a, b in zip(after, before)):
-                tables = "central rows"
-            else:
-                tables = method
-            changes.append(GridChange(old.name, before, after, tables))
+    new_layers = {layer.name: layer for layer in attention_layers(new_model)}
+    for old in attention_layers(model):
+        new = new_layers[old.name]
+        before, after = _grid(old), _grid(new)
+        if old.rel_height is None:
+            tables = "no tables"
+        elif before == after:
+            tables = "same"
+        elif all(a <= b for a, b in zip(after, before)):
+            tables = "central rows"
+        else:
+            tables = method
+        changes.append(GridChange(old.name, before, after, tables))
     return new_model, ResizeSummary(old_shape, new_shape, method, tuple(changes))
