@@ -1,5 +1,6 @@
-"""Attention scores and maps: `return_attention_scores`, `aa_keras.visualize` (maps, pictures,
-CLI) and the trainer's attention image summaries."""
+"""Attention scores and maps: `return_attention_scores`, `aa_keras.visualize` (maps, also of
+layers in nested models, pictures, CLI on classifiers and detectors) and the trainer's attention
+image summaries."""
 
 import contextlib
 import os
@@ -13,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import reference
-from aa_keras.applications import small_nets
+from aa_keras.applications import keras_classifier, small_nets
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.layers.attention_augmentation import MAX_ATTENTION_SCORES
 from aa_keras.ops import fused_attention
@@ -175,6 +176,63 @@ def test_attention_maps_errors_say_what_was_wrong():
         attention_maps(conv, images, [(0, 0)])
 
 
+def _nested_model(height=6, width=6):
+    """image -> "backbone" (functional: "stem" conv -> "stage" (functional: "aa_inner")) -> "aa_top":
+    attention layers in the top-level graph and two models deep."""
+    stage_inputs = keras.Input((height, width, 4))
+    stage = keras.Model(stage_inputs, AttentionAugmentation2D(**CASES["strided"][0], name="aa_inner")(stage_inputs),
+                        name="stage")  # fmt: skip
+    backbone_inputs = keras.Input((height, width, 3))
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")
+    backbone = keras.Model(backbone_inputs, stage(stem(backbone_inputs)), name="backbone")
+    inputs = keras.Input((height, width, 3))
+    top = AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2, name="aa_top")
+    return keras.Model(inputs, top(backbone(inputs)), name="outer"), stem, stage.get_layer("aa_inner"), top
+
+
+def _rows(scores, queries, image_size):
+    """The rows of `scores` (B, Nh, Ha, Wa, Ha, Wa) of the query pixels: (B, Q, Nh, Ha, Wa)."""
+    cells = query_cells(queries, image_size, scores.shape[2:4])
+    return np.stack([scores[:, :, r, c] for r, c in cells], axis=1)
+
+
+def test_attention_maps_search_nested_models_at_any_depth():
+    model, stem, inner, top = _nested_model(7, 6)
+    images = _images(7, 6)
+    queries = np.array([(0, 0), (6, 5), (3, 1)])
+    maps = attention_maps(model, images, queries)
+    assert list(maps) == ["backbone/stage/aa_inner", "aa_top"]  # graph order, nested layers by path
+    hidden, inner_scores = inner(stem(images), return_attention_scores=True)
+    _, top_scores = top(hidden, return_attention_scores=True)
+    np.testing.assert_allclose(maps["backbone/stage/aa_inner"], _rows(inner_scores.numpy(), queries, (7, 6)), atol=1e-6)
+    np.testing.assert_allclose(maps["aa_top"], _rows(top_scores.numpy(), queries, (7, 6)), atol=1e-6)
+    chosen = attention_maps(model, images, queries, layers="backbone/stage/aa_inner")
+    np.testing.assert_array_equal(chosen["backbone/stage/aa_inner"], maps["backbone/stage/aa_inner"])
+    with pytest.raises(ValueError, match=r"\['aa_inner'\] are not .* among \['backbone/stage/aa_inner', 'aa_top'\]"):
+        attention_maps(model, images, queries, layers="aa_inner")
+
+
+@pytest.fixture(scope="module")
+def keras_classifier_file(tmp_path_factory):
+    """A `keras:ResNet50` classifier (random weights, 32x32): its AA layers in the nested "backbone"."""
+    keras.utils.set_random_seed(0)
+    model, _ = keras_classifier("ResNet50", classes=2, input_shape=(32, 32, 3), weights=None)
+    path = str(tmp_path_factory.mktemp("keras_classifier") / "model.keras")
+    model.save(path)
+    return path
+
+
+def test_attention_maps_of_a_keras_classifier_are_those_of_its_backbone(keras_classifier_file):
+    model = keras.saving.load_model(keras_classifier_file)
+    backbone = model.get_layer("backbone")
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    maps = attention_maps(model, images, [(5, 30)])
+    expected = attention_maps(backbone, model.get_layer("preprocess")(images), [(5, 30)])
+    assert list(maps) == [f"backbone/{name}" for name in expected] and len(maps) == 13
+    for name, value in expected.items():
+        np.testing.assert_allclose(maps[f"backbone/{name}"], value, atol=1e-6)
+
+
 def test_importing_aa_keras_does_not_import_the_visualisation_code():
     # (TensorFlow 2.20 itself imports matplotlib where it is installed.)
     code = "import sys, aa_keras, aa_keras.layers, aa_keras.applications; print('aa_keras.visualize' in sys.modules)"
@@ -256,6 +314,16 @@ def test_cli_refuses_a_model_without_aa_layers_and_a_non_png_output(tmp_path):
     with pytest.raises(ValueError, match="expected a path ending in .png"):
         _run_cli(f"--model={tmp_path / 'plain.keras'}", f"--image={image}", "--query=1,1", f"--output={tmp_path / 'o.jpg'}")
     assert set(os.listdir(tmp_path)) == {"plain.keras", "image.png"}
+
+
+def test_attention_maps_of_a_detector_are_those_of_its_image_encoder(detector_run):
+    detector = keras.saving.load_model(str(detector_run / "model.keras"), compile=False)
+    images = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    maps = attention_maps(detector, images, [(10, 50)])
+    expected = attention_maps(detector.backbone.image_encoder, images, [(10, 50)])
+    assert list(maps) == [f"retinanet_backbone/backbone/{name}" for name in expected] and len(maps) == 6
+    for name, value in expected.items():
+        np.testing.assert_allclose(maps[f"retinanet_backbone/backbone/{name}"], value, atol=1e-6)
 
 
 def _summaries(log_dir):

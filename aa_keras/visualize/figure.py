@@ -43,7 +43,9 @@ def attention_figure(image, query, maps):
     # No ticks: laying out the titles would measure them even on hidden axes.
     axes = figure.subplots(len(maps), columns, squeeze=False, subplot_kw={"xticks": [], "yticks": []})
     for row, (name, heads) in zip(axes, maps.items()):
-        panels = [(f"{name}, grid {heads.shape[1]}x{heads.shape[2]}", None)]
+        models, _, layer = name.rpartition("/")  # a nested layer's path: its models on a line of their own
+        layer = f"{layer}, grid {heads.shape[1]}x{heads.shape[2]}"
+        panels = [(f"{models}/\n{layer}" if models else layer, None)]
         panels += [(f"head {n} (max {m.max():.3g})", m) for n, m in enumerate(heads)]
         panels.append((f"mean of {len(heads)} heads", heads.mean(axis=0)))
         for ax in row:
@@ -55,10 +57,10 @@ def attention_figure(image, query, maps):
                           interpolation="nearest")  # fmt: skip
             ax.plot(query[1], query[0], marker="+", color="cyan", markersize=12, markeredgewidth=2)
             ax.set_title(title, fontsize=8)
-    # Fixed margins (in panel fractions) leave room for the titles; tight_layout costs more
-    # than the drawing.
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.12 / len(maps), wspace=0.08,
-                           hspace=0.15)  # fmt: skip
+    # Fixed margins (in panel fractions) leave room for titles of two lines; tight_layout costs
+    # more than the drawing.
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.2 / len(maps), wspace=0.08,
+                           hspace=0.25)  # fmt: skip
     return figure
 
 
