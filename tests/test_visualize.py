@@ -233,6 +233,15 @@ def test_attention_maps_of_a_keras_classifier_are_those_of_its_backbone(keras_cl
         np.testing.assert_allclose(maps[f"backbone/{name}"], value, atol=1e-6)
 
 
+def test_cli_draws_the_nested_layers_of_a_keras_classifier(tmp_path, keras_classifier_file):
+    image = tmp_path / "image.png"
+    tf.io.write_file(str(image), tf.io.encode_png(np.full((32, 32, 3), 90, np.uint8)))
+    panel = int(PANEL_INCHES * DPI)
+    path = _run_cli(f"--model={keras_classifier_file}", f"--image={image}", "--query=3,15", f"--output={tmp_path / 'a.png'}",
+                    "--layer=backbone/conv3_block1_2_conv,backbone/conv4_block6_2_conv")  # fmt: skip
+    assert _png_size(path) == (2 * panel, (2 + 8) * panel)
+
+
 def test_importing_aa_keras_does_not_import_the_visualisation_code():
     # (TensorFlow 2.20 itself imports matplotlib where it is installed.)
     code = "import sys, aa_keras, aa_keras.layers, aa_keras.applications; print('aa_keras.visualize' in sys.modules)"
@@ -316,6 +325,20 @@ def test_cli_refuses_a_model_without_aa_layers_and_a_non_png_output(tmp_path):
     assert set(os.listdir(tmp_path)) == {"plain.keras", "image.png"}
 
 
+def test_cli_draws_the_backbone_maps_of_a_trained_detector(detector_run, tmp_path):
+    # In a new process, as a user runs it: only what the command imports registers the detector's classes.
+    image = tmp_path / "image.png"
+    tf.io.write_file(str(image), tf.io.encode_png(np.full((48, 80, 3), 90, np.uint8)))
+    output = tmp_path / "detector.png"
+    command = [sys.executable, "-m", "aa_keras.visualize", f"--model={detector_run / 'model.keras'}", f"--image={image}",
+               "--query=10,50", f"--output={output}", "--layer=retinanet_backbone/backbone/conv5_block2_1_conv"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(output)
+    panel = int(PANEL_INCHES * DPI)
+    assert _png_size(str(output)) == (panel, (2 + 8) * panel)  # one layer, 8 heads
+
+
 def test_attention_maps_of_a_detector_are_those_of_its_image_encoder(detector_run):
     detector = keras.saving.load_model(str(detector_run / "model.keras"), compile=False)
     images = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
@@ -324,6 +347,49 @@ def test_attention_maps_of_a_detector_are_those_of_its_image_encoder(detector_ru
     assert list(maps) == [f"retinanet_backbone/backbone/{name}" for name in expected] and len(maps) == 6
     for name, value in expected.items():
         np.testing.assert_allclose(maps[f"retinanet_backbone/backbone/{name}"], value, atol=1e-6)
+
+
+def test_cli_reads_an_image_index_of_an_image_folder(tmp_path, two_layer_model_file):
+    for label, value in (("dark", 20), ("light", 220)):
+        os.makedirs(tmp_path / "images" / "test" / label)
+        tf.io.write_file(str(tmp_path / "images" / "test" / label / "0.png"), tf.io.encode_png(np.full((16, 16, 3), value, np.uint8)))
+    dataset = f"--dataset=image_folder:{tmp_path / 'images'}"
+    values = {round(255 * float(cli.load_image(str(i), (16, 16), 3, dataset[10:], "test")[0, 0, 0])) for i in (0, 1)}
+    assert values == {20, 220}  # the two images, one per index
+    path = _run_cli(f"--model={two_layer_model_file}", "--image=1", dataset, "--query=3,3", f"--output={tmp_path / 'a.png'}")
+    assert os.path.isfile(path)
+    with pytest.raises(ValueError, match=r"index 2 is past the 2 examples of 'image_folder:.*images' 'test'"):
+        _run_cli(f"--model={two_layer_model_file}", "--image=2", dataset, "--query=3,3", f"--output={tmp_path / 'b.png'}")
+
+
+def test_cli_creates_the_output_folder_and_names_what_it_cannot_write(tmp_path, two_layer_model_file):
+    image = tmp_path / "image.png"
+    tf.io.write_file(str(image), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
+    flags = [f"--model={two_layer_model_file}", f"--image={image}", "--query=1,1"]
+    assert _run_cli(*flags, f"--output={tmp_path / 'new' / 'folder' / 'a.png'}") == str(tmp_path / "new" / "folder" / "a.png")
+    assert os.listdir(tmp_path / "new" / "folder") == ["a.png"]  # no temporary file left
+    with pytest.raises(ValueError, match=r"Invalid `--output`: cannot write '.*image.png/a.png'"):
+        _run_cli(*flags, f"--output={image / 'a.png'}")  # a folder that is a file
+
+
+def test_cli_says_a_truncated_model_file_is_damaged(tmp_path, two_layer_model_file):
+    with open(two_layer_model_file, "rb") as f:
+        data = f.read()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"Invalid `--model`: '.*cut.keras' is damaged"):
+        _run_cli(f"--model={tmp_path / 'cut.keras'}", "--image=0", "--query=1,1", f"--output={tmp_path / 'a.png'}")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)], ids=["umask_022", "umask_027"])
+def test_cli_writes_the_picture_with_the_mode_of_the_umask(tmp_path, two_layer_model_file, umask, mode):
+    image = tmp_path / "image.png"
+    tf.io.write_file(str(image), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
+    previous = os.umask(umask)
+    try:
+        path = _run_cli(f"--model={two_layer_model_file}", f"--image={image}", "--query=1,1", f"--output={tmp_path / 'a.png'}")
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == mode
 
 
 def _summaries(log_dir):

@@ -8,6 +8,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from aa_keras import files
+
 PANEL_INCHES = 2.0
 DPI = 100
 
@@ -72,13 +74,15 @@ def figure_to_array(figure):
 
 
 def save_png(figure, path):
-    """Writes the figure to `path` as PNG atomically: the file is whole or untouched."""
+    """Writes the figure to `path` as PNG atomically (the file is whole or untouched), creating
+    its folder if missing; the file gets the mode the umask gives, as `aa_keras.files` writes."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
     os.close(fd)
     try:
         figure.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
+        files._publish(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
