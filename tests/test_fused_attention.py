@@ -59,6 +59,21 @@ def test_attention_implementation_chooses_the_path(monkeypatch):
         layer("flash")
 
 
+def test_float64_runs_on_tensorflow_ops_and_fused_refuses_it():
+    """The kernel is float32: "auto" runs a float64 layer on TensorFlow ops, "fused" is refused
+    with a ValueError naming the dtype, when constructed and when switched to afterwards."""
+    spec = tf.TensorSpec((1, 6, 5, 3), tf.float64)
+    config = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2, dtype="float64")
+    layer = AttentionAugmentation2D(**config)
+    assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
+    message = "attention_implementation='fused' and dtype 'float64'.*use attention_implementation='auto' or 'tf_ops'"
+    with pytest.raises(ValueError, match=message):
+        AttentionAugmentation2D(**config, attention_implementation="fused")
+    with use_attention_implementation(layer, "fused"):
+        with pytest.raises(ValueError, match=message):
+            _op_types(tf.function(layer), spec)
+
+
 def test_use_attention_implementation_reaches_nested_layers_and_restores():
     inner = keras.Sequential([keras.Input((6, 5, 3)), AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2)])
     model = keras.Sequential([keras.Input((6, 5, 3)), inner, AttentionAugmentation2D(8, 3, depth_k=4, depth_v=4, num_heads=2)])

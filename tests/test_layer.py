@@ -293,6 +293,69 @@ def test_float16_logits_do_not_overflow(global_policy):
     np.testing.assert_allclose(out.numpy().astype("float32"), reference(x).numpy(), rtol=2e-3)
 
 
+# --- float64 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, atol",
+    [
+        (dict(), 1e-12),
+        (dict(query_block_size=5), 1e-12),
+        (dict(strides=2, position_encoding="sine"), 1e-12),
+        # TensorFlow's bilinear resize (ResizeBilinear) computes in float32 for every dtype.
+        (dict(downsample_attention=True, position_encoding="coordconv"), 1e-6),
+    ],
+    ids=["unblocked", "blocked", "stride_2_sine", "downsampled_coordconv"],
+)
+@pytest.mark.parametrize("how", ["dtype_argument", "global_policy"])
+def test_float64_matches_the_float64_reference(global_policy, kwargs, atol, how):
+    """A float64 layer computes its attention in float64 (on TensorFlow ops, also under "auto"):
+    it matches the float64 NumPy reference far below float32's rounding (~1e-7)."""
+    if how == "global_policy":
+        global_policy("float64")
+    layer = _built((None, 7, 6, 3), **kwargs, **({"dtype": "float64"} if how == "dtype_argument" else {}))
+    x = _inputs((2, 7, 6, 3)).astype("float64")
+
+    out = layer(x)
+    assert out.dtype == "float64"
+    assert all(w.dtype == "float64" for w in layer.weights)
+    np.testing.assert_allclose(out.numpy(), reference.attention_augmentation(layer, x), rtol=0, atol=atol)
+
+
+def test_float64_of_unknown_size_and_attention_scores():
+    """The run-time size check of the relative tables and the attention scores in float64."""
+    layer = _built((None, None, None, 3), max_size=(8, 8), dtype="float64")
+    x = _inputs((2, 5, 6, 3)).astype("float64")
+    any_size = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float64)])
+    np.testing.assert_allclose(any_size(x).numpy(), reference.attention_augmentation(layer, x), rtol=0, atol=1e-12)
+
+    _, scores = layer(x, return_attention_scores=True)
+    assert scores.dtype == layer.compute_output_spec(keras.KerasTensor(x.shape), return_attention_scores=True)[1].dtype
+    np.testing.assert_allclose(scores.numpy(), reference.attention_weights(x, layer), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("query_block_size", [None, 7])
+def test_float64_gradients_are_close_to_float32(query_block_size):
+    """The hand-written gradient in float64, unblocked and blocked; relative to each weight's
+    largest float32 gradient."""
+    x = _inputs((2, 6, 7, 3))
+    target = _inputs((2, 6, 7, 8), seed=1)
+
+    def grads(layer, dtype):
+        inputs = tf.constant(x, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs) * target.astype(dtype))
+        return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [inputs, *layer.trainable_weights])]
+
+    float32 = _built((None, 6, 7, 3), query_block_size=query_block_size)
+    float64 = _built((None, 6, 7, 3), query_block_size=query_block_size, dtype="float64")
+    float64.set_weights(float32.get_weights())
+    for want, got in zip(grads(float32, "float32"), grads(float64, "float64")):
+        assert got.dtype == np.float64
+        assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+
+
 # --- XLA and MirroredStrategy -----------------------------------------------------------------
 
 

@@ -33,15 +33,15 @@ def auto_query_block_size(num_heads, num_positions):
 
 
 def _probabilities(q, k, rel):
-    """Attention weights softmax(q k^T [+ relative logits]) in float32.
+    """Attention weights softmax(q k^T [+ relative logits]) in the dtype of q.
 
     Args:
-        q: (B, Nh, Q, dkh) float32 queries.
-        k: (B, Nh, HW, dkh) float32 keys.
-        rel: () or the (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) float32 relative logits.
+        q: (B, Nh, Q, dkh) queries, float32 (float64 for a float64 layer).
+        k: (B, Nh, HW, dkh) keys, the dtype of q.
+        rel: () or the (B, Nh, Q, H, 1) and (B, Nh, Q, 1, W) relative logits, the dtype of q.
 
     Returns:
-        (B, Nh, Q, HW) float32.
+        (B, Nh, Q, HW) in the dtype of q.
     """
     logits = tf.matmul(q, k, transpose_b=True)
     if rel:
@@ -53,7 +53,7 @@ def _probabilities(q, k, rel):
 
 
 def _weighted_values(probs, v):
-    """probs v in the dtype of v: (B, Nh, Q, HW) float32, (B, Nh, HW, dvh) -> (B, Nh, Q, dvh)."""
+    """probs v in the dtype of v: (B, Nh, Q, HW) weights, (B, Nh, HW, dvh) -> (B, Nh, Q, dvh)."""
     return tf.matmul(tf.cast(probs, v.dtype), v)
 
 
@@ -66,15 +66,15 @@ def _gradients(q, k, v, rel, probs, out, d_out):
 
     Args:
         q, k, v, rel: the block's inputs, as in `_probabilities` (v (B, Nh, HW, dvh)).
-        probs: (B, Nh, Q, HW) float32 attention weights of the block.
+        probs: (B, Nh, Q, HW) attention weights of the block, in the dtype of q.
         out, d_out: (B, Nh, Q, dvh) block output and its gradient.
 
     Returns:
         [d_q, d_k, d_v] followed by the gradients of the relative logits, if any.
     """
-    d_out = tf.cast(d_out, tf.float32)
-    row = tf.reduce_sum(d_out * tf.cast(out, tf.float32), axis=-1, keepdims=True)
-    values_and_one = tf.concat([tf.cast(v, tf.float32), tf.ones_like(v[..., :1], tf.float32)], axis=-1)
+    d_out = tf.cast(d_out, probs.dtype)
+    row = tf.reduce_sum(d_out * tf.cast(out, probs.dtype), axis=-1, keepdims=True)
+    values_and_one = tf.concat([tf.cast(v, probs.dtype), tf.ones_like(v[..., :1], probs.dtype)], axis=-1)
     d_logits = probs * tf.matmul(tf.concat([d_out, -row], axis=-1), values_and_one, transpose_b=True)
     d_v = tf.cast(tf.matmul(probs, d_out, transpose_a=True), v.dtype)
     grads = [tf.matmul(d_logits, k), tf.matmul(d_logits, q, transpose_a=True), d_v]
@@ -156,8 +156,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     """Self-attention of every position of a feature map to every other.
 
     Args:
-        q: (B, H, W, Nh, dkh) float32 queries, already scaled by dkh ** -0.5.
-        k: (B, H, W, Nh, dkh) float32 keys.
+        q: (B, H, W, Nh, dkh) queries, already scaled by dkh ** -0.5: float32, or float64 for
+            float64 attention (the logits and softmax are computed in this dtype).
+        k: (B, H, W, Nh, dkh) keys, the dtype of q.
         v: (B, H, W, Nh, dvh) values in the compute dtype.
         rel_height, rel_width: relative embedding tables (see `relative_logits`), or None for
             no relative term.
@@ -168,7 +169,7 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
 
     Returns:
         (B, H, W, Nh, dvh) attention output, in the dtype of v; with `return_weights`, also the
-        (B, Nh, H, W, H, W) float32 softmax weights, query position first.
+        (B, Nh, H, W, H, W) softmax weights in the dtype of q, query position first.
     """
     batch, height, width, heads, _ = dims(q)
     num_positions = height * width
@@ -203,13 +204,13 @@ def query_attention_weights(q, k, rows, cols, rel_height=None, rel_width=None):
     large the map. The weights equal those of `multi_head_attention_2d` at these queries.
 
     Args:
-        q: (B, H, W, Nh, dkh) float32 queries, already scaled by dkh ** -0.5.
-        k: (B, H, W, Nh, dkh) float32 keys.
+        q: (B, H, W, Nh, dkh) queries, already scaled by dkh ** -0.5 (float32, or float64).
+        k: (B, H, W, Nh, dkh) keys, the dtype of q.
         rows, cols: (B, Q) int grid positions of each example's queries.
         rel_height, rel_width: relative embedding tables, or None for no relative term.
 
     Returns:
-        (B, Nh, Q, H, W) float32 softmax weights of each query over the key positions.
+        (B, Nh, Q, H, W) softmax weights of each query over the key positions, the dtype of q.
     """
     batch, height, width, heads, depth = dims(k)
     k = tf.reshape(tf.transpose(k, [0, 3, 1, 2, 4]), [batch, heads, height * width, depth])

@@ -76,16 +76,18 @@ class AttentionAugmentation2D(keras.layers.Layer):
     contiguous heads; q is scaled by (depth_k / num_heads) ** -0.5; the logits of query i and
     key j are q_i . k_j plus, with `position_encoding="relative"`, the 2D relative logits
     q_i . rel_width[wj - wi + W - 1] + q_i . rel_height[hj - hi + H - 1] (computed as two
-    1D terms added by broadcast); the softmax (in float32) weights v; the heads, concatenated
-    head-major, are mixed by a 1x1 projection `attn_out`. `attention_implementation` chooses
-    how the attention runs: on the fused CPU kernel of `aa_keras.ops.fused_attention` or on
-    standard TensorFlow ops (`aa_keras.layers.attention`); both compute the same function.
+    1D terms added by broadcast); the softmax (in float32, also under mixed precision; in
+    float64 for a float64 layer) weights v; the heads, concatenated head-major, are mixed by a
+    1x1 projection `attn_out`. `attention_implementation` chooses how the attention runs: on the
+    fused CPU kernel of `aa_keras.ops.fused_attention` or on standard TensorFlow ops
+    (`aa_keras.layers.attention`); both compute the same function.
 
     With `strides > 1` (or `padding="valid"`) the attention branch runs on the input
     average-pooled to the convolution's output size: pool `strides` with padding "same", or pool
     `kernel_size` with stride `strides` and padding "valid". With `downsample_attention=True`
     attention runs on that map further average-pooled 3x3 / stride 2 and its output is
-    resized back bilinearly (the paper's lever for its largest layers).
+    resized back bilinearly (the paper's lever for its largest layers; TensorFlow's bilinear
+    resize computes in float32, also for a float64 layer).
 
     Args:
         filters: int, output channels, `F_out`.
@@ -115,9 +117,10 @@ class AttentionAugmentation2D(keras.layers.Layer):
         attention_implementation: `"auto"` (the fused kernel where
             `aa_keras.ops.fused_attention.applies()` at trace time: a CPU, no XLA, the kernel
             built, not switched off by `AA_KERAS_FUSED_ATTENTION=0` or `disabled()`; else
-            TensorFlow ops), `"fused"` (the fused kernel; an error where it cannot run) or
-            `"tf_ops"` (standard TensorFlow ops only, as the exporters trace). Read when a call
-            is traced; `use_attention_implementation` switches a built model's layers.
+            TensorFlow ops; always TensorFlow ops for a float64 layer), `"fused"` (the fused
+            kernel, float32 only; an error where it cannot run) or `"tf_ops"` (standard
+            TensorFlow ops only, as the exporters trace). Read when a call is traced;
+            `use_attention_implementation` switches a built model's layers.
         data_format: only `"channels_last"` (or None with that global setting).
 
     Call arguments:
@@ -131,7 +134,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
     Returns:
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
         `return_attention_scores`, the tuple (outputs, scores), scores the (B, Nh, Ha, Wa, Ha, Wa)
-        float32 softmax weights over the (Ha, Wa) attention grid, query position first.
+        softmax weights (float32, float64 for a float64 layer) over the (Ha, Wa) attention grid,
+        query position first.
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 f"of {ATTENTION_IMPLEMENTATIONS}."
             )
         self.attention_implementation = attention_implementation
+        self._check_fused_dtype()
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise ValueError(f"Invalid `use_bias`: expected True or False, received use_bias={use_bias!r}.")
@@ -330,9 +335,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
             return x
         batch, height, width, _ = dims(x)
         if self.position_encoding == "sine":
-            encoding = pe.sine_encoding(height, width, self._encoding_channels())
+            encoding = pe.sine_encoding(height, width, self._encoding_channels(), self._attention_dtype)
         else:
-            encoding = pe.coordconv_encoding(height, width)
+            encoding = pe.coordconv_encoding(height, width, self._attention_dtype)
         encoding = tf.broadcast_to(tf.cast(encoding, x.dtype), [batch, height, width, encoding.shape[-1]])
         return tf.concat([x, encoding], axis=-1)
 
@@ -341,12 +346,29 @@ class AttentionAugmentation2D(keras.layers.Layer):
         batch, height, width, _ = dims(x)
         return tf.reshape(x, [batch, height, width, self.num_heads, depth])
 
+    @property
+    def _attention_dtype(self):
+        """The dtype of q, k, the logits, the softmax and the position encodings: float64 for a
+        float64 layer, else float32 (also under mixed precision)."""
+        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+
+    def _check_fused_dtype(self):
+        """Raises a ValueError for attention_implementation='fused' with a dtype the kernel lacks."""
+        if self.attention_implementation == "fused" and self._attention_dtype != tf.float32:
+            raise ValueError(
+                f"Invalid `attention_implementation`: layer {self.name!r} has "
+                f"attention_implementation='fused' and dtype {self.compute_dtype!r}, but the fused kernel "
+                "computes in float32 only; use attention_implementation='auto' or 'tf_ops' (which compute "
+                "in float64), or a float32 or mixed-precision dtype."
+            )
+
     def _uses_fused_kernel(self):
-        """Whether this trace runs the fused kernel, by `attention_implementation`."""
+        """Whether this trace runs the fused kernel, by `attention_implementation` and the dtype."""
+        self._check_fused_dtype()
+        if self.attention_implementation == "tf_ops" or self._attention_dtype != tf.float32:
+            return False
         if self.attention_implementation == "auto":
             return fused_attention.applies()
-        if self.attention_implementation == "tf_ops":
-            return False
         reason = fused_attention.unavailable_reason()
         if reason is not None:
             raise RuntimeError(
@@ -388,8 +410,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
             inputs: (B, H, W, C) layer input.
 
         Returns:
-            (q, k, v, output_size): q and k (B, Ha, Wa, Nh, dkh) float32 over the attention grid,
-            q scaled by dkh ** -0.5; v (B, Ha, Wa, Nh, dvh); the layer output's (H_out, W_out).
+            (q, k, v, output_size): q and k (B, Ha, Wa, Nh, dkh) over the attention grid in
+            `_attention_dtype`, q scaled by dkh ** -0.5; v (B, Ha, Wa, Nh, dvh); the layer
+            output's (H_out, W_out).
         """
         self._check_spatial_size(inputs)
         x = self._pool_to_output_size(inputs)
@@ -398,8 +421,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
             x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
         x = self._add_position_encoding(x)
         q, k, v = tf.split(self.qkv(x), [self.dk, self.dk, self.dv], axis=-1)
-        q = self._split_heads(tf.cast(q, tf.float32), self.dkh) * (self.dkh**-0.5)
-        k = self._split_heads(tf.cast(k, tf.float32), self.dkh)
+        q = self._split_heads(tf.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)
+        k = self._split_heads(tf.cast(k, self._attention_dtype), self.dkh)
         v = self._split_heads(v, self.dvh)
         return q, k, v, output_size
 
@@ -434,7 +457,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
             return outputs
         grid = self._attention_size(*inputs.shape[1:3])
         scores_shape = (inputs.shape[0], self.num_heads, *grid, *grid)
-        return outputs, keras.KerasTensor(scores_shape, dtype="float32")
+        return outputs, keras.KerasTensor(scores_shape, dtype=self._attention_dtype.name)
 
     def get_config(self):
         config = super().get_config()

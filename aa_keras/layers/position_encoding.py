@@ -1,7 +1,7 @@
 """Absolute position encodings for the position-encoding ablation (paper, table 5).
 
-Each function returns a (1, H, W, P) float32 tensor that the layer concatenates to the
-attention input before the query/key/value projection.
+Each function returns a (1, H, W, P) float32 (or float64) tensor that the layer concatenates to
+the attention input before the query/key/value projection.
 """
 
 import math
@@ -14,7 +14,7 @@ def sine_encoding_channels(depth_k):
     return 4 * math.ceil(depth_k / 4)
 
 
-def sine_encoding(height, width, channels):
+def sine_encoding(height, width, channels, dtype=tf.float32):
     """2D sinusoidal encoding (Vaswani et al., 2017, applied to rows and columns).
 
     With F = channels // 4 frequencies f_i = 10000 ** (-i / F), i = 0 .. F - 1, the channels are
@@ -22,12 +22,12 @@ def sine_encoding(height, width, channels):
     pixel position.
 
     Returns:
-        (1, height, width, channels) float32 tensor.
+        (1, height, width, channels) tensor of `dtype`.
     """
     num_freqs = channels // 4
-    freqs = tf.pow(10000.0, -tf.range(num_freqs, dtype=tf.float32) / num_freqs)
-    rows = tf.cast(tf.range(height), tf.float32)[:, None] * freqs  # (H, F)
-    cols = tf.cast(tf.range(width), tf.float32)[:, None] * freqs  # (W, F)
+    freqs = tf.pow(tf.constant(10000.0, dtype), -tf.range(num_freqs, dtype=dtype) / num_freqs)
+    rows = tf.cast(tf.range(height), dtype)[:, None] * freqs  # (H, F)
+    cols = tf.cast(tf.range(width), dtype)[:, None] * freqs  # (W, F)
     row_enc = tf.concat([tf.sin(rows), tf.cos(rows)], axis=-1)  # (H, 2F)
     col_enc = tf.concat([tf.sin(cols), tf.cos(cols)], axis=-1)  # (W, 2F)
     row_enc = tf.broadcast_to(row_enc[:, None, :], [height, width, 2 * num_freqs])
@@ -35,19 +35,19 @@ def sine_encoding(height, width, channels):
     return tf.expand_dims(tf.concat([row_enc, col_enc], axis=-1), 0)
 
 
-def _normalized_positions(length):
+def _normalized_positions(length, dtype):
     """Positions 0 .. length - 1 mapped linearly onto [-1, 1] (0 when length == 1)."""
-    positions = tf.cast(tf.range(length), tf.float32)
-    denominator = tf.maximum(tf.cast(length, tf.float32) - 1.0, 1.0)
-    return 2.0 * positions / denominator - tf.cast(length > 1, tf.float32)
+    positions = tf.cast(tf.range(length), dtype)
+    denominator = tf.maximum(tf.cast(length, dtype) - 1.0, 1.0)
+    return 2.0 * positions / denominator - tf.cast(length > 1, dtype)
 
 
-def coordconv_encoding(height, width):
+def coordconv_encoding(height, width, dtype=tf.float32):
     """CoordConv (Liu et al., 2018): the normalised (y, x) coordinates in [-1, 1].
 
     Returns:
-        (1, height, width, 2) float32 tensor, channel 0 = y, channel 1 = x.
+        (1, height, width, 2) tensor of `dtype`, channel 0 = y, channel 1 = x.
     """
-    ys = tf.broadcast_to(_normalized_positions(height)[:, None], [height, width])
-    xs = tf.broadcast_to(_normalized_positions(width)[None, :], [height, width])
+    ys = tf.broadcast_to(_normalized_positions(height, dtype)[:, None], [height, width])
+    xs = tf.broadcast_to(_normalized_positions(width, dtype)[None, :], [height, width])
     return tf.expand_dims(tf.stack([ys, xs], axis=-1), 0)

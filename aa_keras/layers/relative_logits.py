@@ -51,7 +51,7 @@ def relative_embeddings_2d(table, length):
             positions = tf.range(length)
         # Where the check is dropped (XLA), the table is poisoned instead, and XLA's gather
         # clamps the out-of-range offsets.
-        table = table + tf.where(length > max_length, float("nan"), 0.0)
+        table = table + tf.cast(tf.where(length > max_length, float("nan"), 0.0), table.dtype)
     offsets = positions[None, :] - positions[:, None] + (max_length - 1)
     return tf.gather(table, offsets)
 
