@@ -135,7 +135,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
         `return_attention_scores`, the tuple (outputs, scores), scores the (B, Nh, Ha, Wa, Ha, Wa)
         softmax weights (float32, float64 for a float64 layer) over the (Ha, Wa) attention grid,
-        query position first.
+        query position first. An empty batch (B = 0) gives empty outputs and zero gradients.
     """
 
     def __init__(
@@ -322,6 +322,33 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "largest input size."
             )
 
+    def _convolve(self, projection, x):
+        """projection(x) for one of the `conv`, `qkv`, `attn_out` sub-layers, also for an empty batch.
+
+        TensorFlow's oneDNN CPU convolution (TF 2.20; on by default, off with
+        `TF_ENABLE_ONEDNN_OPTS=0`) returns a tensor shaped like its input, not its output, when the
+        batch is empty. A batch that may be empty is therefore padded with one example of zeros
+        when it is empty, and the convolution's output cut back to the batch: no output, and zero
+        gradients from the padding. For a non-empty batch the pad and the slice add nothing and
+        forward their input without a copy; a batch known statically to be non-empty (as in
+        TFLite exports) is convolved as is.
+
+        Args:
+            projection: a `keras.layers.Conv2D` of this layer.
+            x: (B, H, W, C) input of it.
+
+        Returns:
+            (B, H', W', F) its output.
+        """
+        batch = dims(x)[0]
+        if isinstance(batch, int) and batch > 0:
+            return projection(x)
+        padding = 1 if isinstance(batch, int) else tf.cast(tf.equal(batch, 0), tf.int32)
+        # The reshape restores the static (H, W, C), which a pad by a run-time amount loses.
+        padded = tf.reshape(tf.pad(x, [[0, padding], [0, 0], [0, 0], [0, 0]]), [-1, *dims(x)[1:]])
+        outputs = projection(padded)
+        return tf.slice(outputs, [0, 0, 0, 0], [batch, *dims(outputs)[1:]])
+
     def _pool_to_output_size(self, inputs):
         """The input average-pooled to the convolution's output size (see the class docstring)."""
         if self.padding == "same" and self.strides != (1, 1):
@@ -420,7 +447,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         if self.downsample_attention:
             x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
         x = self._add_position_encoding(x)
-        q, k, v = tf.split(self.qkv(x), [self.dk, self.dk, self.dv], axis=-1)
+        q, k, v = tf.split(self._convolve(self.qkv, x), [self.dk, self.dk, self.dv], axis=-1)
         q = self._split_heads(tf.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)
         k = self._split_heads(tf.cast(k, self._attention_dtype), self.dkh)
         v = self._split_heads(v, self.dvh)
@@ -436,10 +463,10 @@ class AttentionAugmentation2D(keras.layers.Layer):
             attn = self._multi_head_attention(q, k, v)
         # (B, H, W, Nh, dvh) -> (B, H, W, Nh * dvh), head-major.
         attn = tf.reshape(attn, [batch, height, width, self.dv])
-        attn = self.attn_out(attn)
+        attn = self._convolve(self.attn_out, attn)
         if self.downsample_attention:
             attn = tf.cast(tf.image.resize(attn, output_size, "bilinear"), attn.dtype)
-        outputs = [attn] if self.conv is None else [self.conv(inputs), attn]
+        outputs = [attn] if self.conv is None else [self._convolve(self.conv, inputs), attn]
         outputs = self.activation(tf.concat(outputs, axis=-1))
         return (outputs, scores) if return_attention_scores else outputs
 
