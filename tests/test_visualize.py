@@ -368,7 +368,7 @@ def test_cli_creates_the_output_folder_and_names_what_it_cannot_write(tmp_path, 
     flags = [f"--model={two_layer_model_file}", f"--image={image}", "--query=1,1"]
     assert _run_cli(*flags, f"--output={tmp_path / 'new' / 'folder' / 'a.png'}") == str(tmp_path / "new" / "folder" / "a.png")
     assert os.listdir(tmp_path / "new" / "folder") == ["a.png"]  # no temporary file left
-    with pytest.raises(ValueError, match=r"Invalid `--output`: cannot write '.*image.png/a.png'"):
+    with pytest.raises(ValueError, match=r"Invalid `--output`: cannot write .*image.png/a.png. \(File exists: .*image.png.\)"):
         _run_cli(*flags, f"--output={image / 'a.png'}")  # a folder that is a file
 
 

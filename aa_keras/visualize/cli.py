@@ -117,7 +117,10 @@ def run(argv):
     try:
         save_png(figure, FLAGS.output)
     except OSError as error:
-        raise ValueError(f"Invalid `--output`: cannot write {FLAGS.output!r}: {error.strerror or error}.") from None
+        where = f"{error.strerror}: {error.filename!r}" if error.filename else str(error)
+        raise ValueError(
+            f"Invalid `--output`: cannot write {FLAGS.output!r} ({where}); pass a .png path in a folder you can write."
+        ) from None
     print(FLAGS.output)
     return FLAGS.output
 
