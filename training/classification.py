@@ -120,10 +120,11 @@ def train(
         return real.concatenate(padding).take(length).batch(per_replica)
 
     def calibration_dataset(context, images):
-        return data.build_dataset(
-            recipe.dataset, f"{recipe.train_split}[:{images}]", recipe.image_size, global_batch_size=batch,
-            data_dir=data_dir, preprocessing=recipe.preprocessing, input_context=context,
-        )
+        # The first `images` of the training split, in order, dealt out to the input pipelines.
+        first = data.build_dataset(
+            recipe.dataset, recipe.train_split, recipe.image_size, data_dir=data_dir, preprocessing=recipe.preprocessing
+        ).take(images)
+        return first.shard(context.num_input_pipelines, context.input_pipeline_id).batch(per_replica)
 
     def make_evaluate(model):
         def replica_eval_step(images, labels, weights):
