@@ -6,12 +6,15 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 
 import keras
 from absl import logging
 
 # The dataset's class names, one a line in index order, in a run folder and an export folder.
 LABELS = "labels.txt"
+# The first bytes of a zip archive, such as a `.keras` file.
+ZIP_SIGNATURE = b"PK\x03\x04"
 
 def _publish(tmp, path):
     """Gives `tmp` the mode of a file created under the umask, then renames it to `path`
@@ -40,11 +43,15 @@ def write_json(path, obj):
     """Writes `obj` as JSON to `path` atomically: a reader sees the old file or the new one."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
+def unfit_class_names(names):
+    """The names among `names` that a labels file cannot hold: empty ones, and those with a line
+    break or leading or trailing spaces."""
+    return [name for name in names if not name or name != name.strip() or len(name.splitlines()) != 1]
+
 def write_labels(path, names):
     """Writes the class names `names` to `path` atomically, one a line in index order."""
     names = [str(name) for name in names]
-    bad = [name for name in names if not name or "\n" in name or name != name.strip()]
-    if not names or bad:
+    if not names or unfit_class_names(names):
         raise ValueError(
             f"Invalid class names: received {names[:5]}..., expected non-empty names without line breaks or "
             "surrounding spaces, one per class."
@@ -135,21 +142,33 @@ def load_keras_file(path, flag="--model", safe_mode=True):
         safe_mode: Keras's safe mode; False lets Keras load Lambda layers (code in the file).
 
     Raises:
-        ValueError naming `flag`: the file is missing, is not a `.keras` archive, holds a Lambda
-        layer (in safe mode) or an unregistered custom object, or does not load.
+        ValueError naming `flag`: the file is missing, is not a `.keras` archive, is damaged (a
+        truncated or corrupted archive), holds a Lambda layer (in safe mode) or an unregistered
+        custom object, or does not load.
     """
     import aa_keras.applications  # noqa: F401  (registers the aa_keras models and layers for loading)
 
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise ValueError(f"Invalid `{flag}`: {path!r} does not exist or is not a file.")
     path = os.fspath(path)
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+    damaged = (
+        f"Invalid `{flag}`: {path!r} is damaged: a truncated or corrupted `.keras` archive ({{}}). Save the model "
+        "again, or restore the file from a copy."
+    )
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        zip_start = f.read(len(ZIP_SIGNATURE)) == ZIP_SIGNATURE
+    if path.endswith(".keras") and zip_start and not is_zip:
+        raise ValueError(damaged.format("it starts as a zip archive but its end, the zip directory, is missing"))
+    if not path.endswith(".keras") or not is_zip:
         raise ValueError(
             f"Invalid `{flag}`: {path!r} is not a Keras 3 `.keras` archive, so Keras cannot load it; save the model with "
-            "`model.save('name.keras')` or pass a builder name such as 'aa_small'."
+            "`model.save('name.keras')`."
         )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+    except (zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(damaged.format(error)) from None
     except (ValueError, TypeError, KeyError, OSError) as error:
         message = str(error)
         if isinstance(error, ValueError) and "safe_mode" in message:

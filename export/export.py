@@ -25,6 +25,7 @@ from aa_keras.command_line import run_program
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
+from aa_keras.validation import positive_int
 
 from . import classification, model_source
 from .parity import ParityError
@@ -175,6 +176,7 @@ def _export_detector(export_detection, formats, dataset):
     images = dataset_images(dataset, "test", image_shape, FLAGS.num_images, FLAGS.data_dir, task="detection")
     calibration = None
     if "tflite_int8" in formats:
+        positive_int("--calibration_images", FLAGS.calibration_images)
         calibration = dataset_images(
             dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir, task="detection"
         )
@@ -207,6 +209,7 @@ def main(argv):
                     f"Invalid flags for --task=detection: {', '.join('--' + name for name in given)} apply to "
                     "--task=classification only."
                 )
+        positive_int("--num_images", FLAGS.num_images)
         sources = [spec for spec in (FLAGS.model, FLAGS.baseline) if model_source.is_model_file(spec)]
         check_output_dir(FLAGS.output_dir, FLAGS.overwrite, sources)
         if not FLAGS.safe_mode:

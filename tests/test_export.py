@@ -460,3 +460,33 @@ def test_command_line_error_is_clear_and_writes_nothing(tmp_path):
     assert completed.returncode != 0
     assert "aa-export: error: Invalid `--model`" in completed.stderr and "does not exist" in completed.stderr
     assert not output_dir.exists()
+
+
+def test_a_truncated_or_corrupted_keras_file_is_called_damaged(tmp_path):
+    """Before: a truncated file was "not a Keras 3 `.keras` archive ... or pass a builder name",
+    and one with a corrupted member ended in a BadZipFile traceback."""
+    path = tmp_path / "model.keras"
+    tiny_classifier(attention=False).save(path)
+    whole = path.read_bytes()
+    (tmp_path / "cut.keras").write_bytes(whole[: len(whole) // 2])
+    scribbled = bytearray(whole)
+    scribbled[200:260] = bytes(byte ^ 0xFF for byte in scribbled[200:260])  # inside the first member's data
+    (tmp_path / "scribbled.keras").write_bytes(bytes(scribbled))
+    for name in ("cut.keras", "scribbled.keras"):
+        with pytest.raises(ValueError, match=r"^Invalid `--model`: .* is damaged: a truncated or corrupted `.keras` "
+                                             r"archive .*Save the model again, or restore the file from a copy\.$"):
+            model_source.load_model(str(tmp_path / name))
+
+
+def test_command_line_refuses_num_images_below_1(model_files, tmp_path):
+    """Before: `--num_images=0` read no images and said the split "gave no images"."""
+    argv = ["aa-export", f"--model={model_files[0]}", "--baseline=none", f"--output_dir={tmp_path / 'out'}",
+            "--num_images=0"]  # fmt: skip
+    exporter.FLAGS(argv)
+    try:
+        with pytest.raises(SystemExit, match=r"^aa-export: error: Invalid `--num_images`: expected a positive int, "
+                                             r"received --num_images=0\.$"):
+            exporter.main(argv[:1])
+    finally:
+        exporter.FLAGS.unparse_flags()
+    assert not (tmp_path / "out").exists()

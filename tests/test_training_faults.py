@@ -246,3 +246,26 @@ def test_written_files_follow_the_umask(tmp_path, data_dir):
         os.umask(previous)
     for name in ("model.keras", "metrics.json", RunFolder.RUN_CONFIG):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+# --- `--init_from` faults (refused before a run folder exists) --------------------------------
+
+
+def test_a_damaged_init_from_file_is_named_and_leaves_no_run_folder(tmp_path, data_dir):
+    """Before: a truncated `--init_from` file was "not a Keras 3 `.keras` archive ... or pass a
+    builder name such as 'aa_small'", and the run folder was made before the file was read."""
+    from aa_keras.applications import small_nets
+    from aa_keras.training import train
+
+    path = tmp_path / "model.keras"
+    small_nets.aa_small_net((32, 32, 3), 2).save(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    argv = ["train", f"--model_dir={tmp_path / 'runs'}", f"--data_dir={data_dir}", "--model=aa_small", f"--init_from={path}"]
+    train.FLAGS(argv)
+    try:
+        with pytest.raises(ValueError, match=r"^Invalid `init_from`: .*model\.keras' is damaged: a truncated or corrupted") as error:
+            train.run(argv[:1])
+    finally:
+        train.FLAGS.unparse_flags()
+    assert "builder" not in str(error.value)
+    assert not (tmp_path / "runs").exists()

@@ -26,7 +26,7 @@ from aa_keras.layers import RESAMPLE_METHODS
 
 from . import classification, detection, recipes
 from .distribute import STRATEGIES, create_strategy
-from .init_from import model_file
+from .init_from import load_source, model_file
 from .loop import MIXED_PRECISION
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
@@ -122,13 +122,13 @@ TABLE_METRICS = {
 
 
 def comparison_table(rows, task="classification"):
-    """A text table of metrics.json dicts: network, parameters, the task's metrics in percent,
-    training time."""
+    """A text table of metrics.json dicts: network, parameters, the task's metrics in percent
+    (COCO's -1 as "n/a"), training time."""
     width = max([16, *(len(row["model"]) + 2 for row in rows)])
     metrics = [(header, value, max(len(header) + 3, 9)) for header, value in TABLE_METRICS[task]]
     lines = [f"{'model':<{width}}{'params':>12}" + "".join(f"{h:>{w}}" for h, _, w in metrics) + f"{'train time':>14}"]
     for row in rows:
-        values = "".join(f"{value(row) * 100:>{w - 1}.2f}%" for _, value, w in metrics)
+        values = "".join(f"{detection.percent(value(row)):>{w}}" for _, value, w in metrics)
         lines.append(f"{row['model']:<{width}}{row['params']:>12,}{values}{row['train_seconds']:>13.0f}s")
     return "\n".join(lines)
 
@@ -223,6 +223,8 @@ def run(argv):
     model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
+    if FLAGS.init_from:
+        load_source(FLAGS.init_from)  # After the strategy (loading starts the runtime), before any run folder.
     if task == "detection":
         trainer = detection.train
         options = {"eval_examples": FLAGS.eval_examples}
