@@ -28,6 +28,7 @@ from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
 from aa_keras.data.classification import PREPROCESSING
+from aa_keras.datasets.image_files import undecodable_reason
 from aa_keras.files import load_keras_file
 from aa_keras.run_folder import RunFolder
 
@@ -147,7 +148,7 @@ def load_predictor(path):
 
 def read_image(path):
     """The image file `path` as uint8 (H, W, 3); a ValueError naming the file when it is
-    missing or not an image TensorFlow decodes."""
+    missing, damaged, or not an image TensorFlow decodes."""
     if not os.path.isfile(path):
         raise ValueError(f"Invalid image: {path!r} does not exist or is not a file.")
     with open(path, "rb") as f:
@@ -155,7 +156,7 @@ def read_image(path):
     try:
         return data.decode_image(encoded).numpy()
     except tf.errors.InvalidArgumentError:
-        raise ValueError(f"Invalid image: {path!r} is not a PNG, JPEG, BMP or GIF image.") from None
+        raise ValueError(f"Invalid image: {path!r} {undecodable_reason(path)}.") from None
 
 
 def model_inputs(predictor, images, preprocessing="none"):

@@ -178,3 +178,17 @@ def test_bad_files_and_folders(tmp_path):
         CocoJson(str(root))
     with pytest.raises(ValueError, match=r"dataset='coco_json:.*which this task does not read.*image_folder:PATH"):
         data.num_classes(f"coco_json:{root}")
+
+
+def test_a_split_without_annotations_is_refused_at_open(tmp_path):
+    """Before: an empty 'annotations' list trained with loss 0 and reported AP -100%."""
+    root = make_coco(tmp_path / "coco", _edit(lambda a: a.update(annotations=[])), splits=("train",))
+    with pytest.raises(ValueError, match=r"instances_train\.json: 'annotations' is empty: .* nothing to score"):
+        CocoJson(str(root))
+
+
+def test_a_category_name_with_surrounding_spaces_is_refused_at_open(tmp_path):
+    """Before: it passed the dataset's checks and failed later, as a bad labels.txt entry."""
+    root = make_coco(tmp_path / "coco", _edit(lambda a: a["categories"][1].update(name="square ")), splits=("train",))
+    with pytest.raises(ValueError, match=r"categories\[1\]: the category name 'square ' has leading or trailing spaces"):
+        CocoJson(str(root))

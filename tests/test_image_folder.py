@@ -200,3 +200,31 @@ def test_make_image_folder_writes_glyph_pairs_as_pngs(tmp_path, data_dir):
         script.write_image_folder(str(out), limit=1, data_dir=data_dir)
     with pytest.raises(ValueError, match="Invalid `--limit`"):
         script.write_image_folder(str(tmp_path / "other"), limit=0, data_dir=data_dir)
+
+
+def test_damaged_images_are_told_from_other_formats(tmp_path):
+    """Before: a truncated PNG was only "cannot be read or decoded"; aa-predict called it "not a
+    PNG, JPEG, BMP or GIF"."""
+    root = make_folder(tmp_path / "data")
+    whole = (root / "train" / "dog" / "0.png").read_bytes()
+    (root / "train" / "dog" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (root / "train" / "owl" / "notes.png").write_text("not an image")
+    (root / "train" / "owl" / "empty.jpg").write_bytes(b"")
+    damaged = r"train/dog/cut\.png is a damaged or truncated PNG file"
+    with pytest.raises(ValueError, match=rf"has 3 file\(s\) that cannot be read or decoded as images: .*{damaged}"):
+        data.num_classes(f"image_folder:{root}")
+    with pytest.raises(ValueError, match=r"train/owl/empty\.jpg is empty; .*train/owl/notes\.png is not a PNG, JPEG"):
+        data.num_classes(f"image_folder:{root}")
+    with pytest.raises(ValueError, match=r"^Invalid image: '.*train/dog/cut\.png' is a damaged or truncated PNG file"):
+        predict.read_image(str(root / "train" / "dog" / "cut.png"))
+
+
+def test_class_folders_with_surrounding_spaces_are_named(tmp_path):
+    """Before: refused as "Invalid class names" at the run's start, without saying they are folders."""
+    root = make_folder(tmp_path / "data", {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1}})
+    for split in ("train", "test"):
+        os.rename(root / split / "dog", root / split / "dog ")
+    with pytest.raises(ValueError, match=r"the class folders \['.*data/test/dog ', '.*data/train/dog '\] of "
+                                         r"image_folder:.*data have names with leading or trailing spaces.*rename "
+                                         r"them in every split \(e.g. 'dog ' to 'dog'\)"):
+        data.num_classes(f"image_folder:{root}")

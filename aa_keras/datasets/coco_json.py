@@ -5,7 +5,8 @@ Layout: `PATH/annotations/instances_<split>.json` per split, the images of the s
 `PATH/<split>/` (each image's `file_name` is relative to it). A JSON file holds "images"
 (`id`, `file_name`, `width`, `height`), "annotations" (`image_id`, `category_id`, `bbox`
 [x, y, width, height] in pixels; optional `area`, `iscrowd`) and "categories" (`id`, `name`),
-the same categories in every split. Images without annotations are allowed.
+the same categories in every split. Images without annotations are allowed; a split without any
+is not (a detector would learn nothing from it, and COCO's evaluation has no objects to score).
 
 Features (`detection_features`):
     image             uint8 (H, W, 3)
@@ -17,10 +18,11 @@ Features (`detection_features`):
     objects/is_crowd  bool, the annotation's `iscrowd`
 
 Opening the dataset reads and checks every JSON file and decodes every image once: bad JSON, a
-missing or undecodable image, an image whose size differs from its entry, an annotation of an
-unknown image or category, and a box with a non-positive size or outside its image give a
-ValueError naming the file and the entry. Nothing is prepared or written: the images are read
-where they lie, each split in the order of its JSON file's "images".
+missing or undecodable image, an image whose size differs from its entry, a category name with
+surrounding spaces, an annotation of an unknown image or category, a box with a non-positive
+size or outside its image, and an empty "annotations" list give a ValueError naming the file and
+the entry. Nothing is prepared or written: the images are read where they lie, each split in the
+order of its JSON file's "images".
 """
 
 import glob
@@ -33,6 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets.image_files import decoded_sizes, read_split, unreadable_error
+from aa_keras.files import unfit_class_names
 
 PREFIX = "coco_json:"
 ANNOTATIONS = "annotations"
@@ -96,6 +99,11 @@ def _categories(annotations, path):
     for index, entry in enumerate(_entries(annotations, "categories", path)):
         where = f"{path}, categories[{index}]"
         category_id, name = _field(entry, "id", "int", where), _field(entry, "name", "name", where)
+        if unfit_class_names([name]):
+            raise _invalid(
+                where, f"the category name {name!r} has leading or trailing spaces (or a line break), which class "
+                f"names cannot have; remove them from the name."
+            )
         if category_id in categories or name in names:
             raise _invalid(where, f"category id {category_id} or name {name!r} appears twice.")
         categories[category_id] = name
@@ -130,7 +138,13 @@ def _images(annotations, path, image_dir):
 def _objects(annotations, path, images, labels):
     """{image id: list of (normalized box, label, area, is_crowd)}."""
     objects = {image_id: [] for image_id in images}
-    for index, entry in enumerate(_entries(annotations, "annotations", path)):
+    entries = _entries(annotations, "annotations", path)
+    if not entries:
+        raise _invalid(
+            path, "'annotations' is empty: its images have no labelled objects, so a detector learns nothing from "
+            "them (the loss is 0) and COCO's evaluation has nothing to score. Add the objects' boxes to 'annotations'."
+        )
+    for index, entry in enumerate(entries):
         where = f"{path}, annotations[{index}]"
         image_id, category_id = _field(entry, "image_id", "int", where), _field(entry, "category_id", "int", where)
         where = f"{where} (image_id={image_id}, category_id={category_id})"

@@ -6,6 +6,9 @@ import functools
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+# The first bytes of the formats that `tf.io.decode_image` decodes.
+SIGNATURES = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8", "BMP": b"BM", "GIF": b"GIF8"}
+
 
 def decoded_sizes(paths):
     """{path: (height, width)} of the files in `paths` that decode as images the way the input
@@ -26,12 +29,30 @@ def decoded_sizes(paths):
     }
 
 
+def undecodable_reason(path):
+    """Why the file `path` does not decode as an image, to follow its name ("is empty"): it cannot
+    be read, is empty, is a damaged or truncated PNG, JPEG, BMP or GIF, or is of another format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(max(len(signature) for signature in SIGNATURES.values()))
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if not head:
+        return "is empty"
+    kind = next((kind for kind, signature in SIGNATURES.items() if head.startswith(signature)), None)
+    if kind is not None:
+        return f"is a damaged or truncated {kind} file (it starts as one but does not decode)"
+    return "is not a PNG, JPEG, BMP or GIF image"
+
+
 def unreadable_error(dataset, paths):
-    """The ValueError for `paths` (non-empty) that do not decode as images, naming them."""
-    shown = ", ".join(sorted(paths)[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    """The ValueError for `paths` (non-empty) that do not decode as images, naming them and why."""
+    paths = sorted(paths)
+    shown = "; ".join(f"{path} {undecodable_reason(path)}" for path in paths[:5])
+    more = f"; and {len(paths) - 5} more" if len(paths) > 5 else ""
     return ValueError(
         f"Invalid `dataset`: {dataset} has {len(paths)} file(s) that cannot be read or decoded as images: "
-        f"{shown}. Replace or remove them."
+        f"{shown}{more}. Replace or remove them."
     )
 
 

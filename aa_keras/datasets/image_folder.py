@@ -13,6 +13,7 @@ import os
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets.image_files import decoded_sizes, read_split, unreadable_error
+from aa_keras.files import unfit_class_names
 
 PREFIX = "image_folder:"
 
@@ -21,8 +22,9 @@ class ImageFolder(tfds.folder_dataset.ImageFolder, skip_registration=True):
     """TFDS's `ImageFolder` that rejects what it cannot train on and reads split slices.
 
     Opening it checks the folder: a ValueError ("Invalid `dataset`: ...") for a missing or
-    empty folder, a split folder without images, a label folder without images in any split,
-    fewer than two classes, or files that do not decode as images (named). Every image is
+    empty folder, a split folder without images, a label folder whose name has leading or
+    trailing spaces, a label folder without images in any split, fewer than two classes, or files
+    that do not decode as images (named, damaged ones told from other formats). Every image is
     decoded once for the last check.
 
     Each split is read in TFDS's fixed order (its files shuffled once, seeded by the split
@@ -51,6 +53,15 @@ class ImageFolder(tfds.folder_dataset.ImageFolder, skip_registration=True):
                     f"{root_dir}/{split}/<label>/<image> (.jpg, .jpeg or .png), or remove {root_dir}/{split}."
                 )
         names = self.info.features["label"].names
+        unfit = unfit_class_names(names)
+        if unfit:
+            folders = [os.path.join(root_dir, split, label) for split in split_folders for label in unfit]
+            folders = [folder for folder in folders if os.path.isdir(folder)]
+            raise ValueError(
+                f"Invalid `dataset`: the class folders {folders} of {name} have "
+                "names with leading or trailing spaces (or line breaks), which class names cannot have; rename "
+                f"them in every split (e.g. {unfit[0]!r} to {unfit[0].strip()!r})."
+            )
         if len(names) < 2:
             raise ValueError(
                 f"Invalid `dataset`: {name} has {len(names)} class ({names}); a classifier needs at least 2 label "
