@@ -432,3 +432,26 @@ def test_parameters_within_3_percent_of_the_paper(name):
     from benchmarks.detection_param_table import PAPER, measure
 
     assert abs(measure(name)["params"] / 1e6 - PAPER[name]) / PAPER[name] <= 0.03
+
+
+# --- COCO's "no data" value -----------------------------------------------------------------
+
+
+def test_cocos_minus_one_is_shown_as_na_never_as_a_percentage():
+    """Before: a detector evaluated on images without objects was listed with AP -100.00%."""
+    coco = {name: -1.0 for name in detection.COCO_METRICS} | {"AP50": 0.5}
+    row = {"model": "aa_retinanet_r18", "params": 1234, "train_seconds": 5.0, "coco": coco}
+    table = train.comparison_table([row], "detection").splitlines()
+    assert table[1].split() == ["aa_retinanet_r18", "1,234", "n/a", "50.00%", "n/a", "5s"]
+    assert (detection.percent(-1.0), detection.percent(0.1234)) == ("n/a", "12.34%")
+
+
+def test_export_cli_refuses_calibration_images_below_1_for_int8(small_detector, small_glyph_boxes, tmp_path):
+    """Before: `--calibration_images=0` read no images and said the train split "gave no images"."""
+    model_file = str(tmp_path / "detector.keras")
+    small_detector.save(model_file)
+    with pytest.raises(SystemExit, match=r"^aa-export: error: Invalid `--calibration_images`: expected a positive int, "
+                                         r"received --calibration_images=0\.$"):
+        _export_cli(f"--model={model_file}", f"--output_dir={tmp_path / 'out'}", "--formats=tflite_int8",
+                    f"--data_dir={small_glyph_boxes}", "--num_images=2", "--calibration_images=0")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -131,3 +131,9 @@ def test_evaluate_errors_name_what_is_wrong(classifier_run, data_dir, tmp_path):
     fails(r"Invalid `--batch_size`: expected a positive int", model_flag, "--dataset=glyph_pairs", "--batch_size=0")
     fails(r"Unknown dataset: received dataset='no_such_set'", model_flag, "--dataset=no_such_set")
     assert sorted(os.listdir(tmp_path)) == ["notes.keras", "renamed", "three"]
+
+
+def test_cocos_minus_one_is_shown_as_na():
+    result = {"model": "m.keras", "dataset": "d", "split": "test", "examples": 2, "metrics": {"AP": 0.25, "APs": -1.0}}
+    lines = evaluate.format_table(result).splitlines()
+    assert [line.split() for line in lines[2:]] == [["AP", "25.00%"], ["APs", "n/a"]]

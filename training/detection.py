@@ -29,6 +29,12 @@ from .loop import TrainingTask, run_training, start_run
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
 
+def percent(value):
+    """A metric in [0, 1] in percent ("12.34%"), or "n/a" for the -1 of COCO's evaluation (no
+    objects to score: none of a size, or images without any)."""
+    return "n/a" if value < 0 else f"{value * 100:.2f}%"
+
+
 def compile_detector(model, optimizer):
     """Compiles `model` with keras-hub's RetinaNet losses (Huber box loss) and the focal loss
     of the RetinaNet paper (alpha = 0.25, gamma = 2, summed and normalized by the positive
@@ -82,7 +88,8 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
         verbose: show a progress bar over the images.
 
     Returns:
-        {metric: float} for `COCO_METRICS` (AP in [0, 1], -1 where COCO has no objects of a size).
+        {metric: float} for `COCO_METRICS` (AP in [0, 1], -1 where COCO has no objects to score,
+        e.g. of a size; shown as "n/a" by `percent`).
     """
     data = detection_data.build_dataset(
         dataset, split, image_size, global_batch_size=batch_size, data_dir=data_dir, max_instances=max_instances
@@ -206,7 +213,7 @@ def train(
         metrics=lambda results: {
             "task": "detection", "eval_split": recipe.eval_split, "eval_examples": eval_examples, "coco": results
         },
-        describe=lambda results: f"COCO AP {results['AP']:.4f}, AP50 {results['AP50']:.4f}",
+        describe=lambda results: f"COCO AP {percent(results['AP'])}, AP50 {percent(results['AP50'])}",
         class_names=tuple(detection_data.class_names(recipe.dataset, data_dir)),
     )
     return run_training(

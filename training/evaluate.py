@@ -119,15 +119,15 @@ def evaluate_classifier(model, dataset, split, image_size, data_dir=None, batch_
 
 
 def format_table(result):
-    """The results as a text table: one metric a line (accuracies and AP in percent)."""
+    """The results as a text table: one metric a line (accuracies and AP in percent, COCO's -1 as
+    "n/a")."""
     lines = [
         f"{result['model']} on {result['dataset']} ({result['split']}, {result['examples']} images)",
         f"{'metric':<16}{'value':>10}",
     ]
     names = {"accuracy": "accuracy", "top5_accuracy": "top-5 accuracy"}
     for name, value in result["metrics"].items():
-        shown = f"{value * 100:>9.2f}%" if value >= 0 else f"{'n/a':>10}"  # COCO's -1: no objects of that size
-        lines.append(f"{names.get(name, name):<16}{shown}")
+        lines.append(f"{names.get(name, name):<16}{detection.percent(value):>10}")
     return "\n".join(lines)
 
 
