@@ -15,6 +15,7 @@ from aa_keras.applications import (
     build_detector,
     build_model,
     keras_classifier,
+    recalibrate_batch_norm,
     resize_model,
     small_nets,
     transfer_weights,
@@ -154,6 +155,24 @@ def test_resize_to_a_larger_size_runs_saves_and_loads(aa_small, method, tmp_path
     assert outputs.shape == (2, 2) and np.all(np.isfinite(outputs))
     resized.save(tmp_path / "resized.keras")
     np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "resized.keras")(x), outputs)
+
+
+def test_resize_re_estimates_the_batch_norm_statistics_at_the_new_size(aa_small):
+    batches = [_images((6, 64, 48, 3), seed=seed) for seed in (2, 3)]
+    resized, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches)
+    plain, plain_summary = resize_model(aa_small, (64, 48, 3))
+    assert plain_summary.batch_norm is None and "Re-estimated" not in str(plain_summary)
+    assert (summary.batch_norm.images, summary.batch_norm.batches, len(summary.batch_norm.layers)) == (12, 2, 5)
+    assert "Re-estimated 5 BatchNormalization layers over 12 images" in str(summary)
+    recalibrate_batch_norm(plain, batches)
+    for got, want in zip(resized.weights, plain.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)
+    # The source keeps its statistics; the first layer's are its input's moments at 64x48.
+    source_bn = [l for l in aa_small.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    new_bn = resized.get_layer(source_bn.name)
+    assert not np.allclose(source_bn.moving_mean.numpy(), new_bn.moving_mean.numpy())
+    _, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches, batch_norm_steps=1)
+    assert summary.batch_norm.images == 6
 
 
 def test_resize_keeps_an_unknown_input_size_and_raises_max_size():

@@ -14,10 +14,12 @@ classifier gives its weights to `build_detector` (the trainer's `--init_from`).
 """
 
 import dataclasses
+from typing import Optional
 
 import keras
 from keras.src.models.functional import Functional
 
+from aa_keras.applications.batch_norm import RecalibrationSummary, recalibrate_batch_norm
 from aa_keras.layers import AttentionAugmentation2D, attention_layers, resample_relative_table
 from aa_keras.layers.relative_tables import RESAMPLE_METHODS
 from aa_keras.validation import is_int
@@ -78,6 +80,7 @@ class ResizeSummary:
     new_input_shape: tuple
     method: str
     layers: tuple
+    batch_norm: Optional[RecalibrationSummary] = None
 
     def __str__(self):
         lines = ["| layer | old grid | new grid | tables |", "|---|---|---|---|"]
@@ -86,6 +89,8 @@ class ResizeSummary:
             f"\ninput {self.old_input_shape} -> {self.new_input_shape}; {len(self.layers)} attention layers, "
             f"method={self.method!r}."
         )
+        if self.batch_norm is not None:
+            lines.append(str(self.batch_norm))
         return "\n".join(lines)
 
 
@@ -217,7 +222,7 @@ def _grid(layer):
     return layer._attention_size(*layer.input.shape[1:3])
 
 
-def resize_model(model, input_shape, method="linear"):
+def resize_model(model, input_shape, method="linear", batch_norm_data=None, batch_norm_steps=None):
     """Rebuilds a model with `AttentionAugmentation2D` layers for another input size.
 
     The new model has the same graph, layer names and weights; the relative tables of each
@@ -234,10 +239,20 @@ def resize_model(model, input_shape, method="linear"):
         input_shape: (H, W, C), the new size, C as before.
         method: "linear" (content scaled with the image) or "edge" (same content scale on a
             larger canvas), see `aa_keras.layers.resample_relative_table`.
+        batch_norm_data: images at the new size (batches, as `recalibrate_batch_norm` takes
+            them) over which the new model's BatchNormalization statistics are re-estimated: the
+            statistics gathered at the old size are off at another (the convolutions see other
+            content scales, the pooling more positions). None keeps them.
+        batch_norm_steps: at most this many batches of `batch_norm_data`; None for all.
 
     Returns:
         `(new_model, summary)`: the new model, of the same class and name, and a
-        `ResizeSummary` listing each attention layer with its old and new grid.
+        `ResizeSummary` listing each attention layer with its old and new grid (and, with
+        `batch_norm_data`, the `RecalibrationSummary`).
+
+    Example:
+
+        model_64, summary = resize_model(model_32, (64, 64, 3), batch_norm_data=images_64.batch(128))
     """
     _check_method(method)
     old_shape, shape = _check_arguments(model, input_shape)
@@ -268,4 +283,7 @@ def resize_model(model, input_shape, method="linear"):
         else:
             tables = method
         changes.append(GridChange(old.name, before, after, tables))
-    return new_model, ResizeSummary(old_shape, new_shape, method, tuple(changes))
+    batch_norm = None
+    if batch_norm_data is not None:
+        batch_norm = recalibrate_batch_norm(new_model, batch_norm_data, steps=batch_norm_steps)
+    return new_model, ResizeSummary(old_shape, new_shape, method, tuple(changes), batch_norm)
