@@ -9,14 +9,16 @@ import stat
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from test_training import REPO, _tiny_recipe, _train
 
 from aa_keras import files
+from aa_keras.applications import build_model, small_nets
 from aa_keras.run_folder import RunFolder
-from aa_keras.training import checkpoints, distribute, run_lock
+from aa_keras.training import checkpoints, classification, distribute, recipes, run_lock, train
 from aa_keras.training.loop import start_run
 
 
@@ -254,9 +256,6 @@ def test_written_files_follow_the_umask(tmp_path, data_dir):
 def test_a_damaged_init_from_file_is_named_and_leaves_no_run_folder(tmp_path, data_dir):
     """Before: a truncated `--init_from` file was "not a Keras 3 `.keras` archive ... or pass a
     builder name such as 'aa_small'", and the run folder was made before the file was read."""
-    from aa_keras.applications import small_nets
-    from aa_keras.training import train
-
     path = tmp_path / "model.keras"
     small_nets.aa_small_net((32, 32, 3), 2).save(path)
     path.write_bytes(path.read_bytes()[:-100])
@@ -269,3 +268,19 @@ def test_a_damaged_init_from_file_is_named_and_leaves_no_run_folder(tmp_path, da
         train.FLAGS.unparse_flags()
     assert "builder" not in str(error.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_init_from_of_another_network_and_a_too_large_batch_leave_no_run_folder(tmp_path, data_dir):
+    """Before: the source was checked against the built network inside the run lock, which had
+    already created `<model_dir>/<network>/` (an empty folder was left behind); so was the batch."""
+    source = tmp_path / "resnet.keras"
+    keras.saving.save_model(build_model("resnet18", (32, 32, 3), 2), source)
+    recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, train_split="train[:32]")
+    with pytest.raises(ValueError, match=r"is another network than 'aa_small'"):
+        classification.train(tf.distribute.get_strategy(), "aa_small", str(tmp_path / "run"), recipe,
+                             data_dir=data_dir, verbose=False, init_from=str(source))  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"global_batch_size=64 is larger than the 'train\[:32\]' split"):
+        classification.train(tf.distribute.get_strategy(), "aa_small", str(tmp_path / "run"),
+                             recipes.override(recipe, global_batch_size=64), data_dir=data_dir, verbose=False)  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -217,12 +217,52 @@ def run_training(
             checkpoint is kept.
     """
     chief = is_chief(strategy)
+    epoch_steps = _epoch_steps(recipe, train_examples, steps_per_epoch)
+    built = _build(task, strategy, recipe, epoch_steps, mixed_precision)
+    # A new run starts from --init_from before the lock creates the run folder: a source that does
+    # not fit the network leaves nothing behind. A checkpoint found under the lock overrides it.
+    initialised = bool(init_from) and not checkpoints.checkpoint_files(RunFolder(model_dir).checkpoints)
+    if initialised:
+        initialize_from(built[0], init_from, init_method, verbose=chief)
     lock = run_lock.run_lock(model_dir, warn=lambda m: _note(model_dir, m, True)) if chief else contextlib.nullcontext()
     with lock:
         return _run_training(
-            task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch,
-            mixed_precision, checkpoint_steps, seed, verbose, chief, init_from, init_method,
+            task, strategy, model_name, recipe, model_dir, config, built, epoch_steps, mixed_precision,
+            checkpoint_steps, seed, verbose, chief, init_from if not initialised else None, init_method, train_examples,
         )
+
+
+def _epoch_steps(recipe, train_examples, steps_per_epoch):
+    """Steps per epoch: whole global batches of the training split, at most `steps_per_epoch`."""
+    full_epoch = train_examples // recipe.global_batch_size
+    if full_epoch == 0:
+        raise ValueError(
+            f"Invalid global batch size: global_batch_size={recipe.global_batch_size} is larger than the "
+            f"{recipe.train_split!r} split of {recipe.dataset!r}; use a smaller --batch_size."
+        )
+    return min(full_epoch, steps_per_epoch or full_epoch)
+
+
+def _build(task, strategy, recipe, epoch_steps, mixed_precision):
+    """(model, optimizer, train_seconds variable), built under `strategy`'s scope and the run's
+    dtype policy; nothing is written."""
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            model = task.build_model()
+            if recipe.freeze_backbone_epochs:
+                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
+                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
+                set_backbone_trainable(model, True)
+            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer.build(model.trainable_variables)
+            if task.compile is not None:
+                task.compile(model, optimizer)
+            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return model, optimizer, train_seconds
 
 
 def _note(model_dir, message, warning=False):
@@ -303,18 +343,11 @@ def _warn_far_below_training(train_accuracy, test_accuracy, warn, model_name):
 
 
 def _run_training(
-    task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch, mixed_precision,
-    checkpoint_steps, seed, verbose, chief, init_from, init_method,
+    task, strategy, model_name, recipe, model_dir, config, built, epoch_steps, mixed_precision,
+    checkpoint_steps, seed, verbose, chief, init_from, init_method, train_examples,
 ):
     batch = recipe.global_batch_size
-    full_epoch = train_examples // batch
-    if full_epoch == 0:
-        raise ValueError(
-            f"Invalid global batch size: global_batch_size={batch} is larger than the "
-            f"{recipe.train_split!r} split of {recipe.dataset!r}; use a smaller --batch_size."
-        )
-    epoch_steps = min(full_epoch, steps_per_epoch or full_epoch)
-
+    model, optimizer, train_seconds = built
     folder = RunFolder(model_dir)
     # Other workers of a cluster write their checkpoints and model to a scratch folder.
     write_folder = folder if chief else RunFolder(folder.file(f".scratch_{worker_id(strategy)}"))
@@ -323,22 +356,6 @@ def _run_training(
         if chief:
             _note(model_dir, message, warning)
 
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
-    try:
-        with strategy.scope():
-            model = task.build_model()
-            if recipe.freeze_backbone_epochs:
-                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
-                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
-                set_backbone_trainable(model, True)
-            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
-            optimizer.build(model.trainable_variables)
-            if task.compile is not None:
-                task.compile(model, optimizer)
-            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
     restored = checkpoints.restore_newest(checkpoint, folder.checkpoints, move_damaged=chief)
     if restored.damaged or restored.stale_state:
