@@ -4,6 +4,11 @@ faults that end in one line (Ctrl-C, a failed checkpoint save, --epochs below a 
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -15,6 +20,8 @@ from aa_keras.data import classification as data
 from aa_keras.files import load_keras_file
 from aa_keras.run_folder import RunFolder
 from aa_keras.training import classification, loop, recipes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +136,23 @@ def test_a_failed_checkpoint_save_leaves_no_partial_files(color_folder, tmp_path
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"
     ]
+
+
+def test_ctrl_c_on_the_command_line_is_one_line(color_folder, tmp_path):
+    command = [
+        sys.executable, "-m", "aa_keras.training.train", "--model=conv_small", f"--dataset={color_folder}",
+        f"--model_dir={tmp_path}", "--epochs=50", "--batch_size=16", "--checkpoint_steps=2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "conv_small" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and not tf.train.latest_checkpoint(str(checkpoints)):
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"training\.train: conv_small interrupted at step \d+; re-run the same command to resume "
+                        r"from .*/conv_small/checkpoints/ckpt-\d+\.", last), last  # fmt: skip

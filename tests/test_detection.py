@@ -274,6 +274,10 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
     assert set(first["coco"]) == set(detection.COCO_METRICS)
     assert all(-1.0 <= value <= 1.0 for value in first["coco"].values())
     assert np.isfinite(first["history"][0]["train_loss"]) and first["history"][0]["train_loss"] > 0
+    # The backbone's BatchNormalization statistics are re-estimated over the training images, two replicas.
+    train_images = min(1000, detection_data.split_size("glyph_boxes", "train", small_glyph_boxes))
+    assert first["batch_norm"]["images"] == train_images and first["batch_norm"]["layers"] > 0
+    assert set(first["batch_norm"]["before"]["coco"]) == set(detection.COCO_METRICS)
     # A different network in the same model_dir is refused before anything is written.
     config = open(os.path.join(model_dir, "run_config.json")).read()
     with pytest.raises(ValueError, match="model"):

@@ -13,8 +13,9 @@ IDENTITY_FIELDS = (
     # The network and fine-tuning settings of a "keras:<Name>" model.
     "weights", "augment", "augment_skip_unfit", "freeze_backbone_epochs",
 )
-# Fields that a resumed run may change without `allow_changed_settings` (a longer run).
-FREE_FIELDS = ("epochs",)
+# Fields that a resumed run may change without `allow_changed_settings`: a longer run, and the
+# images of the end-of-run BatchNormalization re-estimation (which training does not depend on).
+FREE_FIELDS = ("epochs", "batch_norm_images")
 
 
 def check_model_dir(model_dir):

@@ -198,6 +198,13 @@ def train(
         value = model.compute_loss(x=images, y=targets, y_pred=predictions, sample_weight=None)
         return tf.cast(value, tf.float32) / strategy.num_replicas_in_sync, {}
 
+    def calibration_dataset(context, images):
+        # The first `images` of the training split as evaluated, dealt out to the input pipelines.
+        first = detection_data.build_dataset(
+            recipe.dataset, recipe.train_split, recipe.image_size, data_dir=data_dir, max_instances=recipe.max_instances
+        ).take(images)
+        return first.shard(context.num_input_pipelines, context.input_pipeline_id).batch(per_replica)
+
     def make_evaluate(model):
         return lambda: evaluate_detector(
             model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir, batch_size=per_replica,
@@ -215,6 +222,7 @@ def train(
         },
         describe=lambda results: f"COCO AP {percent(results['AP'])}, AP50 {percent(results['AP50'])}",
         class_names=tuple(detection_data.class_names(recipe.dataset, data_dir)),
+        calibration_dataset=calibration_dataset,
     )
     return run_training(
         task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,

@@ -27,7 +27,7 @@ from aa_keras.layers import RESAMPLE_METHODS
 from . import classification, detection, recipes
 from .distribute import STRATEGIES, create_strategy
 from .init_from import load_source, model_file
-from .loop import MIXED_PRECISION
+from .loop import MIXED_PRECISION, Interrupted
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
@@ -75,6 +75,11 @@ flags.DEFINE_integer("epochs", None, "Overrides the recipe's epochs.", flag_valu
 flags.DEFINE_integer("batch_size", None, "Overrides the recipe's global batch size (over all replicas).", flag_values=FLAGS)
 flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.", flag_values=FLAGS)
 flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "batch_norm_images", None, "Overrides the recipe's number of training images (1000) over which BatchNormalization's "
+    "statistics are re-estimated at the end of the run, before the final evaluation and model.keras; 0 is off.",
+    lower_bound=0, flag_values=FLAGS,
+)
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
@@ -159,6 +164,7 @@ def _recipe_from_flags(task):
         epochs=FLAGS.epochs,
         global_batch_size=FLAGS.batch_size,
         image_size=FLAGS.image_size,
+        batch_norm_images=FLAGS.batch_norm_images,
     )
     if task == "classification":
         overrides.update(
@@ -256,7 +262,8 @@ def run(argv):
     return rows
 
 
-main = program_main(FLAGS, run, "training.train: ", errors=(ValueError, FloatingPointError))
+# Bad input, a diverged run, a full disk or an unwritable folder, and Ctrl-C end in one line.
+main = program_main(FLAGS, run, "training.train: ", errors=(ValueError, FloatingPointError, OSError, Interrupted))
 
 
 def run_main():
