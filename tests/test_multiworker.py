@@ -64,7 +64,10 @@ def test_two_workers_train_together_and_agree_on_the_weights(tmp_path, data_dir)
     np.testing.assert_array_equal(chief_weights, worker_weights)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["steps"] == 3 and (model_dir / "model.keras").exists()
+    # The statistics were re-estimated over 1000 images, 500 per worker, gathered: the workers agree (above).
+    assert metrics["batch_norm"]["images"] == 1000 and metrics["batch_norm"]["layers"] == 5
     # Only the chief's outputs remain: the other worker's scratch folder is gone.
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "checkpoints", "labels.txt", "logs", "metrics.json", "model.keras", "run_config.json"
+        "checkpoints", "labels.txt", "logs", "metrics.json", "model.keras", "run_config.json", "train.log"
     ]
+    assert "Re-estimated 5 BatchNormalization layers over 1000 images" in (model_dir / "train.log").read_text()
