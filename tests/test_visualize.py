@@ -422,3 +422,13 @@ def test_training_writes_attention_pictures_to_the_eval_log(tmp_path, data_dir):
     with tf.summary.create_file_writer(str(tmp_path / "conv")).as_default(step=0):
         attention_summaries.make_eval_summaries(recipe, data_dir="/nonexistent")(small_nets.conv_small_net())
     assert not _summaries(tmp_path / "conv")
+
+
+def test_a_damaged_image_file_is_called_damaged(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)).numpy()[:-20])
+    with pytest.raises(ValueError, match=r"photo\.png' is a damaged or truncated PNG file"):
+        cli.load_image(str(path), (16, 16), 3)
+    (tmp_path / "notes.png").write_text("plain text")
+    with pytest.raises(ValueError, match=r"notes\.png' is not a PNG, JPEG, BMP or GIF image"):
+        cli.load_image(str(tmp_path / "notes.png"), (16, 16), 3)

@@ -27,6 +27,7 @@ from aa_keras.applications.retinanet import is_detector  # importing it register
 from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as classification_data
 from aa_keras.data import detection as detection_data
+from aa_keras.datasets.image_files import undecodable_reason
 from aa_keras.files import load_keras_file
 from aa_keras.visualize.figure import attention_figure, save_png
 from aa_keras.visualize.maps import attention_maps, check_queries
@@ -76,7 +77,7 @@ def load_image(spec, image_size, channels, dataset=None, split="test", data_dir=
         try:
             image = tf.io.decode_image(tf.io.read_file(spec), channels=channels, expand_animations=False)
         except tf.errors.InvalidArgumentError:
-            raise ValueError(f"Invalid `--image`: {spec!r} is not a PNG, JPEG, BMP or GIF image.") from None
+            raise ValueError(f"Invalid `--image`: {spec!r} {undecodable_reason(spec)}.") from None
     else:
         raise ValueError(f"Invalid `--image`: {spec!r} is neither an image file nor a dataset index.")
     image = tf.cast(image, tf.float32)
