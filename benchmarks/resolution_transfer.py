@@ -12,8 +12,11 @@
    the test accuracy of the source resized with `resize_model(..., method="linear")`, with
    `"edge"`, and after a short fine-tune at 64 started from the source through the trainer's
    `init_from` (tables with `--finetune_method`, Adam at `--finetune_learning_rate`), next to
-   the source's accuracy at 32x32. As a diagnostic, the resized models are also evaluated with
-   BatchNormalization on the statistics of each test batch instead of its moving averages.
+   the source's accuracy at 32x32. The resized models are also evaluated after re-estimating
+   their BatchNormalization statistics at 64 (`resize_model(..., batch_norm_data=...)` over the
+   first `--batch_norm_images` training images at 64) and, as a diagnostic, with the statistics of
+   each test batch. The fine-tunes end with the trainer's re-estimation (their accuracy with the
+   moving statistics is kept too).
 3. ImageNet to COCO at small scale: `aa_resnet18` trained briefly on glyph_pairs at 64x64, then
    `aa_retinanet_r18` at 128x128 on `glyph_boxes` started from it through `init_from` (the
    detector takes the classifier's attention settings and its weights, tables resampled).
@@ -50,6 +53,7 @@ flags.DEFINE_boolean("detection", True, "Run part 3 (classifier at 64 into a det
 flags.DEFINE_integer("classifier_steps", 30, "Steps of the aa_resnet18 classifier at 64x64.")
 flags.DEFINE_integer("detection_steps", 10, "Steps of the aa_retinanet_r18 detector at 128x128.")
 flags.DEFINE_integer("detection_eval_examples", 40, "Evaluation images of the detector.")
+flags.DEFINE_integer("batch_norm_images", 1000, "Training images at 64 over which the resized models' statistics are re-estimated.")
 flags.DEFINE_string("output", "benchmarks/results/resolution_transfer.json", "Where to write the JSON.")
 
 CASES = {"upsampled": "glyph_pairs", "canvas64": "glyph_pairs/canvas64"}
@@ -84,13 +88,24 @@ def resolution_transfer():
             f"{name}_batch_statistics": accuracy(model, dataset, 64, FLAGS.data_dir, batch_statistics=True)
             for name, model in resized.items()
         })
+        # The trainer's end-of-run re-estimation, offered by resize_model: its first training images at 64.
+        images = data.build_dataset(dataset, f"train[:{FLAGS.batch_norm_images}]", 64, global_batch_size=128,
+                                    data_dir=FLAGS.data_dir)  # fmt: skip
+        row.update({
+            f"{name}_re_estimated": accuracy(
+                resize_model(source, (64, 64, 3), name, batch_norm_data=images)[0], dataset, 64, FLAGS.data_dir
+            )
+            for name in ("linear", "edge")
+        })
         recipe = recipes.get_recipe(
             "quick", dataset=dataset, image_size=64, epochs=1, learning_rate=FLAGS.finetune_learning_rate
         )
         metrics, seconds = _run(os.path.join(FLAGS.work_dir, f"finetune_{case}"), model_name="aa_small",
                                 recipe=recipe, steps_per_epoch=FLAGS.finetune_steps, init_from=source_path,
                                 init_method=method)  # fmt: skip
-        row.update(finetuned=metrics["test_accuracy"], finetune_method=method, finetune_steps=metrics["steps"],
+        before = metrics.get("batch_norm", {}).get("before", {}).get("test_accuracy")
+        row.update(finetuned=metrics["test_accuracy"], finetuned_moving_statistics=before,
+                   finetune_method=method, finetune_steps=metrics["steps"],
                    finetune_learning_rate=recipe.learning_rate, finetune_seconds=round(seconds))  # fmt: skip
         result[case] = row
         print(f"{case}: {row}", flush=True)
@@ -120,14 +135,19 @@ def imagenet_to_coco():
 
 def table(result):
     lines = [
-        "| 64x64 test images | 32x32 model at 32 | resized, linear | resized, edge | fine-tuned at 64 |",
-        "|---|---|---|---|---|",
+        "| 64x64 test images | 32x32 model at 32 | resized, linear / edge | re-estimated at 64, linear / edge | "
+        "BN on batch statistics, linear / edge | fine-tuned at 64, re-estimated (moving) |",
+        "|---|---|---|---|---|---|",
     ]
     for case in CASES:
         row = result[case]
+        moving = row["finetuned_moving_statistics"]
         lines.append(
-            f"| {case} | {result['accuracy_32']:.2%} | {row['linear']:.2%} | {row['edge']:.2%} | "
-            f"{row['finetuned']:.2%} ({row['finetune_steps']} steps from {row['finetune_method']}) |"
+            f"| {case} | {result['accuracy_32']:.2%} | {row['linear']:.2%} / {row['edge']:.2%} | "
+            f"{row['linear_re_estimated']:.2%} / {row['edge_re_estimated']:.2%} | "
+            f"{row['linear_batch_statistics']:.2%} / {row['edge_batch_statistics']:.2%} | "
+            f"{row['finetuned']:.2%} ({'n/a' if moving is None else f'{moving:.2%}'}; "
+            f"{row['finetune_steps']} steps from {row['finetune_method']}) |"
         )
     return "\n".join(lines)
 
