@@ -6,10 +6,11 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
+from aa_keras.layers import attention_ops
 from aa_keras.layers import position_encoding as pe
 from aa_keras.layers.attention import auto_query_block_size, multi_head_attention_2d
-from aa_keras.layers.shapes import dims
 from aa_keras.ops import fused_attention
 from aa_keras.validation import is_int, positive_int, positive_pair
 
@@ -57,6 +58,10 @@ def _conv_output_length(length, kernel, stride, padding):
     return (length - kernel) // stride + 1
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
 def _clone_initializer(initializer):
     """A fresh copy, so that sub-layers sharing one initializer do not get identical weights."""
     return initializer.__class__.from_config(initializer.get_config())
@@ -78,9 +83,10 @@ class AttentionAugmentation2D(keras.layers.Layer):
     q_i . rel_width[wj - wi + W - 1] + q_i . rel_height[hj - hi + H - 1] (computed as two
     1D terms added by broadcast); the softmax (in float32, also under mixed precision; in
     float64 for a float64 layer) weights v; the heads, concatenated head-major, are mixed by a
-    1x1 projection `attn_out`. `attention_implementation` chooses how the attention runs: on the
-    fused CPU kernel of `aa_keras.ops.fused_attention` or on standard TensorFlow ops
-    (`aa_keras.layers.attention`); both compute the same function.
+    1x1 projection `attn_out`. On TensorFlow, `attention_implementation` chooses how the
+    attention runs: on the fused CPU kernel of `aa_keras.ops.fused_attention` or on standard
+    TensorFlow ops (`aa_keras.layers.attention`). On other backends (JAX, PyTorch) it runs on
+    `keras.ops` (`aa_keras.layers.attention_ops`). All compute the same function.
 
     With `strides > 1` (or `padding="valid"`) the attention branch runs on the input
     average-pooled to the convolution's output size: pool `strides` with padding "same", or pool
@@ -111,8 +117,10 @@ class AttentionAugmentation2D(keras.layers.Layer):
             spatial dims are None. Any input up to the built size works exactly; larger ones
             need resampled tables (`aa_keras.applications.resize_model`). The other position
             encodings have no tables and take any size.
-        query_block_size: queries per block of the memory-bounded TensorFlow-op attention path;
-            None picks it from the size (unblocked for small maps). The fused kernel ignores it.
+        query_block_size: queries per block of the memory-bounded TensorFlow-op and `keras.ops`
+            attention paths; None picks it from the size (unblocked below 2^24 logits per
+            example; unblocked, the `keras.ops` path holds B * Nh * (H * W)**2 weights for the
+            backward pass). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
         attention_implementation: `"auto"` (the fused kernel where
             `aa_keras.ops.fused_attention.applies()` at trace time: a CPU, no XLA, the kernel
@@ -120,16 +128,18 @@ class AttentionAugmentation2D(keras.layers.Layer):
             TensorFlow ops; always TensorFlow ops for a float64 layer), `"fused"` (the fused
             kernel, float32 only; an error where it cannot run) or `"tf_ops"` (standard
             TensorFlow ops only, as the exporters trace). Read when a call is traced;
-            `use_attention_implementation` switches a built model's layers.
+            `use_attention_implementation` switches a built model's layers. On a backend other
+            than TensorFlow only `"auto"` (the `keras.ops` path) is valid; the others raise a
+            ValueError.
         data_format: only `"channels_last"` (or None with that global setting).
 
     Call arguments:
         inputs: (B, H, W, C) tensor.
         return_attention_scores: bool, also return the attention weights (as
-            `keras.layers.MultiHeadAttention` does). The attention then runs on the unblocked
-            TensorFlow-op path whatever `attention_implementation` says, for grids of at most
-            `MAX_ATTENTION_SCORES` weights per example; `aa_keras.visualize.attention_maps`
-            gives chosen rows of larger ones.
+            `keras.layers.MultiHeadAttention` does). The attention then runs unblocked (on
+            TensorFlow, on the TensorFlow-op path whatever `attention_implementation` says), for
+            grids of at most `MAX_ATTENTION_SCORES` weights per example;
+            `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
 
     Returns:
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
@@ -204,6 +214,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 f"of {ATTENTION_IMPLEMENTATIONS}."
             )
         self.attention_implementation = attention_implementation
+        self._check_backend_implementation()
         self._check_fused_dtype()
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
@@ -325,7 +336,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
     def _convolve(self, projection, x):
         """projection(x) for one of the `conv`, `qkv`, `attn_out` sub-layers, also for an empty batch.
 
-        TensorFlow's oneDNN CPU convolution (TF 2.20; on by default, off with
+        On TensorFlow only: its oneDNN CPU convolution (TF 2.20; on by default, off with
         `TF_ENABLE_ONEDNN_OPTS=0`) returns a tensor shaped like its input, not its output, when the
         batch is empty. A batch that may be empty is therefore padded with one example of zeros
         when it is empty, and the convolution's output cut back to the batch: no output, and zero
@@ -340,48 +351,65 @@ class AttentionAugmentation2D(keras.layers.Layer):
         Returns:
             (B, H', W', F) its output.
         """
-        batch = dims(x)[0]
-        if isinstance(batch, int) and batch > 0:
+        batch = ops.shape(x)[0]
+        if not _on_tensorflow() or (isinstance(batch, int) and batch > 0):
             return projection(x)
         padding = 1 if isinstance(batch, int) else tf.cast(tf.equal(batch, 0), tf.int32)
         # The reshape restores the static (H, W, C), which a pad by a run-time amount loses.
-        padded = tf.reshape(tf.pad(x, [[0, padding], [0, 0], [0, 0], [0, 0]]), [-1, *dims(x)[1:]])
+        padded = tf.reshape(tf.pad(x, [[0, padding], [0, 0], [0, 0], [0, 0]]), [-1, *ops.shape(x)[1:]])
         outputs = projection(padded)
-        return tf.slice(outputs, [0, 0, 0, 0], [batch, *dims(outputs)[1:]])
+        return tf.slice(outputs, [0, 0, 0, 0], [batch, *ops.shape(outputs)[1:]])
 
     def _pool_to_output_size(self, inputs):
         """The input average-pooled to the convolution's output size (see the class docstring)."""
         if self.padding == "same" and self.strides != (1, 1):
-            return tf.nn.avg_pool2d(inputs, self.strides, self.strides, "SAME")
+            return ops.average_pool(inputs, self.strides, self.strides, "same", "channels_last")
         if self.padding == "valid" and (self.kernel_size != (1, 1) or self.strides != (1, 1)):
-            return tf.nn.avg_pool2d(inputs, self.kernel_size, self.strides, "VALID")
+            return ops.average_pool(inputs, self.kernel_size, self.strides, "valid", "channels_last")
         return inputs
+
+    @staticmethod
+    def _resize_bilinear(x, size):
+        """(B, H, W, C) x resized bilinearly to `size`, in float32 on TensorFlow."""
+        if _on_tensorflow():  # `size` may hold scalar tensors, which keras.ops.image.resize refuses
+            return tf.image.resize(x, size, "bilinear")
+        return ops.image.resize(x, size, "bilinear", data_format="channels_last")
 
     def _add_position_encoding(self, x):
         if self.position_encoding not in ("sine", "coordconv"):
             return x
-        batch, height, width, _ = dims(x)
+        batch, height, width, _ = ops.shape(x)
         if self.position_encoding == "sine":
             encoding = pe.sine_encoding(height, width, self._encoding_channels(), self._attention_dtype)
         else:
             encoding = pe.coordconv_encoding(height, width, self._attention_dtype)
-        encoding = tf.broadcast_to(tf.cast(encoding, x.dtype), [batch, height, width, encoding.shape[-1]])
-        return tf.concat([x, encoding], axis=-1)
+        encoding = ops.broadcast_to(ops.cast(encoding, x.dtype), [batch, height, width, encoding.shape[-1]])
+        return ops.concatenate([x, encoding], axis=-1)
 
     def _split_heads(self, x, depth):
         """(B, H, W, Nh * d) -> (B, H, W, Nh, d), channel c in head c // d."""
-        batch, height, width, _ = dims(x)
-        return tf.reshape(x, [batch, height, width, self.num_heads, depth])
+        batch, height, width, _ = ops.shape(x)
+        return ops.reshape(x, [batch, height, width, self.num_heads, depth])
 
     @property
     def _attention_dtype(self):
         """The dtype of q, k, the logits, the softmax and the position encodings: float64 for a
         float64 layer, else float32 (also under mixed precision)."""
-        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+        return "float64" if self.compute_dtype == "float64" else "float32"
+
+    def _check_backend_implementation(self):
+        """Raises a ValueError for 'fused' or 'tf_ops' on a backend other than TensorFlow."""
+        if self.attention_implementation != "auto" and not _on_tensorflow():
+            raise ValueError(
+                f"Invalid `attention_implementation`: layer {self.name!r} has attention_implementation="
+                f"{self.attention_implementation!r}, which runs on the TensorFlow backend only; the "
+                f"{keras.backend.backend()!r} backend runs the keras.ops path: use "
+                "attention_implementation='auto'."
+            )
 
     def _check_fused_dtype(self):
         """Raises a ValueError for attention_implementation='fused' with a dtype the kernel lacks."""
-        if self.attention_implementation == "fused" and self._attention_dtype != tf.float32:
+        if self.attention_implementation == "fused" and self._attention_dtype != "float32":
             raise ValueError(
                 f"Invalid `attention_implementation`: layer {self.name!r} has "
                 f"attention_implementation='fused' and dtype {self.compute_dtype!r}, but the fused kernel "
@@ -392,7 +420,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
     def _uses_fused_kernel(self):
         """Whether this trace runs the fused kernel, by `attention_implementation` and the dtype."""
         self._check_fused_dtype()
-        if self.attention_implementation == "tf_ops" or self._attention_dtype != tf.float32:
+        if self.attention_implementation == "tf_ops" or self._attention_dtype != "float32":
             return False
         if self.attention_implementation == "auto":
             return fused_attention.applies()
@@ -407,6 +435,11 @@ class AttentionAugmentation2D(keras.layers.Layer):
 
     def _multi_head_attention(self, q, k, v):
         """(B, H, W, Nh, dkh) q, k and (B, H, W, Nh, dvh) v -> (B, H, W, Nh, dvh)."""
+        self._check_backend_implementation()
+        if not _on_tensorflow():
+            return attention_ops.multi_head_attention_2d(
+                q, k, v, self.rel_height, self.rel_width, self.query_block_size
+            )
         if self._uses_fused_kernel():
             return fused_attention.fused_attention(q, k, v, self.rel_height, self.rel_width)
         block_size = self.query_block_size
@@ -443,31 +476,32 @@ class AttentionAugmentation2D(keras.layers.Layer):
         """
         self._check_spatial_size(inputs)
         x = self._pool_to_output_size(inputs)
-        output_size = dims(x)[1:3]
+        output_size = ops.shape(x)[1:3]
         if self.downsample_attention:
-            x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
+            x = ops.average_pool(x, 3, 2, "same", "channels_last")
         x = self._add_position_encoding(x)
-        q, k, v = tf.split(self._convolve(self.qkv, x), [self.dk, self.dk, self.dv], axis=-1)
-        q = self._split_heads(tf.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)
-        k = self._split_heads(tf.cast(k, self._attention_dtype), self.dkh)
+        q, k, v = ops.split(self._convolve(self.qkv, x), [self.dk, 2 * self.dk], axis=-1)
+        q = self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)
+        k = self._split_heads(ops.cast(k, self._attention_dtype), self.dkh)
         v = self._split_heads(v, self.dvh)
         return q, k, v, output_size
 
     def call(self, inputs, return_attention_scores=False):
         q, k, v, output_size = self._attention_inputs(inputs)
-        batch, height, width = dims(q)[:3]
+        batch, height, width = ops.shape(q)[:3]
         if return_attention_scores:
             self._check_scores_size(height, width)
-            attn, scores = multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, return_weights=True)
+            attend = multi_head_attention_2d if _on_tensorflow() else attention_ops.multi_head_attention_2d
+            attn, scores = attend(q, k, v, self.rel_height, self.rel_width, return_weights=True)
         else:
             attn = self._multi_head_attention(q, k, v)
         # (B, H, W, Nh, dvh) -> (B, H, W, Nh * dvh), head-major.
-        attn = tf.reshape(attn, [batch, height, width, self.dv])
+        attn = ops.reshape(attn, [batch, height, width, self.dv])
         attn = self._convolve(self.attn_out, attn)
         if self.downsample_attention:
-            attn = tf.cast(tf.image.resize(attn, output_size, "bilinear"), attn.dtype)
+            attn = ops.cast(self._resize_bilinear(attn, output_size), attn.dtype)
         outputs = [attn] if self.conv is None else [self._convolve(self.conv, inputs), attn]
-        outputs = self.activation(tf.concat(outputs, axis=-1))
+        outputs = self.activation(ops.concatenate(outputs, axis=-1))
         return (outputs, scores) if return_attention_scores else outputs
 
     def compute_output_shape(self, input_shape):
@@ -484,7 +518,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
             return outputs
         grid = self._attention_size(*inputs.shape[1:3])
         scores_shape = (inputs.shape[0], self.num_heads, *grid, *grid)
-        return outputs, keras.KerasTensor(scores_shape, dtype=self._attention_dtype.name)
+        return outputs, keras.KerasTensor(scores_shape, dtype=self._attention_dtype)
 
     def get_config(self):
         config = super().get_config()

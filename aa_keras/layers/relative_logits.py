@@ -15,6 +15,29 @@ import tensorflow as tf
 from aa_keras.layers.shapes import dims
 
 
+def table_length(table):
+    """The largest length a (2 * max_length - 1, depth) table of relative embeddings serves."""
+    return (table.shape[0] + 1) // 2
+
+
+def _offsets(positions, max_length):
+    """Table rows of (query, key) pairs: O[i, j] = positions[j] - positions[i] + max_length - 1."""
+    return positions[None, :] - positions[:, None] + (max_length - 1)
+
+
+def relative_offsets(length, max_length):
+    """(length, length) NumPy int table rows, O[i, j] = j - i + max_length - 1, of a static length.
+
+    Used by both attention paths; a length above max_length raises a ValueError.
+    """
+    if length > max_length:
+        raise ValueError(
+            f"The attention grid is longer ({length}) than the {max_length} positions its relative "
+            "embeddings were built for: build the layer with a larger max_size."
+        )
+    return _offsets(np.arange(length), max_length)
+
+
 def relative_embeddings_2d(table, length):
     """Gathers a table of relative embeddings into absolute (query, key) pairs.
 
@@ -30,30 +53,23 @@ def relative_embeddings_2d(table, length):
     Returns:
         (length, length, depth) tensor E with E[i, j] = table[j - i + max_length - 1].
     """
-    max_length = (table.shape[0] + 1) // 2
+    max_length = table_length(table)
     if isinstance(length, int):
-        if length > max_length:
-            raise ValueError(
-                f"The attention grid is longer ({length}) than the {max_length} positions its relative "
-                "embeddings were built for: build the layer with a larger max_size."
-            )
-        positions = np.arange(length)
-    else:
-        # A longer length would gather outside the table, which fails obscurely on CPU and
-        # silently gives zeros on GPU; a length known only at run time is checked here.
-        check = tf.debugging.assert_less_equal(
-            length,
-            max_length,
-            message=f"The attention grid is longer than the {max_length} positions its relative "
-            "embeddings were built for: build the layer with a larger max_size.",
-        )
-        with tf.control_dependencies([check]):  # before the gather, which would fail first
-            positions = tf.range(length)
-        # Where the check is dropped (XLA), the table is poisoned instead, and XLA's gather
-        # clamps the out-of-range offsets.
-        table = table + tf.cast(tf.where(length > max_length, float("nan"), 0.0), table.dtype)
-    offsets = positions[None, :] - positions[:, None] + (max_length - 1)
-    return tf.gather(table, offsets)
+        return tf.gather(table, relative_offsets(length, max_length))
+    # A longer length would gather outside the table, which fails obscurely on CPU and
+    # silently gives zeros on GPU; a length known only at run time is checked here.
+    check = tf.debugging.assert_less_equal(
+        length,
+        max_length,
+        message=f"The attention grid is longer than the {max_length} positions its relative "
+        "embeddings were built for: build the layer with a larger max_size.",
+    )
+    with tf.control_dependencies([check]):  # before the gather, which would fail first
+        positions = tf.range(length)
+    # Where the check is dropped (XLA), the table is poisoned instead, and XLA's gather
+    # clamps the out-of-range offsets.
+    table = table + tf.cast(tf.where(length > max_length, float("nan"), 0.0), table.dtype)
+    return tf.gather(table, _offsets(positions, max_length))
 
 
 def relative_logits(q, rel_height, rel_width):
