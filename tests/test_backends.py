@@ -1,0 +1,131 @@
+"""AttentionAugmentation2D on JAX (the keras.ops path) against the TensorFlow layer.
+
+This process is TensorFlow; one JAX subprocess (tests/backend_script.py) computes every case's
+outputs, scores and gradients with the same weights, and the `.keras` files cross between them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aa_keras.layers import AttentionAugmentation2D
+
+BASE = dict(filters=16, kernel_size=3, depth_k=8, depth_v=8, num_heads=2)
+INPUT_SHAPE = (2, 7, 8, 5)
+CASES = {
+    "relative": dict(config=BASE, scores=True),
+    "none": dict(config=dict(BASE, position_encoding="none")),
+    "sine": dict(config=dict(BASE, depth_k=6, position_encoding="sine"), scores=True),
+    "coordconv": dict(config=dict(BASE, position_encoding="coordconv")),
+    "strided": dict(config=dict(BASE, strides=2)),
+    "valid": dict(config=dict(BASE, strides=2, padding="valid")),
+    "downsample": dict(config=dict(BASE, downsample_attention=True), scores=True),
+    "fully_attentional": dict(config=dict(BASE, filters=8, activation="relu")),
+    "central_rows": dict(config=dict(BASE, max_size=(10, 11)), build_shape=(None, None, None, 5), scores=True),
+    "blocked": dict(config=dict(BASE, query_block_size=13)),
+    # float16 convolutions, float32 softmax: (outputs, gradients, scores) agree to float16's precision
+    # (gradients up to ~30 here: 0.1 is ~3e-3 of them; measured 5e-2).
+    "mixed_float16": dict(config=dict(BASE, dtype="mixed_float16"), scores=True, atol=(1e-2, 1e-1, 1e-3)),
+}
+ATOL = (1e-5, 1e-4, 1e-6)
+
+
+def _layer(name, case, weights=None):
+    """The TensorFlow layer of a case, built, with `weights` or seeded random ones."""
+    layer = AttentionAugmentation2D(**case["config"])
+    layer.build(case.get("build_shape", (None, *INPUT_SHAPE[1:])))
+    if weights is None:
+        rng = np.random.default_rng(len(name))
+        weights = [rng.normal(scale=0.3, size=w.shape).astype(w.dtype) for w in layer.get_weights()]
+    layer.set_weights(weights)
+    return layer
+
+
+def _model(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(INPUT_SHAPE[1:])
+    x = AttentionAugmentation2D(16, 3, depth_k=8, depth_v=8, num_heads=2, position_encoding="coordconv")(inputs)
+    x = AttentionAugmentation2D(8, 3, depth_k=8, depth_v=8, num_heads=2, downsample_attention=True)(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """TensorFlow layers and inputs per case, and the JAX subprocess's results."""
+    folder = tmp_path_factory.mktemp("backends")
+    rng = np.random.default_rng(0)
+    arrays, layers = {}, {}
+    for name, case in CASES.items():
+        layers[name] = layer = _layer(name, case)
+        arrays[f"{name}/x"] = x = rng.normal(size=INPUT_SHAPE).astype("float32")
+        arrays[f"{name}/cotangent"] = rng.normal(size=layer.compute_output_shape(x.shape)).astype("float32")
+        for i, weight in enumerate(layer.get_weights()):
+            arrays[f"{name}/w{i}"] = weight
+    cases = {name: dict(case, config=layers[name].get_config()) for name, case in CASES.items()}
+    for case, spec in zip(cases.values(), CASES.values()):
+        case["build_shape"] = spec.get("build_shape", (None, *INPUT_SHAPE[1:]))
+    arrays["model/x"] = rng.normal(size=INPUT_SHAPE).astype("float32")
+    tf_model = _model(seed=2)
+    tf_model.save(folder / "tf_model.keras")
+    with open(folder / "cases.json", "w") as f:
+        json.dump(cases, f)
+    np.savez(folder / "inputs.npz", **arrays)
+
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    script = os.path.join(os.path.dirname(__file__), "backend_script.py")
+    process = subprocess.run([sys.executable, script, str(folder)], env=env, capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-5000:]
+    return dict(folder=folder, arrays=arrays, layers=layers, tf_model=tf_model, jax=dict(np.load(folder / "jax.npz")))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_outputs_and_gradients_match_tensorflow(run, name):
+    layer, arrays, jax_results = run["layers"][name], run["arrays"], run["jax"]
+    atol_outputs, atol_gradients, _ = CASES[name].get("atol", ATOL)
+    x = tf.constant(arrays[f"{name}/x"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = tf.cast(layer(x), "float32")
+        loss = tf.reduce_sum(outputs * arrays[f"{name}/cotangent"])
+    d_x, *d_weights = tape.gradient(loss, [x] + layer.trainable_weights)
+    assert jax_results[f"{name}/outputs"].dtype == layer.compute_dtype
+    np.testing.assert_allclose(jax_results[f"{name}/outputs"].astype("float32"), outputs, atol=atol_outputs, rtol=0)
+    np.testing.assert_allclose(jax_results[f"{name}/eager"].astype("float32"), outputs, atol=atol_outputs, rtol=0)
+    np.testing.assert_allclose(jax_results[f"{name}/d_x"], d_x, atol=atol_gradients, rtol=0)
+    assert len(d_weights) == len([k for k in jax_results if k.startswith(f"{name}/d_w")])
+    for i, grad in enumerate(d_weights):
+        np.testing.assert_allclose(
+            jax_results[f"{name}/d_w{i}"], tf.convert_to_tensor(grad), atol=atol_gradients, rtol=0
+        )
+
+
+@pytest.mark.parametrize("name", [name for name, case in CASES.items() if case.get("scores")])
+def test_attention_scores_match_tensorflow(run, name):
+    _, scores = run["layers"][name](run["arrays"][f"{name}/x"], return_attention_scores=True)
+    assert run["jax"][f"{name}/scores"].dtype == np.float32
+    np.testing.assert_allclose(run["jax"][f"{name}/scores"], scores, atol=CASES[name].get("atol", ATOL)[2], rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "tf_ops"])
+def test_tensorflow_only_implementations_are_refused_on_jax(run, implementation):
+    message = str(run["jax"][f"refusal/{implementation}"])
+    assert f"attention_implementation={implementation!r}" in message and "'jax' backend" in message
+
+
+def test_keras_file_from_tensorflow_runs_on_jax(run):
+    images = run["arrays"]["model/x"]
+    expected = run["tf_model"](images)
+    np.testing.assert_allclose(run["jax"]["tf_model/outputs"], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run["jax"]["tf_model/jit"], expected, atol=1e-5, rtol=0)
+
+
+def test_keras_file_from_jax_runs_on_tensorflow(run):
+    model = keras.saving.load_model(run["folder"] / "jax_model.keras")
+    outputs = model(run["arrays"]["model/x"])
+    np.testing.assert_allclose(outputs, run["jax"]["jax_model/outputs"], atol=1e-5, rtol=0)
