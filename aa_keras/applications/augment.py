@@ -10,7 +10,6 @@ import dataclasses
 import logging
 
 import keras
-from keras.src.models.functional import Functional
 
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.validation import positive_int
@@ -100,6 +99,13 @@ class AugmentSummary:
         )
         lines.extend(f"skipped {name}: {reason}" for name, reason in self.skipped)
         return "\n".join(lines)
+
+
+def is_functional(model):
+    """Whether `model` is a functional `keras.Model` (one built from `keras.Input`s, keras-hub
+    backbones included), not a `Sequential` or a subclassed one. Keras exports no class for it:
+    a subclassed model has no `inputs`."""
+    return isinstance(model, keras.Model) and not isinstance(model, keras.Sequential) and hasattr(model, "inputs")
 
 
 def _output_shape(layer):
@@ -251,7 +257,7 @@ def augment(
         `AugmentSummary` of the replaced layers (names, shapes, dk, dv, parameters) and of the
         skipped ones.
     """
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ValueError(
             "Invalid `model`: expected a functional or Sequential keras.Model, received "
             f"{type(model).__name__}; subclassed models have no graph to rewrite."

@@ -17,8 +17,8 @@ import dataclasses
 from typing import Optional
 
 import keras
-from keras.src.models.functional import Functional
 
+from aa_keras.applications.augment import is_functional
 from aa_keras.applications.batch_norm import RecalibrationSummary, recalibrate_batch_norm
 from aa_keras.layers import AttentionAugmentation2D, attention_layers, resample_relative_table
 from aa_keras.layers.relative_tables import RESAMPLE_METHODS
@@ -158,7 +158,7 @@ def transfer_weights(source, target, method="linear"):
 
 
 def _check_arguments(model, input_shape):
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ValueError(
             "Invalid `model`: expected a functional or Sequential keras.Model, received "
             f"{type(model).__name__}; subclassed models have no graph to rebuild."
@@ -192,11 +192,11 @@ def _rebuild(model, inputs, max_sizes):
                 "it as a functional model, keras.Model(inputs, outputs), or use `transfer_weights` into a model built "
                 "at the new size."
             )
-    in_graph = isinstance(model, Functional)
+    in_graph = is_functional(model)
     rebuilt = {}
 
     def clone_layer(layer):
-        if in_graph and isinstance(layer, (Functional, keras.Sequential)):
+        if in_graph and (is_functional(layer) or isinstance(layer, keras.Sequential)):
             return layer  # rebuilt by call_layer, which sees its new inputs
         config = layer.get_config()
         if isinstance(layer, AttentionAugmentation2D) and layer.max_size is not None:
@@ -204,7 +204,7 @@ def _rebuild(model, inputs, max_sizes):
         return layer.__class__.from_config(config)
 
     def call_layer(layer, *args, **kwargs):
-        if isinstance(layer, (Functional, keras.Sequential)):
+        if is_functional(layer) or isinstance(layer, keras.Sequential):
             if id(layer) not in rebuilt:
                 like = keras.tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), args[0])
                 rebuilt[id(layer)] = _rebuild(layer, like, max_sizes)

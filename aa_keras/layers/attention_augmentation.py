@@ -551,10 +551,11 @@ class AttentionAugmentation2D(keras.layers.Layer):
 
 
 def attention_layers(model):
-    """Every `AttentionAugmentation2D` in `model` (a layer or model), nested ones included."""
-    # Keras's own walk over tracked sublayers; it reaches layers inside nested models and inside
-    # layers that are not models (e.g. a keras-hub backbone inside a detector).
-    return [layer for layer in model._flatten_layers() if isinstance(layer, AttentionAugmentation2D)]
+    """Every `AttentionAugmentation2D` in `model` (a layer or model), those of nested models
+    included (a keras-hub detector's backbone), in graph order."""
+    if isinstance(model, AttentionAugmentation2D):
+        return [model]
+    return [found for layer in getattr(model, "layers", ()) for found in attention_layers(layer)]
 
 
 @contextlib.contextmanager
