@@ -112,3 +112,38 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     if return_weights:
         return out, ops.reshape(probs, (batch, heads, height, width, height, width))
     return out
+
+
+def query_attention_weights(q, k, rows, cols, rel_height=None, rel_width=None):
+    """The attention weights of chosen queries only (as `attention.query_attention_weights`).
+
+    Only the chosen rows of the logits are formed: memory O(Nh * H * W) per query. The weights
+    equal those of `multi_head_attention_2d` at these queries.
+
+    Args:
+        q: (B, H, W, Nh, dkh) queries, already scaled by dkh ** -0.5 (float32, or float64).
+        k: (B, H, W, Nh, dkh) keys, the dtype of q.
+        rows, cols: (B, Q) int grid positions of each example's queries.
+        rel_height, rel_width: relative embedding tables, or None for no relative term.
+
+    Returns:
+        (B, Nh, Q, H, W) softmax weights of each query over the key positions, the dtype of q.
+    """
+    batch, height, width, heads, depth = ops.shape(k)
+    k = ops.reshape(ops.transpose(k, (0, 3, 1, 2, 4)), (batch, heads, height * width, depth))
+    # q_rows[b, n, i] = q[b, rows[b, i], cols[b, i], n]
+    index = ops.reshape(rows * width + cols, (batch, -1, 1, 1))
+    flat = ops.reshape(q, (batch, height * width, heads, depth))
+    q_rows = ops.take_along_axis(flat, ops.broadcast_to(index, (batch, index.shape[1], heads, depth)), axis=1)
+    q_rows = ops.transpose(q_rows, (0, 2, 1, 3))
+    rel = ()
+    if rel_height is not None:
+        # emb_h[b, i, hj] = rel_height[hj - rows[b, i] + H_max - 1], likewise emb_w.
+        emb_h = ops.take(ops.take(rel_height, relative_offsets(height, table_length(rel_height)), axis=0), rows, axis=0)
+        emb_w = ops.take(ops.take(rel_width, relative_offsets(width, table_length(rel_width)), axis=0), cols, axis=0)
+        # logits_h[b, n, i, hj] = q_rows[b, n, i] . emb_h[b, i, hj], likewise logits_w.
+        logits_h = ops.einsum("bnid,bigd->bnig", q_rows, ops.cast(emb_h, q.dtype))
+        logits_w = ops.einsum("bnid,bivd->bniv", q_rows, ops.cast(emb_w, q.dtype))
+        rel = (ops.expand_dims(logits_h, 4), ops.expand_dims(logits_w, 3))
+    probs = _probabilities(q_rows, k, *rel)
+    return ops.reshape(probs, (batch, heads, probs.shape[2], height, width))

@@ -3,7 +3,8 @@
 `attention_maps` runs the model up to the input of each `AttentionAugmentation2D` layer, takes
 that layer's queries and keys (its own projection, head split and position encoding) and
 recomputes the softmax rows of the chosen queries only
-(`aa_keras.layers.attention.query_attention_weights`): memory O(Nh * H * W) per query, whatever
+(`aa_keras.layers.attention.query_attention_weights` on TensorFlow, its `keras.ops` twin in
+`aa_keras.layers.attention_ops` on other backends): memory O(Nh * H * W) per query, whatever
 the map's size, and whichever attention path (fused kernel or TensorFlow ops) runs the model.
 The layers may sit in functional models nested in the model, at any depth (a `keras_classifier`
 model's "backbone", a RetinaNet detector's backbone); such a layer is named by its path,
@@ -12,17 +13,25 @@ model's "backbone", a RetinaNet detector's backbone); such a layer is named by i
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.src.models.functional import Functional
+from keras import ops
 
-from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.layers.attention import query_attention_weights
+from aa_keras.applications.augment import is_functional
+from aa_keras.layers import AttentionAugmentation2D, attention_ops
+
+
+def _query_attention_weights():
+    """The backend's `query_attention_weights`: TensorFlow's ops on TensorFlow, keras.ops elsewhere."""
+    if keras.backend.backend() == "tensorflow":
+        from aa_keras.layers.attention import query_attention_weights
+
+        return query_attention_weights
+    return attention_ops.query_attention_weights
 
 
 def _graph(model):
     """The functional graph of `model` (a `Sequential` keeps one inside), or None (a subclassed model)."""
     graph = model._functional if isinstance(model, keras.Sequential) else model
-    return graph if isinstance(graph, Functional) else None
+    return graph if is_functional(graph) else None
 
 
 def _attention_calls(model, prefix=""):
@@ -198,8 +207,9 @@ def attention_maps(model, images, queries, layers=None):
         layer = calls[-1].operation
         q, k, _, _ = layer._attention_inputs(features[calls])
         cells = query_cells(queries, images.shape[1:3], q.shape[1:3])
-        weights = query_attention_weights(
-            q, k, tf.constant(cells[..., 0]), tf.constant(cells[..., 1]), layer.rel_height, layer.rel_width
+        weights = _query_attention_weights()(
+            q, k, ops.convert_to_tensor(cells[..., 0]), ops.convert_to_tensor(cells[..., 1]), layer.rel_height,
+            layer.rel_width,
         )
-        maps[name] = np.transpose(weights.numpy(), [0, 2, 1, 3, 4])
+        maps[name] = np.transpose(ops.convert_to_numpy(weights), [0, 2, 1, 3, 4])
     return maps
