@@ -5,7 +5,8 @@ case's input, cotangent and weights, written by the TensorFlow test); writes DIR
 each case's outputs, scores and gradients (input and trainable weights of
 sum(outputs * cotangent), by jax.grad through a jitted stateless call), the errors of
 attention_implementation='fused' and 'tf_ops', the outputs of a
-`jit_compile=True` model, and the outputs of DIR/tf_model.keras loaded here; saves a model
+`jit_compile=True` model, the outputs of DIR/tf_model.keras loaded here, the re-estimated
+BatchNormalization statistics of DIR/tf_batch_norm_model.keras; saves a model
 built here as DIR/jax_model.keras with its outputs.
 """
 
@@ -17,6 +18,7 @@ import jax
 import keras
 import numpy as np
 
+from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.layers import AttentionAugmentation2D
 
 
@@ -64,6 +66,11 @@ def main(folder):
     results["tf_model/outputs"] = np.asarray(model(images))
     model.compile(jit_compile=True)
     results["tf_model/jit"] = model.predict(images, verbose=0)
+
+    model = keras.saving.load_model(os.path.join(folder, "tf_batch_norm_model.keras"))
+    recalibrate_batch_norm(model, [images[:1], images[1:]])
+    for i, variable in enumerate(v for v in model.non_trainable_weights if "moving" in v.path):
+        results[f"batch_norm/{i}"] = np.asarray(variable)
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input(images.shape[1:])

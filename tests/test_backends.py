@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.layers import AttentionAugmentation2D
 
 BASE = dict(filters=16, kernel_size=3, depth_k=8, depth_v=8, num_heads=2)
@@ -47,6 +48,17 @@ def _layer(name, case, weights=None):
     return layer
 
 
+def _batch_norm_model():
+    """An AA layer between BatchNormalizations, one in a nested model."""
+    keras.utils.set_random_seed(3)
+    inner_inputs = keras.Input((7, 8, 16))
+    inner = keras.Model(inner_inputs, keras.layers.BatchNormalization()(inner_inputs), name="inner")
+    inputs = keras.Input(INPUT_SHAPE[1:])
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1)(inputs))
+    x = AttentionAugmentation2D(16, 3, depth_k=8, depth_v=8, num_heads=2)(x)
+    return keras.Model(inputs, inner(x))
+
+
 def _model(seed):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(INPUT_SHAPE[1:])
@@ -73,6 +85,7 @@ def run(tmp_path_factory):
     arrays["model/x"] = rng.normal(size=INPUT_SHAPE).astype("float32")
     tf_model = _model(seed=2)
     tf_model.save(folder / "tf_model.keras")
+    _batch_norm_model().save(folder / "tf_batch_norm_model.keras")
     with open(folder / "cases.json", "w") as f:
         json.dump(cases, f)
     np.savez(folder / "inputs.npz", **arrays)
@@ -123,6 +136,16 @@ def test_keras_file_from_tensorflow_runs_on_jax(run):
     expected = run["tf_model"](images)
     np.testing.assert_allclose(run["jax"]["tf_model/outputs"], expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(run["jax"]["tf_model/jit"], expected, atol=1e-5, rtol=0)
+
+
+def test_batch_norm_statistics_re_estimated_on_jax_as_on_tensorflow(run):
+    model = keras.saving.load_model(run["folder"] / "tf_batch_norm_model.keras")
+    images = run["arrays"]["model/x"]
+    recalibrate_batch_norm(model, [images[:1], images[1:]])
+    found = [v.numpy() for v in model.non_trainable_weights if "moving" in v.path]
+    assert len(found) == 4 and len([k for k in run["jax"] if k.startswith("batch_norm/")]) == 4
+    for i, want in enumerate(found):
+        np.testing.assert_allclose(run["jax"][f"batch_norm/{i}"], want, atol=1e-5, rtol=1e-5)
 
 
 def test_keras_file_from_jax_runs_on_tensorflow(run):
