@@ -152,7 +152,9 @@ def _blocked_attention(block_size):
     return attend
 
 
-def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False):
+def multi_head_attention_2d(
+    q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False, dropout=None
+):
     """Self-attention of every position of a feature map to every other.
 
     Args:
@@ -166,10 +168,15 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
             needs a static H * W; with a dynamic size the unblocked computation runs.
         return_weights: also return the attention weights; the output is then computed from
             them, unblocked.
+        dropout: None, or a function applied to the (B, Nh, HW, HW) weights before their
+            product with v (the layer's dropout in training). The attention then runs unblocked,
+            differentiated by TensorFlow (not by the hand-written gradient): the weights and the
+            dropout mask, B * Nh * (H * W)**2 values each, are kept for the backward pass.
 
     Returns:
         (B, H, W, Nh, dvh) attention output, in the dtype of v; with `return_weights`, also the
-        (B, Nh, H, W, H, W) softmax weights in the dtype of q, query position first.
+        (B, Nh, H, W, H, W) softmax weights in the dtype of q, query position first (before
+        `dropout`, as `keras.layers.MultiHeadAttention` returns them).
     """
     batch, height, width, heads, _ = dims(q)
     num_positions = height * width
@@ -183,9 +190,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     v = tf.reshape(v, [batch, heads, num_positions, v.shape[-1]])
 
     blocked = isinstance(num_positions, int) and query_block_size is not None
-    if return_weights:
+    if return_weights or dropout is not None:
         probs = _probabilities(q, k, rel)
-        out = _weighted_values(probs, v)
+        out = _weighted_values(probs if dropout is None else dropout(probs), v)
     elif not blocked or query_block_size >= num_positions:
         out = _attention(q, k, v, *rel)
     else:

@@ -73,7 +73,9 @@ def _blocked_attention(q, k, v, rel, block_size):
     return ops.concatenate(outputs, axis=2)
 
 
-def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False):
+def multi_head_attention_2d(
+    q, k, v, rel_height=None, rel_width=None, query_block_size=None, return_weights=False, dropout=None
+):
     """Self-attention of every position of a feature map to every other, in `keras.ops`.
 
     Memory: unblocked, the logits and weights hold B * Nh * (H * W)**2 values of q's dtype (kept
@@ -88,10 +90,15 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
         query_block_size: queries per block; None picks it from the size
             (`attention.auto_query_block_size`: unblocked below 2^24 logits per example).
         return_weights: also return the attention weights (computed unblocked).
+        dropout: None, or a function applied to the (B, Nh, HW, HW) weights before their
+            product with v (the layer's dropout in training); the attention then runs unblocked
+            (the weights and the mask, B * Nh * (H * W)**2 values each, kept for the backward
+            pass).
 
     Returns:
         (B, H, W, Nh, dvh) output in the dtype of v; with `return_weights`, also the
-        (B, Nh, H, W, H, W) softmax weights in the dtype of q, query position first.
+        (B, Nh, H, W, H, W) softmax weights in the dtype of q, query position first (before
+        `dropout`, as `keras.layers.MultiHeadAttention` returns them).
     """
     batch, height, width, heads, _ = ops.shape(q)
     positions = height * width
@@ -101,9 +108,9 @@ def multi_head_attention_2d(q, k, v, rel_height=None, rel_width=None, query_bloc
     q, k, v = [ops.reshape(t, (batch, heads, positions, t.shape[-1])) for t in (q, k, v)]
     if query_block_size is None:
         query_block_size = auto_query_block_size(heads, positions)
-    if return_weights:
+    if return_weights or dropout is not None:
         probs = _probabilities(q, k, *rel)
-        out = ops.matmul(ops.cast(probs, v.dtype), v)
+        out = ops.matmul(ops.cast(probs if dropout is None else dropout(probs), v.dtype), v)
     elif query_block_size is None or query_block_size >= positions:
         out = _attention(q, k, v, *rel)
     else:
