@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import reference
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.layers.attention_augmentation import use_attention_implementation
 from aa_keras.ops import fused_attention
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
@@ -528,3 +529,155 @@ def test_saved_layer_loads_under_global_channels_first(tmp_path):
     finally:
         keras.config.set_image_data_format("channels_last")
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+# --- Dropout on the attention weights ---------------------------------------------------------
+
+
+def _copy_trainable(source, target):
+    for a, b in zip(source.trainable_weights, target.trainable_weights, strict=True):
+        b.assign(a)
+    return target
+
+
+def _call_and_gradients(layer, x, training):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = layer(x, training=training)
+        loss = tf.reduce_sum(outputs * tf.cos(outputs))
+    grads = tape.gradient(loss, [x] + layer.trainable_weights)
+    return [outputs.numpy()] + [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(attention_implementation="tf_ops"), dict(attention_implementation="fused"), dict(query_block_size=7)],
+    ids=["auto", "tf_ops", "fused", "blocked"],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_zero_is_identical_to_no_dropout(kwargs, training):
+    if kwargs.get("attention_implementation") == "fused" and not fused_attention.applies():
+        pytest.skip("the fused kernel does not run here")
+    plain = _built((None, 6, 7, 3), **kwargs)
+    with_zero = _copy_trainable(plain, _built((None, 6, 7, 3), dropout=0.0, seed=4, **kwargs))
+    x = _inputs((2, 6, 7, 3))
+    want, got = _call_and_gradients(plain, x, training), _call_and_gradients(with_zero, x, training)
+    assert len(got) == len(want)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(attention_implementation="tf_ops"), dict(query_block_size=7)])
+def test_dropout_in_training_only(kwargs):
+    plain = _built((None, 6, 7, 3), **kwargs)
+    layer = _copy_trainable(plain, _built((None, 6, 7, 3), dropout=0.5, seed=1, **kwargs))
+    x = _inputs((2, 6, 7, 3))
+    want = plain(x).numpy()
+    for training in (None, False):
+        np.testing.assert_array_equal(layer(x, training=training).numpy(), want)
+    first, second = layer(x, training=True).numpy(), layer(x, training=True).numpy()
+    assert np.abs(first - want).max() > 1e-2 and np.abs(first - second).max() > 1e-2
+    # Gradients flow through the dropped weights to every weight.
+    outputs, d_x, *d_weights = _call_and_gradients(layer, x, True)
+    assert np.all(np.isfinite(d_x)) and all(np.abs(g).max() > 0 for g in d_weights)
+
+
+def test_same_seed_reproduces_training_outputs():
+    x = _inputs((2, 6, 7, 3))
+    plain = _built((None, 6, 7, 3))
+    runs = []
+    for _ in range(2):
+        layer = _copy_trainable(plain, _built((None, 6, 7, 3), dropout=0.5, seed=7))
+        runs.append([layer(x, training=True).numpy() for _ in range(2)])
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    other = _copy_trainable(plain, _built((None, 6, 7, 3), dropout=0.5, seed=8))
+    assert np.abs(other(x, training=True).numpy() - runs[0][0]).max() > 1e-2
+
+
+def _one_hot_attention_layer(dropout, positions=16, **kwargs):
+    """A fully attentional layer whose output at query i is its attention weights over the
+    positions: uniform weights (q = k = 0), v the one-hot position code of the input, identity
+    output projection."""
+    layer = AttentionAugmentation2D(
+        positions,
+        1,
+        depth_k=4,
+        depth_v=positions,
+        num_heads=1,
+        position_encoding="none",
+        use_bias=False,
+        dropout=dropout,
+        seed=0,
+        **kwargs,
+    )
+    layer.build((None, 4, 4, positions))
+    qkv = np.zeros((1, 1, positions, 8 + positions), "float32")
+    qkv[0, 0, :, 8:] = np.eye(positions)
+    layer.qkv.kernel.assign(qkv)
+    layer.attn_out.kernel.assign(np.eye(positions, dtype="float32")[None, None])
+    return layer
+
+
+@pytest.mark.parametrize("attention_implementation", ["auto", "tf_ops"])
+def test_dropped_fraction_is_the_rate_and_scores_are_before_dropout(attention_implementation):
+    layer = _one_hot_attention_layer(0.5, attention_implementation=attention_implementation)
+    x = np.broadcast_to(np.eye(16, dtype="float32").reshape(1, 4, 4, 16), (8, 4, 4, 16))
+    np.testing.assert_allclose(layer(x).numpy(), 1 / 16, rtol=1e-6)
+    outputs, scores = layer(x, training=True, return_attention_scores=True)
+    outputs = outputs.numpy()
+    # Kept weights are scaled by 1 / (1 - rate): 1/16 -> 1/8; 8 * 16 * 16 = 2048 weights.
+    assert set(np.round(np.unique(outputs) * 8, 5)) <= {0.0, 1.0}
+    assert abs(np.mean(outputs == 0) - 0.5) < 0.05
+    # As keras.layers.MultiHeadAttention: the returned scores are the softmax before dropout.
+    np.testing.assert_allclose(scores.numpy(), 1 / 16, rtol=1e-6)
+    assert abs(np.mean(layer(x, training=True).numpy() == 0) - 0.5) < 0.05
+
+
+def test_fused_with_dropout_is_refused():
+    with pytest.raises(ValueError, match="attention_implementation='fused' and dropout=0.5"):
+        AttentionAugmentation2D(**SMALL, dropout=0.5, attention_implementation="fused")
+    layer = _built((None, 6, 7, 3), dropout=0.5)
+    x = _inputs((2, 6, 7, 3))
+    with use_attention_implementation(layer, "fused"):
+        with pytest.raises(ValueError, match="cannot drop them"):
+            layer(x, training=True)
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5, "0.5", True, None, float("nan")])
+def test_bad_dropout_raises(dropout):
+    with pytest.raises(ValueError, match=re.escape(f"dropout={dropout!r}")):
+        AttentionAugmentation2D(**SMALL, dropout=dropout)
+
+
+def test_bad_seed_raises():
+    with pytest.raises(ValueError, match=re.escape("seed=1.5")):
+        AttentionAugmentation2D(**SMALL, dropout=0.1, seed=1.5)
+
+
+def test_dropout_config_round_trip_and_keras_file(tmp_path):
+    layer = _built((None, 6, 7, 3), dropout=0.25, seed=11)
+    config = layer.get_config()
+    assert config["dropout"] == 0.25 and config["seed"] == 11
+    clone = AttentionAugmentation2D.from_config(config)
+    assert clone.get_config() == config
+    assert keras.layers.deserialize(keras.saving.serialize_keras_object(layer)).get_config() == config
+    defaults = AttentionAugmentation2D(**SMALL).get_config()
+    assert defaults["dropout"] == 0.0 and defaults["seed"] is None
+
+    model = _functional(dropout=0.25, seed=11)
+    x = _inputs((2, 6, 7, 3))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    assert [l.get_config()["dropout"] for l in loaded.layers if isinstance(l, AttentionAugmentation2D)] == [0.25] * 2
+
+
+def test_fit_with_dropout_lowers_the_loss():
+    model = _classifier(dropout=0.3, seed=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=False)
+    x, y = _inputs((16, 6, 6, 3)), _inputs((16, 2), seed=1)
+    history = model.fit(x, y, batch_size=16, epochs=20, shuffle=False, verbose=0).history["loss"]
+    assert history[-1] < 0.85 * history[0], history

@@ -132,14 +132,28 @@ class AttentionAugmentation2D(keras.layers.Layer):
             than TensorFlow only `"auto"` (the `keras.ops` path) is valid; the others raise a
             ValueError.
         data_format: only `"channels_last"` (or None with that global setting).
+        dropout: float in [0, 1), the rate at which attention weights (the softmax output, before
+            the product with v) are dropped in training calls, as in
+            `keras.layers.MultiHeadAttention`; 0 (the default, the paper's) adds nothing.
+            Inference calls never drop. The fused kernel never stores the weights and cannot drop
+            them: a training call with dropout runs on TensorFlow ops (also with "auto"; inference
+            calls keep the fused kernel), unblocked whatever `query_block_size` says (the weights
+            and the dropout mask, B * Nh * (H * W)**2 values each, kept for the backward pass),
+            and `attention_implementation="fused"` with dropout is a ValueError. On the other
+            backends the `keras.ops` path drops, likewise unblocked in training.
+        seed: int or None, the seed of the dropout (a `keras.random.SeedGenerator` held by the
+            layer, created only with dropout > 0).
 
     Call arguments:
         inputs: (B, H, W, C) tensor.
         return_attention_scores: bool, also return the attention weights (as
-            `keras.layers.MultiHeadAttention` does). The attention then runs unblocked (on
-            TensorFlow, on the TensorFlow-op path whatever `attention_implementation` says), for
+            `keras.layers.MultiHeadAttention` does: the softmax before dropout, while the output
+            is computed from the dropped weights in a training call). The attention then runs
+            unblocked (on TensorFlow, on the TensorFlow-op path whatever
+            `attention_implementation` says), for
             grids of at most `MAX_ATTENTION_SCORES` weights per example;
             `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
+        training: bool or None; dropout applies only when True.
 
     Returns:
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
@@ -171,6 +185,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         downsample_attention=False,
         attention_implementation="auto",
         data_format=None,
+        dropout=0.0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -216,6 +232,21 @@ class AttentionAugmentation2D(keras.layers.Layer):
         self.attention_implementation = attention_implementation
         self._check_backend_implementation()
         self._check_fused_dtype()
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.integer, np.floating)):
+            raise ValueError(f"Invalid `dropout`: expected a float in [0, 1), received dropout={dropout!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"Invalid `dropout`: the rate of dropped attention weights must be in [0, 1), "
+                f"received dropout={dropout!r}."
+            )
+        self.dropout = float(dropout)
+        if seed is not None and not is_int(seed):
+            raise ValueError(f"Invalid `seed`: expected an int or None, received seed={seed!r}.")
+        self.seed = None if seed is None else int(seed)
+        self._check_fused_dropout()
+        if self.dropout > 0:
+            # As keras.layers.Dropout: the generator (a non-trainable state variable) only with dropout.
+            self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise ValueError(f"Invalid `use_bias`: expected True or False, received use_bias={use_bias!r}.")
@@ -417,6 +448,26 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "in float64), or a float32 or mixed-precision dtype."
             )
 
+    def _check_fused_dropout(self):
+        """Raises a ValueError for attention_implementation='fused' with dropout."""
+        if self.attention_implementation == "fused" and self.dropout > 0:
+            raise ValueError(
+                f"Invalid `attention_implementation`: layer {self.name!r} has attention_implementation="
+                f"'fused' and dropout={self.dropout!r}, but the fused kernel never stores the attention "
+                "weights and cannot drop them; use attention_implementation='auto' (the fused kernel in "
+                "inference, TensorFlow ops in training) or 'tf_ops', or dropout=0."
+            )
+
+    def _weights_dropout(self, training):
+        """None, or the function dropping attention weights in a training call with dropout."""
+        if not (training and self.dropout > 0):
+            return None
+
+        def drop(weights):
+            return keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
+
+        return drop
+
     def _uses_fused_kernel(self):
         """Whether this trace runs the fused kernel, by `attention_implementation` and the dtype."""
         self._check_fused_dtype()
@@ -432,6 +483,15 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "'tf_ops'."
             )
         return True
+
+    def _dropped_attention(self, q, k, v, dropout):
+        """`_multi_head_attention` with `dropout` applied to the weights: unblocked, on TensorFlow
+        ops (never the fused kernel) or on `keras.ops` off TensorFlow."""
+        self._check_backend_implementation()
+        if not _on_tensorflow():
+            return attention_ops.multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, dropout=dropout)
+        self._check_fused_dropout()  # also when `use_attention_implementation` set 'fused'
+        return multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, dropout=dropout)
 
     def _multi_head_attention(self, q, k, v):
         """(B, H, W, Nh, dkh) q, k and (B, H, W, Nh, dvh) v -> (B, H, W, Nh, dvh)."""
@@ -486,13 +546,16 @@ class AttentionAugmentation2D(keras.layers.Layer):
         v = self._split_heads(v, self.dvh)
         return q, k, v, output_size
 
-    def call(self, inputs, return_attention_scores=False):
+    def call(self, inputs, return_attention_scores=False, training=None):
         q, k, v, output_size = self._attention_inputs(inputs)
         batch, height, width = ops.shape(q)[:3]
+        dropout = self._weights_dropout(training)
         if return_attention_scores:
             self._check_scores_size(height, width)
             attend = multi_head_attention_2d if _on_tensorflow() else attention_ops.multi_head_attention_2d
-            attn, scores = attend(q, k, v, self.rel_height, self.rel_width, return_weights=True)
+            attn, scores = attend(q, k, v, self.rel_height, self.rel_width, return_weights=True, dropout=dropout)
+        elif dropout is not None:
+            attn = self._dropped_attention(q, k, v, dropout)
         else:
             attn = self._multi_head_attention(q, k, v)
         # (B, H, W, Nh, dvh) -> (B, H, W, Nh * dvh), head-major.
@@ -511,7 +574,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         ]
         return (input_shape[0], *sizes, self.filters)
 
-    def compute_output_spec(self, inputs, return_attention_scores=False):
+    def compute_output_spec(self, inputs, return_attention_scores=False, training=None):
         output_shape = self.compute_output_shape(inputs.shape)
         outputs = keras.KerasTensor(output_shape, dtype=self.compute_dtype)
         if not return_attention_scores:
@@ -545,6 +608,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 "downsample_attention": self.downsample_attention,
                 "attention_implementation": self.attention_implementation,
                 "data_format": "channels_last",
+                "dropout": self.dropout,
+                "seed": self.seed,
             }
         )
         return config
