@@ -6,7 +6,9 @@ each case's outputs, scores and gradients (input and trainable weights of
 sum(outputs * cotangent), by jax.grad through a jitted stateless call), the errors of
 attention_implementation='fused' and 'tf_ops', the outputs of a
 `jit_compile=True` model, the outputs of DIR/tf_model.keras loaded here, the re-estimated
-BatchNormalization statistics of DIR/tf_batch_norm_model.keras; saves a model
+BatchNormalization statistics of DIR/tf_batch_norm_model.keras, the "relative" case with
+dropout (inference, training, the same seed, a jitted training gradient, the dropped fraction);
+saves a model
 built here as DIR/jax_model.keras with its outputs.
 """
 
@@ -46,6 +48,48 @@ def case_results(name, case, arrays):
     return results
 
 
+def dropout_results(case, arrays):
+    """A layer of the "relative" case with dropout=0.5, seed=3 and that case's weights: inference and
+    training calls, a fresh layer with the same seed, a jitted stateless training gradient, and the
+    fraction of dropped weights of a layer whose outputs are its (uniform) attention weights."""
+    config = dict(case["config"], dropout=0.5, seed=3)
+    x = arrays["relative/x"]
+    results = {}
+    for run in range(2):
+        layer = AttentionAugmentation2D.from_config(config)
+        layer.build(tuple(case["build_shape"]))
+        layer.set_weights([arrays[f"relative/w{i}"] for i in range(len(layer.weights))])
+        results[f"dropout/inference{run}"] = np.asarray(layer(x))
+        results[f"dropout/training{run}"] = np.stack([np.asarray(layer(x, training=True)) for _ in range(2)])
+
+    def loss(trainable, non_trainable):
+        outputs, non_trainable = layer.stateless_call(trainable, non_trainable, x, training=True)
+        return outputs.sum(), (outputs, non_trainable)
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, (first, non_trainable)), grads = step(trainable, non_trainable)
+    (_, (second, _)), _ = step(trainable, non_trainable)
+    results["dropout/jit"] = np.stack([np.asarray(first), np.asarray(second)])
+    results["dropout/jit_grads_finite"] = np.array(all(bool(np.isfinite(g).all()) for g in grads))
+
+    positions = 16
+    layer = AttentionAugmentation2D(
+        positions, 1, depth_k=4, depth_v=positions, num_heads=1, position_encoding="none", use_bias=False, dropout=0.5
+    )
+    layer.build((None, 4, 4, positions))
+    qkv = np.zeros((1, 1, positions, 8 + positions), "float32")
+    qkv[0, 0, :, 8:] = np.eye(positions)
+    layer.qkv.kernel.assign(qkv)
+    layer.attn_out.kernel.assign(np.eye(positions, dtype="float32")[None, None])
+    one_hot = np.broadcast_to(np.eye(positions, dtype="float32").reshape(1, 4, 4, positions), (8, 4, 4, positions))
+    outputs, scores = layer(one_hot, training=True, return_attention_scores=True)
+    results["dropout/one_hot_outputs"] = np.asarray(outputs)
+    results["dropout/one_hot_scores"] = np.asarray(scores)
+    return results
+
+
 def main(folder):
     assert keras.backend.backend() == "jax", keras.backend.backend()
     with open(os.path.join(folder, "cases.json")) as f:
@@ -54,6 +98,7 @@ def main(folder):
     results = {}
     for name, case in cases.items():
         results.update(case_results(name, case, arrays))
+    results.update(dropout_results(cases["relative"], arrays))
 
     for implementation in ("fused", "tf_ops"):
         try:

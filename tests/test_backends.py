@@ -152,3 +152,23 @@ def test_keras_file_from_jax_runs_on_tensorflow(run):
     model = keras.saving.load_model(run["folder"] / "jax_model.keras")
     outputs = model(run["arrays"]["model/x"])
     np.testing.assert_allclose(outputs, run["jax"]["jax_model/outputs"], atol=1e-5, rtol=0)
+
+
+def test_dropout_on_jax(run):
+    """dropout=0.5 on the keras.ops path: inference as without dropout (and as TensorFlow),
+    training calls differ, the same seed reproduces, a jitted stateless step advances the seed,
+    about half the weights dropped, the scores returned before dropout."""
+    results = run["jax"]
+    for i in range(2):
+        np.testing.assert_array_equal(results[f"dropout/inference{i}"], results["relative/eager"])
+    np.testing.assert_array_equal(results["dropout/training0"], results["dropout/training1"])
+    first, second = results["dropout/training0"]
+    inference = results["dropout/inference0"]
+    assert np.abs(first - inference).max() > 1e-2 and np.abs(first - second).max() > 1e-2
+    jit_first, jit_second = results["dropout/jit"]
+    assert np.abs(jit_first - inference).max() > 1e-2 and np.abs(jit_first - jit_second).max() > 1e-2
+    assert bool(results["dropout/jit_grads_finite"])
+    outputs = results["dropout/one_hot_outputs"]
+    assert set(np.round(np.unique(outputs) * 8, 5)) <= {0.0, 1.0}
+    assert abs(np.mean(outputs == 0) - 0.5) < 0.05
+    np.testing.assert_allclose(results["dropout/one_hot_scores"], 1 / 16, rtol=1e-6)
