@@ -222,7 +222,8 @@ def recalibrate_batch_norm(model, data, steps=None, include_frozen=False, verbos
 
     Raises:
         ValueError: `model` has no `BatchNormalization` layer to re-estimate, a bad `steps`,
-            or `data` gave no images (nothing is changed).
+            `data` gave no images, or a layer's input is not finite over them (nothing is
+            changed).
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
         raise ValueError(f"Invalid `steps`: received steps={steps!r}, expected a positive integer or None.")
