@@ -32,11 +32,17 @@ setuptools.setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    # The trainer and the exporter live in the repository's training/ and export/ folders and are
-    # installed as aa_keras.training and aa_keras.export, so that no generic top-level name
-    # (a user's own `training` package) shadows them or is shadowed.
-    packages=[*setuptools.find_packages(include=["aa_keras", "aa_keras.*"]), "aa_keras.training", "aa_keras.export"],
-    package_dir={"aa_keras.training": "training", "aa_keras.export": "export"},
+    # The trainer, the exporter and what the programs share live in the repository's training/,
+    # export/ and programs/ folders and are installed as aa_keras.training, aa_keras.export and
+    # aa_keras.programs, so that no generic top-level name (a user's own `training` package)
+    # shadows them or is shadowed.
+    packages=[
+        *setuptools.find_packages(include=["aa_keras", "aa_keras.*"]),
+        "aa_keras.training",
+        "aa_keras.export",
+        "aa_keras.programs",
+    ],
+    package_dir={"aa_keras.training": "training", "aa_keras.export": "export", "aa_keras.programs": "programs"},
     # The fused attention kernel is compiled from its source on the user's machine.
     package_data={"aa_keras.ops": ["fused_attention.cc"]},
     install_requires=CORE,

@@ -30,3 +30,9 @@ def positive_pair(name, value):
             f"received {name}={value!r}."
         )
     return tuple(int(v) for v in pair)
+
+
+def unfit_class_names(names):
+    """The names among `names` that a labels file cannot hold: empty ones, and those with a line
+    break or leading or trailing spaces."""
+    return [name for name in names if not name or name != name.strip() or len(name.splitlines()) != 1]

@@ -31,10 +31,10 @@ from absl import app, flags
 
 from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_pairs
-from aa_keras.run_folder import RunFolder
-from aa_keras.visualize import attention_layers, attention_maps
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import recipes
 from aa_keras.training import classification
+from aa_keras.visualize import attention_layers, attention_maps
 
 FLAGS = flags.FLAGS
 

@@ -28,7 +28,7 @@ from absl import app, flags, logging
 
 from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.data import classification as data
-from aa_keras.files import load_keras_file
+from aa_keras.programs.files import load_keras_file
 from aa_keras.training import classification, recipes
 from benchmarks.accuracy import accuracy
 

@@ -63,8 +63,8 @@ def _runner(kind, path, threads):
 def load_pair(name, small_model, small_baseline, num_images, num_calibration):
     """(model, twin, evaluation images or None, calibration images) of pair `name`."""
     if name == "small":
-        model = model_source.load_keras_file(small_model, flag="--small_model")
-        twin = model_source.load_keras_file(small_baseline, flag="--small_baseline")
+        model = model_source.load_keras_file(small_model, name="--small_model")
+        twin = model_source.load_keras_file(small_baseline, name="--small_baseline")
         shape = model_source.image_shape(model, None)
         images = export.dataset_images("glyph_pairs", "test", shape, num_images)
         calibration = export.dataset_images("glyph_pairs", "train", shape, num_calibration)

@@ -20,7 +20,8 @@ import tempfile
 
 import numpy as np
 
-from aa_keras.export import detection, export, model_source, report
+from aa_keras.applications.retinanet import detections
+from aa_keras.export import detection, detection_checks, export, model_source, report
 from benchmarks.bench_tflite import versions
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "detector_tflite.json")
@@ -34,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--calibration_images", type=int, default=100, help="glyph_boxes train images for int8")
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
-    model = model_source.load_keras_file(args.detector, flag="--detector")
+    model = model_source.load_keras_file(args.detector, name="--detector")
     shape = model_source.image_shape(model, None)
     images = export.dataset_images("glyph_boxes", "test", shape, args.num_images, task="detection")
     calibration = export.dataset_images("glyph_boxes", "train", shape, args.calibration_images, task="detection")
@@ -48,15 +49,15 @@ def main(argv=None):
         except export.ParityError as error:
             result |= {"error": str(error), "table": str(error).split("\n", 1)[-1], "passed": False}
     scores = np.concatenate(
-        [np.asarray(detection.detections(model, images[i : i + 16])["scores"]) for i in range(0, len(images), 16)]
+        [np.asarray(detections(model, images[i : i + 16])["scores"]) for i in range(0, len(images), 16)]
     )
-    result["reference_detections_at_min_score"] = int(np.sum(scores >= detection.MATCH_MIN_SCORE))
+    result["reference_detections_at_min_score"] = int(np.sum(scores >= detection_checks.MATCH_MIN_SCORE))
     result["reference_top_score"] = float(scores.max())
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     report.write_json(args.output, result)
     print(result["table"])
     print(
-        f"The Keras detector's detections with score >= {detection.MATCH_MIN_SCORE} on {len(images)} test images: "
+        f"The Keras detector's detections with score >= {detection_checks.MATCH_MIN_SCORE} on {len(images)} test images: "
         f"{result['reference_detections_at_min_score']} (top score {result['reference_top_score']:.3f})."
     )
     print(f"Wrote {args.output}")

@@ -211,7 +211,7 @@ def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, n
     agreement with the Keras model; returns ({name: row}, {name: flatbuffer})."""
     from aa_keras.export import classification, export, model_source, parity, saved_model
 
-    model = model_source.load_keras_file(keras_path)
+    model = model_source.load_keras_file(keras_path, "keras_path")
     shape = model_source.image_shape(model, None)
     images = classification.snap_to_8_bit(export.dataset_images(dataset, "test", shape, num_images))
     calibration, _ = parity.batches(export.dataset_images(dataset, "train", shape, num_calibration), 1)

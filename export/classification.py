@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from aa_keras import files
+from aa_keras.programs import files
 from aa_keras.validation import is_int
 
 from . import model_source, parity, report, saved_model, tflite

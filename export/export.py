@@ -19,12 +19,12 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from aa_keras import files
 from aa_keras.applications import DETECTOR_NAMES, build_detector
-from aa_keras.command_line import run_program
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
+from aa_keras.programs import files
+from aa_keras.programs.command_line import run_program
 from aa_keras.validation import positive_int
 
 from . import classification, model_source
@@ -152,7 +152,7 @@ def _class_names(classes, dataset, dataset_class_names):
 
 def _export_detector(export_detection, formats, dataset):
     if model_source.is_model_file(FLAGS.model):
-        model = model_source.load_keras_file(FLAGS.model, safe_mode=FLAGS.safe_mode)
+        model = model_source.load_keras_file(FLAGS.model, "--model", safe_mode=FLAGS.safe_mode)
         if not export_detection.is_detector(model):
             raise ValueError(
                 f"Invalid `--model`: {FLAGS.model!r} is not a RetinaNet detector; export it with "

@@ -3,7 +3,7 @@
 import os
 
 from aa_keras.applications import MODEL_NAMES, build_model
-from aa_keras.files import load_keras_file
+from aa_keras.programs.files import load_keras_file
 
 
 def is_model_file(spec):

@@ -22,18 +22,19 @@ import tensorflow as tf
 from absl import flags
 from ai_edge_litert.interpreter import Interpreter
 
-from aa_keras import files
 from aa_keras.applications.retinanet import detections, is_detector
-from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
 from aa_keras.data.classification import PREPROCESSING
 from aa_keras.datasets.image_files import undecodable_reason
-from aa_keras.files import load_keras_file
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.command_line import program_main, run_program
+from aa_keras.programs.files import load_keras_file
+from aa_keras.programs.run_folder import RunFolder
 
 from . import parity, saved_model, tflite
-from .detection import DETECTION_OUTPUTS, DetectionRunner, run_batched
+from .detection_runner import DetectionRunner, run_batched
+from .detection_signatures import DETECTION_OUTPUTS
 
 PREDICTIONS = "predictions.json"
 
@@ -79,7 +80,7 @@ class Predictor:
 
 
 def _keras_predictor(path):
-    model = load_keras_file(path)
+    model = load_keras_file(path, name="--model")
     shape = tuple(model.inputs[0].shape[1:])
     config = RunFolder.of_model(path).read_run_config({})
     stored = files.stored_labels(path)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.run_folder import RunFolder
 
 REPORT_FILE = "export_report.json"
 # What an export writes at the top of its folder (classifier and detector); anything else in a

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.data import classification as data
-from aa_keras.files import load_keras_file
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.files import load_keras_file
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, loop, recipes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

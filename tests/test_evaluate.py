@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aa_keras import files
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
 from aa_keras.datasets import glyph_boxes
 from aa_keras.export import saved_model
+from aa_keras.programs import files
 from aa_keras.training import detection, evaluate
 
 GLYPH_PAIRS_NAMES = ["different", "same"]

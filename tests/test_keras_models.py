@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 from keras.src.utils import file_utils
 
-from aa_keras import files
 from aa_keras.applications import ChannelAffine, keras_classifier, set_backbone_trainable
 from aa_keras.applications.keras_classifier import preprocessing_layer
 from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, recipes, train
 from aa_keras.training.loop import start_run
 

@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aa_keras import files
 from aa_keras.applications import retinanet
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
 from aa_keras.export import detection as export_detection
 from aa_keras.export import predict
+from aa_keras.programs import files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLYPH_PAIRS_NAMES = ["different", "same"]

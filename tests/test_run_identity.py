@@ -3,8 +3,8 @@ naming the field, also with `allow_changed_settings`, and nothing is written."""
 
 import pytest
 
-from aa_keras import files
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import artifacts, recipes
 from aa_keras.training.loop import start_run
 

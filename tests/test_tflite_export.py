@@ -13,6 +13,7 @@ from test_export import SIZE, quadrant_images, trained
 from aa_keras.applications import retinanet
 from aa_keras.export import classification as export_classification
 from aa_keras.export import detection as export_detection
+from aa_keras.export import detection_checks, detection_conversion, detection_runner, detection_signatures
 from aa_keras.export import export as exporter
 from aa_keras.export import parity, saved_model, tflite
 from benchmarks import bench_tflite, tflite_profile
@@ -271,15 +272,15 @@ def test_detection_matching_counts_same_class_overlapping_detections():
         "classes": np.array([[1, 1, 0, 0]]),  # the second has the wrong class, the third IoU 0.8
         "num_detections": np.array([3]),
     }
-    values = export_detection.detection_matching(outputs, reference)
+    values = detection_checks.detection_matching(outputs, reference)
     assert (values["compared"], values["matched"]) == (3, 1) and not values["passed"]
-    assert export_detection.detection_matching(reference, reference) == {
+    assert detection_checks.detection_matching(reference, reference) == {
         "compared": 3, "matched": 3, "matched_fraction": 1.0, "passed": True
     }
     # Every box moved 4 px (IoU 0.67 for these 20 px boxes, 0.33 for the 10 px one): none matched.
     shifted = dict(reference, boxes=reference["boxes"] + np.array([4, 4, 4, 4], np.float32))
-    assert export_detection.detection_matching(shifted, reference)["matched"] == 0
-    assert not export_detection.detection_matching(shifted, reference)["passed"]
+    assert detection_checks.detection_matching(shifted, reference)["matched"] == 0
+    assert not detection_checks.detection_matching(shifted, reference)["passed"]
 
 
 def test_detection_matching_fails_when_there_is_nothing_to_compare():
@@ -292,10 +293,10 @@ def test_detection_matching_fails_when_there_is_nothing_to_compare():
         "num_detections": np.array([1]),
     }
     for reference in (weak, dict(weak, num_detections=np.array([0]))):
-        values = export_detection.detection_matching(reference, reference)
+        values = detection_checks.detection_matching(reference, reference)
         assert values == {"compared": 0, "matched": 0, "matched_fraction": None, "passed": False}
     row = {"artifact": "tflite", "size_bytes": 2**20, "parity": values}
-    assert "FAILED" in export_detection.format_table([row]) and "nothing to compare" in export_detection.format_table([row])
+    assert "FAILED" in detection_checks.format_table([row]) and "nothing to compare" in detection_checks.format_table([row])
 
 
 class _ShiftedBoxes:
@@ -338,20 +339,20 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
     with pytest.raises(exporter.ParityError, match="nothing to compare"):
         export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
     assert not (tmp_path / "export").exists() or not list((tmp_path / "export").iterdir())
-    monkeypatch.setattr(export_detection, "MATCH_MIN_SCORE", 0.0)
+    monkeypatch.setattr(detection_checks, "MATCH_MIN_SCORE", 0.0)
     with monkeypatch.context() as patch:
-        patch.setattr(export_detection, "Interpreter", _ShiftedBoxes)
+        patch.setattr(detection_runner, "Interpreter", _ShiftedBoxes)
         with pytest.raises(exporter.ParityError, match=r"tflite .*FAILED +\d+ of [1-9]\d* detections"):
             export_detection.export_detector(detector, str(tmp_path / "export"), images, formats=["tflite"])
     # The file itself (its match with keras-hub's suppression is measured on a trained detector
     # by benchmarks/detector_tflite.py: on these near-tied scores the two suppressions differ).
     source = str(tmp_path / "source")
-    saved_model.write_signature(detector, export_detection._serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
-    flatbuffer, ops = export_detection._convert_builtin(source, "full detector")
+    saved_model.write_signature(detector, detection_signatures.serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
+    flatbuffer, ops = detection_conversion.convert_builtin(source, "full detector")
     assert "NON_MAX_SUPPRESSION_V4" in ops and "ARG_MAX" in ops
     tflite.check_builtin_ops(ops)
     runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
-    graph = tf.function(export_detection._serve_builtin_detections(detector, 1))
+    graph = tf.function(detection_signatures.serve_builtin_detections(detector, 1))
     for image in images:
         found = runner(images=image[None])
         expected = {name: np.asarray(value) for name, value in graph(image[None]).items()}
@@ -361,7 +362,7 @@ def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, 
         np.testing.assert_array_equal(found["classes"][:, :20], expected["classes"][:, :20])
         np.testing.assert_allclose(found["boxes"][:, :20], expected["boxes"][:, :20], atol=1e-2)
         np.testing.assert_allclose(found["scores"][:, :20], expected["scores"][:, :20], atol=1e-4)
-        assert export_detection.detection_matching(found, expected)["matched_fraction"] >= 0.95
+        assert detection_checks.detection_matching(found, expected)["matched_fraction"] >= 0.95
 
 
 @pytest.mark.slow  # An int8 conversion of a 64x64 detector: about 3 min on the loaded 2-core VM.
@@ -372,9 +373,9 @@ def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
     keras.utils.set_random_seed(0)
     detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3)
     source = str(tmp_path / "source")
-    saved_model.write_signature(detector, export_detection._serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
+    saved_model.write_signature(detector, detection_signatures.serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
     calibration, _ = parity.batches(np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32), 1)
-    flatbuffer, ops = export_detection._convert_builtin(source, "full detector", calibration)
+    flatbuffer, ops = detection_conversion.convert_builtin(source, "full detector", calibration)
     tflite.check_builtin_ops(ops)
     assert "NON_MAX_SUPPRESSION_V4" in ops and "QUANTIZE" in ops and "DEQUANTIZE" in ops
     interpreter = Interpreter(model_content=flatbuffer)
@@ -390,7 +391,7 @@ def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
             assert "int8" not in operands, (name, operands)
     # What stays float: the decoding and suppression, the ops after them, and of the network only
     # the heads' output layers and the reshapes and concatenations that join them.
-    nodes = export_detection.postprocess_nodes(tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration))
+    nodes = detection_conversion.postprocess_nodes(tflite.calibrate(tf.lite.TFLiteConverter.from_saved_model(source), calibration))
     network = [name for name in nodes if name.startswith(detector.name)]
     assert len(network) == 22 and all(
         "logits_layer" in name or "_pred_P" in name or name.endswith(("bbox_regression_1/concat", "cls_logits_1/concat"))

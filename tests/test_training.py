@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 from aa_keras.applications import small_nets
 from aa_keras.data import classification as data
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, distribute, recipes, train
 from aa_keras.training.checkpoints import checkpoint_files
 from aa_keras.training.schedules import WarmupDecay

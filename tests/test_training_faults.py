@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 from test_training import REPO, _tiny_recipe, _train
 
-from aa_keras import files
 from aa_keras.applications import build_model, small_nets
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import checkpoints, classification, distribute, recipes, run_lock, train
 from aa_keras.training.loop import start_run
 

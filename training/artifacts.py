@@ -1,11 +1,11 @@
 """The guard that keeps one model_dir to one run: the folder must be writable, and a run found
-there is resumed only with the same settings (the run folder's layout: `aa_keras.run_folder`)."""
+there is resumed only with the same settings (the run folder's layout: `aa_keras.programs.run_folder`)."""
 
 import json
 import os
 import tempfile
 
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.run_folder import RunFolder
 
 # Fields that make a checkpoint incompatible with another run when they change.
 IDENTITY_FIELDS = (

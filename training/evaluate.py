@@ -19,13 +19,13 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from aa_keras import files
 from aa_keras.applications.retinanet import is_detector
-from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
-from aa_keras.files import load_keras_file
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.command_line import program_main, run_program
+from aa_keras.programs.files import load_keras_file
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.validation import positive_int
 
 from . import detection
@@ -147,7 +147,7 @@ def evaluate(model_path, dataset, split="test", data_dir=None, batch_size=64, im
     """
     positive_int("--batch_size", batch_size)
     positive_int("--image_size", image_size, optional=True)
-    model = load_keras_file(model_path)
+    model = load_keras_file(model_path, name="--model")
     config = RunFolder.of_model(model_path).read_run_config({})
     size = input_size(model, image_size, config)
     if is_detector(model):

@@ -12,8 +12,8 @@ import os
 
 from aa_keras.applications import ResNetEncoder, transfer_weights  # importing them registers the aa_keras models
 from aa_keras.applications.retinanet import backbone_attention
-from aa_keras.files import load_keras_file
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.files import load_keras_file
+from aa_keras.programs.run_folder import RunFolder
 
 
 def model_file(path):
@@ -38,7 +38,7 @@ def model_file(path):
 
 def load_source(path):
     """The model saved at `path` (a .keras file or a run folder), uncompiled."""
-    return load_keras_file(model_file(path), flag="init_from")
+    return load_keras_file(model_file(path), name="init_from")
 
 
 def initialize_from(model, path, method="linear", verbose=True):

@@ -21,9 +21,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from aa_keras import files
 from aa_keras.applications import batch_norm_layers, recalibrate_batch_norm, set_backbone_trainable
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs import files
+from aa_keras.programs.run_folder import RunFolder
 from aa_keras.validation import positive_int
 
 from . import artifacts, checkpoints, run_lock

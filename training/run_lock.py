@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from aa_keras.run_folder import RunFolder
+from aa_keras.programs.run_folder import RunFolder
 
 
 class RunLocked(ValueError):

@@ -19,10 +19,10 @@ from absl import flags
 
 from aa_keras.applications import DETECTOR_NAMES, KERAS_PREFIX, MODEL_NAMES, keras_networks
 from aa_keras.applications.keras_classifier import AUGMENT
-from aa_keras.command_line import program_main, run_program
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.layers import RESAMPLE_METHODS
+from aa_keras.programs.command_line import program_main, run_program
 
 from . import classification, detection, recipes
 from .distribute import STRATEGIES, create_strategy

@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets.image_files import decoded_sizes, read_split, unreadable_error
-from aa_keras.files import unfit_class_names
+from aa_keras.validation import unfit_class_names
 
 PREFIX = "coco_json:"
 ANNOTATIONS = "annotations"

@@ -13,7 +13,7 @@ import os
 import tensorflow_datasets as tfds
 
 from aa_keras.datasets.image_files import decoded_sizes, read_split, unreadable_error
-from aa_keras.files import unfit_class_names
+from aa_keras.validation import unfit_class_names
 
 PREFIX = "image_folder:"
 

@@ -24,11 +24,11 @@ import tensorflow as tf
 from absl import flags
 
 from aa_keras.applications.retinanet import is_detector  # importing it registers the detector classes
-from aa_keras.command_line import program_main, run_program
 from aa_keras.data import classification as classification_data
 from aa_keras.data import detection as detection_data
 from aa_keras.datasets.image_files import undecodable_reason
-from aa_keras.files import load_keras_file
+from aa_keras.programs.command_line import program_main, run_program
+from aa_keras.programs.files import load_keras_file
 from aa_keras.visualize.figure import attention_figure, save_png
 from aa_keras.visualize.maps import attention_maps, check_queries
 
@@ -106,7 +106,7 @@ def run(argv):
         raise ValueError(f"Unexpected positional arguments {argv[1:]}; all options are --flags (see --help).")
     if not FLAGS.output or not FLAGS.output.lower().endswith(".png"):
         raise ValueError(f"Invalid `--output`: received --output={FLAGS.output!r}, expected a path ending in .png.")
-    model = load_keras_file(FLAGS.model)
+    model = load_keras_file(FLAGS.model, name="--model")
     height, width, channels = model.inputs[0].shape[1:]
     if height is None or width is None:
         raise ValueError(f"Invalid `--model`: its input size {(height, width)} is not fixed; save it with a fixed one.")

@@ -1,14 +1,11 @@
 """Pictures of attention maps with matplotlib: the image with the query marked, each head's map
 over it, and the mean of the heads, one row per layer."""
 
-import os
-import tempfile
-
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aa_keras import files
+from aa_keras.atomic_file import write_atomically
 
 PANEL_INCHES = 2.0
 DPI = 100
@@ -75,14 +72,5 @@ def figure_to_array(figure):
 
 def save_png(figure, path):
     """Writes the figure to `path` as PNG atomically (the file is whole or untouched), creating
-    its folder if missing; the file gets the mode the umask gives, as `aa_keras.files` writes."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=DPI)
-        files._publish(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    its folder if missing; the file gets the mode the umask gives."""
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))

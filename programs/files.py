@@ -4,49 +4,34 @@ whose errors name the file, and `.keras` models whose errors say what is wrong w
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 
 import keras
 from absl import logging
 
+from aa_keras.atomic_file import write_atomically
+from aa_keras.validation import unfit_class_names
+
 # The dataset's class names, one a line in index order, in a run folder and an export folder.
 LABELS = "labels.txt"
 # The first bytes of a zip archive, such as a `.keras` file.
 ZIP_SIGNATURE = b"PK\x03\x04"
 
-def _publish(tmp, path):
-    """Gives `tmp` the mode of a file created under the umask, then renames it to `path`
-    (`mkstemp` makes files private, but a run's outputs are read by TensorBoard or a server)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
 def write_text(path, text):
     """Writes the string `text` to `path` atomically: a reader sees the old file or the new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    write_atomically(path, write)
 
 def write_json(path, obj):
     """Writes `obj` as JSON to `path` atomically: a reader sees the old file or the new one."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True))
-
-def unfit_class_names(names):
-    """The names among `names` that a labels file cannot hold: empty ones, and those with a line
-    break or leading or trailing spaces."""
-    return [name for name in names if not name or name != name.strip() or len(name.splitlines()) != 1]
 
 def write_labels(path, names):
     """Writes the class names `names` to `path` atomically, one a line in index order."""
@@ -120,39 +105,30 @@ def read_json(path, default=None):
 
 def save_model(model, path):
     """`model.save(path)` atomically (`path` ends with .keras)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, model.save)
 
 
-def load_keras_file(path, flag="--model", safe_mode=True):
+def load_keras_file(path, name="path", safe_mode=True):
     """The model in the Keras 3 `.keras` archive `path`, uncompiled.
 
     Args:
         path: the `.keras` file.
-        flag: the argument or flag that named the file, for the error messages.
+        name: the argument that named the file, for the error messages (a program passes its
+            flag, such as "--model").
         safe_mode: Keras's safe mode; False lets Keras load Lambda layers (code in the file).
 
     Raises:
-        ValueError naming `flag`: the file is missing, is not a `.keras` archive, is damaged (a
+        ValueError naming `name`: the file is missing, is not a `.keras` archive, is damaged (a
         truncated or corrupted archive), holds a Lambda layer (in safe mode) or an unregistered
         custom object, or does not load.
     """
     import aa_keras.applications  # noqa: F401  (registers the aa_keras models and layers for loading)
 
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-        raise ValueError(f"Invalid `{flag}`: {path!r} does not exist or is not a file.")
+        raise ValueError(f"Invalid `{name}`: {path!r} does not exist or is not a file.")
     path = os.fspath(path)
     damaged = (
-        f"Invalid `{flag}`: {path!r} is damaged: a truncated or corrupted `.keras` archive ({{}}). Save the model "
+        f"Invalid `{name}`: {path!r} is damaged: a truncated or corrupted `.keras` archive ({{}}). Save the model "
         "again, or restore the file from a copy."
     )
     is_zip = zipfile.is_zipfile(path)
@@ -162,7 +138,7 @@ def load_keras_file(path, flag="--model", safe_mode=True):
         raise ValueError(damaged.format("it starts as a zip archive but its end, the zip directory, is missing"))
     if not path.endswith(".keras") or not is_zip:
         raise ValueError(
-            f"Invalid `{flag}`: {path!r} is not a Keras 3 `.keras` archive, so Keras cannot load it; save the model with "
+            f"Invalid `{name}`: {path!r} is not a Keras 3 `.keras` archive, so Keras cannot load it; save the model with "
             "`model.save('name.keras')`."
         )
     try:
@@ -184,4 +160,4 @@ def load_keras_file(path, flag="--model", safe_mode=True):
             )
         else:
             reason = f"is a `.keras` archive that Keras cannot load as a model ({type(error).__name__}: {' '.join(message.split())[:300]})"
-        raise ValueError(f"Invalid `{flag}`: {path!r} {reason}.") from None
+        raise ValueError(f"Invalid `{name}`: {path!r} {reason}.") from None

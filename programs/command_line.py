@@ -12,10 +12,12 @@ from absl import app, flags, logging
 
 def run_program(flag_values, main):
     """Parses the command line into `flag_values` and runs `main(argv)` with `absl.app.run`;
-    `--help` lists `flag_values` as the program's own flags."""
+    `--help` and `--helpfull` list `flag_values`, the program's own flags, first."""
     flags.FLAGS.append_flag_values(flag_values)
-    for name in flag_values:
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag_values[name])
+    program = sys.argv[0]
+    for flag in {id(flag_values[name]): flag_values[name] for name in flag_values}.values():
+        flags.FLAGS.register_key_flag_for_module(program, flag)
+        flags.FLAGS.register_flag_by_module(program, flag)
     app.run(main)
 
 

@@ -15,7 +15,7 @@ the exporter and the predictor read its model, class names and settings.
 import os
 import time
 
-from aa_keras import files
+from . import files
 
 
 class RunFolder:
