@@ -175,34 +175,7 @@ def export(
     for name, value in (("batch", batch), ("threads", threads), ("latency_runs", latency_runs)):
         if not is_int(value) or value <= 0:
             raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
-    image_shape = model_source.image_shape(model, image_size)
-    classes = model.outputs[0].shape[-1]
-    if class_names is not None and len(class_names) != classes:
-        raise ValueError(
-            f"Invalid `class_names`: received {len(class_names)} names, expected one per class of the model ({classes})."
-        )
-    checked = [("evaluation", eval_images)]
-    if "tflite_int8" in kinds:
-        if calibration_images is None or len(calibration_images) == 0:
-            raise ValueError(
-                "Invalid `--calibration_images`: the int8 TFLite model needs at least one calibration image; "
-                "pass --calibration_images=N with N > 0 (default 100), or leave tflite_int8 out of --formats."
-            )
-        checked.append(("calibration", calibration_images))
-    for name, images in checked:
-        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or len(images) == 0:
-            raise ValueError(
-                f"The {name} images have shape {images.shape}; the model needs (N, *{image_shape}) "
-                "with N > 0. Check `--dataset`, `--image_size` and the model's input channels."
-            )
-    models = [("model", model)]
-    if baseline is not None:
-        if tuple(model_source.image_shape(baseline, image_size)) != tuple(image_shape):
-            raise ValueError(
-                f"Invalid `--baseline`: its input {baseline.inputs[0].shape} differs from the model's "
-                f"{image_shape}; the baseline must take the same images."
-            )
-        models.append(("baseline", baseline))
+    image_shape, models = _check_models(model, baseline, image_size, class_names, kinds, eval_images, calibration_images)
     eval_images = snap_to_8_bit(eval_images)
 
     with staged_output(output_dir) as staging:
@@ -239,3 +212,39 @@ def export(
             )
         report.write_json(os.path.join(staging, REPORT_FILE), result)
     return result
+
+
+def _check_models(model, baseline, image_size, class_names, kinds, eval_images, calibration_images):
+    """(the model's image shape, [(label, model)] of the model and the baseline); a ValueError
+    for class names not one per class, images that are not (N, *image shape) with N > 0 (the
+    evaluation images, and the calibration images for tflite_int8), or a baseline that takes
+    other images."""
+    image_shape = model_source.image_shape(model, image_size)
+    classes = model.outputs[0].shape[-1]
+    if class_names is not None and len(class_names) != classes:
+        raise ValueError(
+            f"Invalid `class_names`: received {len(class_names)} names, expected one per class of the model ({classes})."
+        )
+    checked = [("evaluation", eval_images)]
+    if "tflite_int8" in kinds:
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ValueError(
+                "Invalid `--calibration_images`: the int8 TFLite model needs at least one calibration image; "
+                "pass --calibration_images=N with N > 0 (default 100), or leave tflite_int8 out of --formats."
+            )
+        checked.append(("calibration", calibration_images))
+    for name, images in checked:
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or len(images) == 0:
+            raise ValueError(
+                f"The {name} images have shape {images.shape}; the model needs (N, *{image_shape}) "
+                "with N > 0. Check `--dataset`, `--image_size` and the model's input channels."
+            )
+    models = [("model", model)]
+    if baseline is not None:
+        if tuple(model_source.image_shape(baseline, image_size)) != tuple(image_shape):
+            raise ValueError(
+                f"Invalid `--baseline`: its input {baseline.inputs[0].shape} differs from the model's "
+                f"{image_shape}; the baseline must take the same images."
+            )
+        models.append(("baseline", baseline))
+    return image_shape, models

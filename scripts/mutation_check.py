@@ -215,7 +215,7 @@ MUTANTS = (
     M("batch_norm_replicas_not_gathered", "aa_keras/applications/batch_norm.py",
       "gather = lambda value: strategy.gather(value, axis=0)", "gather = lambda value: strategy.experimental_local_results(value)[0]",
       ("tests/test_batch_norm.py", "-k", "mirrored")),
-    M("trainer_re_estimates_over_one_batch", "training/loop.py",
+    M("trainer_re_estimates_over_one_batch", "training/trainer.py",
       "steps=-(-images // global_batch)", "steps=1", ("tests/test_batch_norm_training.py", "-k", "short_run")),
 )  # fmt: skip
 

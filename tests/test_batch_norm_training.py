@@ -19,7 +19,7 @@ from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.data import classification as data
 from aa_keras.programs.files import load_keras_file
 from aa_keras.programs.run_folder import RunFolder
-from aa_keras.training import classification, loop, recipes
+from aa_keras.training import classification, recipes, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,12 +89,12 @@ def test_a_short_run_evaluates_as_it_trained(color_folder, tmp_path):
 
 def test_a_test_accuracy_far_below_training_is_warned_of():
     warnings = []
-    loop._warn_far_below_training(0.95, 0.12, warnings.append, "aa_small")
+    trainer._warn_far_below_training(0.95, 0.12, warnings.append, "aa_small")
     assert len(warnings) == 1
     assert "test accuracy 12.0% is far below the last training accuracy 95.0%" in warnings[0]
     assert "BatchNormalization" in warnings[0] and "preprocessing" in warnings[0]
     for train_accuracy, test_accuracy in ((0.95, 0.70), (0.75, 0.10), (None, 0.1)):
-        loop._warn_far_below_training(train_accuracy, test_accuracy, warnings.append, "aa_small")
+        trainer._warn_far_below_training(train_accuracy, test_accuracy, warnings.append, "aa_small")
     assert len(warnings) == 1
 
 
@@ -109,7 +109,7 @@ def test_ctrl_c_says_where_a_rerun_resumes(color_folder, tmp_path, monkeypatch):
         return update(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.utils.Progbar, "update", interrupt_at_the_fifth_step)
-    with pytest.raises(loop.Interrupted, match=r"conv_small interrupted at step 5; re-run the same command to resume "
+    with pytest.raises(trainer.Interrupted, match=r"conv_small interrupted at step 5; re-run the same command to resume "
                                                r"from .*checkpoints/ckpt-3\."):
         _train(tmp_path, _recipe(color_folder), checkpoint_steps=3)
     monkeypatch.setattr(keras.utils.Progbar, "update", update)

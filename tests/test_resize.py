@@ -399,6 +399,20 @@ def test_init_from_bad_paths_and_incompatible_models(memorised_run, data_dir, tm
         init_from.initialize_from(resnet, str(source), verbose=False)
 
 
+def test_init_from_reads_its_model_file_once(memorised_run, monkeypatch):
+    """Before: a detection run with --init_from loaded the file to check it, again for its
+    detector's attention settings, and again for its weights."""
+    source, _ = memorised_run
+    reads = []
+    load = init_from.load_keras_file
+    monkeypatch.setattr(init_from, "load_keras_file", lambda *args, **kwargs: reads.append(args) or load(*args, **kwargs))
+    shared = init_from.init_source(str(source))
+    assert init_from.init_source(shared) is shared and init_from.init_source("") is None
+    assert shared.model.name == "aa_small" and not reads[1:]
+    transfer = init_from.initialize_from(small_nets.aa_small_net((32, 32, 3), 2), shared, verbose=False)
+    assert transfer.loaded and len(reads) == 1
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -158,3 +158,13 @@ def _move_aside(directory, prefixes, state_file):
     if state_file and os.path.exists(os.path.join(directory, STATE_FILE)):
         shutil.move(os.path.join(directory, STATE_FILE), target)
     return target
+
+
+def error_reason(error):
+    """What went wrong, in a few words, from an OS or TensorFlow error: "No space left on
+    device", "Permission denied"... (TensorFlow puts it after the file name and a "; ")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    message = str(getattr(error, "message", error)).strip()
+    message = message.splitlines()[0] if message else type(error).__name__
+    return re.sub(r"\s*\[Op:\w+\]$", "", message.rsplit("; ", 1)[-1])

@@ -1,8 +1,8 @@
 """Object detection with RetinaNet / AA-RetinaNet, the trainer's second task
 (`--task=detection`): a sibling of `training.classification`, with the same `train` signature.
 
-The run is the loop of every task (`training.loop.run_training`) with a detection
-`TrainingTask`: the same checkpoints, resumption (mid-epoch included), stop on a non-finite
+The run is the loop of every task (`training.trainer.run_training`) with a detection
+`DetectionTask`: the same checkpoints, resumption (mid-epoch included), stop on a non-finite
 loss, and the same recipe fields (optimizer, warm-up and decay schedule, weight decay, mixed
 precision) mean the same.
 The losses, anchors, box encoding and decoding are keras-hub's `RetinaNetObjectDetector`'s;
@@ -23,8 +23,10 @@ from aa_keras.data.classification import per_replica_batch_size
 from aa_keras.validation import positive_int
 
 from . import recipes
-from .init_from import detector_attention
-from .loop import TrainingTask, run_training, start_run
+from .init_from import detector_attention, init_source
+from .loop import TrainingTask, start_run
+from .settings import RunSettings
+from .trainer import run_training
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
 
@@ -144,7 +146,7 @@ def train(
             `training.recipes.DETECTION_RECIPES`.
         model_fn: `(name, input_shape, num_classes, **attention) -> detector`.
         init_from, init_method: start from the weights of a saved classifier or detector (see
-            `training.loop.run_training`); an AA detector takes the attention settings of its
+            `training.trainer.run_training`); an AA detector takes the attention settings of its
             backbone layers (`training.init_from.detector_attention`), so re-run the same command
             to resume.
         eval_examples: evaluate on the first this many images of the evaluation split (None: all);
@@ -166,21 +168,48 @@ def train(
         model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
         task="detection", model=model_name, seed=seed,
     )
-    batch = recipe.global_batch_size
-    per_replica = per_replica_batch_size(batch, strategy.num_replicas_in_sync)
-    num_classes = detection_data.num_classes(recipe.dataset, data_dir)
-    train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
-    detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
+    init_from = init_source(init_from)  # Read once, for the attention settings and the weights.
+    task = DetectionTask(strategy, recipe, model_name, data_dir, model_fn, eval_examples, init_from)
+    settings = RunSettings(
+        model_name=model_name, model_dir=model_dir, config=config, train_examples=task.train_examples,
+        steps_per_epoch=steps_per_epoch, mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps,
+        seed=seed, verbose=verbose, init_from=init_from, init_method=init_method,
+    )
+    return run_training(task, strategy, recipe, settings)
 
-    attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
 
-    def train_dataset(context, epoch_seed, skip_batches):
+class DetectionTask(TrainingTask):
+    """The detector `model_name` trained with `recipe` on `strategy`: keras-hub's RetinaNet
+    losses, evaluated with the COCO evaluator (see `train` for the arguments); an AA detector
+    started from `init_from` takes the attention settings of its backbone layers. Reads the
+    dataset's sizes and class names."""
+
+    def __init__(self, strategy, recipe, model_name, data_dir=None, model_fn=build_detector, eval_examples=None,
+                 init_from=None):
+        self.strategy, self.recipe, self.model_name, self.data_dir = strategy, recipe, model_name, data_dir
+        self.model_fn, self.eval_examples = model_fn, eval_examples
+        self.per_replica = per_replica_batch_size(recipe.global_batch_size, strategy.num_replicas_in_sync)
+        self.num_classes = detection_data.num_classes(recipe.dataset, data_dir)
+        self.train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
+        detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
+        self.attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
+        self.class_names = tuple(detection_data.class_names(recipe.dataset, data_dir))
+
+    def build_model(self):
+        size = self.recipe.image_size
+        return self.model_fn(self.model_name, (size, size, 3), self.num_classes, **self.attention)
+
+    def compile(self, model, optimizer):
+        compile_detector(model, optimizer)
+
+    def train_dataset(self, context, epoch_seed, skip_batches):
+        recipe = self.recipe
         return detection_data.build_dataset(
             recipe.dataset,
             recipe.train_split,
             recipe.image_size,
-            global_batch_size=batch,
-            data_dir=data_dir,
+            global_batch_size=recipe.global_batch_size,
+            data_dir=self.data_dir,
             training=True,
             scale_min=recipe.scale_min,
             scale_max=recipe.scale_max,
@@ -191,41 +220,32 @@ def train(
             skip_batches=skip_batches,
         )
 
-    def loss(model, images, targets):
+    def loss(self, model, images, targets):
         predictions = model(images, training=True)
         # The detector's losses are sums normalized by this replica's positive anchors;
         # gradients are summed over replicas, so each replica contributes 1 / replicas.
         value = model.compute_loss(x=images, y=targets, y_pred=predictions, sample_weight=None)
-        return tf.cast(value, tf.float32) / strategy.num_replicas_in_sync, {}
+        return tf.cast(value, tf.float32) / self.strategy.num_replicas_in_sync, {}
 
-    def calibration_dataset(context, images):
+    def calibration_dataset(self, context, images):
         # The first `images` of the training split as evaluated, dealt out to the input pipelines.
+        recipe = self.recipe
         first = detection_data.build_dataset(
-            recipe.dataset, recipe.train_split, recipe.image_size, data_dir=data_dir, max_instances=recipe.max_instances
+            recipe.dataset, recipe.train_split, recipe.image_size, data_dir=self.data_dir,
+            max_instances=recipe.max_instances,
         ).take(images)
-        return first.shard(context.num_input_pipelines, context.input_pipeline_id).batch(per_replica)
+        return first.shard(context.num_input_pipelines, context.input_pipeline_id).batch(self.per_replica)
 
-    def make_evaluate(model):
+    def make_evaluate(self, model):
+        recipe = self.recipe
         return lambda: evaluate_detector(
-            model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=data_dir, batch_size=per_replica,
-            max_instances=recipe.max_instances, max_examples=eval_examples,
+            model, recipe.dataset, recipe.eval_split, recipe.image_size, data_dir=self.data_dir,
+            batch_size=self.per_replica, max_instances=recipe.max_instances, max_examples=self.eval_examples,
         )
 
-    task = TrainingTask(
-        build_model=lambda: model_fn(model_name, (recipe.image_size, recipe.image_size, 3), num_classes, **attention),
-        compile=compile_detector,
-        train_dataset=train_dataset,
-        loss=loss,
-        make_evaluate=make_evaluate,
-        metrics=lambda results: {
-            "task": "detection", "eval_split": recipe.eval_split, "eval_examples": eval_examples, "coco": results
-        },
-        describe=lambda results: f"COCO AP {percent(results['AP'])}, AP50 {percent(results['AP50'])}",
-        class_names=tuple(detection_data.class_names(recipe.dataset, data_dir)),
-        calibration_dataset=calibration_dataset,
-    )
-    return run_training(
-        task, strategy, model_name, recipe, model_dir, config, train_examples, steps_per_epoch=steps_per_epoch,
-        mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps, seed=seed, verbose=verbose,
-        init_from=init_from, init_method=init_method,
-    )
+    def metrics(self, results):
+        return {"task": "detection", "eval_split": self.recipe.eval_split, "eval_examples": self.eval_examples,
+                "coco": results}
+
+    def describe(self, results):
+        return f"COCO AP {percent(results['AP'])}, AP50 {percent(results['AP50'])}"

@@ -36,17 +36,51 @@ def model_file(path):
     return path
 
 
+class InitSource:
+    """The model that `--init_from` names (a .keras file, or a run folder holding model.keras),
+    checked and read on first use and only once: a run that sizes its detector from it and then
+    copies its weights reads the file once.
+
+    Attributes:
+        path: the path as given, for messages.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._model = None
+
+    @property
+    def file(self):
+        """The `.keras` file (`model_file`)."""
+        return model_file(self.path)
+
+    @property
+    def model(self):
+        """The saved model, uncompiled."""
+        if self._model is None:
+            self._model = load_keras_file(self.file, name="init_from")
+        return self._model
+
+
+def init_source(init_from):
+    """`init_from` as an `InitSource`: a path, an `InitSource` (returned as is), or None (also
+    for an empty path: no source)."""
+    if not init_from or isinstance(init_from, InitSource):
+        return init_from or None
+    return InitSource(init_from)
+
+
 def load_source(path):
     """The model saved at `path` (a .keras file or a run folder), uncompiled."""
-    return load_keras_file(model_file(path), name="init_from")
+    return init_source(path).model
 
 
-def initialize_from(model, path, method="linear", verbose=True):
-    """Sets the weights of `model` from the model saved at `path`, matched by path.
+def initialize_from(model, source, method="linear", verbose=True):
+    """Sets the weights of `model` from the model saved at `source`, matched by path.
 
     Args:
         model: the built model of the new run.
-        path: a .keras model file, or a run folder holding model.keras.
+        source: a .keras model file, a run folder holding model.keras, or an `InitSource`.
         method: "linear" or "edge", how relative tables of a larger attention grid are filled
             (`aa_keras.layers.resample_relative_table`).
         verbose: print the table of loaded / resampled / initialised weights.
@@ -58,25 +92,26 @@ def initialize_from(model, path, method="linear", verbose=True):
         ValueError: a bad path, a file that is not a Keras model, or another network: fewer
             than half of the weights of `model` are found in it (same path and shape, or a table).
     """
-    source = load_source(path)
-    transfer = transfer_weights(source, model, method)
+    source = init_source(source)
+    transfer = transfer_weights(source.model, model, method)
     fitting = len(transfer.loaded) + len(transfer.resampled)
     if 2 * fitting < len(model.weights):
         raise ValueError(
-            f"Invalid `init_from`: {source.name!r} ({model_file(path)}) is another network than {model.name!r}: "
+            f"Invalid `init_from`: {source.model.name!r} ({source.file}) is another network than {model.name!r}: "
             f"only {fitting} of its {len(model.weights)} weights have a weight of the same path and shape "
             f"there. Start from a model of the same network (or, for a detector, its classifier backbone).\n{transfer}"
         )
     if verbose:
-        print(f"{model.name}: initialised from {model_file(path)} (tables: {method})\n{transfer}", flush=True)
+        print(f"{model.name}: initialised from {source.file} (tables: {method})\n{transfer}", flush=True)
     return transfer
 
 
-def detector_attention(path):
+def detector_attention(source):
     """The attention arguments of `aa_keras.applications.AARetinaNet` that give a detector the
-    backbone layers of the model at `path`: a classifier's (`backbone_attention`), or a
-    detector's own; {} for a model without attention layers."""
-    source = load_source(path)
+    backbone layers of the model saved at `source` (a path or an `InitSource`): a detector's own,
+    recorded in its backbone's config, or a classifier's (`backbone_attention`); {} for a model
+    without attention layers."""
+    source = init_source(source).model
     encoder = getattr(getattr(source, "backbone", None), "image_encoder", None)
     if isinstance(encoder, ResNetEncoder):
         return dict(encoder.attention)

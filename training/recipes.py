@@ -17,6 +17,18 @@ from .schedules import DECAYS as SCHEDULES
 OPTIMIZERS = ("sgd", "adam")
 
 
+def _flag(flag, help, default=dataclasses.MISSING, choices=None, task=None, lower_bound=None):
+    """A recipe field that the trainer's flag `--<flag>` overrides (`flag_fields`): its help,
+    its choices (an enum flag), the task it applies to (None: both) and its lower bound."""
+    metadata = {"flag": flag, "help": help, "choices": choices, "task": task, "lower_bound": lower_bound}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_fields(recipe_class):
+    """The fields of `recipe_class` that a flag overrides, in field order."""
+    return [field for field in dataclasses.fields(recipe_class) if "flag" in field.metadata]
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """One training recipe.
@@ -50,26 +62,46 @@ class Recipe:
             `model.keras`; 0 is off.
     """
 
-    dataset: str
+    dataset: str = _flag(
+        "dataset", "TFDS dataset: image classification, or detection in the layout of coco/2017; or a folder: "
+        "image_folder:PATH (PATH/<split>/<label>/<image>) for classification, coco_json:PATH "
+        "(PATH/annotations/instances_<split>.json, images in PATH/<split>/) for detection; default: the recipe's.",
+    )
     models: tuple
-    image_size: int
-    epochs: int
-    global_batch_size: int
-    optimizer: str
-    learning_rate: float
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    warmup_fraction: float = 0.05
-    schedule: str = "cosine"
+    image_size: int = _flag("image_size", "Overrides the recipe's image size.")
+    epochs: int = _flag("epochs", "Overrides the recipe's epochs.")
+    global_batch_size: int = _flag("batch_size", "Overrides the recipe's global batch size (over all replicas).")
+    optimizer: str = _flag("optimizer", "Overrides the recipe's optimizer.", choices=OPTIMIZERS)
+    learning_rate: float = _flag("learning_rate", "Overrides the recipe's peak learning rate per 256 images.")
+    momentum: float = _flag("momentum", "Overrides the recipe's SGD momentum.", default=0.9)
+    weight_decay: float = _flag("weight_decay", "Overrides the recipe's L2 weight decay.", default=0.0)
+    label_smoothing: float = _flag(
+        "label_smoothing", "Overrides the recipe's label smoothing.", default=0.0, task="classification"
+    )
+    warmup_fraction: float = _flag(
+        "warmup_fraction", "Overrides the recipe's warm-up fraction of all steps.", default=0.05
+    )
+    schedule: str = _flag(
+        "schedule", "Overrides the recipe's schedule after warm-up.", default="cosine", choices=SCHEDULES
+    )
     decay_epochs: tuple = ()
     decay_factor: float = 0.1
     preprocessing: str = "none"
-    randaugment_magnitude: int = 0
+    randaugment_magnitude: int = _flag(
+        "randaugment", "RandAugment magnitude for training images (0 is off).", default=0, task="classification"
+    )
     train_split: str = "train"
     eval_split: str = "test"
-    freeze_backbone_epochs: int = 0
-    batch_norm_images: int = 1000
+    freeze_backbone_epochs: int = _flag(
+        "freeze_backbone_epochs", "keras:<Name> models: overrides the recipe's number of first epochs that train only "
+        "the new head and the attention branches on the frozen pretrained backbone.",
+        default=0, task="classification", lower_bound=0,
+    )
+    batch_norm_images: int = _flag(
+        "batch_norm_images", "Overrides the recipe's number of training images (1000) over which BatchNormalization's "
+        "statistics are re-estimated at the end of the run, before the final evaluation and model.keras; 0 is off.",
+        default=1000, lower_bound=0,
+    )
 
     def __post_init__(self):
         check_field(self, "dataset", isinstance(self.dataset, str) and self.dataset, "a TFDS dataset name")

@@ -26,8 +26,9 @@ from aa_keras.programs.command_line import program_main, run_program
 
 from . import classification, detection, recipes
 from .distribute import STRATEGIES, create_strategy
-from .init_from import load_source, model_file
-from .loop import MIXED_PRECISION, Interrupted
+from .init_from import InitSource
+from .loop import MIXED_PRECISION
+from .trainer import Interrupted
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
 # the exporter's flags (both have --model, --dataset, ...) can be imported into one process.
@@ -51,12 +52,6 @@ flags.DEFINE_list(
     flag_values=FLAGS,
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default runs/<recipe>. Each network writes to <model_dir>/<name>.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "dataset", None, "TFDS dataset: image classification, or detection in the layout of coco/2017; or a folder: "
-    "image_folder:PATH (PATH/<split>/<label>/<image>) for classification, coco_json:PATH "
-    "(PATH/annotations/instances_<split>.json, images in PATH/<split>/) for detection; default: the recipe's.",
-    flag_values=FLAGS,
-)
 flags.DEFINE_string("data_dir", None, "TFDS data directory; default: TFDS's (~/tensorflow_datasets).", flag_values=FLAGS)
 flags.DEFINE_string("manual_dir", None, "Folder with manually downloaded archives (imagenet2012).", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.", flag_values=FLAGS)
@@ -64,22 +59,6 @@ flags.DEFINE_integer("num_gpus", 0, "GPUs for one_device / mirrored.", flag_valu
 flags.DEFINE_list("devices", None, "Explicit devices for mirrored, e.g. GPU:0,GPU:1 (overrides --num_gpus).", flag_values=FLAGS)
 flags.DEFINE_string("tpu", None, "TPU address or name for --strategy=tpu ('local' for attached TPUs).", flag_values=FLAGS)
 flags.DEFINE_enum("mixed_precision", None, [p for p in MIXED_PRECISION if p], "Mixed precision policy.", flag_values=FLAGS)
-flags.DEFINE_enum("optimizer", None, recipes.OPTIMIZERS, "Overrides the recipe's optimizer.", flag_values=FLAGS)
-flags.DEFINE_float("learning_rate", None, "Overrides the recipe's peak learning rate per 256 images.", flag_values=FLAGS)
-flags.DEFINE_float("momentum", None, "Overrides the recipe's SGD momentum.", flag_values=FLAGS)
-flags.DEFINE_float("weight_decay", None, "Overrides the recipe's L2 weight decay.", flag_values=FLAGS)
-flags.DEFINE_float("label_smoothing", None, "Overrides the recipe's label smoothing.", flag_values=FLAGS)
-flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "Overrides the recipe's schedule after warm-up.", flag_values=FLAGS)
-flags.DEFINE_float("warmup_fraction", None, "Overrides the recipe's warm-up fraction of all steps.", flag_values=FLAGS)
-flags.DEFINE_integer("epochs", None, "Overrides the recipe's epochs.", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", None, "Overrides the recipe's global batch size (over all replicas).", flag_values=FLAGS)
-flags.DEFINE_integer("image_size", None, "Overrides the recipe's image size.", flag_values=FLAGS)
-flags.DEFINE_integer("randaugment", None, "RandAugment magnitude for training images (0 is off).", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "batch_norm_images", None, "Overrides the recipe's number of training images (1000) over which BatchNormalization's "
-    "statistics are re-estimated at the end of the run, before the final evaluation and model.keras; 0 is off.",
-    lower_bound=0, flag_values=FLAGS,
-)
 flags.DEFINE_integer("steps_per_epoch", None, "At most this many steps per epoch (default: the whole split).", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_steps", 200, "Steps between checkpoints (one is also written each epoch).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_examples", None, "Detection: evaluate on the first this many images of the evaluation split (default: all).", lower_bound=1, flag_values=FLAGS)
@@ -111,11 +90,24 @@ flags.DEFINE_bool(
     "(too few filters, grouped, dilated) instead of stopping; e.g. --augment=all --augment_skip_unfit for "
     "MobileNet and EfficientNet, whose 3x3 convolutions are depthwise.", flag_values=FLAGS,
 )
-flags.DEFINE_integer(
-    "freeze_backbone_epochs", None, f"{KERAS_PREFIX}<Name> models: overrides the recipe's number of first epochs "
-    "that train only the new head and the attention branches on the frozen pretrained backbone.",
-    lower_bound=0, flag_values=FLAGS,
-)
+# The recipe's overrides, one flag per field that has one (`recipes.flag_fields`): its name, type,
+# choices, bound and help are the field's.
+RECIPE_FLAGS = {field.metadata["flag"]: field for field in recipes.flag_fields(recipes.DetectionRecipe)}
+
+
+def _define_recipe_flag(name, field):
+    """Defines `--<name>` (default None: the recipe's value) from the recipe field `field`."""
+    metadata = field.metadata
+    if metadata["choices"]:
+        flags.DEFINE_enum(name, None, metadata["choices"], metadata["help"], flag_values=FLAGS)
+        return
+    define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float}[field.type]
+    bound = {} if metadata["lower_bound"] is None else {"lower_bound": metadata["lower_bound"]}
+    define(name, None, metadata["help"], flag_values=FLAGS, **bound)
+
+
+for _name, _field in RECIPE_FLAGS.items():
+    _define_recipe_flag(_name, _field)
 flags.DEFINE_integer("seed", 0, "Seed of the weight initialisation (each network starts from it) and the data order.", flag_values=FLAGS)
 
 
@@ -153,25 +145,11 @@ def _recipe_from_flags(task):
         raise ValueError(
             f"Invalid `--recipe`: {name!r} is not a {task} recipe; with --task={task} use one of {sorted(table)}."
         )
-    overrides = dict(
-        dataset=FLAGS.dataset,
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay,
-        schedule=FLAGS.schedule,
-        warmup_fraction=FLAGS.warmup_fraction,
-        epochs=FLAGS.epochs,
-        global_batch_size=FLAGS.batch_size,
-        image_size=FLAGS.image_size,
-        batch_norm_images=FLAGS.batch_norm_images,
-    )
-    if task == "classification":
-        overrides.update(
-            label_smoothing=FLAGS.label_smoothing,
-            randaugment_magnitude=FLAGS.randaugment,
-            freeze_backbone_epochs=FLAGS.freeze_backbone_epochs,
-        )
+    overrides = {
+        field.name: FLAGS[flag].value
+        for flag, field in RECIPE_FLAGS.items()
+        if field.metadata["task"] in (None, task)
+    }
     return name, recipes.override(table[name], **overrides)
 
 
@@ -221,16 +199,17 @@ def run(argv):
         raise ValueError(
             f"Invalid `--model`: unknown {task} networks {unknown}; with --task={task} valid names are {', '.join(valid)}."
         )
-    if FLAGS.init_from:
-        model_file(FLAGS.init_from)  # A bad path fails before any data is prepared.
+    init_from = InitSource(FLAGS.init_from) if FLAGS.init_from else None
+    if init_from:
+        init_from.file  # A bad path fails before any data is prepared.
         if len(models) > 1:
             raise ValueError(f"Invalid `--init_from`: it initialises one network, and this run trains {list(models)}; pass one --model.")
     keras_options = _keras_options(models, recipe) if task == "classification" else None
     model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     strategy = create_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu, devices=FLAGS.devices)
-    if FLAGS.init_from:
-        load_source(FLAGS.init_from)  # After the strategy (loading starts the runtime), before any run folder.
+    if init_from:
+        init_from.model  # Read once, after the strategy (loading starts the runtime), before any run folder.
     if task == "detection":
         trainer = detection.train
         options = {"eval_examples": FLAGS.eval_examples}
@@ -252,7 +231,7 @@ def run(argv):
             steps_per_epoch=FLAGS.steps_per_epoch,
             seed=FLAGS.seed,
             allow_changed_settings=FLAGS.allow_changed_settings,
-            init_from=FLAGS.init_from,
+            init_from=init_from,
             init_method=FLAGS.init_method,
             **options,
             **model_options,
