@@ -38,12 +38,12 @@ def main(folder):
         results[name] = np.asarray(model(images, training=False))
 
     source = keras.saving.load_model(os.path.join(folder, "source.keras"))
-    augmented, _ = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
+    augmented = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
     augmented.save(os.path.join(folder, "augmented.keras"))
     results["augmented"] = np.asarray(augmented(images, training=False))
 
     aa_small = keras.saving.load_model(os.path.join(folder, "aa_small.keras"))
-    resized, _ = resize_model(aa_small, (48, 48, 3))
+    resized = resize_model(aa_small, (48, 48, 3))
     results["resized"] = np.asarray(resized(arrays["images_48"], training=False))
     maps = attention_maps(aa_small, images, arrays["queries"])
     results.update({f"maps/{name}": value for name, value in maps.items()})

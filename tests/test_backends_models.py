@@ -70,7 +70,7 @@ def test_augment_on_jax_matches_tensorflow(run):
     np.testing.assert_allclose(results["augmented"], from_jax(inputs["images"], training=False), atol=ATOL)
     # The same augmentation here: the same graph and weight layout; the transferred weights equal.
     source = _load(folder, "source")
-    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
+    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2, return_summary=True)
     assert [r.name for r in summary.replaced] == ["conv1", "conv2"]
     assert [w.path for w in augmented.weights] == [w.path for w in from_jax.weights]
     for path in ("bn1/moving_variance", "logits/kernel", "conv1/conv/kernel", "conv2/conv/bias"):
@@ -85,7 +85,7 @@ def _weight(model, path):
 
 def test_resize_model_on_jax_matches_tensorflow(run):
     folder, inputs, results = run
-    resized, _ = resize_model(_load(folder, "aa_small"), (48, 48, 3))
+    resized = resize_model(_load(folder, "aa_small"), (48, 48, 3))
     np.testing.assert_allclose(results["resized"], resized(inputs["images_48"], training=False), atol=ATOL)
 
 

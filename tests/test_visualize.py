@@ -216,7 +216,7 @@ def test_attention_maps_search_nested_models_at_any_depth():
 def keras_classifier_file(tmp_path_factory):
     """A `keras:ResNet50` classifier (random weights, 32x32): its AA layers in the nested "backbone"."""
     keras.utils.set_random_seed(0)
-    model, _ = keras_classifier("ResNet50", classes=2, input_shape=(32, 32, 3), weights=None)
+    model = keras_classifier("ResNet50", classes=2, input_shape=(32, 32, 3), weights=None)
     path = str(tmp_path_factory.mktemp("keras_classifier") / "model.keras")
     model.save(path)
     return path
