@@ -122,15 +122,14 @@ class AttentionAugmentation2D(keras.layers.Layer):
             example; unblocked, the `keras.ops` path holds B * Nh * (H * W)**2 weights for the
             backward pass). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
-        attention_implementation: `"auto"` (the fused kernel where
-            `aa_keras.ops.fused_attention.applies()` at trace time: a CPU, no XLA, the kernel
-            built, not switched off by `AA_KERAS_FUSED_ATTENTION=0` or `disabled()`; else
-            TensorFlow ops; always TensorFlow ops for a float64 layer), `"fused"` (the fused
-            kernel, float32 only; an error where it cannot run) or `"tf_ops"` (standard
-            TensorFlow ops only, as the exporters trace). Read when a call is traced;
-            `use_attention_implementation` switches a built model's layers. On a backend other
-            than TensorFlow only `"auto"` (the `keras.ops` path) is valid; the others raise a
-            ValueError.
+        attention_implementation: how the attention runs, the one switch (per layer; for a whole
+            model, `use_attention_implementation`). `"auto"`: on TensorFlow the fused kernel
+            where it can run at trace time (a CPU, no XLA, the kernel built:
+            `aa_keras.ops.fused_attention.applies()`), else TensorFlow ops, always TensorFlow ops
+            for a float64 layer; on another backend the `keras.ops` path. `"fused"`: the fused
+            kernel, float32 only, an error where it cannot run. `"tf_ops"`: standard TensorFlow
+            ops only, as the exporters trace. Read when a call is traced. On a backend other than
+            TensorFlow only `"auto"` is valid; the others raise a ValueError.
         data_format: only `"channels_last"` (or None with that global setting).
         dropout: float in [0, 1), the rate at which attention weights (the softmax output, before
             the product with v) are dropped in training calls, as in
