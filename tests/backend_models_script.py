@@ -1,4 +1,5 @@
-"""The JAX side of tests/test_backends_models.py: `KERAS_BACKEND=jax python backend_models_script.py DIR`.
+"""The JAX side of tests/test_backends_models.py: `KERAS_BACKEND=jax python backend_models_script.py DIR`,
+with TensorFlow unimportable (`without_tensorflow`).
 
 Reads DIR/inputs.npz (images, queries, training data) and DIR/source.keras (a plain functional
 model saved by the TensorFlow test); writes, for each network built here with a fixed seed,
@@ -9,6 +10,7 @@ maps; fits `aa_small` two steps. Every array goes to DIR/jax.npz.
 import os
 import sys
 
+import without_tensorflow  # noqa: F401  (first: nothing below may import TensorFlow)
 import keras
 import numpy as np
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.layers.attention import auto_query_block_size
+from aa_keras.layers.query_blocks import auto_query_block_size
 from benchmarks.reference_layer import ReferenceAttentionAugmentation2D
 
 
