@@ -1,4 +1,5 @@
-"""The JAX side of tests/test_backends.py: run as `KERAS_BACKEND=jax python backend_script.py DIR`.
+"""The JAX side of tests/test_backends.py: run as `KERAS_BACKEND=jax python backend_script.py DIR`,
+with TensorFlow unimportable (`without_tensorflow`).
 
 Reads DIR/cases.json (layer configs, build shapes, call arguments) and DIR/inputs.npz (each
 case's input, cotangent and weights, written by the TensorFlow test); writes DIR/jax.npz with
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 
+import without_tensorflow  # noqa: F401  (first: nothing below may import TensorFlow)
 import jax
 import keras
 import numpy as np

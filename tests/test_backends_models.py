@@ -1,4 +1,5 @@
-"""The networks, `augment`, `resize_model`, attention maps and a fit on JAX, against TensorFlow.
+"""The networks, `augment`, `resize_model`, attention maps and a fit on JAX, against TensorFlow;
+the model fitted on JAX exported to float32 TFLite.
 
 This process is TensorFlow; one JAX subprocess (tests/backend_models_script.py) builds each
 network with a fixed seed and saves it, augments a model saved here, resizes and maps its
@@ -70,7 +71,7 @@ def test_augment_on_jax_matches_tensorflow(run):
     np.testing.assert_allclose(results["augmented"], from_jax(inputs["images"], training=False), atol=ATOL)
     # The same augmentation here: the same graph and weight layout; the transferred weights equal.
     source = _load(folder, "source")
-    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
+    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2, return_summary=True)
     assert [r.name for r in summary.replaced] == ["conv1", "conv2"]
     assert [w.path for w in augmented.weights] == [w.path for w in from_jax.weights]
     for path in ("bn1/moving_variance", "logits/kernel", "conv1/conv/kernel", "conv2/conv/bias"):
@@ -85,7 +86,7 @@ def _weight(model, path):
 
 def test_resize_model_on_jax_matches_tensorflow(run):
     folder, inputs, results = run
-    resized, _ = resize_model(_load(folder, "aa_small"), (48, 48, 3))
+    resized = resize_model(_load(folder, "aa_small"), (48, 48, 3))
     np.testing.assert_allclose(results["resized"], resized(inputs["images_48"], training=False), atol=ATOL)
 
 
@@ -102,3 +103,24 @@ def test_aa_small_fitted_on_jax_loads_on_tensorflow(run):
     assert results["fitted/loss"].shape == (1,) and np.isfinite(results["fitted/loss"]).all()
     outputs = _load(folder, "fitted")(inputs["images"], training=False)
     np.testing.assert_allclose(results["fitted"], outputs, atol=ATOL)
+
+
+def test_aa_small_fitted_on_jax_exports_to_tflite_with_parity(run, tmp_path):
+    """Build and fit on JAX, save; load under TensorFlow and export float32 TFLite with the
+    exporter: the file's outputs equal those of the model on JAX (1e-4)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from aa_keras.export.classification import write_artifacts
+
+    folder, inputs, results = run
+    images = inputs["images"]
+    artifacts = write_artifacts(
+        _load(folder, "fitted"), tmp_path, ["tflite_float32"], images.shape[1:], batch=len(images),
+        uint8_input=False, calibration_images=None,
+    )
+    interpreter = Interpreter(model_path=artifacts["tflite_float32"]["path"])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    outputs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(results["fitted"], outputs, rtol=0, atol=1e-4)
