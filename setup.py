@@ -8,15 +8,19 @@ HERE = pathlib.Path(__file__).parent
 
 
 # What the library needs, as ranges it is tested with (requirements.txt is the exact lock that CI
-# and the README install). `import aa_keras` and the layer need only the core; the trainer, the
-# exporter and the detectors need their extras.
-CORE = ["tensorflow~=2.20.0", "keras>=3.15,<4", "numpy>=2.0,<3"]
+# and the README install). `import aa_keras`, the layer, the networks, `augment()` and the attention
+# maps need only the core and a Keras backend: the `tensorflow` or the `jax` extra. The trainer,
+# the exporter and the data pipelines are TensorFlow programs: their extras bring TensorFlow.
+CORE = ["keras>=3.15,<4", "numpy>=2.0,<3"]
+TENSORFLOW = ["tensorflow~=2.20.0"]
 EXTRAS = {
-    "datasets": ["tensorflow-datasets>=4.9.10,<5", "importlib_resources>=6"],
+    "tensorflow": TENSORFLOW,
+    "jax": ["jax>=0.10.2"],
+    "datasets": [*TENSORFLOW, "tensorflow-datasets>=4.9.10,<5", "importlib_resources>=6"],
     "train": ["tf-models-official~=2.20.0", "absl-py>=1.4"],
     "export": ["ai-edge-litert>=2.3,<3", "absl-py>=1.4"],
-    "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17", "onnxruntime>=1.20"],
-    "detection": ["keras-hub>=0.32,<0.33", "tf-models-official~=2.20.0"],
+    "onnx": [*TENSORFLOW, "tf2onnx>=1.17,<2", "onnx>=1.17", "onnxruntime>=1.20"],
+    "detection": [*TENSORFLOW, "keras-hub>=0.32,<0.33", "tf-models-official~=2.20.0"],
     "visualize": ["matplotlib>=3.8"],
     "test": ["pytest>=8"],
 }

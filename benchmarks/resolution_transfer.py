@@ -82,7 +82,7 @@ def resolution_transfer():
     for (case, dataset), method in zip(CASES.items(), FLAGS.finetune_method):
         data.prepare(dataset, FLAGS.data_dir)
         # Fresh models per case: a call with training=True updates the BatchNormalization averages.
-        resized = {name: resize_model(source, (64, 64, 3), name)[0] for name in ("linear", "edge")}
+        resized = {name: resize_model(source, (64, 64, 3), name) for name in ("linear", "edge")}
         row = {name: accuracy(model, dataset, 64, FLAGS.data_dir) for name, model in resized.items()}
         row.update({
             f"{name}_batch_statistics": accuracy(model, dataset, 64, FLAGS.data_dir, batch_statistics=True)
@@ -93,7 +93,7 @@ def resolution_transfer():
                                     data_dir=FLAGS.data_dir)  # fmt: skip
         row.update({
             f"{name}_re_estimated": accuracy(
-                resize_model(source, (64, 64, 3), name, batch_norm_data=images)[0], dataset, 64, FLAGS.data_dir
+                resize_model(source, (64, 64, 3), name, batch_norm_data=images), dataset, 64, FLAGS.data_dir
             )
             for name in ("linear", "edge")
         })

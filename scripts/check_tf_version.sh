@@ -30,10 +30,7 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "tensorflow==${VERSION}.*" \
   $(pinned keras numpy jax jaxlib pytest absl-py matplotlib setuptools wheel)
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-# Everything installed agrees, except this package's own TensorFlow range (what is checked here).
-if ! "$VENV/bin/python" -m pip check --disable-pip-version-check >"$VENV/pip_check.txt"; then
-  if grep -v "^aa-keras [^ ]* has requirement tensorflow" "$VENV/pip_check.txt"; then exit 1; fi
-fi
+"$VENV/bin/python" -m pip check --disable-pip-version-check
 "$VENV/bin/python" -c "import tensorflow as tf, keras, numpy, jax; print('tensorflow', tf.__version__, \
 'keras', keras.__version__, 'numpy', numpy.__version__, 'jax', jax.__version__)"
 "$VENV/bin/python" -m aa_keras.ops
@@ -41,8 +38,8 @@ fi
 # The layer, the fused kernel (also compiled from an installed wheel), the networks,
 # augment/resize/BatchNormalization and the JAX backend. Not run: the test files importing
 # aa_keras.training, aa_keras.data or aa_keras.export (tf-models-official), ai_edge_litert
-# (test_layer_tflite, test_empty_batch, the exporter's) or keras-hub (test_detection), and the
-# packaging test that imports the trainer.
+# (test_layer_tflite, test_empty_batch, the exporter's) or keras-hub (test_detection), the
+# packaging test that imports the trainer and the TFLite export of the model fitted on JAX.
 TESTS=(
   tests/test_layer.py
   tests/test_layer_reference.py
@@ -58,4 +55,5 @@ TESTS=(
   tests/test_packaging.py
 )
 "$VENV/bin/python" -m pytest -q "${TESTS[@]}" \
-  --deselect tests/test_packaging.py::test_wheel_installs_the_trainer_and_exporter_under_aa_keras "$@"
+  --deselect tests/test_packaging.py::test_wheel_installs_the_trainer_and_exporter_under_aa_keras \
+  --deselect tests/test_backends_models.py::test_aa_small_fitted_on_other_backends_exports_to_tflite_with_parity "$@"

@@ -189,7 +189,7 @@ MUTANTS = (
     M("layer_depth_rounds_down", "aa_keras/layers/attention_augmentation.py",
       "math.floor(value * filters / num_heads + 0.5)", "math.floor(value * filters / num_heads)",
       ("tests/test_layer.py", "-k", "half_up")),
-    M("relative_offset_flipped", "aa_keras/layers/relative_logits.py",
+    M("relative_offset_flipped", "aa_keras/layers/relative_tables.py",
       "return positions[None, :] - positions[:, None]", "return positions[:, None] - positions[None, :]",
       ("tests/test_fused_attention.py", "-k", "matches_tensorflow_ops and relative and 2x2x6x7")),
     M("sine_frequencies_growing", "aa_keras/layers/position_encoding.py",

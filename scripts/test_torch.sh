@@ -3,7 +3,8 @@
 # environment: bash scripts/test_torch.sh [PYTEST ARGS...]
 #
 # The environment .venv-torch (git-ignored; kept, so a second run reuses it) gets torch, then the
-# lock's (requirements.txt) tensorflow, keras, numpy, pytest, matplotlib and jax (so that
+# lock's (requirements.txt) tensorflow, keras, numpy, pytest, matplotlib, ai-edge-litert (the
+# TFLite export of the model fitted under torch) and jax (so that
 # benchmarks/backend_speed.py finds all three backends here), and this package with --no-deps
 # (built with torch's setuptools: torch needs a newer one than the lock's). torch comes from the package index (PyPI's wheel pulls CUDA libraries: about
 # 3 GB to download, 5.4 GB installed); TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -27,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-  $(pinned tensorflow keras numpy pytest matplotlib jax jaxlib)
+  $(pinned tensorflow keras numpy pytest matplotlib ai-edge-litert jax jaxlib)
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -m pip check --disable-pip-version-check
 "$VENV/bin/python" -c "import torch, keras; print('torch', torch.__version__, 'keras', keras.__version__)"

@@ -1,5 +1,6 @@
 """The JAX or PyTorch side of tests/test_backends_models.py:
-`KERAS_BACKEND=jax python backend_models_script.py DIR` (or KERAS_BACKEND=torch).
+`KERAS_BACKEND=jax python backend_models_script.py DIR` (or KERAS_BACKEND=torch), with TensorFlow
+unimportable (`without_tensorflow`).
 
 Reads DIR/inputs.npz (images, queries, training data) and DIR/source.keras (a plain functional
 model saved by the TensorFlow test); writes, for each network built here with a fixed seed,
@@ -10,6 +11,7 @@ maps; fits `aa_small` two steps. Every array goes to DIR/<backend>.npz.
 import os
 import sys
 
+import without_tensorflow  # noqa: F401  (first: nothing below may import TensorFlow)
 import keras
 import numpy as np
 
@@ -42,12 +44,12 @@ def main(folder):
         results[name] = to_numpy(model(images, training=False))
 
     source = keras.saving.load_model(os.path.join(folder, "source.keras"))
-    augmented, _ = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
+    augmented = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
     augmented.save(os.path.join(folder, "augmented.keras"))
     results["augmented"] = to_numpy(augmented(images, training=False))
 
     aa_small = keras.saving.load_model(os.path.join(folder, "aa_small.keras"))
-    resized, _ = resize_model(aa_small, (48, 48, 3))
+    resized = resize_model(aa_small, (48, 48, 3))
     results["resized"] = to_numpy(resized(arrays["images_48"], training=False))
     maps = attention_maps(aa_small, images, arrays["queries"])
     results.update({f"maps/{name}": value for name, value in maps.items()})

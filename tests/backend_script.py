@@ -1,5 +1,5 @@
 """The JAX or PyTorch side of tests/test_backends.py: `KERAS_BACKEND=jax python backend_script.py DIR`
-(or KERAS_BACKEND=torch).
+(or KERAS_BACKEND=torch), with TensorFlow unimportable (`without_tensorflow`).
 
 Reads DIR/cases.json (layer configs, build shapes, call arguments) and DIR/inputs.npz (each
 case's input, cotangent and weights, written by the TensorFlow test); writes DIR/<backend>.npz
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+import without_tensorflow  # noqa: F401  (first: nothing below may import TensorFlow)
 import keras
 import numpy as np
 

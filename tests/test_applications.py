@@ -177,7 +177,7 @@ def test_builder_argument_errors(call, message):
 def test_augment_keras_resnet50_transfers_weights_and_keeps_the_graph():
     base = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
     base_weights = [w.numpy().copy() for w in base.weights]
-    model, summary = augment(base)
+    model, summary = augment(base, return_summary=True)
 
     expected = sorted(
         f"conv{stage}_block{b}_2_conv" for stage, n in zip((3, 4, 5), (4, 6, 3)) for b in range(1, n + 1)
@@ -225,7 +225,7 @@ def test_augment_keras_resnet50_transfers_weights_and_keeps_the_graph():
 )
 def test_augment_keras_applications(application, kwargs):
     base = application(weights=None, input_shape=(64, 64, 3), classes=7)
-    model, summary = augment(base, **kwargs)
+    model, summary = augment(base, return_summary=True, **kwargs)
     assert len(summary.replaced) > 0
     assert _augmented_names(model) == sorted(r.name for r in summary.replaced)
     # Every replaced layer lies in the lowest-resolution stages selected (never on 1x1 maps).
@@ -237,7 +237,7 @@ def test_augment_keras_applications(application, kwargs):
 @pytest.mark.parametrize("application", [keras.applications.ResNet101, keras.applications.ResNet152])
 def test_augment_deep_keras_resnets(application):
     base = application(weights=None, input_shape=(64, 64, 3), classes=7)
-    model, summary = augment(base)
+    model, summary = augment(base, return_summary=True)
     assert len(summary.replaced) == len([l for l in base.layers if l.name.endswith("_2_conv") and l.name[4] in "345"])
     assert model(_images((1, 64, 64, 3))).shape == (1, 7)
 
@@ -253,7 +253,7 @@ def _user_layers():
 
 def test_augment_sequential_model_trains_and_keeps_conv_arguments():
     base = keras.Sequential([keras.Input((12, 12, 4)), *_user_layers()])
-    model, summary = augment(base, select=["c1", "c2"], depth_k=8, depth_v=8, num_heads=2)
+    model, summary = augment(base, select=["c1", "c2"], depth_k=8, depth_v=8, num_heads=2, return_summary=True)
     assert isinstance(model, keras.Sequential)
     c1, c2 = model.get_layer("c1"), model.get_layer("c2")
     assert (c1.activation, c2.padding, c2.strides) == (keras.activations.relu, "valid", (2, 2))
@@ -270,7 +270,13 @@ def test_augment_predicate_on_nested_functional_model_without_weight_transfer():
     outputs = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(inner(inputs)))
     base = keras.Model(inputs, outputs)
     model, summary = augment(
-        base, select=lambda layer: layer.strides == (2, 2), depth_k=8, depth_v=8, num_heads=2, transfer_weights=False
+        base,
+        select=lambda layer: layer.strides == (2, 2),
+        depth_k=8,
+        depth_v=8,
+        num_heads=2,
+        transfer_weights=False,
+        return_summary=True,
     )
     assert [r.name for r in summary.replaced] == ["c2"]
     assert isinstance(model.get_layer("inner").get_layer("c2"), AttentionAugmentation2D)
@@ -296,7 +302,7 @@ def test_augment_names_a_layer_that_cannot_be_augmented(name, reason):
 
 def test_augment_all_that_fit_skips_with_a_log_line(caplog):
     with caplog.at_level(logging.WARNING, logger="aa_keras.applications.augment"):
-        model, summary = augment(_unfit_model(), select="all", skip_unfit=True, depth_k=8, depth_v=8)
+        model, summary = augment(_unfit_model(), select="all", skip_unfit=True, depth_k=8, depth_v=8, return_summary=True)
     assert [r.name for r in summary.replaced] == ["fits"]
     assert [name for name, _ in summary.skipped] == ["dilated", "grouped", "narrow"]
     assert all(name in caplog.text for name in ("dilated", "grouped", "narrow"))

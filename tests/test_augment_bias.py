@@ -22,7 +22,7 @@ def _model_with_biases():
 def test_augment_transfers_non_zero_conv_biases():
     base = _model_with_biases()
     assert all(np.abs(base.get_layer(n).bias.numpy()).min() > 0 for n in ("first", "second"))
-    model, _ = augment(base, select=["first", "second"], depth_k=8, depth_v=8, num_heads=2)
+    model = augment(base, select=["first", "second"], depth_k=8, depth_v=8, num_heads=2)
     for name in ("first", "second"):
         old, new = base.get_layer(name), model.get_layer(name)
         assert isinstance(new, AttentionAugmentation2D)

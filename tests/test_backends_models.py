@@ -1,5 +1,5 @@
 """The networks, `augment`, `resize_model`, attention maps and a fit on JAX and PyTorch, against
-TensorFlow.
+TensorFlow; the model fitted there exported to float32 TFLite.
 
 This process is TensorFlow; one subprocess per backend (tests/backend_models_script.py) builds
 each network with a fixed seed and saves it, augments a model saved here, resizes and maps its
@@ -48,8 +48,16 @@ def run(request, tmp_path_factory):
     return folder, inputs, run_backend(request.param, "backend_models_script.py", folder)
 
 
-def _load(folder, name, **kwargs):
-    return keras.saving.load_model(folder / f"{name}.keras", **kwargs)
+def _load(folder, name):
+    return keras.saving.load_model(folder / f"{name}.keras")
+
+
+def _load_fitted(folder, results):
+    """The model fitted by the subprocess. Keras 3.15 saves a model compiled under torch with the
+    torch backend's own optimizer class (keras.src.backend.torch.optimizers.torch_sgd.SGD), which
+    other backends cannot import: that file loads elsewhere without its compile state only."""
+    compile = str(results["backend"]) != "torch"
+    return keras.saving.load_model(folder / "fitted.keras", compile=compile)
 
 
 @pytest.mark.parametrize("name", NETWORKS)
@@ -65,7 +73,7 @@ def test_augment_on_other_backends_matches_tensorflow(run):
     np.testing.assert_allclose(results["augmented"], from_backend(inputs["images"], training=False), atol=ATOL)
     # The same augmentation here: the same graph and weight layout; the transferred weights equal.
     source = _load(folder, "source")
-    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
+    augmented, summary = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2, return_summary=True)
     assert [r.name for r in summary.replaced] == ["conv1", "conv2"]
     assert [w.path for w in augmented.weights] == [w.path for w in from_backend.weights]
     for path in ("bn1/moving_variance", "logits/kernel", "conv1/conv/kernel", "conv2/conv/bias"):
@@ -80,7 +88,7 @@ def _weight(model, path):
 
 def test_resize_model_on_other_backends_matches_tensorflow(run):
     folder, inputs, results = run
-    resized, _ = resize_model(_load(folder, "aa_small"), (48, 48, 3))
+    resized = resize_model(_load(folder, "aa_small"), (48, 48, 3))
     np.testing.assert_allclose(results["resized"], resized(inputs["images_48"], training=False), atol=ATOL)
 
 
@@ -95,9 +103,26 @@ def test_attention_maps_on_other_backends_match_tensorflow(run):
 def test_aa_small_fitted_on_other_backends_loads_on_tensorflow(run):
     folder, inputs, results = run
     assert results["fitted/loss"].shape == (1,) and np.isfinite(results["fitted/loss"]).all()
-    # Keras 3.15 saves a model compiled under torch with the torch backend's own optimizer class
-    # (keras.src.backend.torch.optimizers.torch_sgd.SGD), which other backends cannot import: its
-    # file loads elsewhere without its compile state only.
-    compile = str(results["backend"]) != "torch"
-    outputs = _load(folder, "fitted", compile=compile)(inputs["images"], training=False)
+    outputs = _load_fitted(folder, results)(inputs["images"], training=False)
     np.testing.assert_allclose(results["fitted"], outputs, atol=ATOL)
+
+
+def test_aa_small_fitted_on_other_backends_exports_to_tflite_with_parity(run, tmp_path):
+    """Build and fit on JAX or PyTorch, save; load under TensorFlow and export float32 TFLite with
+    the exporter: the file's outputs equal those of the model on that backend (1e-4)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from aa_keras.export.classification import write_artifacts
+
+    folder, inputs, results = run
+    images = inputs["images"]
+    artifacts = write_artifacts(
+        _load_fitted(folder, results), tmp_path, ["tflite_float32"], images.shape[1:], batch=len(images),
+        uint8_input=False, calibration_images=None,
+    )
+    interpreter = Interpreter(model_path=artifacts["tflite_float32"]["path"])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    outputs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(results["fitted"], outputs, rtol=0, atol=1e-4)

@@ -1,7 +1,7 @@
 """The TensorFlow-op attention path: query blocking and the hand-written gradient.
 
-The fused kernel is disabled here (it replaces this path where it applies); see
-test_fused_attention.py for it.
+Every layer here is built with attention_implementation="tf_ops" (the fused kernel replaces this
+path where it applies); see test_fused_attention.py for the kernel.
 """
 
 import numpy as np
@@ -9,14 +9,13 @@ import pytest
 import tensorflow as tf
 
 from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.layers.attention import auto_query_block_size
-from aa_keras.ops import fused_attention
+from aa_keras.layers.query_blocks import auto_query_block_size
 from benchmarks.reference_layer import ReferenceAttentionAugmentation2D
 
 
 def _layer_pair(layer_class, shape, **kwargs):
     """A built layer of `layer_class` with the weights of a reference AttentionAugmentation2D."""
-    config = dict(filters=16, kernel_size=3, depth_k=8, depth_v=8, num_heads=2)
+    config = dict(filters=16, kernel_size=3, depth_k=8, depth_v=8, num_heads=2, attention_implementation="tf_ops")
     config.update(kwargs)
     source = AttentionAugmentation2D(**config)
     source.build(shape)
@@ -24,12 +23,6 @@ def _layer_pair(layer_class, shape, **kwargs):
     other.build(shape)
     other.set_weights(source.get_weights())
     return source, other
-
-
-@pytest.fixture(autouse=True)
-def tensorflow_op_path():
-    with fused_attention.disabled():
-        yield
 
 
 def _outputs_and_gradients(layer, x):

@@ -15,29 +15,24 @@ def test_kernel_builds_and_applies_on_this_cpu():
     assert fused_attention.library() is not None
     assert fused_attention.library_path().exists()
     assert fused_attention.applies()
-    with fused_attention.disabled():
-        assert not fused_attention.applies()
-    assert fused_attention.applies()
 
 
 def _op_types(function, spec):
     return {op.type for op in function.get_concrete_function(spec).graph.get_operations()}
 
 
-def test_layer_uses_the_kernel_only_where_it_applies(monkeypatch):
+def test_layer_uses_the_kernel_only_where_it_applies():
     layer = AttentionAugmentation2D(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
     spec = tf.TensorSpec((1, 6, 5, 3))
     assert "AaFusedAttention" in _op_types(tf.function(layer), spec)
-    with fused_attention.disabled():
+    with use_attention_implementation(layer, "tf_ops"):
         assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
+    assert "AaFusedAttention" in _op_types(tf.function(layer), spec)
     assert "AaFusedAttention" not in _op_types(tf.function(layer, jit_compile=True), spec)
-    monkeypatch.setenv(fused_attention.ENABLE_VARIABLE, "0")
-    assert "AaFusedAttention" not in _op_types(tf.function(layer), spec)
 
 
-def test_attention_implementation_chooses_the_path(monkeypatch):
-    """"fused" always traces the kernel (an error where it cannot run), "tf_ops" never does, and
-    neither is changed by the switches of "auto" (`disabled()`, the environment variable)."""
+def test_attention_implementation_chooses_the_path():
+    """"fused" always traces the kernel (an error where it cannot run), "tf_ops" never does."""
     spec = tf.TensorSpec((1, 6, 5, 3))
 
     def layer(implementation):
@@ -48,13 +43,10 @@ def test_attention_implementation_chooses_the_path(monkeypatch):
     fused, tf_ops = layer("fused"), layer("tf_ops")
     assert fused.get_config()["attention_implementation"] == "fused"
     assert AttentionAugmentation2D.from_config(tf_ops.get_config()).attention_implementation == "tf_ops"
-    with fused_attention.disabled():
-        assert "AaFusedAttention" in _op_types(tf.function(fused), spec)
+    assert "AaFusedAttention" in _op_types(tf.function(fused), spec)
     assert "AaFusedAttention" not in _op_types(tf.function(tf_ops), spec)
     with pytest.raises(RuntimeError, match="attention_implementation='fused'.*XLA"):
         _op_types(tf.function(fused, jit_compile=True), spec)
-    monkeypatch.setenv(fused_attention.ENABLE_VARIABLE, "0")
-    assert "AaFusedAttention" in _op_types(tf.function(fused), spec)
     with pytest.raises(ValueError, match="Invalid `attention_implementation`"):
         layer("flash")
 

@@ -50,7 +50,7 @@ def _saved_backbone(tmp_path, name, input_shape):
 def test_resnet50_from_a_weights_file_keeps_every_weight_and_augments_the_last_three_stages(tmp_path):
     source, path = _saved_backbone(tmp_path, "ResNet50", (64, 64, 3))
     keras.utils.set_random_seed(8)  # other initial values than the file's
-    model, summary = keras_classifier("ResNet50", classes=5, input_shape=(64, 64, 3), weights=path)
+    model, summary = keras_classifier("ResNet50", classes=5, input_shape=(64, 64, 3), weights=path, return_summary=True)
     assert model.output.shape == (None, 5) and model.get_layer("logits").dtype_policy.name == "float32"
     # At 64x64 the stages conv3, conv4, conv5 are 8x8, 4x4, 2x2: the paper's preset replaces their 3x3 convs.
     expected = {f"conv{stage}_block{b}_2_conv" for stage, blocks in ((3, 4), (4, 6), (5, 3)) for b in range(1, blocks + 1)}
@@ -69,7 +69,7 @@ def test_resnet50_from_a_weights_file_keeps_every_weight_and_augments_the_last_t
 
 
 def test_mobilenetv2_all_with_skip_unfit_augments_the_convs_that_fit():
-    model, summary = keras_classifier("MobileNetV2", classes=3, input_shape=(32, 32, 3), weights=None, augment="all", skip_unfit=True)
+    model, summary = keras_classifier("MobileNetV2", classes=3, input_shape=(32, 32, 3), weights=None, augment="all", skip_unfit=True, return_summary=True)
     assert model.output.shape == (None, 3)
     convs = [l.name for l in keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).layers
              if type(l) is keras.layers.Conv2D]  # fmt: skip
@@ -93,7 +93,7 @@ def test_the_preprocessing_layer_is_preprocess_input_on_255_x(name):
 
 
 def test_the_model_preprocesses_its_input_and_reloads_exactly(tmp_path):
-    model, _ = keras_classifier("MobileNetV2", classes=2, input_shape=(32, 32, 3), weights=None, augment="all", skip_unfit=True)
+    model = keras_classifier("MobileNetV2", classes=2, input_shape=(32, 32, 3), weights=None, augment="all", skip_unfit=True)
     images = _images((2, 32, 32, 3), seed=1)
     inside = keras.Model(model.input, model.get_layer("preprocess").output)(images)
     np.testing.assert_allclose(inside, images * 2.0 - 1.0, atol=1e-6)  # MobileNetV2's x / 127.5 - 1 on x * 255
@@ -119,7 +119,7 @@ def test_bad_arguments_say_what_is_wrong(tmp_path):
 
 
 def test_freezing_leaves_only_head_and_attention_trainable_and_keeps_batchnorm_statistics():
-    model, _ = keras_classifier("MobileNetV2", classes=2, input_shape=(32, 32, 3), weights=None, augment=["block_12_expand"])
+    model = keras_classifier("MobileNetV2", classes=2, input_shape=(32, 32, 3), weights=None, augment=["block_12_expand"])
     everything = len(model.trainable_weights)
     set_backbone_trainable(model, False)
     attention = model.get_layer("backbone").get_layer("block_12_expand")
@@ -148,7 +148,7 @@ def test_freezing_leaves_only_head_and_attention_trainable_and_keeps_batchnorm_s
 
 def _vgg16(name, input_shape, classes, **options):
     assert name == "keras:VGG16" and not options
-    return keras_classifier("VGG16", classes, input_shape, weights=None, augment=["block5_conv3"])[0]
+    return keras_classifier("VGG16", classes, input_shape, weights=None, augment=["block5_conv3"])
 
 
 def _watched(model):

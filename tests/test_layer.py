@@ -506,7 +506,7 @@ def test_runtime_size_larger_than_max_size_under_xla_is_nan_not_a_wrong_answer()
     conv_channels = layer.filters - layer.dv
     assert np.isnan(too_large[..., conv_channels:]).all()
     assert np.isfinite(too_large[..., :conv_channels]).all()
-    with fused_attention.disabled():  # The TensorFlow-op path outside XLA keeps the check.
+    with use_attention_implementation(layer, "tf_ops"):  # The TensorFlow-op path outside XLA keeps the check.
         run = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3))])
         with pytest.raises(tf.errors.InvalidArgumentError, match="larger max_size"):
             run(tf.zeros((1, 6, 7, 3)))

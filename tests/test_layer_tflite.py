@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from aa_keras.layers import AttentionAugmentation2D
-from aa_keras.ops import fused_attention
+from aa_keras.layers import AttentionAugmentation2D, use_attention_implementation
 
 INPUT_SHAPE = (1, 8, 7, 3)
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2, bias_initializer="random_normal")
@@ -23,10 +22,11 @@ def _model(**kwargs):
     return keras.Model(inputs, x)
 
 
-def _convert_builtins_only(function, input_shape):
-    """TFLite flatbuffer of `function`, the converter restricted to TFLite builtin ops."""
-    function = tf.function(function, input_signature=[tf.TensorSpec(input_shape)])
-    with fused_attention.disabled():  # the fused kernel is a TensorFlow custom op
+def _convert_builtins_only(model, input_shape):
+    """TFLite flatbuffer of `model` (a model or layer) in inference, the converter restricted to
+    TFLite builtin ops."""
+    function = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(input_shape)])
+    with use_attention_implementation(model, "tf_ops"):  # the fused kernel is a TensorFlow custom op
         concrete = function.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -70,7 +70,7 @@ def _non_builtin_ops(interpreter):
 )
 def test_converts_to_builtin_ops_and_matches_keras(kwargs):
     model = _model(**kwargs)
-    interpreter = _interpreter(_convert_builtins_only(lambda x: model(x, training=False), INPUT_SHAPE))
+    interpreter = _interpreter(_convert_builtins_only(model, INPUT_SHAPE))
     interpreter.allocate_tensors()
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "BATCH_MATMUL" in ops and "SOFTMAX" in ops, ops

@@ -2,6 +2,7 @@
 installed, and an import of the layer that loads none of the heavy optional parts."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,21 @@ def test_wheel_ships_the_kernel_and_it_compiles_and_applies_where_installed(whee
     module, library, used = printed.splitlines()[-3:]
     assert module.startswith(str(target)) and library.startswith(str(tmp_path / "cache"))
     assert used == "True True"
+
+
+def test_the_core_requires_no_tensorflow_and_the_programs_extras_do(wheel):
+    """`pip install aa_keras[jax]` installs the library without TensorFlow; the TensorFlow
+    programs' extras (train, export, datasets, detection) bring it."""
+    wheel, _ = wheel
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(archive.read(name).decode() for name in archive.namelist() if name.endswith("METADATA"))
+    requirements = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    names = [(re.match(r"[A-Za-z0-9_.-]+", r).group(), r.partition(";")[2].strip()) for r in requirements]
+    core = [name for name, marker in names if "extra ==" not in marker]
+    assert "keras" in core and "tensorflow" not in core, core
+    for extra in ("tensorflow", "train", "export", "datasets", "detection"):
+        assert ("tensorflow", f'extra == "{extra}"') in names, extra
+    assert ("jax", 'extra == "jax"') in names
 
 
 def test_importing_the_layer_loads_no_optional_dependency():

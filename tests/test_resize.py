@@ -124,14 +124,14 @@ def aa_small():
 
 
 def test_resize_to_the_same_size_gives_identical_outputs(aa_small):
-    resized, summary = resize_model(aa_small, (32, 32, 3))
+    resized, summary = resize_model(aa_small, (32, 32, 3), return_summary=True)
     x = _images((2, 32, 32, 3))
     np.testing.assert_array_equal(resized(x), aa_small(x))
     assert [c.tables for c in summary.layers] == ["same"] * 3
 
 
 def test_resize_to_a_smaller_size_matches_the_original_on_that_size(aa_small):
-    resized, summary = resize_model(aa_small, (16, 24, 3))
+    resized, summary = resize_model(aa_small, (16, 24, 3), return_summary=True)
     x = _images((2, 16, 24, 3))
     np.testing.assert_allclose(resized(x), _run_at(aa_small, x), atol=1e-6)
     assert [(c.layer, c.old_grid, c.new_grid, c.tables) for c in summary.layers] == [
@@ -143,7 +143,7 @@ def test_resize_to_a_smaller_size_matches_the_original_on_that_size(aa_small):
 
 @pytest.mark.parametrize("method", ["linear", "edge"])
 def test_resize_to_a_larger_size_runs_saves_and_loads(aa_small, method, tmp_path):
-    resized, summary = resize_model(aa_small, (64, 48, 3), method=method)
+    resized, summary = resize_model(aa_small, (64, 48, 3), method=method, return_summary=True)
     assert resized.name == aa_small.name and resized.input_shape == (None, 64, 48, 3)
     assert [(c.old_grid, c.new_grid, c.tables) for c in summary.layers][1] == ((8, 8), (16, 12), method)
     table = aa_small.get_layer("block2_aa").rel_width.numpy()
@@ -159,8 +159,8 @@ def test_resize_to_a_larger_size_runs_saves_and_loads(aa_small, method, tmp_path
 
 def test_resize_re_estimates_the_batch_norm_statistics_at_the_new_size(aa_small):
     batches = [_images((6, 64, 48, 3), seed=seed) for seed in (2, 3)]
-    resized, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches)
-    plain, plain_summary = resize_model(aa_small, (64, 48, 3))
+    resized, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches, return_summary=True)
+    plain, plain_summary = resize_model(aa_small, (64, 48, 3), return_summary=True)
     assert plain_summary.batch_norm is None and "Re-estimated" not in str(plain_summary)
     assert (summary.batch_norm.images, summary.batch_norm.batches, len(summary.batch_norm.layers)) == (12, 2, 5)
     assert "Re-estimated 5 BatchNormalization layers over 12 images" in str(summary)
@@ -171,7 +171,7 @@ def test_resize_re_estimates_the_batch_norm_statistics_at_the_new_size(aa_small)
     source_bn = [l for l in aa_small.layers if isinstance(l, keras.layers.BatchNormalization)][0]
     new_bn = resized.get_layer(source_bn.name)
     assert not np.allclose(source_bn.moving_mean.numpy(), new_bn.moving_mean.numpy())
-    _, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches, batch_norm_steps=1)
+    _, summary = resize_model(aa_small, (64, 48, 3), batch_norm_data=batches, batch_norm_steps=1, return_summary=True)
     assert summary.batch_norm.images == 6
 
 
@@ -180,7 +180,7 @@ def test_resize_keeps_an_unknown_input_size_and_raises_max_size():
     x = AttentionAugmentation2D(**SMALL, max_size=(8, 8), name="aa1")(inputs)
     outputs = AttentionAugmentation2D(**SMALL, strides=2, max_size=(8, 8), name="aa2")(x)
     model = keras.Model(inputs, outputs)
-    resized, summary = resize_model(model, (12, 10, 3), method="edge")
+    resized, summary = resize_model(model, (12, 10, 3), method="edge", return_summary=True)
     assert resized.input_shape == (None, None, None, 3)
     assert [resized.get_layer(n).max_size for n in ("aa1", "aa2")] == [(12, 10), (12, 10)]
     assert [c.new_grid for c in summary.layers] == [(12, 10), (6, 5)]
@@ -191,8 +191,8 @@ def test_resize_keeps_an_unknown_input_size_and_raises_max_size():
 
 def test_resize_an_augmented_keras_resnet50():
     base = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=5)
-    model, _ = augment(base)
-    resized, summary = resize_model(model, (96, 96, 3), method="edge")
+    model = augment(base)
+    resized, summary = resize_model(model, (96, 96, 3), method="edge", return_summary=True)
     grids = {c.layer: (c.old_grid, c.new_grid) for c in summary.layers}
     assert len(grids) == 13 and grids["conv3_block1_2_conv"] == ((8, 8), (12, 12))
     assert grids["conv5_block3_2_conv"] == ((2, 2), (3, 3))
@@ -205,7 +205,7 @@ def test_resize_an_augmented_keras_resnet50():
 
 def test_resize_an_aa_resnet_with_downsampled_attention():
     model = AAResNet(18, input_shape=(64, 64, 3), classes=4)
-    resized, summary = resize_model(model, (32, 32, 3))
+    resized, summary = resize_model(model, (32, 32, 3), return_summary=True)
     grids = {c.layer: (c.old_grid, c.new_grid) for c in summary.layers}
     assert grids["conv3_block1_1_conv"] == ((4, 4), (2, 2))  # stride 8, then pooled by 2
     assert grids["conv5_block2_1_conv"] == ((2, 2), (1, 1))
@@ -234,10 +234,10 @@ def _nested(shape):
 def test_resize_rebuilds_attention_layers_in_nested_models(method, tmp_path):
     keras.utils.set_random_seed(0)
     model = _nested((8, 8, 3))
-    same, _ = resize_model(model, (8, 8, 3))
+    same = resize_model(model, (8, 8, 3))
     x = _images((2, 8, 8, 3))
     np.testing.assert_array_equal(same(x), model(x))
-    resized, summary = resize_model(model, (12, 16, 3), method=method)
+    resized, summary = resize_model(model, (12, 16, 3), method=method, return_summary=True)
     assert {c.layer: (c.old_grid, c.new_grid, c.tables) for c in summary.layers} == {
         "inner": ((8, 8), (12, 16), method),
         "middle": ((4, 4), (6, 8), method),
@@ -256,8 +256,8 @@ def test_resize_rebuilds_attention_layers_in_nested_models(method, tmp_path):
 
 
 def test_resize_a_keras_classifier_with_its_augmented_backbone_nested():
-    model, _ = keras_classifier("ResNet50", classes=3, input_shape=(32, 32, 3), weights=None)
-    resized, summary = resize_model(model, (64, 64, 3))
+    model = keras_classifier("ResNet50", classes=3, input_shape=(32, 32, 3), weights=None)
+    resized, summary = resize_model(model, (64, 64, 3), return_summary=True)
     grids = {c.layer: (c.old_grid, c.new_grid) for c in summary.layers}
     assert len(grids) == 13 and grids["conv4_block6_2_conv"] == ((2, 2), (4, 4))
     assert resized(_images((1, 64, 64, 3))).shape == (1, 3)
@@ -364,7 +364,7 @@ def test_init_from_another_size_resamples_the_tables(memorised_run, data_dir, tm
     """At 40x40 the images are rescaled (memorised images are not recognised at another scale),
     so the check is exact: the run starts where one initialised from `resize_model`'s model does."""
     source, _ = memorised_run
-    resized, _ = resize_model(keras.saving.load_model(source / "model.keras"), (40, 40, 3))
+    resized = resize_model(keras.saving.load_model(source / "model.keras"), (40, 40, 3))
     resized.save(tmp_path / "resized.keras")
     fresh = _first_loss(tmp_path / "fresh", data_dir, 40)
     from_resized = _first_loss(tmp_path / "from_resized", data_dir, 40, init_from=str(tmp_path / "resized.keras"))

@@ -15,9 +15,8 @@ import tensorflow_datasets as tfds
 
 import reference
 from aa_keras.applications import keras_classifier, small_nets
-from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.layers import AttentionAugmentation2D, use_attention_implementation
 from aa_keras.layers.attention_augmentation import MAX_ATTENTION_SCORES
-from aa_keras.ops import fused_attention
 from aa_keras.visualize import attention_maps, cli, query_cells
 from aa_keras.visualize.figure import DPI, PANEL_INCHES
 from aa_keras.training import attention_summaries, recipes
@@ -40,7 +39,10 @@ CASES = {
     ),
     "sine": (dict(filters=8, kernel_size=3, depth_k=8, depth_v=4, num_heads=2, position_encoding="sine"), (5, 6)),
 }
-PATHS = {"fused_kernel_default": contextlib.nullcontext, "tf_ops": fused_attention.disabled}
+PATHS = {
+    "fused_kernel_default": lambda model: contextlib.nullcontext(),
+    "tf_ops": lambda model: use_attention_implementation(model, "tf_ops"),
+}
 
 
 def _images(height, width, channels=3, batch=2, seed=0):
@@ -133,7 +135,7 @@ def test_attention_maps_are_the_rows_of_the_scores(case, path):
     model, first, second = _two_layer_model(arguments, height, width)
     images = _images(height, width)
     queries = np.array([(0, 0), (height - 1, width - 1), (height // 2, 1)])
-    with PATHS[path]():
+    with PATHS[path](model):
         maps = attention_maps(model, images, queries)
         hidden, first_scores = first(images, return_attention_scores=True)
         _, second_scores = second(hidden, return_attention_scores=True)
@@ -216,7 +218,7 @@ def test_attention_maps_search_nested_models_at_any_depth():
 def keras_classifier_file(tmp_path_factory):
     """A `keras:ResNet50` classifier (random weights, 32x32): its AA layers in the nested "backbone"."""
     keras.utils.set_random_seed(0)
-    model, _ = keras_classifier("ResNet50", classes=2, input_shape=(32, 32, 3), weights=None)
+    model = keras_classifier("ResNet50", classes=2, input_shape=(32, 32, 3), weights=None)
     path = str(tmp_path_factory.mktemp("keras_classifier") / "model.keras")
     model.save(path)
     return path

@@ -1,12 +1,15 @@
 """Applications: attention augmentation of existing models, the paper's networks, the
 RetinaNet detectors, and registries of named models and detectors.
 
-    model, summary = augment(keras.applications.ResNet50(weights=None))
-    model_320, summary = resize_model(model, (320, 320, 3))      # relative tables resampled
+    model = augment(keras.applications.ResNet50(weights=None))
+    model_320 = resize_model(model, (320, 320, 3))                # relative tables resampled
     summary = recalibrate_batch_norm(model, images)               # exact BatchNormalization statistics
     model = build_model("aa_resnet50", classes=1000)
     detector = build_detector("aa_retinanet_r50", num_classes=80)
-    model, summary = keras_classifier("ResNet50", classes=5)          # pretrained, attention added
+    model = keras_classifier("ResNet50", classes=5)               # pretrained, attention added
+
+`augment`, `resize_model` and `keras_classifier` return the model; `return_summary=True` also
+returns what they did (an `AugmentSummary` or `ResizeSummary`).
 """
 
 import importlib
@@ -86,7 +89,7 @@ def build_model(name, input_shape=None, classes=None, **kwargs):
     """
     if name.startswith(KERAS_PREFIX):
         skip_unfit = kwargs.pop("augment_skip_unfit", False)
-        return keras_classifier(name[len(KERAS_PREFIX):], classes, input_shape, skip_unfit=skip_unfit, **kwargs)[0]
+        return keras_classifier(name[len(KERAS_PREFIX):], classes, input_shape, skip_unfit=skip_unfit, **kwargs)
     if name not in _BUILDERS:
         raise ValueError(
             f"Unknown model name {name!r}; valid names are {', '.join(MODEL_NAMES)} and {KERAS_PREFIX}<Name>."

@@ -223,6 +223,7 @@ def augment(
     position_encoding="relative",
     transfer_weights=True,
     skip_unfit=False,
+    return_summary=False,
 ):
     """Replaces selected `Conv2D` layers of a model by `AttentionAugmentation2D` layers.
 
@@ -251,11 +252,18 @@ def augment(
             its replacement, so a pretrained network can be fine-tuned with attention added; the
             attention projections start from their initializers. False: all weights are fresh.
         skip_unfit: skip (and log) selected layers that cannot be augmented instead of raising.
+        return_summary: also return an `AugmentSummary` of the replaced layers (names, shapes,
+            dk, dv, parameters) and of the skipped ones.
 
     Returns:
-        `(new_model, summary)`: the new model, of the same class and name, and an
-        `AugmentSummary` of the replaced layers (names, shapes, dk, dv, parameters) and of the
-        skipped ones.
+        The new model, of the same class and name; with `return_summary=True` the pair
+        `(new_model, summary)`.
+
+    Example:
+
+        model = augment(keras.applications.ResNet50(weights=None))
+        model, summary = augment(model_32, select="all", skip_unfit=True, return_summary=True)
+        print(summary)
     """
     if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ValueError(
@@ -317,4 +325,4 @@ def augment(
         for name, layer in replacements.items()
     )
     summary = AugmentSummary(replaced, tuple(skipped), model.count_params(), new_model.count_params())
-    return new_model, summary
+    return (new_model, summary) if return_summary else new_model

@@ -1,8 +1,8 @@
 """Pretrained `keras.applications` classifiers with attention added, for fine-tuning.
 
-    model, summary = keras_classifier("ResNet50", classes=5)              # ImageNet weights, paper preset
-    model, _ = keras_classifier("MobileNetV2", classes=5, input_shape=(96, 96, 3),
-                                augment="all", skip_unfit=True, weights="mnv2.weights.h5")
+    model = keras_classifier("ResNet50", classes=5)                       # ImageNet weights, paper preset
+    model = keras_classifier("MobileNetV2", classes=5, input_shape=(96, 96, 3),
+                             augment="all", skip_unfit=True, weights="mnv2.weights.h5")
     set_backbone_trainable(model, False)  # train the head and the attention branches only
 
 The model maps float images in [0, 1] (what the training pipelines give) to logits:
@@ -176,7 +176,14 @@ def _backbone(name, input_shape, weights):
 
 
 def keras_classifier(
-    name, classes, input_shape=(224, 224, 3), weights="imagenet", augment="paper", skip_unfit=False, **augment_options
+    name,
+    classes,
+    input_shape=(224, 224, 3),
+    weights="imagenet",
+    augment="paper",
+    skip_unfit=False,
+    return_summary=False,
+    **augment_options,
 ):
     """A `keras.applications` network, attention-augmented, with its preprocessing and a new head.
 
@@ -200,13 +207,14 @@ def keras_classifier(
             the network, a predicate, a `LastStages`).
         skip_unfit: skip selected convolutions that cannot be augmented (too few filters,
             grouped, dilated, ...) instead of raising; see `augment`.
+        return_summary: also return the `AugmentSummary` of `augment` (None for "none").
         **augment_options: further arguments of `augment` (`depth_k`, `depth_v`, `num_heads`,
             `position_encoding`).
 
     Returns:
-        `(model, summary)`: a functional `keras.Model` mapping (B, H, W, 3) images in [0, 1]
-        to (B, classes) logits, with the layers "preprocess", "backbone" (the nested network),
-        "avg_pool" and "logits"; and the `AugmentSummary` of `augment` (None for "none").
+        A functional `keras.Model` mapping (B, H, W, 3) images in [0, 1] to (B, classes)
+        logits, with the layers "preprocess", "backbone" (the nested network), "avg_pool" and
+        "logits"; with `return_summary=True` the pair `(model, summary)`.
 
     Raises:
         ValueError: an unknown name, a bad argument, an input shape keras refuses, a weights
@@ -223,7 +231,9 @@ def keras_classifier(
         )
     if not (isinstance(augment, str) and augment == "none"):
         try:
-            backbone, summary = augment_model(backbone, select=augment, skip_unfit=skip_unfit, **augment_options)
+            backbone, summary = augment_model(
+                backbone, select=augment, skip_unfit=skip_unfit, return_summary=True, **augment_options
+            )
         except ValueError as error:
             raise ValueError(f"Cannot augment keras.applications.{name} with augment={augment!r}: {error}") from error
     inputs = keras.Input(input_shape, name="image")
@@ -232,7 +242,8 @@ def keras_classifier(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = keras.layers.Dense(classes, dtype="float32", name="logits")(x)
     prefix = "" if summary is None else "aa_"
-    return keras.Model(inputs, outputs, name=f"{prefix}{name.lower()}"), summary
+    model = keras.Model(inputs, outputs, name=f"{prefix}{name.lower()}")
+    return (model, summary) if return_summary else model
 
 
 def _leaf_layers(model):

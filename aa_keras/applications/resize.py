@@ -222,7 +222,9 @@ def _grid(layer):
     return layer._attention_size(*layer.input.shape[1:3])
 
 
-def resize_model(model, input_shape, method="linear", batch_norm_data=None, batch_norm_steps=None):
+def resize_model(
+    model, input_shape, method="linear", batch_norm_data=None, batch_norm_steps=None, return_summary=False
+):
     """Rebuilds a model with `AttentionAugmentation2D` layers for another input size.
 
     The new model has the same graph, layer names and weights; the relative tables of each
@@ -244,15 +246,16 @@ def resize_model(model, input_shape, method="linear", batch_norm_data=None, batc
             statistics gathered at the old size are off at another (the convolutions see other
             content scales, the pooling more positions). None keeps them.
         batch_norm_steps: at most this many batches of `batch_norm_data`; None for all.
+        return_summary: also return a `ResizeSummary` listing each attention layer with its old
+            and new grid (and, with `batch_norm_data`, the `RecalibrationSummary`).
 
     Returns:
-        `(new_model, summary)`: the new model, of the same class and name, and a
-        `ResizeSummary` listing each attention layer with its old and new grid (and, with
-        `batch_norm_data`, the `RecalibrationSummary`).
+        The new model, of the same class and name; with `return_summary=True` the pair
+        `(new_model, summary)`.
 
     Example:
 
-        model_64, summary = resize_model(model_32, (64, 64, 3), batch_norm_data=images_64.batch(128))
+        model_64 = resize_model(model_32, (64, 64, 3), batch_norm_data=images_64.batch(128))
     """
     _check_method(method)
     old_shape, shape = _check_arguments(model, input_shape)
@@ -286,4 +289,5 @@ def resize_model(model, input_shape, method="linear", batch_norm_data=None, batc
     batch_norm = None
     if batch_norm_data is not None:
         batch_norm = recalibrate_batch_norm(new_model, batch_norm_data, steps=batch_norm_steps)
-    return new_model, ResizeSummary(old_shape, new_shape, method, tuple(changes), batch_norm)
+    summary = ResizeSummary(old_shape, new_shape, method, tuple(changes), batch_norm)
+    return (new_model, summary) if return_summary else new_model

@@ -10,27 +10,10 @@ Both paths compute the same function, from standard TensorFlow ops only. The lay
 stores them.
 """
 
-import math
-
 import tensorflow as tf
 
 from aa_keras.layers.relative_logits import relative_embeddings_2d, relative_logits
 from aa_keras.layers.shapes import dims
-
-# Blocking starts when one example's logits (Nh * HW * HW float32 values) exceed this many
-# elements; a block then holds about _BLOCK_LOGITS of them per example, in at most _MAX_BLOCKS
-# blocks (each block adds ops to the graph).
-_BLOCKING_THRESHOLD = 2**24
-_BLOCK_LOGITS = 2**22
-_MAX_BLOCKS = 64
-
-
-def auto_query_block_size(num_heads, num_positions):
-    """Queries per block chosen from the size: None (unblocked) below the threshold."""
-    if num_positions is None or num_heads * num_positions**2 <= _BLOCKING_THRESHOLD:
-        return None
-    return max(_BLOCK_LOGITS // (num_heads * num_positions), math.ceil(num_positions / _MAX_BLOCKS))
-
 
 def _probabilities(q, k, rel):
     """Attention weights softmax(q k^T [+ relative logits]) in the dtype of q.

@@ -1,17 +1,20 @@
-"""The attention-augmented convolution (Bello et al., ICCV 2019)."""
+"""The attention-augmented convolution (Bello et al., ICCV 2019).
+
+TensorFlow, its attention path (`attention.py`) and the fused kernel (`aa_keras.ops`) are
+imported inside the methods that run on the TensorFlow backend only, so that the layer imports
+and runs without TensorFlow on the other backends.
+"""
 
 import contextlib
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from aa_keras.layers import attention_ops
 from aa_keras.layers import position_encoding as pe
-from aa_keras.layers.attention import auto_query_block_size, multi_head_attention_2d
-from aa_keras.ops import fused_attention
+from aa_keras.layers.query_blocks import auto_query_block_size
 from aa_keras.validation import is_int, positive_int, positive_pair
 
 POSITION_ENCODINGS = ("relative", "none", "sine", "coordconv")
@@ -140,15 +143,14 @@ class AttentionAugmentation2D(keras.layers.Layer):
             example; unblocked, the `keras.ops` path holds B * Nh * (H * W)**2 weights for the
             backward pass). The fused kernel ignores it.
         downsample_attention: bool, run attention at half resolution (see above).
-        attention_implementation: `"auto"` (the fused kernel where
-            `aa_keras.ops.fused_attention.applies()` at trace time: a CPU, no XLA, the kernel
-            built, not switched off by `AA_KERAS_FUSED_ATTENTION=0` or `disabled()`; else
-            TensorFlow ops; always TensorFlow ops for a float64 layer), `"fused"` (the fused
-            kernel, float32 only; an error where it cannot run) or `"tf_ops"` (standard
-            TensorFlow ops only, as the exporters trace). Read when a call is traced;
-            `use_attention_implementation` switches a built model's layers. On a backend other
-            than TensorFlow only `"auto"` (the `keras.ops` path) is valid; the others raise a
-            ValueError.
+        attention_implementation: how the attention runs, the one switch (per layer; for a whole
+            model, `use_attention_implementation`). `"auto"`: on TensorFlow the fused kernel
+            where it can run at trace time (a CPU, no XLA, the kernel built:
+            `aa_keras.ops.fused_attention.applies()`), else TensorFlow ops, always TensorFlow ops
+            for a float64 layer; on another backend the `keras.ops` path. `"fused"`: the fused
+            kernel, float32 only, an error where it cannot run. `"tf_ops"`: standard TensorFlow
+            ops only, as the exporters trace. Read when a call is traced. On a backend other than
+            TensorFlow only `"auto"` is valid; the others raise a ValueError.
         data_format: only `"channels_last"` (or None with that global setting).
         dropout: float in [0, 1), the rate at which attention weights (the softmax output, before
             the product with v) are dropped in training calls, as in
@@ -403,6 +405,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         batch = ops.shape(x)[0]
         if not _on_tensorflow() or (isinstance(batch, int) and batch > 0):
             return projection(x)
+        import tensorflow as tf
+
         padding = 1 if isinstance(batch, int) else tf.cast(tf.equal(batch, 0), tf.int32)
         # The reshape restores the static (H, W, C), which a pad by a run-time amount loses.
         padded = tf.reshape(tf.pad(x, [[0, padding], [0, 0], [0, 0], [0, 0]]), [-1, *ops.shape(x)[1:]])
@@ -421,6 +425,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
     def _resize_bilinear(x, size):
         """(B, H, W, C) x resized bilinearly to `size`, in float32 on TensorFlow."""
         if _on_tensorflow():  # `size` may hold scalar tensors, which keras.ops.image.resize refuses
+            import tensorflow as tf
+
             return tf.image.resize(x, size, "bilinear")
         return ops.image.resize(x, size, "bilinear", data_format="channels_last")
 
@@ -491,6 +497,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         self._check_fused_dtype()
         if self.attention_implementation == "tf_ops" or self._attention_dtype != "float32":
             return False
+        from aa_keras.ops import fused_attention
+
         if self.attention_implementation == "auto":
             return fused_attention.applies()
         reason = fused_attention.unavailable_reason()
@@ -509,6 +517,8 @@ class AttentionAugmentation2D(keras.layers.Layer):
         if not _on_tensorflow():
             return attention_ops.multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, dropout=dropout)
         self._check_fused_dropout()  # also when `use_attention_implementation` set 'fused'
+        from aa_keras.layers.attention import multi_head_attention_2d
+
         return multi_head_attention_2d(q, k, v, self.rel_height, self.rel_width, dropout=dropout)
 
     def _multi_head_attention(self, q, k, v):
@@ -519,7 +529,11 @@ class AttentionAugmentation2D(keras.layers.Layer):
                 q, k, v, self.rel_height, self.rel_width, self.query_block_size
             )
         if self._uses_fused_kernel():
-            return fused_attention.fused_attention(q, k, v, self.rel_height, self.rel_width)
+            from aa_keras.ops.fused_attention import fused_attention
+
+            return fused_attention(q, k, v, self.rel_height, self.rel_width)
+        from aa_keras.layers.attention import multi_head_attention_2d
+
         block_size = self.query_block_size
         if block_size is None:
             positions = q.shape[1] * q.shape[2] if None not in q.shape[1:3] else None
@@ -570,7 +584,9 @@ class AttentionAugmentation2D(keras.layers.Layer):
         dropout = self._weights_dropout(training)
         if return_attention_scores:
             self._check_scores_size(height, width)
-            attend = multi_head_attention_2d if _on_tensorflow() else attention_ops.multi_head_attention_2d
+            attend = attention_ops.multi_head_attention_2d
+            if _on_tensorflow():
+                from aa_keras.layers.attention import multi_head_attention_2d as attend
             attn, scores = attend(q, k, v, self.rel_height, self.rel_width, return_weights=True, dropout=dropout)
         elif dropout is not None:
             attn = self._dropped_attention(q, k, v, dropout)

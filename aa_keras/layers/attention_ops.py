@@ -12,8 +12,8 @@ instead of keeping them; how far blocks share memory is then the backend's (XLA'
 import keras
 from keras import ops
 
-from aa_keras.layers.attention import auto_query_block_size
-from aa_keras.layers.relative_logits import relative_offsets, table_length
+from aa_keras.layers.query_blocks import auto_query_block_size
+from aa_keras.layers.relative_tables import relative_offsets, table_length
 
 
 def relative_logits(q, rel_height, rel_width):
@@ -88,7 +88,7 @@ def multi_head_attention_2d(
         v: (B, H, W, Nh, dvh) values in the compute dtype.
         rel_height, rel_width: relative embedding tables, or None for no relative term.
         query_block_size: queries per block; None picks it from the size
-            (`attention.auto_query_block_size`: unblocked below 2^24 logits per example).
+            (`query_blocks.auto_query_block_size`: unblocked below 2^24 logits per example).
         return_weights: also return the attention weights (computed unblocked).
         dropout: None, or a function applied to the (B, Nh, HW, HW) weights before their
             product with v (the layer's dropout in training); the attention then runs unblocked

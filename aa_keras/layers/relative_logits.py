@@ -9,33 +9,10 @@ It is computed as two 1D terms, each of size O(HW * (H + W)); the caller adds th
 (HW x HW) content logits by broadcasting. No per-head (HW x HW x dkh) tensor is formed.
 """
 
-import numpy as np
 import tensorflow as tf
 
+from aa_keras.layers.relative_tables import offset_rows, relative_offsets, table_length
 from aa_keras.layers.shapes import dims
-
-
-def table_length(table):
-    """The largest length a (2 * max_length - 1, depth) table of relative embeddings serves."""
-    return (table.shape[0] + 1) // 2
-
-
-def _offsets(positions, max_length):
-    """Table rows of (query, key) pairs: O[i, j] = positions[j] - positions[i] + max_length - 1."""
-    return positions[None, :] - positions[:, None] + (max_length - 1)
-
-
-def relative_offsets(length, max_length):
-    """(length, length) NumPy int table rows, O[i, j] = j - i + max_length - 1, of a static length.
-
-    Used by both attention paths; a length above max_length raises a ValueError.
-    """
-    if length > max_length:
-        raise ValueError(
-            f"The attention grid is longer ({length}) than the {max_length} positions its relative "
-            "embeddings were built for: build the layer with a larger max_size."
-        )
-    return _offsets(np.arange(length), max_length)
 
 
 def relative_embeddings_2d(table, length):
@@ -69,7 +46,7 @@ def relative_embeddings_2d(table, length):
     # Where the check is dropped (XLA), the table is poisoned instead, and XLA's gather
     # clamps the out-of-range offsets.
     table = table + tf.cast(tf.where(length > max_length, float("nan"), 0.0), table.dtype)
-    return tf.gather(table, _offsets(positions, max_length))
+    return tf.gather(table, offset_rows(positions, max_length))
 
 
 def relative_logits(q, rel_height, rel_width):

@@ -1,4 +1,5 @@
-"""Relative position tables for another attention grid: `resample_relative_table`.
+"""Relative position tables: the rows a grid reads (`relative_offsets`), and tables for another
+attention grid (`resample_relative_table`).
 
 A table of `AttentionAugmentation2D` (`rel_height` or `rel_width`) built for a grid of length L
 has 2L - 1 rows; row m embeds the offset (key - query) = m - (L - 1). For a grid of length L':
@@ -19,6 +20,30 @@ import numpy as np
 from aa_keras.validation import positive_int
 
 RESAMPLE_METHODS = ("linear", "edge")
+
+
+def table_length(table):
+    """The largest length a (2 * max_length - 1, depth) table of relative embeddings serves."""
+    return (table.shape[0] + 1) // 2
+
+
+def offset_rows(positions, max_length):
+    """Table rows of (query, key) pairs of 1D `positions` (a NumPy array or a tensor):
+    O[i, j] = positions[j] - positions[i] + max_length - 1."""
+    return positions[None, :] - positions[:, None] + (max_length - 1)
+
+
+def relative_offsets(length, max_length):
+    """(length, length) NumPy int table rows, O[i, j] = j - i + max_length - 1, of a static length.
+
+    Used by both attention paths; a length above max_length raises a ValueError.
+    """
+    if length > max_length:
+        raise ValueError(
+            f"The attention grid is longer ({length}) than the {max_length} positions its relative "
+            "embeddings were built for: build the layer with a larger max_size."
+        )
+    return offset_rows(np.arange(length), max_length)
 
 
 def resample_relative_table(table, length, method="linear"):

@@ -8,8 +8,6 @@ and, with `"auto"` (the default), where such an op can run and be kept:
 
 - TensorFlow sees no GPU or TPU (the kernel is for CPU);
 - the graph is not being compiled by XLA (`jit_compile=True`);
-- no `disabled()` context is open;
-- the environment variable `AA_KERAS_FUSED_ATTENTION` is not `0`;
 - the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
   `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
   `~/.cache/aa_keras`), keyed by the source, the flags (extra ones from `AA_KERAS_CXXFLAGS`),
@@ -17,13 +15,13 @@ and, with `"auto"` (the default), where such an op can run and be kept:
   `python -m aa_keras.ops` builds it ahead. If compiling fails, a warning says why and the
   TensorFlow-op path is used.
 
-Elsewhere, and always with `"tf_ops"` (the exporters trace models so: SavedModel, TFLite and
+Elsewhere, and always with `"tf_ops"` (set per layer, or for a whole model with
+`aa_keras.layers.use_attention_implementation`; the exporters trace models so: SavedModel, TFLite and
 ONNX files hold only standard ops), the layer runs the TensorFlow-op path of
 `aa_keras.layers.attention`, which computes the same function. A graph traced with the fused op (e.g. by `tf.saved_model.save` outside the
 exporters) loads only in a process that has called `library()`.
 """
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -40,13 +38,11 @@ from tensorflow.python.ops import control_flow_util
 _logger = logging.getLogger(__name__)
 
 SOURCE = pathlib.Path(__file__).with_name("fused_attention.cc")
-ENABLE_VARIABLE = "AA_KERAS_FUSED_ATTENTION"
 CACHE_VARIABLE = "AA_KERAS_CACHE_DIR"
 FLAGS_VARIABLE = "AA_KERAS_CXXFLAGS"
 
 _lock = threading.Lock()
 _loaded = {}  # "library": the loaded module, or "error": why it could not be built
-_disabled = threading.local()
 
 
 def _cpu_description():
@@ -116,16 +112,6 @@ def library():
         return _loaded.get("library")
 
 
-@contextlib.contextmanager
-def disabled():
-    """Within this context (in this thread) attention is built from standard TensorFlow ops."""
-    _disabled.depth = getattr(_disabled, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _disabled.depth -= 1
-
-
 def unavailable_reason():
     """Why attention built here and now cannot run on the fused kernel, or None if it can.
 
@@ -144,8 +130,6 @@ def unavailable_reason():
 def applies():
     """The rule of `attention_implementation="auto"`: whether attention built here and now runs
     on the fused kernel (see the module docstring)."""
-    if os.environ.get(ENABLE_VARIABLE, "1") == "0" or getattr(_disabled, "depth", 0):
-        return False
     return unavailable_reason() is None
 
 
