@@ -7,30 +7,20 @@
 # TensorFlow and the lock's (requirements.txt) keras, numpy, jax, jaxlib and pytest, plus
 # matplotlib (aa_keras.visualize) and absl-py (benchmarks.param_table, which
 # tests/test_applications.py imports); no tf-models-official (it pins TensorFlow 2.20),
-# tensorflow-datasets, keras-hub or ai-edge-litert. This
-# package goes in with --no-deps, its fused kernel is compiled for that TensorFlow, and the tests
-# that need none of those extras run. The lock stays what CI installs.
+# tensorflow-datasets, keras-hub or ai-edge-litert. This package goes in with --no-deps, its fused
+# kernel is compiled for that TensorFlow, and the tests that need none of those extras run. The
+# lock stays what CI installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION="${1:-2.21}"
 shift $(($# > 0 ? 1 : 0))
 VENV=".venv-tf${VERSION}"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
+source scripts/second_env.sh
 
-pinned() {  # the lock's requirement line for each named package
-  for name in "$@"; do
-    grep -E "^${name}==" requirements.txt | cut -d' ' -f1
-  done
-}
-
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
+make_env "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "tensorflow==${VERSION}.*" \
   $(pinned keras numpy jax jaxlib pytest absl-py matplotlib setuptools wheel)
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -m pip check --disable-pip-version-check
+install_package "$VENV"
 "$VENV/bin/python" -c "import tensorflow as tf, keras, numpy, jax; print('tensorflow', tf.__version__, \
 'keras', keras.__version__, 'numpy', numpy.__version__, 'jax', jax.__version__)"
 "$VENV/bin/python" -m aa_keras.ops
