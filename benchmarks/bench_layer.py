@@ -63,11 +63,11 @@ _WORKER_FLAGS = ("batch", "filters", "kernel_size", "num_heads", "depth", "query
                  "min_seconds", "warmup", "jit_compile")
 
 
-def _make_layer(impl):
+def make_layer(impl):
+    """The layer of `impl` (aa, aa_tf_ops, conv, reference) with the flags' shapes, unbuilt."""
     import keras
 
     from aa_keras.layers import AttentionAugmentation2D
-    from benchmarks.reference_layer import ReferenceAttentionAugmentation2D
 
     if impl == "conv":
         return keras.layers.Conv2D(FLAGS.filters, FLAGS.kernel_size, padding="same")
@@ -75,12 +75,14 @@ def _make_layer(impl):
         depth_k=FLAGS.depth, depth_v=FLAGS.depth, num_heads=FLAGS.num_heads, query_block_size=FLAGS.query_block_size
     )
     if impl == "reference":
+        from benchmarks.reference_layer import ReferenceAttentionAugmentation2D  # TensorFlow only
+
         return ReferenceAttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, **arguments)
     implementation = "tf_ops" if impl == "aa_tf_ops" else "auto"
     return AttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, attention_implementation=implementation, **arguments)
 
 
-def _functions(impl, size):
+def tf_functions(impl, size):
     """{"forward": fn, "train_step": fn}: tf.functions of one implementation at one size."""
     import tensorflow as tf
 
@@ -91,7 +93,7 @@ def _functions(impl, size):
         variables = []
         output_shape = x.shape
     else:
-        layer = _make_layer(impl)
+        layer = make_layer(impl)
         shape = (FLAGS.batch, size, size, FLAGS.filters)
         x = tf.random.normal(shape, seed=1)
         layer.build(shape)
@@ -114,11 +116,16 @@ def _functions(impl, size):
 
 
 def _time_worker(size, impls):
-    """Times `impls` at `size` in interleaved rounds (each runs every implementation and pass
-    once): `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of
-    timed ones. Returns {impl: {forward_s, train_step_s}} (medians)."""
-    functions = {impl: _functions(impl, size) for impl in impls}
-    times = {impl: {"forward": [], "train_step": []} for impl in impls}
+    """Times `impls` at `size` (see `time_rounds`). Returns {impl: {forward_s, train_step_s}}."""
+    return time_rounds({impl: tf_functions(impl, size) for impl in impls})
+
+
+def time_rounds(functions):
+    """Times {impl: {kind: fn}} in interleaved rounds (each runs every function once):
+    `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of timed ones.
+    Returns {impl: {f"{kind}_s": median seconds}}."""
+    impls = list(functions)
+    times = {impl: {kind: [] for kind in functions[impl]} for impl in impls}
 
     def run_round():
         elapsed = {}
@@ -143,7 +150,7 @@ def _time_worker(size, impls):
 
 def _memory_worker(impl, size, pass_):
     """Peak RSS (GiB) of a process that runs one `pass_` of `impl` at `size`."""
-    _functions(impl, size)[pass_]()
+    tf_functions(impl, size)[pass_]()
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
