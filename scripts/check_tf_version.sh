@@ -2,7 +2,8 @@
 # Checks the library (layer, fused kernel, networks, backends) on another TensorFlow release, in
 # a second environment: bash scripts/check_tf_version.sh [VERSION] [PYTEST ARGS...]
 #
-# VERSION is a release or a prefix (default 2.21: the latest 2.21.x on the index). The
+# VERSION is a release or a prefix (default 2.21: the latest 2.21.x on the index); arguments
+# from the first one starting with "-" go to pytest. The
 # environment .venv-tf<VERSION> (git-ignored; kept, so a second run reuses it) gets that
 # TensorFlow and the lock's (requirements.txt) keras, numpy, jax, jaxlib and pytest, plus
 # matplotlib (aa_keras.visualize) and absl-py (benchmarks.param_table, which
@@ -12,8 +13,11 @@
 # lock stays what CI installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION="${1:-2.21}"
-shift $(($# > 0 ? 1 : 0))
+VERSION=2.21
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
+  VERSION="$1"
+  shift
+fi
 VENV=".venv-tf${VERSION}"
 source scripts/second_env.sh
 
