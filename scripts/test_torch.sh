@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The layer's and the networks' backend tests under Keras's PyTorch backend, in a second
+# The backend tests of the layer and the networks and the Keras harness under PyTorch, in a second
 # environment: bash scripts/test_torch.sh [PYTEST ARGS...]
 #
 # The environment .venv-torch (git-ignored; kept, so a second run reuses it) gets torch from the
@@ -22,4 +22,4 @@ make_env "$VENV"
   $(pinned tensorflow keras numpy pytest matplotlib ai-edge-litert jax jaxlib)
 install_package "$VENV"
 "$VENV/bin/python" -c "import torch, keras; print('torch', torch.__version__, 'keras', keras.__version__)"
-"$VENV/bin/python" -m pytest -q tests/test_backends.py tests/test_backends_models.py -k torch "$@"
+"$VENV/bin/python" -m pytest -q tests/test_backends.py tests/test_backends_models.py tests/test_keras_harness.py -k torch "$@"
