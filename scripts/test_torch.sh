@@ -2,8 +2,8 @@
 # The backend tests of the layer and the networks and the Keras harness under PyTorch, in a second
 # environment: bash scripts/test_torch.sh [PYTEST ARGS...]
 #
-# The environment .venv-torch (git-ignored; kept, so a second run reuses it) gets torch from the
-# package index (PyPI's wheel pulls CUDA libraries: 3 GB to download, 5.3 GB installed;
+# The environment .venv-torch (git-ignored; kept, so a second run reuses it) gets torch 2.14.1
+# (TORCH_VERSION for another) from the package index (PyPI's wheel pulls CUDA libraries: 3 GB to download, 5.3 GB installed;
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes the CPU-only wheel from PyTorch's
 # own index instead), then the lock's (requirements.txt) tensorflow (the reference side of the
 # tests; their torch subprocess runs with TensorFlow unimportable), keras, numpy, pytest,
@@ -17,7 +17,8 @@ VENV=.venv-torch
 source scripts/second_env.sh
 
 make_env "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+  "torch==${TORCH_VERSION:-2.14.1}"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
   $(pinned tensorflow keras numpy pytest matplotlib ai-edge-litert jax jaxlib)
 install_package "$VENV"
