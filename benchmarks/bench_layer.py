@@ -14,17 +14,16 @@ materialises its weights in float32).
 For each spatial size the forward and training-step (forward + gradients w.r.t. the input and all
 weights) times are measured side by side, interleaved in rounds, in one fresh subprocess; above
 `--reference_alone_above` the reference runs in a second subprocess with only `aa` beside it
-(it needs tens of GB there). Peak memory (max RSS of the whole process) of one training step and
-of one forward pass is measured in a fresh subprocess per implementation, size and pass. Results
-are printed as a table and written as JSON. Ratios, not absolute times, are the figures to
-compare: the machine may be shared.
+(it needs tens of GB there). Peak memory (the whole process's peak resident set, VmHWM) of one
+training step and of one forward pass is measured in a fresh subprocess per implementation, size
+and pass. Results are printed as a table and written as JSON. Ratios, not absolute times, are the
+figures to compare: the machine may be shared.
 """
 
 import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -63,11 +62,11 @@ _WORKER_FLAGS = ("batch", "filters", "kernel_size", "num_heads", "depth", "query
                  "min_seconds", "warmup", "jit_compile")
 
 
-def _make_layer(impl):
+def make_layer(impl):
+    """The layer of `impl` (aa, aa_tf_ops, conv, reference) with the flags' shapes, unbuilt."""
     import keras
 
     from aa_keras.layers import AttentionAugmentation2D
-    from benchmarks.reference_layer import ReferenceAttentionAugmentation2D
 
     if impl == "conv":
         return keras.layers.Conv2D(FLAGS.filters, FLAGS.kernel_size, padding="same")
@@ -75,12 +74,14 @@ def _make_layer(impl):
         depth_k=FLAGS.depth, depth_v=FLAGS.depth, num_heads=FLAGS.num_heads, query_block_size=FLAGS.query_block_size
     )
     if impl == "reference":
+        from benchmarks.reference_layer import ReferenceAttentionAugmentation2D  # TensorFlow only
+
         return ReferenceAttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, **arguments)
     implementation = "tf_ops" if impl == "aa_tf_ops" else "auto"
     return AttentionAugmentation2D(FLAGS.filters, FLAGS.kernel_size, attention_implementation=implementation, **arguments)
 
 
-def _functions(impl, size):
+def tf_functions(impl, size):
     """{"forward": fn, "train_step": fn}: tf.functions of one implementation at one size."""
     import tensorflow as tf
 
@@ -91,7 +92,7 @@ def _functions(impl, size):
         variables = []
         output_shape = x.shape
     else:
-        layer = _make_layer(impl)
+        layer = make_layer(impl)
         shape = (FLAGS.batch, size, size, FLAGS.filters)
         x = tf.random.normal(shape, seed=1)
         layer.build(shape)
@@ -114,11 +115,16 @@ def _functions(impl, size):
 
 
 def _time_worker(size, impls):
-    """Times `impls` at `size` in interleaved rounds (each runs every implementation and pass
-    once): `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of
-    timed ones. Returns {impl: {forward_s, train_step_s}} (medians)."""
-    functions = {impl: _functions(impl, size) for impl in impls}
-    times = {impl: {"forward": [], "train_step": []} for impl in impls}
+    """Times `impls` at `size` (see `time_rounds`). Returns {impl: {forward_s, train_step_s}}."""
+    return time_rounds({impl: tf_functions(impl, size) for impl in impls})
+
+
+def time_rounds(functions):
+    """Times {impl: {kind: fn}} in interleaved rounds (each runs every function once):
+    `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of timed ones.
+    Returns {impl: {f"{kind}_s": median seconds}}."""
+    impls = list(functions)
+    times = {impl: {kind: [] for kind in functions[impl]} for impl in impls}
 
     def run_round():
         elapsed = {}
@@ -141,10 +147,23 @@ def _time_worker(size, impls):
     }
 
 
+def _peak_rss_gib():
+    """This process's own peak resident set (VmHWM in /proc/self/status), in GiB.
+
+    Not `ru_maxrss`: Linux carries a parent's peak into a child across fork and exec, so a
+    worker started by a large parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    raise RuntimeError("No VmHWM in /proc/self/status (peak memory is measured on Linux only).")
+
+
 def _memory_worker(impl, size, pass_):
     """Peak RSS (GiB) of a process that runs one `pass_` of `impl` at `size`."""
-    _functions(impl, size)[pass_]()
-    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    tf_functions(impl, size)[pass_]()
+    return {"peak_rss_gib": _peak_rss_gib()}
 
 
 def _run_worker(args):
@@ -181,14 +200,15 @@ def _fmt(value, scale=1.0, digits=1):
 def _table(results):
     lines = [
         "| size | impl | forward ms | train step ms | forward / conv | train step / conv | reference / aa "
-        "(fwd, train) | peak RSS GiB (fwd, train) |",
-        "|---|---|---|---|---|---|---|---|",
+        "(fwd, train) | peak RSS GiB (fwd, train) | peak RSS / conv (fwd, train) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     sizes = sorted({int(s) for s in list(results["time"]) + list(results["memory"])})
     for size in sizes:
         timing = results["time"].get(str(size), {})
         memory = results["memory"].get(str(size), {})
         conv = timing.get("conv", {})
+        conv_rss = [memory.get("conv", {}).get(p, {}).get("peak_rss_gib") for p in ("forward", "train_step")]
         for impl in FLAGS.impls:
             t, m = timing.get(impl, {}), memory.get(impl, {})
             if not t and not m:
@@ -201,11 +221,13 @@ def _table(results):
             ref_cell = f"{ref['forward']:.2f}, {ref['train_step']:.2f}" if ref else ""
             rss = [m.get(p, {}).get("peak_rss_gib") for p in ("forward", "train_step")]
             rss_cell = ", ".join(_fmt(v, digits=2) for v in rss) if m else ""
+            rss_ratios = [_fmt(v / c, digits=2) if v and c else "-" for v, c in zip(rss, conv_rss)]
+            rss_ratio_cell = ", ".join(rss_ratios) if m else ""
             if "error" in t:
                 ratios, ref_cell = ["error", t["error"][:40]], ""
             lines.append(
                 f"| {size} | {impl} | {_fmt(t.get('forward_s'), 1e3)} | {_fmt(t.get('train_step_s'), 1e3)} | "
-                f"{ratios[0]} | {ratios[1]} | {ref_cell} | {rss_cell} |"
+                f"{ratios[0]} | {ratios[1]} | {ref_cell} | {rss_cell} | {rss_ratio_cell} |"
             )
     return "\n".join(lines)
 

@@ -1,10 +1,11 @@
-"""The JAX side of tests/test_backends_models.py: `KERAS_BACKEND=jax python backend_models_script.py DIR`,
-with TensorFlow unimportable (`without_tensorflow`).
+"""The JAX or PyTorch side of tests/test_backends_models.py:
+`KERAS_BACKEND=jax python backend_models_script.py DIR` (or KERAS_BACKEND=torch), with TensorFlow
+unimportable (`without_tensorflow`).
 
 Reads DIR/inputs.npz (images, queries, training data) and DIR/source.keras (a plain functional
 model saved by the TensorFlow test); writes, for each network built here with a fixed seed,
 DIR/<name>.keras and its outputs; augments and resizes the given models; computes attention
-maps; fits `aa_small` two steps. Every array goes to DIR/jax.npz.
+maps; fits `aa_small` two steps. Every array goes to DIR/<backend>.npz.
 """
 
 import os
@@ -18,6 +19,8 @@ from aa_keras.applications import AAResNet, AAWideResNet, augment, resize_model
 from aa_keras.applications.small_nets import aa_small_net, conv_small_net
 from aa_keras.visualize import attention_maps
 
+to_numpy = keras.ops.convert_to_numpy
+
 NETWORKS = {
     "aa_small": lambda: aa_small_net((32, 32, 3), classes=3),
     "conv_small": lambda: conv_small_net((32, 32, 3), classes=3),
@@ -29,7 +32,8 @@ NETWORKS = {
 
 
 def main(folder):
-    assert keras.backend.backend() == "jax", keras.backend.backend()
+    backend = keras.backend.backend()
+    assert backend in ("jax", "torch"), backend
     arrays = dict(np.load(os.path.join(folder, "inputs.npz")))
     images = arrays["images"]
     results = {}
@@ -37,16 +41,16 @@ def main(folder):
         keras.utils.set_random_seed(seed)
         model = build()
         model.save(os.path.join(folder, f"{name}.keras"))
-        results[name] = np.asarray(model(images, training=False))
+        results[name] = to_numpy(model(images, training=False))
 
     source = keras.saving.load_model(os.path.join(folder, "source.keras"))
     augmented = augment(source, select="all", depth_k=8, depth_v=8, num_heads=2)
     augmented.save(os.path.join(folder, "augmented.keras"))
-    results["augmented"] = np.asarray(augmented(images, training=False))
+    results["augmented"] = to_numpy(augmented(images, training=False))
 
     aa_small = keras.saving.load_model(os.path.join(folder, "aa_small.keras"))
     resized = resize_model(aa_small, (48, 48, 3))
-    results["resized"] = np.asarray(resized(arrays["images_48"], training=False))
+    results["resized"] = to_numpy(resized(arrays["images_48"], training=False))
     maps = attention_maps(aa_small, images, arrays["queries"])
     results.update({f"maps/{name}": value for name, value in maps.items()})
 
@@ -56,9 +60,10 @@ def main(folder):
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
     history = model.fit(arrays["train_x"], arrays["train_y"], batch_size=4, epochs=1, verbose=0)
     model.save(os.path.join(folder, "fitted.keras"))
-    results["fitted"] = np.asarray(model(images, training=False))
+    results["fitted"] = to_numpy(model(images, training=False))
     results["fitted/loss"] = np.asarray(history.history["loss"])
-    np.savez(os.path.join(folder, "jax.npz"), **results)
+    results["backend"] = np.array(backend)
+    np.savez(os.path.join(folder, f"{backend}.npz"), **results)
 
 
 if __name__ == "__main__":

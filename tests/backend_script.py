@@ -1,16 +1,16 @@
-"""The JAX side of tests/test_backends.py: run as `KERAS_BACKEND=jax python backend_script.py DIR`,
-with TensorFlow unimportable (`without_tensorflow`).
+"""The JAX or PyTorch side of tests/test_backends.py: `KERAS_BACKEND=jax python backend_script.py DIR`
+(or KERAS_BACKEND=torch), with TensorFlow unimportable (`without_tensorflow`).
 
 Reads DIR/cases.json (layer configs, build shapes, call arguments) and DIR/inputs.npz (each
-case's input, cotangent and weights, written by the TensorFlow test); writes DIR/jax.npz with
-each case's outputs, scores and gradients (input and trainable weights of
-sum(outputs * cotangent), by jax.grad through a jitted stateless call), the errors of
-attention_implementation='fused' and 'tf_ops', the outputs of a
-`jit_compile=True` model, the outputs of DIR/tf_model.keras loaded here, the re-estimated
-BatchNormalization statistics of DIR/tf_batch_norm_model.keras, the "relative" case with
-dropout (inference, training, the same seed, a jitted training gradient, the dropped fraction);
-saves a model
-built here as DIR/jax_model.keras with its outputs.
+case's input, cotangent and weights, written by the TensorFlow test); writes DIR/<backend>.npz
+with each case's outputs, scores and gradients (input and trainable weights of
+sum(outputs * cotangent) through a stateless call: by jax.grad, jitted, on JAX; by torch
+autograd, eagerly, on PyTorch), the eager outputs, the errors of
+attention_implementation='fused' and 'tf_ops', the outputs of DIR/tf_model.keras loaded here
+(called, and by `predict` compiled with `jit_compile=True` on JAX, eager on PyTorch), the
+re-estimated BatchNormalization statistics of DIR/tf_batch_norm_model.keras, the "relative" case
+with dropout (inference, training, the same seed, a stateless training gradient, the dropped
+fraction); saves a model built here as DIR/<backend>_model.keras with its outputs.
 """
 
 import json
@@ -18,12 +18,37 @@ import os
 import sys
 
 import without_tensorflow  # noqa: F401  (first: nothing below may import TensorFlow)
-import jax
 import keras
 import numpy as np
 
 from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.layers import AttentionAugmentation2D
+
+BACKEND = keras.backend.backend()
+to_numpy = keras.ops.convert_to_numpy
+
+
+def value_and_grad(loss, argnums):
+    """`jax.value_and_grad(loss, argnums, has_aux=True)`, jitted, on JAX; the same by torch
+    autograd (eager) on PyTorch: a function of loss's arguments returning ((loss, aux), grads)."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))
+    import torch
+
+    def step(*args):
+        args = list(args)
+        for i in argnums:
+            args[i] = keras.tree.map_structure(
+                lambda a: keras.ops.convert_to_tensor(a).detach().clone().requires_grad_(True), args[i]
+            )
+        value, aux = loss(*args)
+        wrt = [args[i] for i in argnums]
+        grads = torch.autograd.grad(value, keras.tree.flatten(wrt))
+        return (value, aux), keras.tree.pack_sequence_as(wrt, list(grads))
+
+    return step
 
 
 def case_results(name, case, arrays):
@@ -34,25 +59,25 @@ def case_results(name, case, arrays):
     results = {}
     if case.get("scores"):
         outputs, scores = layer(x, return_attention_scores=True)
-        results[f"{name}/scores"] = np.asarray(scores)
+        results[f"{name}/scores"] = to_numpy(scores)
 
     def loss(trainable, x):
         outputs, _ = layer.stateless_call(trainable, [v.value for v in layer.non_trainable_variables], x)
-        return (outputs.astype("float32") * cotangent).sum(), outputs
+        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(outputs, "float32"), cotangent)), outputs
 
     trainable = [v.value for v in layer.trainable_variables]
-    (_, outputs), (d_trainable, d_x) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(trainable, x)
-    results[f"{name}/outputs"] = np.asarray(outputs)
-    results[f"{name}/eager"] = np.asarray(layer(x))
-    results[f"{name}/d_x"] = np.asarray(d_x)
+    (_, outputs), (d_trainable, d_x) = value_and_grad(loss, argnums=(0, 1))(trainable, x)
+    results[f"{name}/outputs"] = to_numpy(outputs)
+    results[f"{name}/eager"] = to_numpy(layer(x))
+    results[f"{name}/d_x"] = to_numpy(d_x)
     for i, grad in enumerate(d_trainable):
-        results[f"{name}/d_w{i}"] = np.asarray(grad)
+        results[f"{name}/d_w{i}"] = to_numpy(grad)
     return results
 
 
 def dropout_results(case, arrays):
     """A layer of the "relative" case with dropout=0.5, seed=3 and that case's weights: inference and
-    training calls, a fresh layer with the same seed, a jitted stateless training gradient, and the
+    training calls, a fresh layer with the same seed, a stateless training gradient, and the
     fraction of dropped weights of a layer whose outputs are its (uniform) attention weights."""
     config = dict(case["config"], dropout=0.5, seed=3)
     x = arrays["relative/x"]
@@ -61,20 +86,20 @@ def dropout_results(case, arrays):
         layer = AttentionAugmentation2D.from_config(config)
         layer.build(tuple(case["build_shape"]))
         layer.set_weights([arrays[f"relative/w{i}"] for i in range(len(layer.weights))])
-        results[f"dropout/inference{run}"] = np.asarray(layer(x))
-        results[f"dropout/training{run}"] = np.stack([np.asarray(layer(x, training=True)) for _ in range(2)])
+        results[f"dropout/inference{run}"] = to_numpy(layer(x))
+        results[f"dropout/training{run}"] = np.stack([to_numpy(layer(x, training=True)) for _ in range(2)])
 
     def loss(trainable, non_trainable):
         outputs, non_trainable = layer.stateless_call(trainable, non_trainable, x, training=True)
-        return outputs.sum(), (outputs, non_trainable)
+        return keras.ops.sum(outputs), (outputs, non_trainable)
 
     trainable = [v.value for v in layer.trainable_variables]
     non_trainable = [v.value for v in layer.non_trainable_variables]
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (_, (first, non_trainable)), grads = step(trainable, non_trainable)
+    step = value_and_grad(loss, argnums=(0,))
+    (_, (first, non_trainable)), (grads,) = step(trainable, non_trainable)
     (_, (second, _)), _ = step(trainable, non_trainable)
-    results["dropout/jit"] = np.stack([np.asarray(first), np.asarray(second)])
-    results["dropout/jit_grads_finite"] = np.array(all(bool(np.isfinite(g).all()) for g in grads))
+    results["dropout/stateless"] = np.stack([to_numpy(first), to_numpy(second)])
+    results["dropout/stateless_grads_finite"] = np.array(all(bool(np.isfinite(to_numpy(g)).all()) for g in grads))
 
     positions = 16
     layer = AttentionAugmentation2D(
@@ -87,13 +112,13 @@ def dropout_results(case, arrays):
     layer.attn_out.kernel.assign(np.eye(positions, dtype="float32")[None, None])
     one_hot = np.broadcast_to(np.eye(positions, dtype="float32").reshape(1, 4, 4, positions), (8, 4, 4, positions))
     outputs, scores = layer(one_hot, training=True, return_attention_scores=True)
-    results["dropout/one_hot_outputs"] = np.asarray(outputs)
-    results["dropout/one_hot_scores"] = np.asarray(scores)
+    results["dropout/one_hot_outputs"] = to_numpy(outputs)
+    results["dropout/one_hot_scores"] = to_numpy(scores)
     return results
 
 
 def main(folder):
-    assert keras.backend.backend() == "jax", keras.backend.backend()
+    assert BACKEND in ("jax", "torch"), BACKEND
     with open(os.path.join(folder, "cases.json")) as f:
         cases = json.load(f)
     arrays = dict(np.load(os.path.join(folder, "inputs.npz")))
@@ -110,23 +135,23 @@ def main(folder):
 
     images = arrays["model/x"]
     model = keras.saving.load_model(os.path.join(folder, "tf_model.keras"))
-    results["tf_model/outputs"] = np.asarray(model(images))
-    model.compile(jit_compile=True)
-    results["tf_model/jit"] = model.predict(images, verbose=0)
+    results["tf_model/outputs"] = to_numpy(model(images))
+    model.compile(jit_compile=BACKEND == "jax")
+    results["tf_model/predict"] = model.predict(images, verbose=0)
 
     model = keras.saving.load_model(os.path.join(folder, "tf_batch_norm_model.keras"))
     recalibrate_batch_norm(model, [images[:1], images[1:]])
     for i, variable in enumerate(v for v in model.non_trainable_weights if "moving" in v.path):
-        results[f"batch_norm/{i}"] = np.asarray(variable)
+        results[f"batch_norm/{i}"] = to_numpy(variable)
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input(images.shape[1:])
     x = AttentionAugmentation2D(16, 3, depth_k=8, depth_v=8, num_heads=2, position_encoding="sine")(inputs)
     x = AttentionAugmentation2D(8, 3, strides=2, depth_k=8, depth_v=8, num_heads=2)(x)
     model = keras.Model(inputs, x)
-    model.save(os.path.join(folder, "jax_model.keras"))
-    results["jax_model/outputs"] = np.asarray(model(images))
-    np.savez(os.path.join(folder, "jax.npz"), **results)
+    model.save(os.path.join(folder, f"{BACKEND}_model.keras"))
+    results["model/outputs"] = to_numpy(model(images))
+    np.savez(os.path.join(folder, f"{BACKEND}.npz"), **results)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ runs on "/cpu:0", exactly as without this file.
 import keras
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
@@ -33,6 +32,8 @@ def mirrored_strategy():
 def data_dir(tmp_path_factory):
     """The embedded glyph_pairs dataset, generated once per session (before any worker process
     of a test starts, so that those only read it)."""
+    import tensorflow_datasets as tfds  # the datasets extra, which the layer's tests need not have
+
     path = tmp_path_factory.getbasetemp() / "tfds"
     tfds.builder("glyph_pairs", data_dir=str(path)).download_and_prepare()
     return str(path)
@@ -59,6 +60,8 @@ def classifier_run(data_dir, tmp_path_factory):
 def make_glyph_boxes(tmp_path_factory):
     """A function (train, test) -> a new data_dir holding glyph_boxes with that many train and
     test images."""
+    import tensorflow_datasets as tfds
+
     from aa_keras.datasets import glyph_boxes
 
     def make(train, test):

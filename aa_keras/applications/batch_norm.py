@@ -155,7 +155,8 @@ def _batch_moments(model, layers):
         def moments(batch):
             images = _images(batch)
             found = measure(images) if ops.shape(images)[0] else []
-            return int(ops.shape(images)[0]), [tuple(np.reshape(np.asarray(v, np.float64), (1, -1)) for v in m) for m in found]
+            rows = [tuple(np.reshape(ops.convert_to_numpy(v).astype(np.float64), (1, -1)) for v in m) for m in found]
+            return int(ops.shape(images)[0]), rows
 
         return moments
     import tensorflow as tf

@@ -65,6 +65,24 @@ def _on_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
 
+def _average_pool_same(x, pool_size, strides):
+    """`ops.average_pool(x, pool_size, strides, "same")` of a (B, H, W, C) x: each window's mean
+    over its positions inside x, as TensorFlow and JAX compute it. Keras 3.15's torch backend
+    pads an uneven "same" window with copies of the edge values, which enter the mean (fixed in
+    keras-team/keras#23233): there the windows are summed over zero padding and divided by their
+    counts instead."""
+    if keras.backend.backend() != "torch":
+        return ops.average_pool(x, pool_size, strides, "same", "channels_last")
+    pads = [(0, 0)]
+    for length, pool, stride in zip(ops.shape(x)[1:3], pool_size, strides):
+        total = max((-(-length // stride) - 1) * stride + pool - length, 0)
+        pads.append((total // 2, total - total // 2))
+    pads.append((0, 0))
+    sums = ops.average_pool(ops.pad(x, pads), pool_size, strides, "valid", "channels_last")
+    inside = ops.pad(ops.ones((1, *ops.shape(x)[1:3], 1), x.dtype), pads)
+    return sums / ops.average_pool(inside, pool_size, strides, "valid", "channels_last")
+
+
 def _clone_initializer(initializer):
     """A fresh copy, so that sub-layers sharing one initializer do not get identical weights."""
     return initializer.__class__.from_config(initializer.get_config())
@@ -398,7 +416,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
     def _pool_to_output_size(self, inputs):
         """The input average-pooled to the convolution's output size (see the class docstring)."""
         if self.padding == "same" and self.strides != (1, 1):
-            return ops.average_pool(inputs, self.strides, self.strides, "same", "channels_last")
+            return _average_pool_same(inputs, self.strides, self.strides)
         if self.padding == "valid" and (self.kernel_size != (1, 1) or self.strides != (1, 1)):
             return ops.average_pool(inputs, self.kernel_size, self.strides, "valid", "channels_last")
         return inputs
@@ -552,7 +570,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
         x = self._pool_to_output_size(inputs)
         output_size = ops.shape(x)[1:3]
         if self.downsample_attention:
-            x = ops.average_pool(x, 3, 2, "same", "channels_last")
+            x = _average_pool_same(x, (3, 3), (2, 2))
         x = self._add_position_encoding(x)
         q, k, v = ops.split(self._convolve(self.qkv, x), [self.dk, 2 * self.dk], axis=-1)
         q = self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)

@@ -51,7 +51,8 @@ def _probabilities(q, k, *rel):
     Returns:
         (B, Nh, Q, HW) weights.
     """
-    logits = ops.matmul(q, ops.swapaxes(k, -1, -2))
+    # einsum, not matmul: Keras 3.15's torch matmul computes float64 operands in float32.
+    logits = ops.einsum("bnqd,bnkd->bnqk", q, k)
     if rel:
         logits_h, logits_w = rel
         logits = logits + ops.reshape(logits_h + logits_w, ops.shape(logits))
@@ -60,7 +61,12 @@ def _probabilities(q, k, *rel):
 
 def _attention(q, k, v, *rel):
     """(B, Nh, Q, HW) weights times (B, Nh, HW, dvh) v -> (B, Nh, Q, dvh) in the dtype of v."""
-    return ops.matmul(ops.cast(_probabilities(q, k, *rel), v.dtype), v)
+    return _weighted_values(_probabilities(q, k, *rel), v)
+
+
+def _weighted_values(weights, v):
+    """(B, Nh, Q, HW) weights times (B, Nh, HW, dvh) v, in the dtype of v (einsum as above)."""
+    return ops.einsum("bnqk,bnkd->bnqd", ops.cast(weights, v.dtype), v)
 
 
 def _blocked_attention(q, k, v, rel, block_size):
@@ -110,7 +116,7 @@ def multi_head_attention_2d(
         query_block_size = auto_query_block_size(heads, positions)
     if return_weights or dropout is not None:
         probs = _probabilities(q, k, *rel)
-        out = ops.matmul(ops.cast(probs if dropout is None else dropout(probs), v.dtype), v)
+        out = _weighted_values(probs if dropout is None else dropout(probs), v)
     elif query_block_size is None or query_block_size >= positions:
         out = _attention(q, k, v, *rel)
     else:

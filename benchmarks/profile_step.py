@@ -1,0 +1,344 @@
+"""Where the time of an AA-WRN train step goes: per attention layer and per part (issue 26).
+
+    python -m benchmarks.profile_step                                    # AA-WRN-28-10, 32x32, batch 32
+    python -m benchmarks.profile_step --batch=4 --depth=10 --width=2     # a quick look
+
+Measured side by side in one process, every function once per round, rounds interleaved, the
+median reported (milliseconds, graph mode, no XLA):
+- the train step (forward in training mode, gradients of sum(output * fixed upstream) with
+  respect to every weight) of `AAWideResNet(depth, width)` and of its twin `WideResNet`;
+- for each distinct attention layer of the AA network (input shape and configuration; `count`
+  layers share it): its train step (gradients with respect to its input and weights) and that of
+  the Conv2D it replaces, and the layer's parts in isolation on the same shapes, each forward and
+  its gradient (its train step minus its forward):
+  `pool` (strided layers), `qkv projection`, `split heads` (split, cast, reshape, q scaled),
+  `fused attention` (the kernel's forward op; its gradient is the kernel's backward op, timed
+  alone), `attn_out projection` (heads merged, 1x1), `conv branch`, `concatenation`; and
+  `layer overhead`, the layer's train step minus its parts' sum. With `--paths` holding
+  `tf_ops`, also the TensorFlow-op path's attention (`aa_keras.layers.attention`): the
+  position-major <-> head-major `transposes`, `relative logits`, `logits q k^T`, `add relative
+  logits`, `softmax`, `weighted sum` (each differentiated by TensorFlow) and the whole
+  `tf_ops attention` (with its hand-written gradient), for comparison with the fused op.
+- `rest of the network`: the AA step minus its attention layers' train steps (and, to compare, the
+  WRN step minus its Conv2D twins').
+
+The table gives each row's milliseconds per step for all `count` layers and its share of the AA
+step. Isolated parts do not add up exactly to the layer (the runtime overlaps independent ops in
+the layer and runs each part alone here): `layer overhead` holds the difference, negative when
+the layer overlaps more than its parts do. The machine may be shared: compare within one run.
+The JSON goes to `--output`.
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app, flags, logging
+
+from aa_keras import files
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch", 32, "Batch size (the paper's CIFAR shape: 32x32 images).")
+flags.DEFINE_integer("image_size", 32, "Image height and width.")
+flags.DEFINE_integer("depth", 28, "WRN depth, 6n + 4.")
+flags.DEFINE_integer("width", 10, "WRN widening factor.")
+flags.DEFINE_list("paths", ["fused", "tf_ops"], "Attention paths whose parts are timed: fused, tf_ops.")
+flags.DEFINE_integer("rounds", 3, "Timed rounds (median reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed rounds first.", lower_bound=1)
+flags.DEFINE_string("output", "benchmarks/results/profile_step.json", "Where to write the JSON.")
+
+_RANDOM = {}
+
+
+def _random(shape):
+    """A fixed normal tensor of `shape`, one per shape (the large ones are shared)."""
+    import tensorflow as tf
+
+    shape = tuple(int(d) for d in shape)
+    if shape not in _RANDOM:
+        _RANDOM[shape] = tf.random.normal(shape, seed=len(_RANDOM))
+    return _RANDOM[shape]
+
+
+def _forward_and_train(fn, inputs, variables=()):
+    """tf.functions (forward, train) of fn(*inputs): train adds the gradients of
+    sum(fn(*inputs) * fixed upstream) with respect to `inputs` and `variables`."""
+    import tensorflow as tf
+
+    upstream = tf.nest.map_structure(lambda t: _random(t.shape), fn(*inputs))
+
+    def train():
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = fn(*inputs)
+            loss = sum(tf.reduce_sum(o * u) for o, u in zip(tf.nest.flatten(outputs), tf.nest.flatten(upstream)))
+        return tape.gradient(loss, list(inputs) + list(variables))
+
+    return tf.function(lambda: fn(*inputs), autograph=False), tf.function(train, autograph=False)
+
+
+def _fused_parts(layer, q, k, v):
+    """{"fused attention": (forward op, backward op)} as tf.functions on q, k, v."""
+    import tensorflow as tf
+
+    from aa_keras.ops import fused_attention
+
+    kernels = fused_attention.library()
+    relative = layer.rel_height is not None
+    tables = (layer.rel_height, layer.rel_width) if relative else (tf.zeros([0]), tf.zeros([0]))
+    out, stats = kernels.aa_fused_attention(q, k, v, *tables, relative=relative)
+    d_out = _random(out.shape)
+    forward = tf.function(lambda: kernels.aa_fused_attention(q, k, v, *tables, relative=relative), autograph=False)
+    backward = tf.function(
+        lambda: kernels.aa_fused_attention_grad(q, k, v, *tables, out, stats, d_out, relative=relative),
+        autograph=False,
+    )
+    return {"fused attention": ("op", forward, backward)}
+
+
+def _tf_ops_parts(layer, q, k, v):
+    """The TensorFlow-op path's attention in parts, each (kind, forward, train) on the shapes of
+    q, k (B, H, W, Nh, dkh) and v (B, H, W, Nh, dvh); see `aa_keras.layers.attention`."""
+    import tensorflow as tf
+
+    from aa_keras.layers.attention import multi_head_attention_2d
+    from aa_keras.layers.query_blocks import auto_query_block_size
+    from aa_keras.layers.relative_logits import relative_logits
+
+    batch, height, width, heads, dkh = q.shape
+    n = height * width
+
+    def to_heads(t):  # (B, H, W, Nh, d) -> (B, Nh, HW, d) and back
+        return tf.reshape(tf.transpose(t, [0, 3, 1, 2, 4]), [batch, heads, n, t.shape[-1]])
+
+    def transposes(q, k, v, out):
+        back = tf.transpose(tf.reshape(out, [batch, heads, height, width, out.shape[-1]]), [0, 2, 3, 1, 4])
+        return to_heads(q), to_heads(k), to_heads(v), back
+
+    q_heads, k_heads, v_heads = to_heads(q), to_heads(k), to_heads(v)
+    logits = _random((batch, heads, n, n))
+    block_size = auto_query_block_size(heads, n)
+    tables = [] if layer.rel_height is None else [layer.rel_height, layer.rel_width]
+    parts = {  # name: (function, inputs, variables)
+        "transposes": (transposes, (q, k, v, _random(v_heads.shape)), ()),
+        "logits q k^T": (lambda q, k: tf.matmul(q, k, transpose_b=True), (q_heads, k_heads), ()),
+        "softmax": (lambda x: tf.nn.softmax(x, axis=-1), (logits,), ()),
+        "weighted sum": (tf.matmul, (logits, v_heads), ()),
+        "tf_ops attention": (
+            lambda q, k, v: multi_head_attention_2d(q, k, v, layer.rel_height, layer.rel_width, block_size),
+            (q, k, v),
+            tables,
+        ),
+    }
+    if tables:
+        q_grid = tf.reshape(q_heads, [batch, heads, height, width, dkh])
+        rel_h, rel_w = relative_logits(q_grid, *tables)
+        parts["relative logits"] = (lambda q: relative_logits(q, *tables), (q_grid,), tables)
+        parts["add relative logits"] = (
+            lambda x, h, w: x + tf.reshape(h + w, x.shape),
+            (logits, rel_h, rel_w),
+            (),
+        )
+    return {name: ("autodiff", *_forward_and_train(*part)) for name, part in parts.items()}
+
+
+def _layer_parts(layer, x):
+    """The layer's parts, each (kind, forward, train or backward), on its input x (B, H, W, C)."""
+    import tensorflow as tf
+
+    pooled = layer._pool_to_output_size(x)
+    batch, height, width = pooled.shape[:3]
+    qkv = layer.qkv(pooled)
+
+    def split_heads(qkv):  # as AttentionAugmentation2D._attention_inputs
+        q, k, v = tf.split(qkv, [layer.dk, layer.dk, layer.dv], axis=-1)
+        q = tf.reshape(q, [batch, height, width, layer.num_heads, layer.dkh]) * (layer.dkh**-0.5)
+        k = tf.reshape(k, [batch, height, width, layer.num_heads, layer.dkh])
+        return q, k, tf.reshape(v, [batch, height, width, layer.num_heads, layer.dvh])
+
+    q, k, v = split_heads(qkv)
+    heads_out = _random(v.shape)
+    attn = layer.attn_out(tf.reshape(heads_out, [batch, height, width, layer.dv]))
+    parts = {}
+    if layer.strides != (1, 1):
+        parts["pool"] = (layer._pool_to_output_size, (x,), ())
+    parts["qkv projection"] = (layer.qkv, (pooled,), layer.qkv.trainable_variables)
+    parts["split heads"] = (split_heads, (qkv,), ())
+    parts["attn_out projection"] = (
+        lambda o: layer.attn_out(tf.reshape(o, [batch, height, width, layer.dv])),
+        (heads_out,),
+        layer.attn_out.trainable_variables,
+    )
+    if layer.conv is not None:
+        conv = layer.conv(x)
+        parts["conv branch"] = (layer.conv, (x,), layer.conv.trainable_variables)
+        parts["concatenation"] = (lambda a, b: tf.concat([a, b], axis=-1), (conv, attn), ())
+    timed = {name: ("autodiff", *_forward_and_train(*part)) for name, part in parts.items()}
+    if "fused" in FLAGS.paths:
+        timed.update(_fused_parts(layer, q, k, v))
+    if "tf_ops" in FLAGS.paths:
+        timed.update({f"tf_ops: {name}": part for name, part in _tf_ops_parts(layer, q, k, v).items()})
+    return timed
+
+
+def _network_step(model):
+    """tf.function: a training-mode forward of `model` and the gradients of all its weights."""
+    import tensorflow as tf
+
+    x = _random((FLAGS.batch, FLAGS.image_size, FLAGS.image_size, 3))
+    upstream = _random((FLAGS.batch, *model.output.shape[1:]))
+
+    @tf.function(autograph=False)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) * upstream)
+        return tape.gradient(loss, model.trainable_variables)
+
+    return step
+
+
+def _distinct_layers(model, twin):
+    """[(key, count, layer, conv twin, input shape)] of the AA layers of `model`, one per input
+    shape and configuration, in network order."""
+    from aa_keras.layers import attention_layers
+
+    distinct = {}
+    for layer in attention_layers(model):
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        key = (tuple(layer.input.shape[1:]), json.dumps(config, sort_keys=True, default=str))
+        if key not in distinct:
+            distinct[key] = [0, layer, twin.get_layer(layer.name), (FLAGS.batch, *layer.input.shape[1:])]
+        distinct[key][0] += 1
+    return list(distinct.values())
+
+
+def _time(functions):
+    """Medians in ms of the no-argument `functions` ({name: fn}), run once each per round."""
+    times = {name: [] for name in functions}
+    for round_ in range(FLAGS.warmup + FLAGS.rounds):
+        logging.info("round %d of %d", round_ + 1, FLAGS.warmup + FLAGS.rounds)
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= FLAGS.warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
+def _profile():
+    """Builds the networks and every timed function, times them; returns the results."""
+    from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
+
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    model = AAWideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
+    twin = WideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
+    functions = {"aa network": _network_step(model), "wrn network": _network_step(twin)}
+    layers = []
+    for i, (count, layer, conv, input_shape) in enumerate(_distinct_layers(model, twin)):
+        x = _random(input_shape)
+        info = {
+            "name": layer.name, "count": count, "input_shape": list(input_shape), "filters": layer.filters,
+            "strides": list(layer.strides), "grid": list(layer._attention_size(*input_shape[1:3])),
+            "heads": layer.num_heads, "dkh": layer.dkh, "dvh": layer.dvh, "parts": {},
+        }
+        layers.append(info)
+        functions[i, "layer", "train"] = _forward_and_train(layer, (x,), layer.trainable_variables)[1]
+        functions[i, "conv", "train"] = _forward_and_train(conv, (x,), conv.trainable_variables)[1]
+        for name, (kind, forward, second) in _layer_parts(layer, x).items():
+            info["parts"][name] = kind
+            functions[i, name, "forward"] = forward
+            functions[i, name, kind] = second
+    medians = _time(functions)
+    return _summarise(medians, layers)
+
+
+def _summarise(medians, layers):
+    """The results dict: networks, per layer its step, its conv twin's and its parts'
+    {forward_ms, gradient_ms}, and the rest of the network."""
+    aa, wrn = medians["aa network"], medians["wrn network"]
+    attention_total = conv_total = 0.0
+    for i, info in enumerate(layers):
+        info["layer_ms"] = medians[i, "layer", "train"]
+        info["conv_ms"] = medians[i, "conv", "train"]
+        attention_total += info["count"] * info["layer_ms"]
+        conv_total += info["count"] * info["conv_ms"]
+        parts = {}
+        for name, kind in info["parts"].items():
+            forward = medians[i, name, "forward"]
+            second = medians[i, name, kind]
+            parts[name] = {"forward_ms": forward, "gradient_ms": second if kind == "op" else second - forward}
+        fused_sum = sum(p["forward_ms"] + p["gradient_ms"] for n, p in parts.items() if not n.startswith("tf_ops"))
+        if "fused attention" in parts:
+            parts["layer overhead"] = {"forward_ms": None, "gradient_ms": None, "total_ms": info["layer_ms"] - fused_sum}
+        info["parts"] = parts
+    return {
+        "aa_step_ms": aa,
+        "wrn_step_ms": wrn,
+        "aa_over_wrn": aa / wrn,
+        "attention_layers_ms": attention_total,
+        "conv_twins_ms": conv_total,
+        "rest_of_aa_network_ms": aa - attention_total,
+        "rest_of_wrn_ms": wrn - conv_total,
+        "layers": layers,
+    }
+
+
+def _fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(results):
+    aa = results["aa_step_ms"]
+
+    def share(ms):
+        return f"{100 * ms / aa:.1f}%"
+
+    lines = [
+        f"AA-WRN-{FLAGS.depth}-{FLAGS.width} train step {aa:.0f} ms, WRN {results['wrn_step_ms']:.0f} ms: "
+        f"ratio {results['aa_over_wrn']:.2f}; batch {FLAGS.batch}, {FLAGS.image_size}x{FLAGS.image_size}",
+        "",
+        "| layer | count | part | forward ms | gradient ms | ms per step (x count) | % of AA step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for info in results["layers"]:
+        label = (f"{info['name']}: {info['input_shape'][3]}->{info['filters']}, grid {info['grid'][0]}x{info['grid'][1]}, "
+                 f"dkh {info['dkh']}, dvh {info['dvh']}")
+        count = info["count"]
+        rows = [("whole layer", None, None, info["layer_ms"]), ("Conv2D twin", None, None, info["conv_ms"])]
+        for name, part in info["parts"].items():
+            total = part.get("total_ms", (part["forward_ms"] or 0) + (part["gradient_ms"] or 0))
+            rows.append((name, part["forward_ms"], part["gradient_ms"], total))
+        for row, (name, forward, gradient, total) in enumerate(rows):
+            lines.append(
+                f"| {label if row == 0 else ''} | {count if row == 0 else ''} | {name} | {_fmt(forward)} | {_fmt(gradient)} | {count * total:.1f} | "
+                f"{share(count * total)} |"
+            )
+    lines += [
+        f"| all attention layers | | | | | {results['attention_layers_ms']:.1f} | "
+        f"{share(results['attention_layers_ms'])} |",
+        f"| their Conv2D twins | | | | | {results['conv_twins_ms']:.1f} | {share(results['conv_twins_ms'])} |",
+        f"| rest of the AA network | | | | | {results['rest_of_aa_network_ms']:.1f} | "
+        f"{share(results['rest_of_aa_network_ms'])} |",
+        f"| rest of the WRN | | | | | {results['rest_of_wrn_ms']:.1f} | {share(results['rest_of_wrn_ms'])} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    results = {
+        "config": {name: FLAGS[name].value for name in ("batch", "image_size", "depth", "width", "paths", "rounds",
+                                                        "warmup")},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        **_profile(),
+    }
+    table = _table(results)
+    print(table)
+    results["table"] = table
+    files.write_json(FLAGS.output, results)
+    logging.info("wrote %s", FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
