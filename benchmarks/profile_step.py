@@ -36,7 +36,7 @@ import time
 
 from absl import app, flags, logging
 
-from aa_keras import files
+from aa_keras.programs import files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "Batch size (the paper's CIFAR shape: 32x32 images).")
