@@ -48,7 +48,7 @@ without it the difference is -0.43M and -0.82M here.
 
 
 def measure(name):
-    model = build_detector(name, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3), num_classes=COCO_CLASSES)
+    model = build_detector(name, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3), classes=COCO_CLASSES)
     params = model.count_params()
     paper = PAPER.get(name)
     diff = None if paper is None else 100.0 * (params / 1e6 - paper) / paper

@@ -169,7 +169,7 @@ def _export_detector(export_detection, formats, dataset):
         model = build_detector(
             FLAGS.model,
             input_shape=(FLAGS.image_size, FLAGS.image_size, 3),
-            num_classes=detection_data.num_classes(dataset, FLAGS.data_dir),
+            classes=detection_data.num_classes(dataset, FLAGS.data_dir),
         )
     image_shape = model_source.image_shape(model, FLAGS.image_size)
     class_names = _class_names(model.num_classes, dataset, detection_data.class_names)

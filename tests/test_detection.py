@@ -36,7 +36,7 @@ def small_glyph_boxes(make_glyph_boxes):
 def small_detector():
     keras.utils.set_random_seed(0)
     return retinanet.build_detector(
-        "aa_retinanet_r18", input_shape=(SIZE, SIZE, 3), num_classes=CLASSES, confidence_threshold=0.001
+        "aa_retinanet_r18", input_shape=(SIZE, SIZE, 3), classes=CLASSES, confidence_threshold=0.001
     )
 
 
@@ -89,7 +89,7 @@ def test_detections_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         detector = retinanet.build_detector(
-            "aa_retinanet_r18", input_shape=(SIZE, SIZE, 3), num_classes=CLASSES, confidence_threshold=0.001
+            "aa_retinanet_r18", input_shape=(SIZE, SIZE, 3), classes=CLASSES, confidence_threshold=0.001
         )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -102,7 +102,7 @@ def test_detections_under_mixed_precision():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_classes": 0}, "num_classes"),
+        ({"classes": 0}, "classes"),
         ({"input_shape": (32, 32, 3)}, "input_shape"),
         ({"input_shape": (None, 64, 3)}, "input_shape"),
         ({"confidence_threshold": 1.5}, "confidence_threshold"),

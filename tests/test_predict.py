@@ -92,7 +92,7 @@ def detector_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("detector")
     keras.utils.set_random_seed(0)
     model = retinanet.build_detector("aa_retinanet_r18", input_shape=(DETECTOR_SIZE, DETECTOR_SIZE, 3),
-                                     num_classes=len(DETECTOR_NAMES), confidence_threshold=0.005)  # fmt: skip
+                                     classes=len(DETECTOR_NAMES), confidence_threshold=0.005)  # fmt: skip
     model.save(str(folder / "model.keras"))
     files.write_labels(str(folder / files.LABELS), DETECTOR_NAMES)
     images = np.random.default_rng(0).random((1, DETECTOR_SIZE, DETECTOR_SIZE, 3)).astype(np.float32)

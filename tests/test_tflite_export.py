@@ -331,7 +331,7 @@ class _ShiftedRunner:
 def test_whole_detector_tflite_has_builtin_ops_and_computes_its_graph(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     detector = retinanet.build_detector(
-        "aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3, confidence_threshold=0.001
+        "aa_retinanet_r18", input_shape=(64, 64, 3), classes=3, confidence_threshold=0.001
     )
     images = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float32)
     # The untrained detector scores about 0.01: nothing reaches MATCH_MIN_SCORE, nothing is
@@ -371,7 +371,7 @@ def test_int8_detector_is_int8_up_to_its_heads_and_float_after(tmp_path):
     heads' output layers; those, the decoding and suppression float32; float32 images in,
     detections out."""
     keras.utils.set_random_seed(0)
-    detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), num_classes=3)
+    detector = retinanet.build_detector("aa_retinanet_r18", input_shape=(64, 64, 3), classes=3)
     source = str(tmp_path / "source")
     saved_model.write_signature(detector, detection_signatures.serve_builtin_detections(detector, 1), source, (64, 64, 3), 1)
     calibration, _ = parity.batches(np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32), 1)

@@ -144,7 +144,7 @@ def train(
         model_name: one of `aa_keras.applications.retinanet.DETECTOR_NAMES`.
         recipe: a `training.recipes.DetectionRecipe`, or the name of one in
             `training.recipes.DETECTION_RECIPES`.
-        model_fn: `(name, input_shape, num_classes, **attention) -> detector`.
+        model_fn: `(name, input_shape, classes, **attention) -> detector`.
         init_from, init_method: start from the weights of a saved classifier or detector (see
             `training.trainer.run_training`); an AA detector takes the attention settings of its
             backbone layers (`training.init_from.detector_attention`), so re-run the same command
@@ -189,7 +189,7 @@ class DetectionTask(TrainingTask):
         self.strategy, self.recipe, self.model_name, self.data_dir = strategy, recipe, model_name, data_dir
         self.model_fn, self.eval_examples = model_fn, eval_examples
         self.per_replica = per_replica_batch_size(recipe.global_batch_size, strategy.num_replicas_in_sync)
-        self.num_classes = detection_data.num_classes(recipe.dataset, data_dir)
+        self.classes = detection_data.num_classes(recipe.dataset, data_dir)
         self.train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
         detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
         self.attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
@@ -197,7 +197,7 @@ class DetectionTask(TrainingTask):
 
     def build_model(self):
         size = self.recipe.image_size
-        return self.model_fn(self.model_name, (size, size, 3), self.num_classes, **self.attention)
+        return self.model_fn(self.model_name, (size, size, 3), self.classes, **self.attention)
 
     def compile(self, model, optimizer):
         compile_detector(model, optimizer)

@@ -5,7 +5,7 @@ RetinaNet detectors, and registries of named models and detectors.
     model_320 = resize_model(model, (320, 320, 3))                # relative tables resampled
     summary = recalibrate_batch_norm(model, images)               # exact BatchNormalization statistics
     model = build_model("aa_resnet50", classes=1000)
-    detector = build_detector("aa_retinanet_r50", num_classes=80)
+    detector = build_detector("aa_retinanet_r50", classes=80)
     model = keras_classifier("ResNet50", classes=5)               # pretrained, attention added
 
 `augment`, `resize_model` and `keras_classifier` return the model; `return_summary=True` also

@@ -7,7 +7,7 @@ encoder, `ResNetEncoder`: the `ResNet` / `AAResNet` body exposed as a keras-hub
 `FeaturePyramidBackbone` whose pyramid outputs P2..P5 are the stage outputs C2..C5 (strides 4
 to 32), with the same augmented layers as the classifier.
 
-    detector = aa_retinanet_r50(num_classes=80)           # 640x640 inputs (TPU RetinaNet default)
+    detector = aa_retinanet_r50(classes=80)           # 640x640 inputs (TPU RetinaNet default)
     outputs = detector(images)                            # raw heads, see `RetinaNet`
     found = detections(detector, images)                  # {"boxes", "scores", "classes", "num_detections"}
 
@@ -18,7 +18,6 @@ smaller than RetinaNet (see `benchmarks/detection_param_table.py`).
 """
 
 import math
-import re
 
 import keras
 import keras_hub
@@ -95,8 +94,8 @@ class ResNetEncoder(keras_hub.models.FeaturePyramidBackbone):
         return config
 
 
-def _check_detector_arguments(num_classes, input_shape, confidence_threshold, iou_threshold, max_detections):
-    positive_int("num_classes", num_classes)
+def _check_detector_arguments(classes, input_shape, confidence_threshold, iou_threshold, max_detections):
+    positive_int("classes", classes)
     shape = tuple(input_shape)
     stride = 2**MAX_LEVEL
     if len(shape) != 3 or not all(is_int(d) and d > 0 for d in shape) or min(shape[:2]) < stride // 2:
@@ -126,12 +125,12 @@ def _initialize_heads(detector):
     bias.assign(keras.ops.full(bias.shape, -math.log((1 - prior) / prior)))
 
 
-def _build(depth, augmented, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
+def _build(depth, augmented, attention, classes, input_shape, confidence_threshold, iou_threshold,
            max_detections, name):
     if depth not in DEPTHS:
         raise ValueError(f"Invalid `depth`: expected one of {DEPTHS}, received depth={depth!r}.")
     input_shape = _check_detector_arguments(
-        num_classes, input_shape, confidence_threshold, iou_threshold, max_detections
+        classes, input_shape, confidence_threshold, iou_threshold, max_detections
     )
     encoder = ResNetEncoder(depth, augmented, input_shape, attention if augmented else None, name="encoder")
     backbone = keras_hub.models.RetinaNetBackbone(
@@ -154,7 +153,7 @@ def _build(depth, augmented, attention, num_classes, input_shape, confidence_thr
     )
     detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone,
-        num_classes=num_classes,
+        num_classes=classes,
         bounding_box_format="yxyx",
         prediction_decoder=decoder,
         name=name,
@@ -163,13 +162,13 @@ def _build(depth, augmented, attention, num_classes, input_shape, confidence_thr
     return detector
 
 
-def RetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
+def RetinaNet(depth=50, classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
               confidence_threshold=0.05, iou_threshold=0.5, max_detections=100, name=None):
     """The paper's baseline RetinaNet: ResNet backbone, FPN P3-P7, 9 anchors per position.
 
     Args:
         depth: ResNet depth, 18, 34, 50, 101 or 152.
-        num_classes: object classes (80 for COCO); no background class.
+        classes: number of object classes (80 for COCO); no background class.
         input_shape: (H, W, C), fixed; H and W at least 64.
         confidence_threshold, iou_threshold, max_detections: of the non-maximum suppression
             applied by `predict` / `decode_predictions` (0.05, 0.5, 100 for COCO AP).
@@ -178,20 +177,20 @@ def RetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMA
     Returns:
         A `keras_hub.models.RetinaNetObjectDetector` with "yxyx" boxes in pixels. Called on
         (B, H, W, C) images in [0, 1] it gives {"bbox_regression": (B, A, 4) anchor deltas,
-        "cls_logits": (B, A, num_classes)}, A anchors in all.
+        "cls_logits": (B, A, classes)}, A anchors in all.
     """
-    return _build(depth, False, None, num_classes, input_shape, confidence_threshold, iou_threshold,
+    return _build(depth, False, None, classes, input_shape, confidence_threshold, iou_threshold,
                   max_detections, name or f"retinanet_r{depth}")
 
 
-def AARetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
+def AARetinaNet(depth=50, classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE, 3),
                 confidence_threshold=0.05, iou_threshold=0.5, max_detections=100, depth_k=0.2, depth_v=0.1,
                 num_heads=8, min_key_depth_per_head=0, position_encoding="relative", augmented_stages=3,
                 downsample_attention_stages=1, name=None):
     """RetinaNet with the attention-augmented ResNet backbone of the paper (table 6).
 
     Args:
-        depth, num_classes, confidence_threshold, iou_threshold, max_detections: as in `RetinaNet`.
+        depth, classes, confidence_threshold, iou_threshold, max_detections: as in `RetinaNet`.
         input_shape: (H, W, C), fixed (the relative position embeddings are sized by it).
         depth_k, depth_v, num_heads, min_key_depth_per_head, position_encoding,
             augmented_stages, downsample_attention_stages: as in `AAResNet`; the defaults
@@ -210,7 +209,7 @@ def AARetinaNet(depth=50, num_classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_I
         augmented_stages=augmented_stages,
         downsample_attention_stages=downsample_attention_stages,
     )
-    return _build(depth, True, attention, num_classes, input_shape, confidence_threshold, iou_threshold,
+    return _build(depth, True, attention, classes, input_shape, confidence_threshold, iou_threshold,
                   max_detections, name or f"aa_retinanet_r{depth}")
 
 
@@ -264,24 +263,34 @@ DETECTORS = {
 DETECTOR_NAMES = tuple(DETECTORS)
 
 
-_AUGMENTED_CONV = re.compile(r"conv(\d)_block\d+_\d_conv")
+def _stage(classifier, layer):
+    """The ResNet stage (2 to 5) of an attention layer of `classifier`, from its output's size
+    (stage s outputs ceil(H / 2**s) rows), or None if no one stage's size is its size."""
+    input_height, output_height = classifier.inputs[0].shape[1], layer.output.shape[1]
+    if input_height is None or output_height is None:
+        return None
+    stages = [stage for stage in range(2, 6) if -(-input_height // 2**stage) == output_height]
+    return stages[0] if len(stages) == 1 else None
 
 
 def backbone_attention(classifier):
     """The `AARetinaNet` attention arguments whose backbone has the augmented layers of
-    `classifier` (an `AAResNet`), or None for a classifier without attention (a `ResNet`)."""
+    `classifier` (an `AAResNet`), or None for a classifier without attention (a `ResNet`): read
+    from the attention layers' own settings and the strides of their outputs."""
     layers = [layer for layer in classifier.layers if isinstance(layer, AttentionAugmentation2D)]
     if not layers:
         return None
     stages = {}
     for layer in layers:
-        match = _AUGMENTED_CONV.fullmatch(layer.name)
-        if match is None:
+        stage = _stage(classifier, layer)
+        if stage is None:
             raise ValueError(
-                f"Invalid `backbone`: {classifier.name!r} has the attention layer {layer.name!r}, which is not "
-                "one of an AAResNet (conv{stage}_block{b}_{i}_conv); build the classifier with `AAResNet`."
+                f"Invalid `backbone`: {classifier.name!r} has the attention layer {layer.name!r}, whose output "
+                f"{tuple(layer.output.shape)} is not the size of exactly one ResNet stage (strides 4 to 32) of its "
+                f"input {tuple(classifier.inputs[0].shape)}; build the classifier with `AAResNet` at an input "
+                "of at least 64x64."
             )
-        stages.setdefault(int(match[1]), []).append(layer)
+        stages.setdefault(stage, []).append(layer)
     settings = {(layer.num_heads, layer.position_encoding, layer.depth_v) for layer in layers}
     key_depths = {layer.depth_k for layer in layers}
     fractions = {k for k in key_depths if isinstance(k, float)}
@@ -306,13 +315,13 @@ def backbone_attention(classifier):
     )
 
 
-def build_detector(name, input_shape=None, num_classes=None, backbone=None, method="linear", **kwargs):
+def build_detector(name, input_shape=None, classes=None, backbone=None, method="linear", **kwargs):
     """Builds a registered detector by name.
 
     Args:
         name: one of `DETECTOR_NAMES`.
         input_shape: (H, W, C); None for (640, 640, 3).
-        num_classes: None for 80 (COCO).
+        classes: number of object classes; None for 80 (COCO).
         backbone: None, or a classifier (`ResNet` / `AAResNet` of the detector's depth, e.g.
             trained on ImageNet at another size) whose weights the backbone starts from: the
             detector takes its attention settings (`backbone_attention`) and its weights, the
@@ -328,8 +337,8 @@ def build_detector(name, input_shape=None, num_classes=None, backbone=None, meth
         raise ValueError(f"Unknown detector name {name!r}; valid names are {', '.join(DETECTOR_NAMES)}.")
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    if classes is not None:
+        kwargs["classes"] = classes
     if backbone is None:
         return DETECTORS[name](**kwargs)
     attention = backbone_attention(backbone)
