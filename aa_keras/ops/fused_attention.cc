@@ -47,6 +47,11 @@ using tensorflow::shape_inference::ShapeHandle;
 
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
+// Query rows whose weights P and logit gradients dS the backward pass keeps (in L2) before it
+// adds their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
+// register-tiled matrix products over the block, each dK^T / dV^T tile loaded and stored once
+// per block instead of once per kRows queries. A multiple of kRows.
+constexpr int kBlock = 32;
 // Floats per vector. Rows are padded to a multiple of it; padded logits are set to kPad, whose
 // weight is negligible (see Exp), and padded key and value columns are 0.
 constexpr int kLanes = 16;
@@ -186,24 +191,41 @@ void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t s
   });
 }
 
-// bt[d * stride + j] += sum_t a[t][d] * rows[t][j]: the key and value gradients of T queries.
-template <int T>
-void RankUpdate(float* bt, const float* const* a, const float* const* rows, int64_t depth, int64_t stride) {
+// bt[d * stride + j] += sum_{t < count} a[t * a_step + d] * rows[t * row_step + j] for the
+// D channels from `first` and the J * kLanes columns from j: one register tile of the block
+// product, the tile of bt loaded and stored once.
+template <int D, int J>
+inline void BlockTile(float* bt, const float* a, int64_t a_step, const float* rows, int64_t row_step, int count,
+                      int64_t stride) {
+  Vec acc[D][J] = {};
+  for (int t = 0; t < count; ++t) {
+    Vec r[J];
+    for (int jj = 0; jj < J; ++jj) r[jj] = Load(rows + t * row_step + jj * kLanes);
+    for (int d = 0; d < D; ++d) {
+      const float c = a[t * a_step + d];
+      for (int jj = 0; jj < J; ++jj) acc[d][jj] += c * r[jj];
+    }
+  }
+  for (int d = 0; d < D; ++d)
+    for (int jj = 0; jj < J; ++jj) {
+      float* b = bt + d * stride + jj * kLanes;
+      Store(b, Load(b) + acc[d][jj]);
+    }
+}
+
+// bt[d * stride + j] += sum_{t < count} a[t * a_step + d] * rows[t * row_step + j], j < stride:
+// the key (value) gradients of a block of queries from their dS (P) rows and q (dO) rows.
+void BlockUpdate(float* bt, const float* a, int64_t a_step, const float* rows, int64_t row_step, int count,
+                 int64_t depth, int64_t stride) {
+  constexpr int kTile = 4;  // vectors of columns per tile: 6 x 4 accumulators in registers
   ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
     constexpr int D = decltype(chunk)::value;
-    float coef[T][D];
-    for (int t = 0; t < T; ++t)
-      for (int d = 0; d < D; ++d) coef[t][d] = a[t][first + d];
     float* b = bt + first * stride;
-    for (int64_t j = 0; j < stride; j += kLanes) {
-      Vec r[T];
-      for (int t = 0; t < T; ++t) r[t] = Load(rows[t] + j);
-      for (int d = 0; d < D; ++d) {
-        Vec acc = Load(b + d * stride + j);
-        for (int t = 0; t < T; ++t) acc += coef[t][d] * r[t];
-        Store(b + d * stride + j, acc);
-      }
-    }
+    const float* a_chunk = a + first;
+    int64_t j = 0;
+    for (; j + kTile * kLanes <= stride; j += kTile * kLanes)
+      BlockTile<D, kTile>(b + j, a_chunk, a_step, rows + j, row_step, count, stride);
+    for (; j < stride; j += kLanes) BlockTile<D, 1>(b + j, a_chunk, a_step, rows + j, row_step, count, stride);
   });
 }
 
@@ -288,20 +310,25 @@ struct Workspace {
         rel_capacity(Padded(s.height) + Padded(s.width)),
         kt(s.dk * s.stride),
         vt(s.dv * s.stride),
-        rows((backward ? 2 : 1) * kRows * row_capacity),
+        rows(kRows * row_capacity),
         rel((backward ? 2 : 1) * kRows * rel_capacity),
         width_scratch(Padded(s.width)),
         d_kt(backward ? s.dk * s.stride : 0),
         d_vt(backward ? s.dv * s.stride : 0),
-        d_tables_t(backward ? s.dk * (s.table_h + s.table_w) + kLanes : 0) {}
+        d_tables_t(backward ? s.dk * (s.table_h + s.table_w) + kLanes : 0),
+        block_p(backward ? kBlock * row_capacity : 0),
+        block_ds(backward ? kBlock * row_capacity : 0) {}
 
   float* Row(int r) { return rows.data() + r * row_capacity; }
+  // Row r of the backward block's weights P and logit gradients dS.
+  float* BlockP(int r) { return block_p.data() + r * row_capacity; }
+  float* BlockDS(int r) { return block_ds.data() + r * row_capacity; }
   float* RelH(int r) { return rel.data() + r * rel_capacity; }
   float* RelW(int r, const Sizes& s) { return RelH(r) + Padded(s.height); }
 
   int64_t row_capacity;
   int64_t rel_capacity;
-  std::vector<float> kt, vt, rows, rel, width_scratch, d_kt, d_vt, d_tables_t;
+  std::vector<float> kt, vt, rows, rel, width_scratch, d_kt, d_vt, d_tables_t, block_p, block_ds;
 };
 
 // Logits of queries first..first+T-1 into ws.Row(0..T-1): relative terms, then q k^T; padding
@@ -425,8 +452,9 @@ void RelativeLogitGradients(const Sizes& s, const float* ds, float* d_rel_h, flo
 
 template <int T>
 void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const float* stats, const float* d_out,
-                  int64_t first, Workspace& ws, float* d_q) {
+                  int64_t first, int slot, Workspace& ws, float* d_q) {
   Logits<T>(s, unit, first, ws);
+  float* logits[T];
   float* probs[T];
   float* d_logits[T];
   const float* q_rows[T];
@@ -435,8 +463,9 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   float row_max[T], inv_sum[T], row_dot[T];
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
-    probs[t] = ws.Row(t);
-    d_logits[t] = ws.Row(kRows + t);
+    logits[t] = ws.Row(t);
+    probs[t] = ws.BlockP(slot + t);
+    d_logits[t] = ws.BlockDS(slot + t);
     row_max[t] = stats[2 * i];
     inv_sum[t] = stats[2 * i + 1];
     q_rows[t] = unit.q + i * s.heads * s.dk;
@@ -451,7 +480,7 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   for (int64_t j = 0; j < s.stride; j += kLanes) {
     Vec p[T], dp[T] = {};
     for (int t = 0; t < T; ++t) {
-      p[t] = Exp(Load(probs[t] + j) - row_max[t]) * inv_sum[t];
+      p[t] = Exp(Load(logits[t] + j) - row_max[t]) * inv_sum[t];
       Store(probs[t] + j, p[t]);
     }
     for (int64_t e = 0; e < s.dv; ++e) {
@@ -461,8 +490,6 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
     for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
   RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, d_q_rows);
-  RankUpdate<T>(ws.d_kt.data(), q_rows, d_logits, s.dk, s.stride);
-  RankUpdate<T>(ws.d_vt.data(), d_out_rows, probs, s.dv, s.stride);
   if (!s.relative) return;
   float* d_table_h_t = ws.d_tables_t.data();
   float* d_table_w_t = d_table_h_t + s.dk * s.table_h;
@@ -654,9 +681,17 @@ class FusedAttentionGradOp : public AttentionOpBase {
         const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
         const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
         float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
-        ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
-          BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, first, ws, unit_d_q);
-        });
+        for (int64_t block = 0; block < s.n; block += kBlock) {
+          const int count = static_cast<int>(std::min<int64_t>(kBlock, s.n - block));
+          ForEachRowBlock(count, [&](auto rows_in_block, int64_t slot) {
+            BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
+                                                         static_cast<int>(slot), ws, unit_d_q);
+          });
+          BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
+                      ws.row_capacity, count, s.dk, s.stride);
+          BlockUpdate(ws.d_vt.data(), unit_d_out + block * s.heads * s.dv, s.heads * s.dv, ws.block_p.data(),
+                      ws.row_capacity, count, s.dv, s.stride);
+        }
         TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk, d_k->flat<float>().data() + s.KeyOffset(u));
         TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
                       d_v->flat<float>().data() + s.ValueOffset(u));
