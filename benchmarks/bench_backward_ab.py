@@ -51,6 +51,7 @@ def op(lib, tag, name):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--old-rev", default="HEAD")
+    parser.add_argument("--old-file", default="", help="instead of --old-rev")
     parser.add_argument("--new-file", default=str(fa.SOURCE))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=15)
@@ -60,6 +61,8 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     old_src = subprocess.run(["git", "show", f"{args.old_rev}:aa_keras/ops/fused_attention.cc"], cwd=root,
                              check=True, capture_output=True, text=True).stdout
+    if args.old_file:
+        old_src = open(args.old_file).read()
     new_src = open(args.new_file).read()
     workdir = tempfile.mkdtemp()
     libs = {"old": build(old_src, "Old", workdir), "new": build(new_src, "New", workdir)}

@@ -47,11 +47,16 @@ using tensorflow::shape_inference::ShapeHandle;
 
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
-// Query rows whose weights P and logit gradients dS the backward pass keeps (in L2) before it
-// adds their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
+// Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
+// their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
 // register-tiled matrix products over the block, each dK^T / dV^T tile loaded and stored once
-// per block instead of once per kRows queries. A multiple of kRows.
-constexpr int kBlock = 32;
+// per block instead of once per kRows queries. As many rows (a multiple of kRows, at most
+// kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large grids.
+constexpr int kMaxBlock = 64;
+#ifndef AA_BLOCK_BYTES
+#define AA_BLOCK_BYTES (1024 * 1024)
+#endif
+constexpr int64_t kBlockBytes = AA_BLOCK_BYTES;
 // Floats per vector. Rows are padded to a multiple of it; padded logits are set to kPad, whose
 // weight is negligible (see Exp), and padded key and value columns are 0.
 constexpr int kLanes = 16;
@@ -68,8 +73,20 @@ inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{} + x; }
 
 // The sum of the lanes: the upper half added onto the lower half until one lane is left (a
-// fixed order, so results do not depend on the compiler). Plain C++: compilers without
-// __builtin_shufflevector (GCC before 12) build it too, and vectorize the halving.
+// fixed order, so results do not depend on the compiler). With __builtin_shufflevector (Clang,
+// GCC 12+) the halves are register shuffles: GCC compiles the plain loop over a lane array to a
+// loop through the stack. Compilers without it (GCC before 12) build the plain loop.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
+static_assert(kLanes == 16, "Sum halves 16 lanes down to 4, then adds those in the same order");
+inline float Sum(Vec x) {
+  const Half h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+#else
 inline float Sum(Vec x) {
   float lanes[kLanes];
   std::memcpy(lanes, &x, sizeof(lanes));
@@ -77,6 +94,7 @@ inline float Sum(Vec x) {
     for (int i = 0; i < half; ++i) lanes[i] += lanes[i + half];
   return lanes[0];
 }
+#endif
 
 // Lanes 0..count-1 of x, the others 0.
 inline Vec FirstLanes(Vec x, int64_t count) {
@@ -195,10 +213,18 @@ void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t s
 // D channels from `first` and the J * kLanes columns from j: one register tile of the block
 // product, the tile of bt loaded and stored once.
 template <int D, int J>
-inline void BlockTile(float* bt, const float* a, int64_t a_step, const float* rows, int64_t row_step, int count,
-                      int64_t stride) {
-  Vec acc[D][J] = {};
-  for (int t = 0; t < count; ++t) {
+__attribute__((always_inline)) inline void BlockTile(float* bt, const float* a, int64_t a_step, const float* rows,
+                                                     int64_t row_step, int count, int64_t stride) {
+  // count >= 1: the first query sets the accumulators (no zeroing, which the compiler would do
+  // in memory for the case of no iterations, and spill the accumulators to merge with it).
+  Vec acc[D][J];
+  {
+    Vec r[J];
+    for (int jj = 0; jj < J; ++jj) r[jj] = Load(rows + jj * kLanes);
+    for (int d = 0; d < D; ++d)
+      for (int jj = 0; jj < J; ++jj) acc[d][jj] = a[d] * r[jj];
+  }
+  for (int t = 1; t < count; ++t) {
     Vec r[J];
     for (int jj = 0; jj < J; ++jj) r[jj] = Load(rows + t * row_step + jj * kLanes);
     for (int d = 0; d < D; ++d) {
@@ -213,20 +239,23 @@ inline void BlockTile(float* bt, const float* a, int64_t a_step, const float* ro
     }
 }
 
-// bt[d * stride + j] += sum_{t < count} a[t * a_step + d] * rows[t * row_step + j], j < stride:
+// bt[d * stride + j] += sum_{t < count} a[t * a_step + d] * rows[t * row_step + j], j < stride, count >= 1:
 // the key (value) gradients of a block of queries from their dS (P) rows and q (dO) rows.
 void BlockUpdate(float* bt, const float* a, int64_t a_step, const float* rows, int64_t row_step, int count,
                  int64_t depth, int64_t stride) {
   constexpr int kTile = 4;  // vectors of columns per tile: 6 x 4 accumulators in registers
-  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
-    constexpr int D = decltype(chunk)::value;
-    float* b = bt + first * stride;
-    const float* a_chunk = a + first;
-    int64_t j = 0;
-    for (; j + kTile * kLanes <= stride; j += kTile * kLanes)
-      BlockTile<D, kTile>(b + j, a_chunk, a_step, rows + j, row_step, count, stride);
-    for (; j < stride; j += kLanes) BlockTile<D, 1>(b + j, a_chunk, a_step, rows + j, row_step, count, stride);
-  });
+  // Column tiles outside, depth chunks inside: a tile's count x kTile vectors of the block stay
+  // in L1 across the depth chunks.
+  auto tile = [&](auto vectors, int64_t j) {
+    constexpr int J = decltype(vectors)::value;
+    ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+      constexpr int D = decltype(chunk)::value;
+      BlockTile<D, J>(bt + first * stride + j, a + first, a_step, rows + j, row_step, count, stride);
+    });
+  };
+  int64_t j = 0;
+  for (; j + kTile * kLanes <= stride; j += kTile * kLanes) tile(std::integral_constant<int, kTile>(), j);
+  for (; j < stride; j += kLanes) tile(std::integral_constant<int, 1>(), j);
 }
 
 // x (n rows `step` floats apart, depth used) -> xt (depth, stride), columns n..stride-1 zero.
@@ -308,6 +337,8 @@ struct Workspace {
   Workspace(const Sizes& s, bool backward)
       : row_capacity(RowCapacity(s.stride)),
         rel_capacity(Padded(s.height) + Padded(s.width)),
+        block_rows(static_cast<int>(
+            std::clamp<int64_t>(kBlockBytes / (2 * sizeof(float) * row_capacity) / kRows * kRows, kRows, kMaxBlock))),
         kt(s.dk * s.stride),
         vt(s.dv * s.stride),
         rows(kRows * row_capacity),
@@ -316,8 +347,8 @@ struct Workspace {
         d_kt(backward ? s.dk * s.stride : 0),
         d_vt(backward ? s.dv * s.stride : 0),
         d_tables_t(backward ? s.dk * (s.table_h + s.table_w) + kLanes : 0),
-        block_p(backward ? kBlock * row_capacity : 0),
-        block_ds(backward ? kBlock * row_capacity : 0) {}
+        block_p(backward ? block_rows * row_capacity : 0),
+        block_ds(backward ? block_rows * row_capacity : 0) {}
 
   float* Row(int r) { return rows.data() + r * row_capacity; }
   // Row r of the backward block's weights P and logit gradients dS.
@@ -328,6 +359,7 @@ struct Workspace {
 
   int64_t row_capacity;
   int64_t rel_capacity;
+  int block_rows;  // of block_p and block_ds
   std::vector<float> kt, vt, rows, rel, width_scratch, d_kt, d_vt, d_tables_t, block_p, block_ds;
 };
 
@@ -681,8 +713,8 @@ class FusedAttentionGradOp : public AttentionOpBase {
         const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
         const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
         float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
-        for (int64_t block = 0; block < s.n; block += kBlock) {
-          const int count = static_cast<int>(std::min<int64_t>(kBlock, s.n - block));
+        for (int64_t block = 0; block < s.n; block += ws.block_rows) {
+          const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
           ForEachRowBlock(count, [&](auto rows_in_block, int64_t slot) {
             BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
                                                          static_cast<int>(slot), ws, unit_d_q);
