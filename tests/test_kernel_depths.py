@@ -9,8 +9,10 @@ from test_fused_attention import _inputs, _output_and_gradients
 # (dkh, dvh): each chunk size of the kernel's depth loops alone (1 to 5), one full chunk and a
 # remainder (8 = 6 + 2, 13 = 6 + 6 + 1), and the AA-WRN-28-10's heads (dkh 20, dvh 2 / 8).
 DEPTHS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (8, 8), (13, 13), (20, 2), (3, 8)]
-# (height, width): 35 positions (not a multiple of the kernel's 16 lanes) and a grid wider than 16.
-GRIDS = [(5, 7), (3, 18)]
+# (height, width): 35 positions (not a multiple of the kernel's 16 lanes), a grid wider than 16,
+# and 90 positions: more than one block of the backward pass (64 rows at most), the last one of
+# 26 rows, which ends in 2 (not kRows = 4).
+GRIDS = [(5, 7), (3, 18), (9, 10)]
 
 
 @pytest.mark.parametrize("relative", [True, False], ids=["relative", "none"])
