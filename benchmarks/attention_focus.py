@@ -34,6 +34,7 @@ from aa_keras.datasets import glyph_pairs
 from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import recipes
 from aa_keras.training import classification
+from aa_keras.training.settings import settings_for
 from aa_keras.visualize import attention_layers, attention_maps
 
 FLAGS = flags.FLAGS
@@ -139,8 +140,9 @@ def load_or_train(data_dir):
     if not os.path.exists(path):
         data.prepare("glyph_pairs", data_dir)
         keras.utils.set_random_seed(0)
-        classification.train(tf.distribute.get_strategy(), "aa_small", FLAGS.model_dir, recipes.get_recipe("quick"),
-                    data_dir=data_dir)  # fmt: skip
+        settings = settings_for("classification", "aa_small", FLAGS.model_dir, recipes.get_recipe("quick"),
+                                data_dir=data_dir)  # fmt: skip
+        classification.train(tf.distribute.get_strategy(), settings)
     return keras.saving.load_model(path, compile=False), path
 
 

@@ -30,6 +30,7 @@ from aa_keras.applications import recalibrate_batch_norm
 from aa_keras.data import classification as data
 from aa_keras.programs.files import load_keras_file
 from aa_keras.training import classification, recipes
+from aa_keras.training.settings import settings_for
 from benchmarks.accuracy import accuracy
 
 FLAGS = flags.FLAGS
@@ -85,7 +86,9 @@ def measure(name, dataset, recipe):
     """Trains `name` with re-estimation off; its accuracies with the three kinds of statistics."""
     model_dir = os.path.join(FLAGS.work_dir, os.path.basename(os.path.normpath(FLAGS.source)), name)
     keras.utils.set_random_seed(0)
-    _, metrics = classification.train(tf.distribute.get_strategy(), name, model_dir, recipe=recipe, verbose=False)
+    _, metrics = classification.train(
+        tf.distribute.get_strategy(), settings_for("classification", name, model_dir, recipe, verbose=False)
+    )
     model = load_keras_file(os.path.join(model_dir, "model.keras"))
     batch, size = recipe.global_batch_size, recipe.image_size
     row = {

@@ -22,6 +22,7 @@ from absl import app, flags, logging
 
 from aa_keras.data import classification as data
 from aa_keras.training import classification, recipes
+from aa_keras.training.settings import settings_for
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ResNet50", "The keras.applications network.")
@@ -60,8 +61,8 @@ def main(argv):
     for augment in AUGMENT:
         keras.utils.set_random_seed(0)
         started = time.perf_counter()
-        _, metrics = classification.train(
-            tf.distribute.get_strategy(),
+        settings = settings_for(
+            "classification",
             f"keras:{FLAGS.model}",
             os.path.join(run_dir, augment),
             recipe,
@@ -70,6 +71,7 @@ def main(argv):
             verbose=False,
             model_options=dict(weights=weights, augment=augment, augment_skip_unfit=False),
         )
+        _, metrics = classification.train(tf.distribute.get_strategy(), settings)
         rows.append(
             {
                 "augment": augment,

@@ -37,6 +37,7 @@ from aa_keras.applications import resize_model
 from aa_keras.data import classification as data
 from aa_keras.training import classification, detection, recipes
 from aa_keras.training.init_from import load_source
+from aa_keras.training.settings import settings_for
 from benchmarks.accuracy import accuracy
 
 FLAGS = flags.FLAGS
@@ -59,11 +60,11 @@ flags.DEFINE_string("output", "benchmarks/results/resolution_transfer.json", "Wh
 CASES = {"upsampled": "glyph_pairs", "canvas64": "glyph_pairs/canvas64"}
 
 
-def _run(model_dir, **kwargs):
+def _run(model_dir, model_name, **kwargs):
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    _, metrics = classification.train(model_dir=model_dir, strategy=tf.distribute.get_strategy(), data_dir=FLAGS.data_dir,
-                             verbose=False, **kwargs)
+    settings = settings_for("classification", model_name, model_dir, data_dir=FLAGS.data_dir, verbose=False, **kwargs)
+    _, metrics = classification.train(tf.distribute.get_strategy(), settings)
     return metrics, time.perf_counter() - started
 
 
@@ -120,12 +121,12 @@ def imagenet_to_coco():
                                steps_per_epoch=FLAGS.classifier_steps)  # fmt: skip
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    _, detector = detection.train(
-        tf.distribute.get_strategy(), "aa_retinanet_r18", os.path.join(FLAGS.work_dir, "aa_retinanet_r18_128"),
+    _, detector = detection.train(tf.distribute.get_strategy(), settings_for(
+        "detection", "aa_retinanet_r18", os.path.join(FLAGS.work_dir, "aa_retinanet_r18_128"),
         recipe=recipes.get_detection_recipe("quick_detection", epochs=1), data_dir=FLAGS.data_dir,
         steps_per_epoch=FLAGS.detection_steps, eval_examples=FLAGS.detection_eval_examples, verbose=False,
         init_from=classifier_dir,
-    )
+    ))  # fmt: skip
     return {
         "classifier": {"steps": classifier["steps"], "test_accuracy": classifier["test_accuracy"], "seconds": round(seconds)},
         "detector": {"steps": detector["steps"], "AP": detector["coco"]["AP"], "AP50": detector["coco"]["AP50"],

@@ -45,14 +45,15 @@ def classifier_run(data_dir, tmp_path_factory):
     labels.txt, run_config.json), for the evaluate and predict tests."""
     from aa_keras.applications import small_nets
     from aa_keras.training import classification, recipes
+    from aa_keras.training.settings import settings_for
 
     model_dir = tmp_path_factory.mktemp("classifier_run") / "aa_small"
     keras.utils.set_random_seed(0)
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=32)
-    classification.train(
-        tf.distribute.get_strategy(), "aa_small", str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=5,
+    classification.train(tf.distribute.get_strategy(), settings_for(
+        "classification", "aa_small", str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=5,
         verbose=False, model_fn=lambda name, shape, classes: small_nets.aa_small_net(shape, classes),
-    )
+    ))  # fmt: skip
     return model_dir
 
 
@@ -85,14 +86,15 @@ def detector_run(tiny_glyph_boxes, tmp_path_factory):
     """The run folder of aa_retinanet_r18 (64 x 64 images) trained 1 step on glyph_boxes,
     evaluated on 2 test images, for the evaluate and predict tests."""
     from aa_keras.training import detection, recipes
+    from aa_keras.training.settings import settings_for
 
     model_dir = tmp_path_factory.mktemp("detector_run") / "aa_retinanet_r18"
     keras.utils.set_random_seed(0)
     recipe = recipes.get_detection_recipe("quick_detection", image_size=64, max_instances=4, epochs=1)
-    detection.train(
-        tf.distribute.get_strategy(), "aa_retinanet_r18", str(model_dir), recipe=recipe, data_dir=tiny_glyph_boxes,
+    detection.train(tf.distribute.get_strategy(), settings_for(
+        "detection", "aa_retinanet_r18", str(model_dir), recipe=recipe, data_dir=tiny_glyph_boxes,
         global_batch_size=4, steps_per_epoch=1, eval_examples=2, verbose=False,
-    )
+    ))  # fmt: skip
     return model_dir
 
 

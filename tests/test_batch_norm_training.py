@@ -20,6 +20,7 @@ from aa_keras.data import classification as data
 from aa_keras.programs.files import load_keras_file
 from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, recipes, trainer
+from aa_keras.training.settings import settings_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,10 @@ def _recipe(dataset, **overrides):
 
 def _train(model_dir, recipe, **kwargs):
     keras.utils.set_random_seed(0)
-    return classification.train(tf.distribute.get_strategy(), "conv_small", str(model_dir), recipe, verbose=False, **kwargs)
+    return classification.train(
+        tf.distribute.get_strategy(),
+        settings_for("classification", "conv_small", str(model_dir), recipe, verbose=False, **kwargs),
+    )
 
 
 def test_a_short_run_evaluates_as_it_trained(color_folder, tmp_path):

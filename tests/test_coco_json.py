@@ -17,6 +17,7 @@ from aa_keras.data import detection as detection_data
 from aa_keras.datasets import CocoJson
 from aa_keras.export import export as exporter
 from aa_keras.training import detection, recipes
+from aa_keras.training.settings import settings_for
 
 SIZE = 64
 # Sparse category ids, listed out of order: label i is the i-th category by id.
@@ -100,9 +101,11 @@ def test_trains_a_detector_two_steps(coco, tmp_path):
     keras.utils.set_random_seed(0)
     recipe = recipes.get_detection_recipe("quick_detection", dataset=f"coco_json:{coco}", image_size=SIZE, max_instances=4)
     model, metrics = detection.train(
-        tf.distribute.get_strategy(), "retinanet_r18", str(tmp_path), recipe=recipe, global_batch_size=1,
-        epochs=1, steps_per_epoch=2, verbose=False,
-    )
+        tf.distribute.get_strategy(), settings_for(
+            "detection", "retinanet_r18", str(tmp_path), recipe=recipe, global_batch_size=1,
+            epochs=1, steps_per_epoch=2, verbose=False,
+        ),
+    )  # fmt: skip
     assert metrics["steps"] == 2 and np.isfinite(metrics["history"][0]["train_loss"])
     assert set(metrics["coco"]) == set(detection.COCO_METRICS)
     assert model.output["cls_logits"].shape[-1] == 2

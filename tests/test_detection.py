@@ -21,6 +21,7 @@ from aa_keras.export import detection as export_detection
 from aa_keras.export import export as exporter
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.training import detection, recipes, train
+from aa_keras.training.settings import settings_for
 
 SIZE = 64
 CLASSES = 3
@@ -269,7 +270,7 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
     )
     keras.utils.set_random_seed(0)
     mirrored = mirrored_strategy
-    _, first = detection.train(mirrored, "aa_retinanet_r18", model_dir, epochs=1, **arguments)
+    _, first = detection.train(mirrored, settings_for("detection", "aa_retinanet_r18", model_dir, epochs=1, **arguments))
     assert first["steps"] == 1 and first["finished"]
     assert set(first["coco"]) == set(detection.COCO_METRICS)
     assert all(-1.0 <= value <= 1.0 for value in first["coco"].values())
@@ -281,11 +282,11 @@ def test_train_on_two_replicas_evaluate_and_resume(small_glyph_boxes, tmp_path, 
     # A different network in the same model_dir is refused before anything is written.
     config = open(os.path.join(model_dir, "run_config.json")).read()
     with pytest.raises(ValueError, match="model"):
-        detection.train(mirrored, "retinanet_r18", model_dir, epochs=2, **arguments)
+        detection.train(mirrored, settings_for("detection", "retinanet_r18", model_dir, epochs=2, **arguments))
     assert open(os.path.join(model_dir, "run_config.json")).read() == config
     # The same run with one more epoch resumes from the checkpoint of step 1 (on one replica).
     model, second = detection.train(
-        tf.distribute.get_strategy(), "aa_retinanet_r18", model_dir, epochs=2, **arguments
+        tf.distribute.get_strategy(), settings_for("detection", "aa_retinanet_r18", model_dir, epochs=2, **arguments)
     )
     assert second["steps"] == 2 and [h["epoch"] for h in second["history"]] == [0, 1]
     assert json.load(open(os.path.join(model_dir, "metrics.json")))["steps"] == 2

@@ -15,6 +15,7 @@ from aa_keras.data import classification as data
 from aa_keras.export import export as exporter
 from aa_keras.export import predict
 from aa_keras.training import classification, evaluate, recipes, train
+from aa_keras.training.settings import settings_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # {split: {label: number of images}}; sizes differ per image to show that any size is taken.
@@ -91,9 +92,9 @@ def _small(name, input_shape, classes):
 def test_trains_two_steps_and_records_the_folder_in_the_run(folder, tmp_path):
     name = f"image_folder:{folder}"
     recipe = recipes.get_recipe("quick", dataset=name, epochs=1, global_batch_size=4)
-    model, metrics = classification.train(
-        tf.distribute.get_strategy(), "conv_small", str(tmp_path), recipe, steps_per_epoch=2, verbose=False, model_fn=_small
-    )
+    model, metrics = classification.train(tf.distribute.get_strategy(), settings_for(
+        "classification", "conv_small", str(tmp_path), recipe, steps_per_epoch=2, verbose=False, model_fn=_small
+    ))
     assert model.output_shape == (None, 3)
     assert metrics["steps"] == 2 and np.isfinite(metrics["test_loss"])
     with open(tmp_path / "run_config.json") as f:

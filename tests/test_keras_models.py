@@ -18,6 +18,7 @@ from aa_keras.programs import files
 from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, recipes, train
 from aa_keras.training.loop import start_run
+from aa_keras.training.settings import settings_for
 
 
 @pytest.fixture(autouse=True)
@@ -187,9 +188,9 @@ def test_frozen_epochs_follow_the_epoch_after_a_kill_mid_freeze(tmp_path, data_d
     monkeypatch.setattr(keras.utils.Progbar, "update", after_step)
     run = dict(data_dir=data_dir, steps_per_epoch=2, checkpoint_steps=1, verbose=False, model_fn=build)
     with pytest.raises(Killed):  # after step 2, in the frozen epoch, before its checkpoint
-        classification.train(tf.distribute.get_strategy(), "keras:VGG16", str(tmp_path), recipe, **run)
+        classification.train(tf.distribute.get_strategy(), settings_for("classification", "keras:VGG16", str(tmp_path), recipe, **run))
     kill_after.clear()
-    model, metrics = classification.train(tf.distribute.get_strategy(), "keras:VGG16", str(tmp_path), recipe, **run)
+    model, metrics = classification.train(tf.distribute.get_strategy(), settings_for("classification", "keras:VGG16", str(tmp_path), recipe, **run))
     assert metrics["resumed_at_steps"] == [1] and metrics["steps"] == 4
     # Steps 1, 2 (lost to the kill), then from checkpoint 1: step 2 of the frozen epoch, steps 3, 4.
     assert len(steps) == 5
@@ -214,12 +215,14 @@ def test_frozen_epochs_under_mirrored_strategy(tmp_path, data_dir, mirrored_stra
 
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, freeze_backbone_epochs=1, eval_split="test[:32]")
     run = dict(data_dir=data_dir, steps_per_epoch=1, verbose=False, model_fn=build)
-    model, metrics = classification.train(mirrored_strategy, "keras:VGG16", str(tmp_path), recipe, **run)
+    model, metrics = classification.train(mirrored_strategy, settings_for("classification", "keras:VGG16", str(tmp_path), recipe, **run))
     frozen = _watched(model)
     assert metrics["steps"] == 1 and not np.array_equal(frozen["head"], initial[0]["head"])
     np.testing.assert_array_equal(frozen["backbone"], initial[0]["backbone"])
     # A longer run resumes there and trains everything in its second epoch.
-    model, metrics = classification.train(mirrored_strategy, "keras:VGG16", str(tmp_path), recipes.override(recipe, epochs=2), **run)
+    model, metrics = classification.train(
+        mirrored_strategy, settings_for("classification", "keras:VGG16", str(tmp_path), recipes.override(recipe, epochs=2), **run)
+    )
     assert metrics["steps"] == 2 and metrics["resumed_at_steps"] == [1]
     assert not np.array_equal(_watched(model)["backbone"], initial[0]["backbone"])
 
@@ -280,18 +283,18 @@ def test_cli_errors_for_the_keras_flags(tmp_path, argv, message):
 )
 def test_a_changed_keras_setting_is_refused_on_resume(tmp_path, field, before, after):
     def start(**options):
-        return start_run(
-            str(tmp_path), recipes.get_recipe("finetune"), checkpoint_steps=10, steps_per_epoch=None, mixed_precision=None,
-            allow_changed_settings=True, model="keras:ResNet50", seed=0, **options,
-        )  # fmt: skip
+        return start_run(settings_for(
+            "classification", "keras:ResNet50", str(tmp_path), recipes.get_recipe("finetune"), checkpoint_steps=10,
+            steps_per_epoch=None, mixed_precision=None, allow_changed_settings=True, seed=0, model_options=options,
+        )).config  # fmt: skip
 
     base = dict(weights="imagenet", augment="paper", augment_skip_unfit=False)
     files.write_json(str(tmp_path / RunFolder.RUN_CONFIG), start(**{**base, field: before}))
     with pytest.raises(ValueError, match=rf"holds a run with {field}=.*this run has {field}="):
         start(**{**base, field: after})
     with pytest.raises(ValueError, match="holds a run with freeze_backbone_epochs=1.*freeze_backbone_epochs=2"):
-        start_run(
-            str(tmp_path), recipes.get_recipe("finetune", freeze_backbone_epochs=2), checkpoint_steps=10,
-            steps_per_epoch=None, mixed_precision=None, allow_changed_settings=True, model="keras:ResNet50", seed=0,
-            **{**base, field: before},
-        )  # fmt: skip
+        start_run(settings_for(
+            "classification", "keras:ResNet50", str(tmp_path), recipes.get_recipe("finetune", freeze_backbone_epochs=2),
+            checkpoint_steps=10, steps_per_epoch=None, mixed_precision=None, allow_changed_settings=True, seed=0,
+            model_options={**base, field: before},
+        ))  # fmt: skip

@@ -18,13 +18,15 @@ import numpy as np
 from aa_keras.training import recipes
 from aa_keras.training.distribute import create_strategy, is_chief
 from aa_keras.training import classification
+from aa_keras.training.settings import settings_for
 
 model_dir, data_dir, weights_path = sys.argv[1:]
 strategy = create_strategy("multi_worker_mirrored")
 recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16)
-model, metrics = classification.train(
-    strategy, "conv_small", model_dir, recipe, data_dir=data_dir, steps_per_epoch=3, checkpoint_steps=2, verbose=False
-)
+model, metrics = classification.train(strategy, settings_for(
+    "classification", "conv_small", model_dir, recipe, data_dir=data_dir, steps_per_epoch=3, checkpoint_steps=2,
+    verbose=False,
+))
 assert strategy.num_replicas_in_sync == 2 and metrics["steps"] == 3
 print("chief" if is_chief(strategy) else "worker")
 np.save(weights_path, np.concatenate([w.ravel() for w in model.get_weights()]))

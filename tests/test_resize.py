@@ -22,6 +22,7 @@ from aa_keras.applications import (
 )
 from aa_keras.layers import AttentionAugmentation2D, resample_relative_table
 from aa_keras.training import classification, init_from, recipes, train
+from aa_keras.training.settings import settings_for
 
 SMALL = dict(filters=8, kernel_size=3, depth_k=4, depth_v=4, num_heads=2)
 
@@ -330,10 +331,10 @@ def _recipe(image_size, **overrides):
 
 
 def _train(model_dir, data_dir, recipe, steps, **kwargs):
-    return classification.train(
-        tf.distribute.get_strategy(), "aa_small", str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=steps,
+    return classification.train(tf.distribute.get_strategy(), settings_for(
+        "classification", "aa_small", str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=steps,
         verbose=False, model_fn=lambda name, shape, classes: small_nets.aa_small_net(shape, classes), **kwargs,
-    )
+    ))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from aa_keras.data import classification as data
 from aa_keras.training import classification, recipes
+from aa_keras.training.settings import settings_for
 
 # The mutation check (scripts/mutation_check.py) points this at a glyph_pairs it generated once,
 # so that each of its runs does not generate the dataset again.
@@ -44,11 +45,11 @@ def _train(model_dir, data_dir):
     # less moves the weights far beyond float32 rounding.
     recipe = recipes.get_recipe("quick", epochs=2, global_batch_size=64, learning_rate=0.1)
     keras.utils.set_random_seed(7)  # the same initial weights for every run
-    model, metrics = classification.train(
-        tf.distribute.get_strategy(), "tiny", str(model_dir), recipe, data_dir=data_dir,
+    model, metrics = classification.train(tf.distribute.get_strategy(), settings_for(
+        "classification", "tiny", str(model_dir), recipe, data_dir=data_dir,
         checkpoint_steps=4, steps_per_epoch=3, seed=5, verbose=False,
         model_fn=_tiny_net,
-    )  # fmt: skip
+    ))  # fmt: skip
     return model, metrics
 
 

@@ -7,6 +7,7 @@ from aa_keras.programs import files
 from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import artifacts, recipes
 from aa_keras.training.loop import start_run
+from aa_keras.training.settings import settings_for
 
 # Each identity field, and a run that differs from `_BASE` in that field only. Written out here
 # rather than read from `artifacts.IDENTITY_FIELDS`, so that a field dropped from the check fails.
@@ -21,10 +22,10 @@ _BASE = dict(model="conv_small", recipe={}, mixed_precision=None)
 
 
 def _start(model_dir, model, recipe, mixed_precision, allow_changed_settings=False):
-    return start_run(
-        str(model_dir), recipes.get_recipe("quick", **recipe), checkpoint_steps=10, steps_per_epoch=None,
-        mixed_precision=mixed_precision, allow_changed_settings=allow_changed_settings, model=model, seed=0,
-    )  # fmt: skip
+    return start_run(settings_for(
+        "classification", model, str(model_dir), recipes.get_recipe("quick", **recipe), checkpoint_steps=10,
+        steps_per_epoch=None, mixed_precision=mixed_precision, allow_changed_settings=allow_changed_settings, seed=0,
+    )).config  # fmt: skip
 
 
 def test_every_identity_field_is_checked():

@@ -21,6 +21,7 @@ from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import classification, distribute, recipes, train
 from aa_keras.training.checkpoints import checkpoint_files
 from aa_keras.training.schedules import WarmupDecay
+from aa_keras.training.settings import settings_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,14 +38,10 @@ def _train(model_dir, data_dir, model="conv_small", strategy=None, steps=3, **kw
     recipe = kwargs.pop("recipe", _tiny_recipe())
     return classification.train(
         strategy or tf.distribute.get_strategy(),
-        model,
-        str(model_dir),
-        recipe,
-        data_dir=data_dir,
-        steps_per_epoch=steps,
-        verbose=False,
-        model_fn=_small,
-        **kwargs,
+        settings_for(
+            "classification", model, str(model_dir), recipe, data_dir=data_dir, steps_per_epoch=steps, verbose=False,
+            model_fn=_small, **kwargs,
+        ),
     )
 
 

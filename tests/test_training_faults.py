@@ -20,6 +20,7 @@ from aa_keras.programs import files
 from aa_keras.programs.run_folder import RunFolder
 from aa_keras.training import checkpoints, classification, distribute, recipes, run_lock, train
 from aa_keras.training.loop import start_run
+from aa_keras.training.settings import settings_for
 
 
 def _saved_checkpoints(directory, count=5):
@@ -140,9 +141,10 @@ def test_trainer_refuses_to_start_over_damaged_checkpoints(tmp_path, data_dir):
 
 def _start(model_dir, recipe=None, steps_per_epoch=2, seed=0):
     """`start_run` of a `_train` run (the checks before any training)."""
-    return start_run(
-        str(model_dir), recipe or _tiny_recipe(), 200, steps_per_epoch, None, model="conv_small", seed=seed
-    )
+    return start_run(settings_for(
+        "classification", "conv_small", str(model_dir), recipe or _tiny_recipe(), checkpoint_steps=200,
+        steps_per_epoch=steps_per_epoch, mixed_precision=None, seed=seed,
+    )).config  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -277,10 +279,14 @@ def test_an_init_from_of_another_network_and_a_too_large_batch_leave_no_run_fold
     keras.saving.save_model(build_model("resnet18", (32, 32, 3), 2), source)
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, train_split="train[:32]")
     with pytest.raises(ValueError, match=r"is another network than 'aa_small'"):
-        classification.train(tf.distribute.get_strategy(), "aa_small", str(tmp_path / "run"), recipe,
-                             data_dir=data_dir, verbose=False, init_from=str(source))  # fmt: skip
+        classification.train(tf.distribute.get_strategy(), settings_for(
+            "classification", "aa_small", str(tmp_path / "run"), recipe, data_dir=data_dir, verbose=False,
+            init_from=str(source),
+        ))  # fmt: skip
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=r"global_batch_size=64 is larger than the 'train\[:32\]' split"):
-        classification.train(tf.distribute.get_strategy(), "aa_small", str(tmp_path / "run"),
-                             recipes.override(recipe, global_batch_size=64), data_dir=data_dir, verbose=False)  # fmt: skip
+        classification.train(tf.distribute.get_strategy(), settings_for(
+            "classification", "aa_small", str(tmp_path / "run"), recipes.override(recipe, global_batch_size=64),
+            data_dir=data_dir, verbose=False,
+        ))  # fmt: skip
     assert not (tmp_path / "run").exists()

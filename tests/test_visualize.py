@@ -21,6 +21,7 @@ from aa_keras.visualize import attention_maps, cli, query_cells
 from aa_keras.visualize.figure import DPI, PANEL_INCHES
 from aa_keras.training import attention_summaries, recipes
 from aa_keras.training import classification
+from aa_keras.training.settings import settings_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -406,10 +407,10 @@ def _summaries(log_dir):
 
 def test_training_writes_attention_pictures_to_the_eval_log(tmp_path, data_dir):
     recipe = recipes.get_recipe("quick", epochs=1, global_batch_size=16, eval_split="test[:16]")
-    classification.train(
-        tf.distribute.get_strategy(), "aa_small", str(tmp_path / "aa"), recipe, data_dir=data_dir,
+    classification.train(tf.distribute.get_strategy(), settings_for(
+        "classification", "aa_small", str(tmp_path / "aa"), recipe, data_dir=data_dir,
         steps_per_epoch=1, verbose=False,
-    )  # fmt: skip
+    ))  # fmt: skip
     summaries = _summaries(tmp_path / "aa" / "logs" / "eval")
     queries = attention_summaries.query_pixels(32)
     tags = [f"attention/image_{i}/query_{y}_{x}" for i in range(attention_summaries.NUM_IMAGES) for y, x in queries]

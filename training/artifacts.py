@@ -54,7 +54,8 @@ def check_run_config(model_dir, config, allow_changed_settings=False):
     """Checks `config` against the run that `model_dir` holds, if any.
 
     Returns:
-        The run_config.json stored there, or None for a new run.
+        (the run_config.json stored there, or None for a new run; {field: (stored value, new
+        value)} of the fields that changed).
 
     Raises:
         ValueError: an identity field differs (the checkpoints do not fit this run), or another
@@ -62,7 +63,7 @@ def check_run_config(model_dir, config, allow_changed_settings=False):
     """
     stored = RunFolder(model_dir).read_run_config()
     if stored is None:
-        return None
+        return None, {}
     changed = changed_fields(stored, config)
     for field in IDENTITY_FIELDS:
         if field in changed:
@@ -79,4 +80,4 @@ def check_run_config(model_dir, config, allow_changed_settings=False):
             "to resume it, pass --allow_changed_settings to continue it with the new ones (recorded in "
             f"{RunFolder.RUN_CONFIG}), or pass a new --model_dir; nothing was written."
         )
-    return stored
+    return stored, changed

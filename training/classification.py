@@ -1,7 +1,7 @@
 """Image classification, the trainer's first task (`--task=classification`): the softmax
 cross-entropy with the recipe's label smoothing, evaluated for loss and top-1 accuracy after each
 epoch, on `aa_keras.data.classification`'s pipelines. A sibling of `training.detection`: the
-same `train` signature, the same trainer (`training.trainer.run_training`) given a
+same `train(strategy, settings)`, the same trainer (`training.trainer.run_training`) given a
 `ClassificationTask`.
 """
 
@@ -13,90 +13,47 @@ import tensorflow_datasets as tfds
 from aa_keras.applications import build_model
 from aa_keras.data import classification as data
 
-from . import attention_summaries, recipes
+from . import attention_summaries
 from .loop import TrainingTask, start_run
-from .settings import RunSettings
 from .trainer import run_training
 
 _SUM = tf.distribute.ReduceOp.SUM
 
 
-def train(
-    strategy,
-    model_name,
-    model_dir,
-    recipe="quick",
-    data_dir=None,
-    dataset=None,
-    epochs=None,
-    global_batch_size=None,
-    steps_per_epoch=None,
-    mixed_precision=None,
-    checkpoint_steps=200,
-    seed=0,
-    verbose=True,
-    model_fn=build_model,
-    allow_changed_settings=False,
-    init_from=None,
-    init_method="linear",
-    model_options=None,
-):
-    """Trains the classifier `model_name` with `recipe` into `model_dir`, resuming a run
+def train(strategy, settings):
+    """Trains the classifier of `settings` (a `training.settings.TrainingSettings` of task
+    "classification"; see `training.settings.settings_for`) into its model_dir, resuming a run
     found there (see `training.trainer.run_training` for what is written), evaluated on the
     recipe's `eval_split` for its loss and accuracy after each epoch.
 
     Args:
         strategy: a `tf.distribute.Strategy` (see `training.distribute.create_strategy`).
-        model_name: network name, passed to `model_fn`.
-        model_dir: output folder.
-        recipe: a `training.recipes.Recipe`, or the name of one in `training.recipes.RECIPES`.
-        data_dir: TFDS data directory.
-        dataset, epochs, global_batch_size: override the recipe's (None keeps it).
-        steps_per_epoch: at most this many steps per epoch (None: the whole training split).
-        mixed_precision: None, "bfloat16" or "float16" (with dynamic loss scaling).
-        checkpoint_steps: steps between checkpoints.
-        seed: seed of the data order (epoch e shuffles with seed + e).
-        verbose: show a progress bar (on the chief).
-        model_fn: `(name, input_shape, classes, **model_options) -> keras.Model`
-            (`aa_keras.applications.build_model`: its names and "keras:<Name>").
-        allow_changed_settings: resume a run found in `model_dir` whose settings (other than
-            the identity fields and `epochs`) differ from these; the change is recorded.
-        init_from, init_method: start from the weights of a saved model (see
-            `training.trainer.run_training`).
-        model_options: keyword arguments of `model_fn` for this network (for "keras:<Name>":
-            `weights`, `augment`, `augment_skip_unfit`), recorded in run_config.json.
+        settings: the run's settings; `settings.model.model_fn` (default
+            `aa_keras.applications.build_model`: its names and "keras:<Name>") builds the network.
 
     Returns:
         (model, metrics dict as written to metrics.json).
 
     Raises:
-        ValueError: bad arguments, or a `model_dir` holding a different run.
+        ValueError: bad settings, or a model_dir holding a different run.
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    recipe = recipes.recipe_for("classification", recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
-    model_options = dict(model_options or {})
-    config = start_run(
-        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
-        model=model_name, seed=seed, **model_options,
-    )
-    task = ClassificationTask(strategy, recipe, model_name, data_dir, model_fn, model_options)
-    settings = RunSettings(
-        model_name=model_name, model_dir=model_dir, config=config, train_examples=task.train_examples,
-        steps_per_epoch=steps_per_epoch, mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps,
-        seed=seed, verbose=verbose, init_from=init_from, init_method=init_method,
-    )
-    return run_training(task, strategy, recipe, settings)
+    started = start_run(settings)
+    return run_training(ClassificationTask(strategy, settings), strategy, settings, started)
 
 
 class ClassificationTask(TrainingTask):
-    """The classifier `model_name` trained with `recipe` on `strategy`: the softmax cross-entropy
+    """The classifier of `settings` (see `train`) trained on `strategy`: the softmax cross-entropy
     with the recipe's label smoothing, evaluated for loss and top-1 accuracy, attention maps in
-    TensorBoard (see `train` for the arguments). Reads the dataset's sizes and class names."""
+    TensorBoard. Reads the dataset's sizes and class names."""
 
-    def __init__(self, strategy, recipe, model_name, data_dir=None, model_fn=build_model, model_options=None):
-        self.strategy, self.recipe, self.model_name, self.data_dir = strategy, recipe, model_name, data_dir
-        self.model_fn, self.model_options = model_fn, dict(model_options or {})
+    def __init__(self, strategy, settings):
+        recipe, data_dir = settings.recipe, settings.data.data_dir
+        self.strategy, self.recipe, self.data_dir = strategy, recipe, data_dir
+        self.model_name = settings.model.name
+        self.model_fn = settings.model.model_fn or build_model
+        self.model_options = dict(settings.model.model_options)
         self.batch = recipe.global_batch_size
         self.per_replica = data.per_replica_batch_size(self.batch, strategy.num_replicas_in_sync)
         self.classes = data.num_classes(recipe.dataset, data_dir)

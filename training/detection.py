@@ -1,5 +1,5 @@
 """Object detection with RetinaNet / AA-RetinaNet, the trainer's second task
-(`--task=detection`): a sibling of `training.classification`, with the same `train` signature.
+(`--task=detection`): a sibling of `training.classification`, with the same `train(strategy, settings)`.
 
 The run is the loop of every task (`training.trainer.run_training`) with a detection
 `DetectionTask`: the same checkpoints, resumption (mid-epoch included), stop on a non-finite
@@ -11,21 +11,19 @@ Evaluation runs the detector's non-maximum suppression and Model Garden's COCO e
 (pycocotools) for AP, AP50, AP75, APs, APm, APl and the recalls.
 """
 
+import dataclasses
 
 import keras
 import numpy as np
 import tensorflow as tf
 from official.vision.evaluation import coco_evaluator
 
-from aa_keras.applications.retinanet import DETECTOR_NAMES, build_detector, detections
+from aa_keras.applications.retinanet import build_detector, detections
 from aa_keras.data import detection as detection_data
 from aa_keras.data.classification import per_replica_batch_size
-from aa_keras.validation import positive_int
 
-from . import recipes
 from .init_from import detector_attention, init_source
 from .loop import TrainingTask, start_run
-from .settings import RunSettings
 from .trainer import run_training
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl")
@@ -110,28 +108,10 @@ def evaluate_detector(model, dataset, split, image_size, data_dir=None, batch_si
     return {name: float(results[name]) for name in COCO_METRICS}
 
 
-def train(
-    strategy,
-    model_name,
-    model_dir,
-    recipe="quick_detection",
-    data_dir=None,
-    dataset=None,
-    epochs=None,
-    global_batch_size=None,
-    steps_per_epoch=None,
-    mixed_precision=None,
-    checkpoint_steps=200,
-    seed=0,
-    verbose=True,
-    model_fn=build_detector,
-    allow_changed_settings=False,
-    init_from=None,
-    init_method="linear",
-    eval_examples=None,
-):
-    """Trains the detector `model_name` into `model_dir`, resuming a run found there, and
-    evaluates it with the COCO evaluator after each epoch.
+def train(strategy, settings):
+    """Trains the detector of `settings` (a `training.settings.TrainingSettings` of task
+    "detection"; see `training.settings.settings_for`) into its model_dir, resuming a run found
+    there, and evaluates it with the COCO evaluator after each epoch.
 
     Writes `model_dir/checkpoints` (every `checkpoint_steps` steps and each epoch),
     `logs/{train,eval}` (TensorBoard), `run_config.json`, `labels.txt` (the class names), and at the end `model.keras` and
@@ -140,59 +120,45 @@ def train(
     end, and every worker evaluates the (whole) evaluation split by itself.
 
     Args:
-        The arguments of `training.classification.train` (the same signature), except:
-        model_name: one of `aa_keras.applications.retinanet.DETECTOR_NAMES`.
-        recipe: a `training.recipes.DetectionRecipe`, or the name of one in
-            `training.recipes.DETECTION_RECIPES`.
-        model_fn: `(name, input_shape, classes, **attention) -> detector`.
-        init_from, init_method: start from the weights of a saved classifier or detector (see
-            `training.trainer.run_training`); an AA detector takes the attention settings of its
-            backbone layers (`training.init_from.detector_attention`), so re-run the same command
-            to resume.
-        eval_examples: evaluate on the first this many images of the evaluation split (None: all);
-            in place of classification's `model_options`.
+        strategy: a `tf.distribute.Strategy`.
+        settings: as for `training.classification.train`, except: the model's name is one of
+            `aa_keras.applications.retinanet.DETECTOR_NAMES` (unless `settings.model.model_fn`,
+            `(name, input_shape, classes, **attention) -> detector`, is given); the recipe is a
+            `training.recipes.DetectionRecipe`; `settings.data.eval_examples` evaluates on the
+            first this many images of the evaluation split (None: all). An AA detector started
+            from `settings.run.init_from` takes the attention settings of its backbone
+            (`training.init_from.detector_attention`), so re-run the same command to resume.
 
     Returns:
         (model, metrics dict as written to metrics.json).
 
     Raises:
-        ValueError: bad arguments, or a `model_dir` holding a different run (nothing is written).
+        ValueError: bad settings, or a model_dir holding a different run (nothing is written).
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    recipe = recipes.recipe_for("detection", recipe, dataset=dataset, epochs=epochs, global_batch_size=global_batch_size)
-    if model_name not in DETECTOR_NAMES and model_fn is build_detector:
-        raise ValueError(f"Invalid `model`: received {model_name!r}; detection models are {', '.join(DETECTOR_NAMES)}.")
-    positive_int("eval_examples", eval_examples, optional=True)
-    config = start_run(
-        model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings,
-        task="detection", model=model_name, seed=seed,
-    )
-    init_from = init_source(init_from)  # Read once, for the attention settings and the weights.
-    task = DetectionTask(strategy, recipe, model_name, data_dir, model_fn, eval_examples, init_from)
-    settings = RunSettings(
-        model_name=model_name, model_dir=model_dir, config=config, train_examples=task.train_examples,
-        steps_per_epoch=steps_per_epoch, mixed_precision=mixed_precision, checkpoint_steps=checkpoint_steps,
-        seed=seed, verbose=verbose, init_from=init_from, init_method=init_method,
-    )
-    return run_training(task, strategy, recipe, settings)
+    started = start_run(settings)
+    # The --init_from model is read once, for the attention settings and the weights.
+    run = dataclasses.replace(settings.run, init_from=init_source(settings.run.init_from))
+    settings = dataclasses.replace(settings, run=run)
+    return run_training(DetectionTask(strategy, settings), strategy, settings, started)
 
 
 class DetectionTask(TrainingTask):
-    """The detector `model_name` trained with `recipe` on `strategy`: keras-hub's RetinaNet
-    losses, evaluated with the COCO evaluator (see `train` for the arguments); an AA detector
-    started from `init_from` takes the attention settings of its backbone layers. Reads the
-    dataset's sizes and class names."""
+    """The detector of `settings` (see `train`) trained on `strategy`: keras-hub's RetinaNet
+    losses, evaluated with the COCO evaluator; an AA detector started from `init_from` takes the
+    attention settings of its backbone layers. Reads the dataset's sizes and class names."""
 
-    def __init__(self, strategy, recipe, model_name, data_dir=None, model_fn=build_detector, eval_examples=None,
-                 init_from=None):
-        self.strategy, self.recipe, self.model_name, self.data_dir = strategy, recipe, model_name, data_dir
-        self.model_fn, self.eval_examples = model_fn, eval_examples
+    def __init__(self, strategy, settings):
+        recipe, data_dir, init_from = settings.recipe, settings.data.data_dir, settings.run.init_from
+        self.strategy, self.recipe, self.data_dir = strategy, recipe, data_dir
+        self.model_name, self.model_fn = settings.model.name, settings.model.model_fn or build_detector
+        self.eval_examples = settings.data.eval_examples
         self.per_replica = per_replica_batch_size(recipe.global_batch_size, strategy.num_replicas_in_sync)
         self.classes = detection_data.num_classes(recipe.dataset, data_dir)
         self.train_examples = detection_data.split_size(recipe.dataset, recipe.train_split, data_dir)
         detection_data.split_size(recipe.dataset, recipe.eval_split, data_dir)  # Fails early on a bad split.
-        self.attention = detector_attention(init_from) if init_from and model_name.startswith("aa_") else {}
+        self.attention = detector_attention(init_from) if init_from and self.model_name.startswith("aa_") else {}
         self.class_names = tuple(detection_data.class_names(recipe.dataset, data_dir))
 
     def build_model(self):

@@ -5,11 +5,10 @@ itself is `training.trainer`.
 """
 
 import dataclasses
+from typing import Optional
 
 import keras
 import tensorflow as tf
-
-from aa_keras.validation import positive_int
 
 from . import artifacts
 from .schedules import WarmupDecay
@@ -76,29 +75,38 @@ def check_mixed_precision(mixed_precision):
         )
 
 
-def start_run(
-    model_dir, recipe, checkpoint_steps, steps_per_epoch, mixed_precision, allow_changed_settings=False, **fields
-):
-    """Checks the arguments that every trainer takes, that `model_dir` is a writable folder, and
-    that it holds no other run (`artifacts.check_run_config`: a run with other settings is
-    resumed only with `allow_changed_settings`).
+@dataclasses.dataclass(frozen=True)
+class StartedRun:
+    """A run checked against its folder by `start_run`.
+
+    Attributes:
+        config: its configuration, as recorded in run_config.json (`TrainingSettings.config`).
+        stored: the run_config.json found in the folder, or None for a new run.
+        changes: {field: (stored value, new value)} of the settings changed on resume.
+    """
+
+    config: dict
+    stored: Optional[dict] = None
+    changes: dict = dataclasses.field(default_factory=dict)
+
+
+def start_run(settings):
+    """Checks `settings` (a `training.settings.TrainingSettings`) once, that its model_dir is a
+    writable folder, and that it holds no other run (`artifacts.check_run_config`: a run with
+    other settings is resumed only with `allow_changed_settings`); writes nothing.
 
     Returns:
-        The run's configuration, as recorded in run_config.json: the fields of `recipe` but
-        `models` (the networks it is meant for), then `fields`, `mixed_precision` and
-        `steps_per_epoch`.
+        The `StartedRun`.
 
     Raises:
-        ValueError: a bad argument, an unusable `model_dir`, or one holding a different run.
+        ValueError: a bad setting, an unusable model_dir, or one holding a different run.
     """
-    check_mixed_precision(mixed_precision)
-    positive_int("checkpoint_steps", checkpoint_steps)
-    positive_int("steps_per_epoch", steps_per_epoch, optional=True)
-    config = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "models"}
-    config.update(fields, mixed_precision=mixed_precision, steps_per_epoch=steps_per_epoch)
+    settings.check()
+    config = settings.config()
+    model_dir = settings.run.model_dir
     artifacts.check_model_dir(model_dir)
-    artifacts.check_run_config(model_dir, config, allow_changed_settings)
-    return config
+    stored, changes = artifacts.check_run_config(model_dir, config, settings.run.allow_changed_settings)
+    return StartedRun(config, stored, changes)
 
 
 class TrainingTask:

@@ -11,6 +11,7 @@ import dataclasses
 
 from aa_keras.applications.retinanet import DETECTOR_NAMES
 from aa_keras.data.classification import PREPROCESSING
+from aa_keras.programs.field_flags import flag_field
 
 from .schedules import DECAYS as SCHEDULES
 
@@ -18,15 +19,10 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def _flag(flag, help, default=dataclasses.MISSING, choices=None, task=None, lower_bound=None):
-    """A recipe field that the trainer's flag `--<flag>` overrides (`flag_fields`): its help,
-    its choices (an enum flag), the task it applies to (None: both) and its lower bound."""
-    metadata = {"flag": flag, "help": help, "choices": choices, "task": task, "lower_bound": lower_bound}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def flag_fields(recipe_class):
-    """The fields of `recipe_class` that a flag overrides, in field order."""
-    return [field for field in dataclasses.fields(recipe_class) if "flag" in field.metadata]
+    """A recipe field that the trainer's flag `--<flag>` overrides
+    (`aa_keras.programs.field_flags`): its help, its choices (an enum flag), the task it applies
+    to (None: both) and its lower bound."""
+    return flag_field(help, default, flag=flag, choices=choices, lower_bound=lower_bound, task=task)
 
 
 @dataclasses.dataclass(frozen=True)

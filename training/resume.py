@@ -1,7 +1,7 @@
 """Resume bookkeeping: where a run found in its folder stands (the epoch and step it resumes at,
 the epochs it has recorded, the steps it was resumed at) and which of its settings changed."""
 
-from . import artifacts, checkpoints
+from . import checkpoints
 
 
 def epoch_steps(recipe, train_examples, steps_per_epoch):
@@ -39,13 +39,14 @@ def resumed_at_steps(previous, step):
     return previous.get("resumed_at_steps", []) + ([step] if step else [])
 
 
-def config_with_changes(stored, config, step):
-    """(`config` with the `changes` of the run_config.json `stored` and, when settings changed,
-    a new one at `step`; a line on the changes, or None)."""
+def config_with_changes(started, step):
+    """(the config of `started` (a `training.loop.StartedRun`) with the `changes` of the
+    run_config.json it found and, when settings changed, a new one at `step`; a line on the
+    changes, or None)."""
+    stored, config, changes = started.stored, started.config, started.changes
     if stored is None:
         return config, None
-    changes = artifacts.changed_fields(stored, config)
-    config = {**config, "changes": stored.get("changes", [])}
+    config = {**config, "changes": list(stored.get("changes", []))}
     if not changes:
         return config, None
     config["changes"].append({"step": step, "fields": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})

@@ -1,8 +1,8 @@
 """The trainer of every task: one network, one recipe, any `tf.distribute` strategy.
 
 `run_training` takes a task (`training.loop.TrainingTask`: what differs between tasks), the
-strategy, the recipe and the run's `training.settings.RunSettings`; a `Trainer` owns the rest: the run folder and
-its lock, checkpoints and resume (`training.checkpoints`, `training.resume`), the epoch loop,
+strategy, the run's `training.settings.TrainingSettings` and its `training.loop.StartedRun`; a
+`Trainer` owns the rest: the run folder and its lock, checkpoints and resume (`training.checkpoints`, `training.resume`), the epoch loop,
 summaries, metrics.json and the final model. Model, optimizer and checkpoint are built under the
 strategy's scope; the training data is distributed with `distribute_datasets_from_function` (one
 even part of the split per input pipeline, per-replica batches); gradients are summed over
@@ -38,10 +38,11 @@ class Interrupted(KeyboardInterrupt):
     """Training was interrupted (Ctrl-C); the message says where a re-run resumes."""
 
 
-def run_training(task, strategy, recipe, settings):
-    """Trains `task`'s model with `recipe` into `settings.model_dir`, resuming a run found there.
+def run_training(task, strategy, settings, started):
+    """Trains `task`'s model with `settings.recipe` into `settings.run.model_dir`, resuming a run
+    found there.
 
-    Writes `run_config.json` (`settings.config`; settings changed on resume are recorded in its
+    Writes `run_config.json` (`started.config`; settings changed on resume are recorded in its
     `changes`), `labels.txt` (the task's class names), `checkpoints` (every `checkpoint_steps`
     steps and each epoch), `logs/{train,eval}` (TensorBoard), `train.log` (resumption and
     recovery), and at the end `model.keras` and `metrics.json`; the last two atomically. Each
@@ -53,8 +54,8 @@ def run_training(task, strategy, recipe, settings):
     Args:
         task: a `training.loop.TrainingTask` (`ClassificationTask`, `DetectionTask`).
         strategy: a `tf.distribute.Strategy`.
-        recipe: a `training.recipes.Recipe` (or subclass): epochs, batch, optimizer, schedule.
-        settings: the run's `training.settings.RunSettings`.
+        settings: the run's `training.settings.TrainingSettings`.
+        started: the run as `training.loop.start_run` checked it against its folder.
 
     Returns:
         (model, metrics dict as written to metrics.json).
@@ -65,19 +66,19 @@ def run_training(task, strategy, recipe, settings):
         FloatingPointError: the loss or the weights became non-finite; the last good
             checkpoint is kept.
     """
-    chief = is_chief(strategy)
-    epoch_steps = resume.epoch_steps(recipe, settings.train_examples, settings.steps_per_epoch)
-    built = _build(task, strategy, recipe, epoch_steps, settings.mixed_precision)
+    chief, run = is_chief(strategy), settings.run
+    epoch_steps = resume.epoch_steps(settings.recipe, task.train_examples, run.steps_per_epoch)
+    built = _build(task, strategy, settings.recipe, epoch_steps, settings.distribution.mixed_precision)
     # A new run starts from --init_from before the lock creates the run folder: a source that does
     # not fit the network leaves nothing behind. A checkpoint found under the lock overrides it.
-    init_from = init_source(settings.init_from)
-    if init_from and not checkpoints.checkpoint_files(RunFolder(settings.model_dir).checkpoints):
-        initialize_from(built[0], init_from, settings.init_method, verbose=chief)
+    init_from = init_source(run.init_from)
+    if init_from and not checkpoints.checkpoint_files(RunFolder(run.model_dir).checkpoints):
+        initialize_from(built[0], init_from, run.init_method, verbose=chief)
         init_from = None
-    model_dir = settings.model_dir
+    model_dir = run.model_dir
     lock = run_lock.run_lock(model_dir, warn=lambda m: _note(model_dir, m, True)) if chief else contextlib.nullcontext()
     with lock:
-        return Trainer(task, strategy, recipe, settings, built, epoch_steps).run(init_from)
+        return Trainer(task, strategy, settings, started, built, epoch_steps).run(init_from)
 
 
 def _build(task, strategy, recipe, epoch_steps, mixed_precision):
@@ -127,21 +128,22 @@ class Trainer:
     """One run of `run_training` under its lock: the model, optimizer and `train_seconds`
     variable `built` by `_build`, trained for `epoch_steps` steps per epoch."""
 
-    def __init__(self, task, strategy, recipe, settings, built, epoch_steps):
-        self.task, self.strategy, self.recipe, self.settings = task, strategy, recipe, settings
+    def __init__(self, task, strategy, settings, started, built, epoch_steps):
+        self.task, self.strategy, self.started = task, strategy, started
+        self.recipe, self.run_settings = settings.recipe, settings.run
         self.model, self.optimizer, self.train_seconds = built
         self.epoch_steps = epoch_steps
-        self.name = settings.model_name
-        self.batch = recipe.global_batch_size
+        self.name = settings.model.name
+        self.batch = self.recipe.global_batch_size
         self.chief = is_chief(strategy)
-        self.folder = RunFolder(settings.model_dir)
+        self.folder = RunFolder(settings.run.model_dir)
         # Other workers of a cluster write their checkpoints and model to a scratch folder.
         self.write_folder = self.folder if self.chief else RunFolder(self.folder.file(f".scratch_{worker_id(strategy)}"))
 
     def note(self, message, warning=False):
         """Shows `message` and appends it to the run's log (on the chief)."""
         if self.chief:
-            _note(self.settings.model_dir, message, warning)
+            _note(self.run_settings.model_dir, message, warning)
 
     def run(self, init_from):
         """Restores or initialises (from `init_from`, None for none) the model, trains the epochs
@@ -182,7 +184,7 @@ class Trainer:
             if init_from:
                 self.note(f"{self.name}: resuming from {restored.path}; --init_from={init_from.path} is ignored.")
         elif init_from:
-            initialize_from(self.model, init_from, self.settings.init_method, verbose=self.chief)
+            initialize_from(self.model, init_from, self.run_settings.init_method, verbose=self.chief)
 
     def _summary_writer(self, name):
         if self.chief:
@@ -201,14 +203,14 @@ class Trainer:
         epochs = self.recipe.epochs
         if self.step > epochs * self.epoch_steps:
             raise ValueError(
-                f"model_dir {self.settings.model_dir!r} holds a run of {self.name} that is past --epochs={epochs}: it "
+                f"model_dir {self.run_settings.model_dir!r} holds a run of {self.name} that is past --epochs={epochs}: it "
                 f"reached step {self.step} ({len(self.history)} epoch(s) recorded, {self.epoch_steps} steps each). Pass "
                 f"--epochs={first_epoch} or more to resume or finish it, or a new --model_dir; nothing was written."
             )
         if self.restored_path:
             self.note(f"Resuming {self.name} from {self.restored_path} (step {self.step}, epoch "
                       f"{min(first_epoch + 1, epochs)} of {epochs})")
-        config, changes = resume.config_with_changes(self.folder.read_run_config(), self.settings.config, self.step)
+        config, changes = resume.config_with_changes(self.started, self.step)
         if changes:
             self.note(f"Continuing {self.name} at step {self.step} with changed settings: {changes}")
         if self.chief:
@@ -245,12 +247,12 @@ class Trainer:
         frozen = epoch < recipe.freeze_backbone_epochs
         if recipe.freeze_backbone_epochs:
             set_backbone_trainable(self.model, not frozen)
-        seed = self.settings.seed
+        seed = self.run_settings.seed
         train_data = strategy.distribute_datasets_from_function(
             lambda context: self.task.train_dataset(context, seed + epoch, offset)
         )
         iterator = iter(train_data)
-        verbose = self.chief and self.settings.verbose
+        verbose = self.chief and self.run_settings.verbose
         progbar = keras.utils.Progbar(epoch_steps, verbose=1 if verbose else 0, stateful_metrics=["images/s"], unit_name="step")
         if verbose:
             print(f"{self.name}: epoch {epoch + 1}/{recipe.epochs}", flush=True)
@@ -269,7 +271,7 @@ class Trainer:
             throughput = (index + 1 - offset) * batch / (time.perf_counter() - epoch_start)
             means = [(name, value / batch) for name, value in sums.items()]
             progbar.update(index + 1, [("loss", loss), *means, ("images/s", throughput)])
-            if self.step % self.settings.checkpoint_steps == 0 or index + 1 == epoch_steps:
+            if self.step % self.run_settings.checkpoint_steps == 0 or index + 1 == epoch_steps:
                 self.train_seconds.assign(self.seconds)
                 self._save(self.step)
         done = epoch_steps - offset
@@ -300,7 +302,7 @@ class Trainer:
             if self.chief:
                 self.task.eval_summaries(self.model)
         self._write_metrics(results, finished=False)
-        if self.chief and self.settings.verbose:
+        if self.chief and self.run_settings.verbose:
             print(f"{self.name}: {self.task.describe(results)}", flush=True)
 
     def _write_metrics(self, results, finished, batch_norm=None):
@@ -335,7 +337,7 @@ class Trainer:
             if recipe.freeze_backbone_epochs:
                 # As after the last epoch, also when a finished run is re-run.
                 set_backbone_trainable(model, recipe.epochs > recipe.freeze_backbone_epochs)
-            recalibration = self._recalibrate(min(recipe.batch_norm_images, self.settings.train_examples), results)
+            recalibration = self._recalibrate(min(recipe.batch_norm_images, self.task.train_examples), results)
             if recalibration:
                 results = self._evaluate()
                 self.note(f"{self.name}: evaluated with the re-estimated statistics: {self.task.describe(results)} (with "
@@ -364,7 +366,7 @@ class Trainer:
         self.note(f"{self.name}: re-estimating the BatchNormalization statistics over the first {images} training "
                   "images (--batch_norm_images; 0 turns this off).")
         data = strategy.distribute_datasets_from_function(lambda context: self.task.calibration_dataset(context, images))
-        verbose = self.settings.verbose and self.chief
+        verbose = self.run_settings.verbose and self.chief
         with strategy.scope():
             summary = recalibrate_batch_norm(model, data, steps=-(-images // global_batch), verbose=1 if verbose else 0)
         self.note(f"{self.name}: {summary}")
