@@ -25,10 +25,10 @@ import tempfile
 import numpy as np
 
 from aa_keras.programs import files
-from aa_keras.validation import is_int
 
 from . import model_source, parity, report, saved_model, tflite
 from .parity import ParityError
+from .settings import ExportSettings
 from .staging import REPORT_FILE, check_output_dir, staged_output
 
 TFLITE_KINDS = tuple(f"tflite_{mode}" for mode in tflite.MODES)
@@ -128,40 +128,22 @@ def snap_to_8_bit(images):
     return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def export(
-    model,
-    output_dir,
-    formats,
-    eval_images,
-    calibration_images=None,
-    baseline=None,
-    batch=1,
-    threads=1,
-    latency_runs=50,
-    uint8_input=False,
-    overwrite=False,
-    image_size=None,
-    description=None,
-    class_names=None,
-):
+def export(model, output_dir, formats, eval_images, calibration_images=None, baseline=None, class_names=None,
+           settings=None):
     """Exports `model` (and `baseline`) to `output_dir` and checks every artifact.
 
     Args:
         model, baseline: Keras models from (B, H, W, C) float32 images in [0, 1] to
             (B, classes); `baseline` (optional) is exported the same way under `baseline/`.
-        output_dir: where the artifacts go; must be absent or empty unless `overwrite`.
+        output_dir: where the artifacts go; must be absent or empty unless `settings.overwrite`.
         formats: names from `FORMATS` (comma-separated string or list).
         eval_images: (N, H, W, C) float32 images for parity and latency.
         calibration_images: (M, H, W, C) float32 images for int8 calibration, M > 0; used
             (and required) only when `formats` has tflite_int8.
-        batch: static batch of the TFLite models, and the batch of parity and latency runs.
-        threads: interpreter / onnxruntime threads.
-        latency_runs: timed runs per artifact (the median is reported).
-        uint8_input: SavedModel signature takes uint8 images and scales them inside.
-        image_size: fixes an unknown spatial input size (see `model_source.image_shape`).
-        description: free-form dict recorded in the report (e.g. the command line flags).
         class_names: the names of the classes, one per output, written to `labels.txt` and the
             SavedModel's `metadata` signature (of the model and the baseline); None for none.
+        settings: an `export.settings.ExportSettings` (batch, threads, latency runs, uint8
+            input, overwrite, image size, description); None for its defaults.
 
     Returns:
         The report dict, also written to `output_dir/export_report.json`.
@@ -170,12 +152,14 @@ def export(
         ValueError: bad arguments (before anything is written).
         ParityError: an artifact of `model` failed its check; nothing is left in `output_dir`.
     """
+    settings = settings or ExportSettings()
+    batch, threads, latency_runs = settings.batch, settings.threads, settings.latency_runs
     kinds = parse_formats(formats)
-    output_dir = check_output_dir(output_dir, overwrite)
-    for name, value in (("batch", batch), ("threads", threads), ("latency_runs", latency_runs)):
-        if not is_int(value) or value <= 0:
-            raise ValueError(f"Invalid `--{name}`: expected a positive int, received {value!r}.")
-    image_shape, models = _check_models(model, baseline, image_size, class_names, kinds, eval_images, calibration_images)
+    output_dir = check_output_dir(output_dir, settings.overwrite)
+    settings.check()
+    image_shape, models = _check_models(
+        model, baseline, settings.image_size, class_names, kinds, eval_images, calibration_images
+    )
     eval_images = snap_to_8_bit(eval_images)
 
     with staged_output(output_dir) as staging:
@@ -183,21 +167,21 @@ def export(
         for label, network in models:
             directory = staging if label == "model" else os.path.join(staging, "baseline")
             artifacts = write_artifacts(
-                network, directory, kinds, image_shape, batch, uint8_input, calibration_images, class_names
+                network, directory, kinds, image_shape, batch, settings.uint8_input, calibration_images, class_names
             )
             for row in evaluate(network, artifacts, eval_images, batch, threads, latency_runs, label):
                 row["file"] = os.path.join(output_dir, os.path.relpath(row["file"], staging))
                 rows.append(row)
         report.add_baseline_ratios(rows)
         result = {
-            "description": description or {},
+            "description": settings.description or {},
             "image_shape": list(image_shape),
             "batch": batch,
             "threads": threads,
             "latency_runs": latency_runs,
             "num_eval_images": len(eval_images),
             "num_calibration_images": 0 if calibration_images is None else len(calibration_images),
-            "uint8_input": uint8_input,
+            "uint8_input": settings.uint8_input,
             "class_names": class_names,
             "rows": rows,
             "table": report.format_table(rows),

@@ -23,12 +23,13 @@ from aa_keras.applications import DETECTOR_NAMES, build_detector
 from aa_keras.data import TASKS
 from aa_keras.data import classification as data
 from aa_keras.data import detection as detection_data
-from aa_keras.programs import files
+from aa_keras.programs import field_flags, files
 from aa_keras.programs.command_line import run_program
 from aa_keras.validation import positive_int
 
 from . import classification, model_source
 from .parity import ParityError
+from .settings import ExportSettings
 from .staging import REPORT_FILE, check_output_dir
 
 
@@ -52,8 +53,6 @@ def dataset_images(name, split, image_shape, count, data_dir=None, task="classif
 FLAGS = flags.FlagValues()
 DEFAULT_DATASETS = {"classification": "glyph_pairs", "detection": "glyph_boxes"}
 DEFAULT_FORMATS = {"classification": ["saved_model", "tflite"], "detection": ["saved_model", "tflite_raw"]}
-# Flags that only the classification export reads; giving one with --task=detection is an error.
-CLASSIFICATION_FLAGS = ("baseline", "threads", "latency_runs", "uint8_input")
 flags.DEFINE_enum("task", "classification", TASKS, "Export an image classifier, or a RetinaNet detector.", flag_values=FLAGS)
 flags.DEFINE_string(
     "model", None, "A `.keras` model file, or a builder name for a randomly initialised model with the classes of "
@@ -67,8 +66,6 @@ flags.DEFINE_list(
     "saved_model,tflite_raw.",
     flag_values=FLAGS,
 )
-flags.DEFINE_integer("image_size", None, "Input height and width; required for builder names.", flag_values=FLAGS)
-flags.DEFINE_integer("batch", 1, "Batch size of the TFLite models and of the parity and latency runs.", flag_values=FLAGS)
 flags.DEFINE_string("baseline", "conv_small", "Model exported alongside for comparison (file or builder name); 'none' for none.", flag_values=FLAGS)
 flags.DEFINE_string(
     "dataset", None, "Dataset of the task's input pipeline for calibration and parity images (a TFDS name, "
@@ -79,18 +76,17 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the dataset.", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 200, "Test-split images for the parity checks.", flag_values=FLAGS)
 flags.DEFINE_integer("calibration_images", 100, "Train-split images for int8 calibration.", flag_values=FLAGS)
-flags.DEFINE_integer("threads", 1, "Threads of the LiteRT interpreter and onnxruntime.", flag_values=FLAGS)
-flags.DEFINE_integer("latency_runs", 50, "Timed runs per artifact; the median is reported.", flag_values=FLAGS)
-flags.DEFINE_bool("uint8_input", False, "SavedModel takes uint8 images in [0, 255] and scales them to [0, 1] inside.", flag_values=FLAGS)
-flags.DEFINE_bool(
-    "overwrite", False, "Replace a previous export in --output_dir (a folder holding export_report.json and the "
-    "exporter's artifacts only; any other folder is refused).", flag_values=FLAGS,
-)
+# --image_size, --batch, --threads, --latency_runs, --uint8_input, --overwrite: from the fields of
+# `ExportSettings` (`aa_keras.programs.field_flags`).
+field_flags.define_flags(ExportSettings, FLAGS)
 flags.DEFINE_bool(
     "safe_mode", True, "Keras's safe mode for loading .keras files: --nosafe_mode allows Lambda layers, whose Python "
     "code stored in the file runs on load; only for files you trust.", flag_values=FLAGS,
 )
 flags.mark_flags_as_required(["model", "output_dir"], flag_values=FLAGS)
+# Flags that only the classification export reads; giving one with --task=detection is an error.
+CLASSIFICATION_FLAGS = ("baseline", *(field_flags.flag_name(field) for field in field_flags.flag_fields(ExportSettings)
+                                      if field.metadata.get("task") == "classification"))  # fmt: skip
 
 
 def _export_classifier(formats, dataset):
@@ -115,21 +111,12 @@ def _export_classifier(formats, dataset):
                 "at least 1 calibration image (default 100)."
             )
         calibration_images = dataset_images(dataset, "train", image_shape, FLAGS.calibration_images, FLAGS.data_dir)
-    return classification.export(
-        model,
-        FLAGS.output_dir,
-        formats,
-        eval_images,
-        calibration_images,
-        baseline=baseline,
-        batch=FLAGS.batch,
-        threads=FLAGS.threads,
-        latency_runs=FLAGS.latency_runs,
-        uint8_input=FLAGS.uint8_input,
-        overwrite=FLAGS.overwrite,
-        image_size=FLAGS.image_size,
+    settings = ExportSettings(
+        **field_flags.flag_values(ExportSettings, FLAGS),
         description={"model": FLAGS.model, "baseline": FLAGS.baseline, "dataset": dataset},
-        class_names=class_names,
+    )
+    return classification.export(
+        model, FLAGS.output_dir, formats, eval_images, calibration_images, baseline, class_names, settings
     )
 
 

@@ -16,6 +16,7 @@ from ai_edge_litert.interpreter import Interpreter
 import aa_keras
 from aa_keras.export import classification as export_classification
 from aa_keras.export import export as exporter
+from aa_keras.export.settings import ExportSettings
 from aa_keras.export import model_source, parity, staging, tflite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ def full_export(models, tmp_path_factory):
     calibration_images, _ = quadrant_images(64, seed=2)
     result = export_classification.export(
         model, output_dir, ALL_FORMATS, eval_images, calibration_images, baseline=baseline,
-        latency_runs=5, uint8_input=True,
+        settings=ExportSettings(latency_runs=5, uint8_input=True),
     )
     return output_dir, result, export_classification.snap_to_8_bit(eval_images)
 
@@ -210,7 +211,7 @@ def test_parity_failure_leaves_nothing_behind(models, tmp_path, monkeypatch):
     monkeypatch.setitem(parity.CHECKS, "saved_model", ("max_abs_diff", -1.0, "max"))
     images, _ = quadrant_images(4, seed=3)
     with pytest.raises(exporter.ParityError, match="saved_model"):
-        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, settings=ExportSettings(latency_runs=1))
     assert os.listdir(tmp_path) == []
 
 
@@ -227,7 +228,8 @@ def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeyp
     monkeypatch.setattr(export_classification, "evaluate", evaluate_failing_baseline)
     images, _ = quadrant_images(4, seed=3)
     result = export_classification.export(
-        model, str(tmp_path / "out"), "saved_model", images, images, baseline=baseline, latency_runs=1
+        model, str(tmp_path / "out"), "saved_model", images, images, baseline=baseline,
+        settings=ExportSettings(latency_runs=1),
     )
     assert [(row["model"], row["check"]["passed"]) for row in result["rows"]] == [("model", True), ("baseline", False)]
     assert result["table"].splitlines()[-1].split()[-1] == "NO"
@@ -237,14 +239,14 @@ def test_baseline_parity_failure_is_reported_not_fatal(models, tmp_path, monkeyp
 def test_overwrite_replaces_a_previous_export_and_its_leftovers(models, tmp_path):
     output_dir = tmp_path / "out"
     images, _ = quadrant_images(4, seed=3)
-    export_classification.export(models[0], str(output_dir), "tflite_float32", images, latency_runs=1)
+    export_classification.export(models[0], str(output_dir), "tflite_float32", images, settings=ExportSettings(latency_runs=1))
     with pytest.raises(ValueError, match="not empty.*--overwrite"):
         export_classification.export(models[0], str(output_dir), "saved_model", images, images)
     assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "model_float32.tflite"]
     # Staging folders of a killed export into the same place.
     (tmp_path / ".out.partial-killed").mkdir()
     (tmp_path / ".out.old-killed").mkdir()
-    export_classification.export(models[0], str(output_dir), "saved_model", images, latency_runs=1, overwrite=True)
+    export_classification.export(models[0], str(output_dir), "saved_model", images, settings=ExportSettings(latency_runs=1, overwrite=True))
     assert sorted(os.listdir(output_dir)) == [exporter.REPORT_FILE, "saved_model"]
     assert os.listdir(tmp_path) == ["out"]
 
@@ -332,9 +334,9 @@ def test_saved_model_signature_checks_its_input(full_export):
 
 def test_calibration_images_are_needed_only_for_int8(models, tmp_path):
     images, _ = quadrant_images(4, seed=3)
-    export_classification.export(models[0], str(tmp_path / "float"), "tflite_float32", images, images[:0], latency_runs=1)
+    export_classification.export(models[0], str(tmp_path / "float"), "tflite_float32", images, images[:0], settings=ExportSettings(latency_runs=1))
     with pytest.raises(ValueError, match="--calibration_images`: the int8 TFLite model needs at least one"):
-        export_classification.export(models[0], str(tmp_path / "int8"), "tflite_int8", images, images[:0], latency_runs=1)
+        export_classification.export(models[0], str(tmp_path / "int8"), "tflite_int8", images, images[:0], settings=ExportSettings(latency_runs=1))
     assert not (tmp_path / "int8").exists()
 
 
@@ -358,9 +360,9 @@ def test_unknown_format(models, tmp_path):
 def test_bad_image_size_and_batch(models, tmp_path):
     images, _ = quadrant_images(4, seed=3)
     with pytest.raises(ValueError, match=r"--image_size`: 24 does not match.*\(16, 16\)"):
-        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, image_size=24)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, settings=ExportSettings(image_size=24))
     with pytest.raises(ValueError, match="--batch`: expected a positive int, received 0"):
-        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, batch=0)
+        export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images, images, settings=ExportSettings(batch=0))
     with pytest.raises(ValueError, match=r"evaluation images have shape \(4, 16, 16, 1\)"):
         export_classification.export(models[0], str(tmp_path / "out"), "saved_model", images[..., :1], images)
     assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ from test_export import quadrant_images, trained
 
 from aa_keras.export import classification as export_classification
 from aa_keras.export import export as exporter
+from aa_keras.export.settings import ExportSettings
 from aa_keras.export import parity, saved_model, tflite
 
 SIZE = 8
@@ -128,7 +129,7 @@ def test_export_refuses_a_saved_model_whose_outputs_are_shifted(scorer, tmp_path
     monkeypatch.setattr(export_classification, "_runner", shifted_runner)
     images = np.random.default_rng(3).uniform(size=(8, SIZE, SIZE, 3)).astype(np.float32)
     with pytest.raises(exporter.ParityError, match=r"failed their parity check: \['saved_model'\]"):
-        export_classification.export(scorer, str(tmp_path / "out"), "saved_model", images, images, latency_runs=1)
+        export_classification.export(scorer, str(tmp_path / "out"), "saved_model", images, images, settings=ExportSettings(latency_runs=1))
     assert os.listdir(tmp_path) == []
 
 

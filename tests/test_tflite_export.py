@@ -15,6 +15,7 @@ from aa_keras.export import classification as export_classification
 from aa_keras.export import detection as export_detection
 from aa_keras.export import detection_checks, detection_conversion, detection_runner, detection_signatures
 from aa_keras.export import export as exporter
+from aa_keras.export.settings import ExportSettings
 from aa_keras.export import parity, saved_model, tflite
 from benchmarks import bench_tflite, tflite_profile
 
@@ -213,7 +214,8 @@ def test_exporter_checks_the_int8_recipe(models, tmp_path):
     eval_images, _ = quadrant_images(100, seed=1)
     calibration_images, _ = quadrant_images(64, seed=2)
     result = export_classification.export(
-        models["aa"], str(tmp_path / "export"), ["tflite_int8"], eval_images, calibration_images, latency_runs=3
+        models["aa"], str(tmp_path / "export"), ["tflite_int8"], eval_images, calibration_images,
+        settings=ExportSettings(latency_runs=3),
     )
     (row,) = result["rows"]
     assert row["check"]["passed"] and row["check"]["metric"] == "top1_agreement"

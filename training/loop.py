@@ -1,5 +1,6 @@
-"""The parts of the training loop that every task shares: the recipe's optimizer, the check of a
-run's settings against its folder (`start_run`), what a task gives the trainer (`TrainingTask`),
+"""The parts of the training loop that every task shares: the recipe's optimizer, the model and
+optimizer built under the strategy (`build_run_state`), the check of a run's settings, once,
+against its folder too (`start_run`), what a task gives the trainer (`TrainingTask`),
 the distributed training step and the replicas' BatchNormalization statistics. The trainer
 itself is `training.trainer`.
 """
@@ -9,6 +10,8 @@ from typing import Optional
 
 import keras
 import tensorflow as tf
+
+from aa_keras.applications import set_backbone_trainable
 
 from . import artifacts
 from .schedules import WarmupDecay
@@ -36,6 +39,27 @@ def build_optimizer(recipe, steps_per_epoch, mixed_precision):
     if mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def build_run_state(task, strategy, recipe, epoch_steps, mixed_precision):
+    """(model, optimizer, train_seconds variable), built under `strategy`'s scope and the run's
+    dtype policy; nothing is written."""
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            model = task.build_model()
+            if recipe.freeze_backbone_epochs:
+                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
+                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
+                set_backbone_trainable(model, True)
+            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
+            optimizer.build(model.trainable_variables)
+            task.compile(model, optimizer)
+            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return model, optimizer, train_seconds
 
 
 def all_finite(variables):
@@ -117,6 +141,7 @@ class TrainingTask:
     Attributes:
         class_names: the dataset's class names in label order, written to the run folder's
             `labels.txt`; None for none.
+        train_examples: examples in the training split (set by the task).
     """
 
     class_names = None

@@ -26,7 +26,7 @@ from aa_keras.programs.run_folder import RunFolder
 from . import checkpoints, resume, run_lock
 from .distribute import is_chief, worker_id
 from .init_from import init_source, initialize_from
-from .loop import Diverged, all_finite, build_optimizer, statistics_sync, train_step_function
+from .loop import Diverged, all_finite, build_run_state, statistics_sync, train_step_function
 
 # A finished run whose test accuracy is this far below its last training accuracy (above
 # TRAIN_ACCURACY_CHECKED) gets a warning.
@@ -68,7 +68,7 @@ def run_training(task, strategy, settings, started):
     """
     chief, run = is_chief(strategy), settings.run
     epoch_steps = resume.epoch_steps(settings.recipe, task.train_examples, run.steps_per_epoch)
-    built = _build(task, strategy, settings.recipe, epoch_steps, settings.distribution.mixed_precision)
+    built = build_run_state(task, strategy, settings.recipe, epoch_steps, settings.distribution.mixed_precision)
     # A new run starts from --init_from before the lock creates the run folder: a source that does
     # not fit the network leaves nothing behind. A checkpoint found under the lock overrides it.
     init_from = init_source(run.init_from)
@@ -79,27 +79,6 @@ def run_training(task, strategy, settings, started):
     lock = run_lock.run_lock(model_dir, warn=lambda m: _note(model_dir, m, True)) if chief else contextlib.nullcontext()
     with lock:
         return Trainer(task, strategy, settings, started, built, epoch_steps).run(init_from)
-
-
-def _build(task, strategy, recipe, epoch_steps, mixed_precision):
-    """(model, optimizer, train_seconds variable), built under `strategy`'s scope and the run's
-    dtype policy; nothing is written."""
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(f"mixed_{mixed_precision}" if mixed_precision else "float32")
-    try:
-        with strategy.scope():
-            model = task.build_model()
-            if recipe.freeze_backbone_epochs:
-                # Fails for a model with no pretrained backbone before any checkpoint or record is written. The
-                # optimizer is built over every weight, frozen or not: its checkpoint does not depend on the epoch.
-                set_backbone_trainable(model, True)
-            optimizer = build_optimizer(recipe, epoch_steps, mixed_precision)
-            optimizer.build(model.trainable_variables)
-            task.compile(model, optimizer)
-            train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-    return model, optimizer, train_seconds
 
 
 def _note(model_dir, message, warning=False):
@@ -126,7 +105,7 @@ def _warn_far_below_training(train_accuracy, test_accuracy, warn, model_name):
 
 class Trainer:
     """One run of `run_training` under its lock: the model, optimizer and `train_seconds`
-    variable `built` by `_build`, trained for `epoch_steps` steps per epoch."""
+    variable `built` by `training.loop.build_run_state`, trained for `epoch_steps` steps per epoch."""
 
     def __init__(self, task, strategy, settings, started, built, epoch_steps):
         self.task, self.strategy, self.started = task, strategy, started
