@@ -19,7 +19,7 @@ EXTRAS = {
     "tensorflow": TENSORFLOW,
     "jax": ["jax>=0.10.2"],
     "datasets": [*TENSORFLOW, "tensorflow-datasets>=4.9.10,<5", "importlib_resources>=6"],
-    "train": ["tf-models-official~=2.20.0", "absl-py>=1.4"],
+    "train": ["tf-models-official~=2.20.0", "absl-py>=1.4", "pyyaml>=6"],
     "export": ["ai-edge-litert>=2.3,<3", "absl-py>=1.4"],
     "onnx": [*TENSORFLOW, "tf2onnx>=1.17,<2", "onnx>=1.17", "onnxruntime>=1.20"],
     "detection": [*TENSORFLOW, "keras-hub>=0.32,<0.33", "tf-models-official~=2.20.0"],

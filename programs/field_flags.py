@@ -1,9 +1,10 @@
 """Command-line flags generated from dataclass fields: a setting's name, type, default, choices,
 bound and help are written once, on its field (`flag_field`), and `define_flags` makes the
 absl flags of a dataclass from them; `flag_values` reads them back as the dataclass's keyword
-arguments."""
+arguments; `read_mapping` reads a YAML or JSON mapping flag (Model Garden's `--params_override`)."""
 
 import dataclasses
+import os
 
 from absl import flags
 
@@ -49,3 +50,27 @@ def define_flags(cls, flag_values, defaults=True):
 def flag_values(cls, flag_values):
     """{field name: its flag's value} of the flag fields of the dataclass `cls`."""
     return {field.name: flag_values[flag_name(field)].value for field in flag_fields(cls)}
+
+
+def read_mapping(value):
+    """The mapping that `value` holds, or that the file at the path `value` holds, as YAML or
+    JSON (JSON is YAML); {} for None or an empty value.
+
+    Raises:
+        ValueError: text that is not YAML, or not a mapping.
+    """
+    import yaml  # Only the trainer reads a mapping (the train extra installs PyYAML).
+
+    if not value:
+        return {}
+    text = value
+    if os.path.isfile(value):
+        with open(value) as f:
+            text = f.read()
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not YAML or JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"expected a mapping (e.g. '{{run: {{seed: 1}}}}' or a file holding one), received {value!r}")
+    return mapping

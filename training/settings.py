@@ -204,3 +204,32 @@ def settings_for(task, model, model_dir, recipe=None, **fields):
     recipe = recipes.override(recipe, **overrides)
     sections = {name: _SECTIONS[name](**section) for name, section in values.items()}
     return TrainingSettings(task, recipe, **sections)
+
+
+# The sections that `with_params` (`--params_override`) replaces fields of.
+PARAMS_SECTIONS = ("recipe", "run", "data", "distribution")
+
+
+def with_params(settings, params):
+    """`settings` with the fields in `params` replaced: {section: {field: value}} for sections
+    of `PARAMS_SECTIONS` (as `--params_override` gives them; lists become tuples in the recipe).
+
+    Raises:
+        ValueError: an unknown section or field, or a bad recipe value.
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"expected a mapping of sections {PARAMS_SECTIONS} to {{field: value}}, received {params!r}")
+    replaced = {}
+    for name, values in params.items():
+        if name not in PARAMS_SECTIONS or not isinstance(values, dict):
+            raise ValueError(f"{name!r} is not a section of {PARAMS_SECTIONS} mapped to {{field: value}}")
+        section = getattr(settings, name)
+        fields = {field.name for field in dataclasses.fields(section)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"the {name} section has no fields {unknown}; its fields are {sorted(fields)}")
+        if name == "recipe":
+            replaced[name] = recipes.override(section, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        else:
+            replaced[name] = dataclasses.replace(section, **values)
+    return dataclasses.replace(settings, **replaced)

@@ -28,7 +28,9 @@ from aa_keras.programs.command_line import program_main, run_program
 from . import classification, detection, recipes
 from .distribute import create_strategy
 from .init_from import InitSource
-from .settings import DataSection, DistributionSection, KerasSection, ModelSection, RunSection, TrainingSettings
+from .settings import (
+    DataSection, DistributionSection, KerasSection, ModelSection, RunSection, TrainingSettings, with_params,
+)
 from .trainer import Interrupted
 
 # The CLI's own flags, added to absl's global flags by run_main only, so that the trainer's and
@@ -54,6 +56,11 @@ for _section in SECTIONS:
     field_flags.define_flags(_section, FLAGS)
 field_flags.define_flags(recipes.DetectionRecipe, FLAGS, defaults=False)
 RECIPE_FLAGS = {field_flags.flag_name(field): field for field in field_flags.flag_fields(recipes.DetectionRecipe)}
+flags.DEFINE_string(
+    "params_override", None, "YAML or JSON, or the path of a file holding it: fields of the sections recipe, run, data "
+    "and distribution to override after the other flags, e.g. '{recipe: {epochs: 2, decay_epochs: [1]}, run: {seed: 1}}' "
+    "(training/settings.py names the fields).", flag_values=FLAGS,
+)
 # Flags that only one task reads (their field's `task`); giving one to the other task is an error.
 TASK_FLAGS = {
     task: tuple(
@@ -151,23 +158,27 @@ def _models(task, recipe):
     return models
 
 
-def _init_from(models):
-    """The `InitSource` of `--init_from` (its path checked), or None."""
-    if not FLAGS.init_from:
+def _init_from(path, models):
+    """The `InitSource` of `--init_from`'s `path` (checked), or None."""
+    if not path:
         return None
-    init_from = InitSource(FLAGS.init_from)
+    init_from = InitSource(path)
     init_from.file  # A bad path fails before any data is prepared.
     if len(models) > 1:
         raise ValueError(f"Invalid `--init_from`: it initialises one network, and this run trains {list(models)}; pass one --model.")
     return init_from
 
 
-def settings_from_flags(task, recipe, model_dir, init_from):
-    """The `TrainingSettings` of the flags, the model section left to each network (None)."""
+def settings_from_flags(task, recipe, model_dir):
+    """The `TrainingSettings` of the flags, `--params_override` applied, the model section left to
+    each network (None)."""
     sections = {cls: field_flags.flag_values(cls, FLAGS) for cls in (RunSection, DataSection, DistributionSection)}
-    run = RunSection(model_dir=model_dir, **{**sections[RunSection], "init_from": init_from})
-    return TrainingSettings(task, recipe, None, run, DataSection(**sections[DataSection]),
-                            DistributionSection(**sections[DistributionSection]))  # fmt: skip
+    settings = TrainingSettings(task, recipe, None, RunSection(model_dir=model_dir, **sections[RunSection]),
+                                DataSection(**sections[DataSection]), DistributionSection(**sections[DistributionSection]))  # fmt: skip
+    try:
+        return with_params(settings, field_flags.read_mapping(FLAGS.params_override))
+    except ValueError as error:
+        raise ValueError(f"Invalid `--params_override`: {error}.") from None
 
 
 def run(argv):
@@ -177,11 +188,12 @@ def run(argv):
     task = FLAGS.task
     _check_task_flags(task)
     recipe_name, recipe = _recipe_from_flags(task)
+    base = settings_from_flags(task, recipe, FLAGS.model_dir or os.path.join("runs", recipe_name))
+    recipe = base.recipe
     models = _models(task, recipe)
-    init_from = _init_from(models)
+    init_from = _init_from(base.run.init_from, models)
     keras_options = _keras_options(models, recipe) if task == "classification" else None
-    model_dir = FLAGS.model_dir or os.path.join("runs", recipe_name)
-    base = settings_from_flags(task, recipe, model_dir, init_from)
+    base = dataclasses.replace(base, run=dataclasses.replace(base.run, init_from=init_from))
     # One strategy for the whole run: a second MirroredStrategy in a process breaks its collectives.
     distribution = base.distribution
     strategy = create_strategy(distribution.strategy, num_gpus=distribution.num_gpus, tpu=distribution.tpu,
@@ -195,10 +207,9 @@ def run(argv):
     for name in models:
         keras.utils.set_random_seed(base.run.seed)
         options = keras_options if name.startswith(KERAS_PREFIX) else {}
-        settings = dataclasses.replace(
-            base, model=ModelSection(name, model_options=options),
-            run=dataclasses.replace(base.run, model_dir=os.path.join(model_dir, name.replace(":", "_"))),
-        )  # fmt: skip
+        model_dir = os.path.join(base.run.model_dir, name.replace(":", "_"))
+        settings = dataclasses.replace(base, model=ModelSection(name, model_options=options),
+                                       run=dataclasses.replace(base.run, model_dir=model_dir))  # fmt: skip
         _, metrics = trainer(strategy, settings)
         rows.append(metrics)
     print(comparison_table(rows, task), flush=True)
