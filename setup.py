@@ -29,6 +29,8 @@ EXTRAS = {
 EXTRAS["train"] += EXTRAS["datasets"] + EXTRAS["visualize"]
 EXTRAS["export"] += EXTRAS["datasets"]
 EXTRAS["all"] = sorted({requirement for extra in EXTRAS.values() for requirement in extra})
+# The documentation site (mkdocs.yml; requirements-docs.txt is its exact lock), not part of "all".
+EXTRAS["docs"] = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=1.0,<2", "mkdocstrings-python>=2.0,<3"]
 
 
 setuptools.setup(

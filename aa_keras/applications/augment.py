@@ -243,8 +243,10 @@ def augment(
         select: which `Conv2D` layers to replace: `"paper"` (default: the 3x3 convolutions of
             the three lowest-resolution stages, `LastStages(3, 3)`), `"all"`, a `LastStages`,
             a list of layer names, or a predicate `fn(layer) -> bool` called on every `Conv2D`.
-        depth_k, depth_v: key and value depth of every replacement: an int, or a float fraction
-            of its filters (rounded to a multiple of `num_heads`).
+        depth_k: key depth `dk` of every replacement: an int, or a float fraction of its
+            filters (rounded to a multiple of `num_heads`).
+        depth_v: value depth `dv` of every replacement, in the same form; the conv branch keeps
+            `filters - dv` filters.
         num_heads: attention heads.
         position_encoding: one of `aa_keras.layers.POSITION_ENCODINGS`.
         transfer_weights: copy the weights of every untouched layer, and the first
@@ -256,14 +258,26 @@ def augment(
             dk, dv, parameters) and of the skipped ones.
 
     Returns:
-        The new model, of the same class and name; with `return_summary=True` the pair
-        `(new_model, summary)`.
+        The new model, of the same class and name, with the same inputs and outputs (shapes
+        unchanged: each replacement returns the conv's (B, H_out, W_out, filters)); with
+        `return_summary=True` the pair `(new_model, summary)`.
+
+    Raises:
+        ValueError: `model` is not a built functional or `Sequential` model, `select` is not one
+            of the forms above or names no `Conv2D`, nothing was selected, or a selected layer
+            cannot be augmented (without `skip_unfit`; with it, when none
+            can); the message names the layer and why.
 
     Example:
+        ```python
+        import keras
+        from aa_keras.applications import augment
 
-        model = augment(keras.applications.ResNet50(weights=None))
-        model, summary = augment(model_32, select="all", skip_unfit=True, return_summary=True)
-        print(summary)
+        base = keras.applications.ResNet50(weights=None)   # or weights="imagenet"
+        model, summary = augment(base, return_summary=True)
+        print(summary)   # the replaced layers, their shapes and the parameter change
+        model, _ = augment(base, select="all", skip_unfit=True, return_summary=True)
+        ```
     """
     if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ValueError(

@@ -202,12 +202,6 @@ def recalibrate_batch_norm(model, data, steps=None, include_frozen=False, verbos
     network in inference (see the module docstring). Layers with `trainable=False` (frozen by a
     fine-tuning recipe; Keras runs them in inference) keep theirs unless `include_frozen`.
 
-    Example:
-
-        model.fit(images, labels, epochs=3)            # a short run: stale moving statistics
-        summary = recalibrate_batch_norm(model, tf.data.Dataset.from_tensor_slices(images).batch(64))
-        model.evaluate(test_images, test_labels)      # now as accurate as in training
-
     Args:
         model: a built Keras model; nested models are searched.
         data: an iterable of batches: (B, H, W, C) image arrays or tuples whose first element
@@ -225,6 +219,16 @@ def recalibrate_batch_norm(model, data, steps=None, include_frozen=False, verbos
         ValueError: `model` has no `BatchNormalization` layer to re-estimate, a bad `steps`,
             `data` gave no images, or a layer's input is not finite over them (nothing is
             changed).
+
+    Example:
+        After a short run the moving statistics are still mostly their initial values:
+
+        ```python
+        model.fit(images, labels, epochs=3)
+        summary = recalibrate_batch_norm(model, tf.data.Dataset.from_tensor_slices(images).batch(64))
+        print(summary)                             # each layer and the images it was measured on
+        model.evaluate(test_images, test_labels)   # as accurate as the network that trained
+        ```
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
         raise ValueError(f"Invalid `steps`: received steps={steps!r}, expected a positive integer or None.")

@@ -250,12 +250,24 @@ def resize_model(
             and new grid (and, with `batch_norm_data`, the `RecalibrationSummary`).
 
     Returns:
-        The new model, of the same class and name; with `return_summary=True` the pair
-        `(new_model, summary)`.
+        The new model, of the same class and name, taking (B, H, W, C) images of `input_shape`;
+        with `return_summary=True` the pair `(new_model, summary)`.
+
+    Raises:
+        ValueError: an unknown `method`, an `input_shape` that is not (H, W, C) with the model's
+            C, a model that is not a built functional or `Sequential` model with one image input,
+            attention layers in models nested in a `Sequential` one, or a weight that cannot be
+            carried over. A layer that refuses the new size raises its own error.
 
     Example:
+        ```python
+        from aa_keras.applications import resize_model
 
+        model_64, summary = resize_model(model_32, (64, 64, 3), return_summary=True)
+        print(summary)   # each attention layer: old grid, new grid, how its tables were obtained
+        # Also re-estimate BatchNormalization's statistics at the new size:
         model_64 = resize_model(model_32, (64, 64, 3), batch_norm_data=images_64.batch(128))
+        ```
     """
     _check_method(method)
     old_shape, shape = _check_arguments(model, input_shape)

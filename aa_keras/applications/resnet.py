@@ -169,10 +169,16 @@ def AAResNet(
     block as in the WRN experiments.
 
     Args:
-        depth, include_top, weights, pooling, classes, classifier_activation: as in `ResNet`.
+        depth: as in `ResNet`.
+        include_top: as in `ResNet`.
+        weights: as in `ResNet`.
         input_shape: (H, W, C) with a fixed H and W (at least 32), default (224, 224, 3).
-        depth_k, depth_v: kappa and upsilon, fractions of each augmented conv's filters;
-            None for the paper's values at this depth.
+        pooling: as in `ResNet`.
+        classes: as in `ResNet`.
+        classifier_activation: as in `ResNet`.
+        depth_k: kappa, the key depth as a fraction of each augmented conv's filters; None
+            for the paper's value at this depth.
+        depth_v: upsilon, the value depth in the same form.
         num_heads: attention heads of every augmented conv.
         min_key_depth_per_head: lower bound of the key depth per head (0 to disable).
         position_encoding: one of `aa_keras.layers.POSITION_ENCODINGS`.

@@ -170,8 +170,10 @@ def RetinaNet(depth=50, classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE_S
         depth: ResNet depth, 18, 34, 50, 101 or 152.
         classes: number of object classes (80 for COCO); no background class.
         input_shape: (H, W, C), fixed; H and W at least 64.
-        confidence_threshold, iou_threshold, max_detections: of the non-maximum suppression
-            applied by `predict` / `decode_predictions` (0.05, 0.5, 100 for COCO AP).
+        confidence_threshold: the lowest score a detection keeps in the non-maximum
+            suppression applied by `predict` / `decode_predictions` (0.05 for COCO AP).
+        iou_threshold: the suppression's IoU threshold (0.5).
+        max_detections: detections kept per image (100).
         name: model name, default "retinanet_r{depth}".
 
     Returns:
@@ -190,11 +192,19 @@ def AARetinaNet(depth=50, classes=80, input_shape=(PAPER_IMAGE_SIZE, PAPER_IMAGE
     """RetinaNet with the attention-augmented ResNet backbone of the paper (table 6).
 
     Args:
-        depth, classes, confidence_threshold, iou_threshold, max_detections: as in `RetinaNet`.
+        depth: as in `RetinaNet`.
+        classes: as in `RetinaNet`.
         input_shape: (H, W, C), fixed (the relative position embeddings are sized by it).
-        depth_k, depth_v, num_heads, min_key_depth_per_head, position_encoding,
-            augmented_stages, downsample_attention_stages: as in `AAResNet`; the defaults
-            are the paper's detection setting (see the module docstring).
+        confidence_threshold: as in `RetinaNet`.
+        iou_threshold: as in `RetinaNet`.
+        max_detections: as in `RetinaNet`.
+        depth_k: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        depth_v: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        num_heads: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        min_key_depth_per_head: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        position_encoding: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        augmented_stages: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
+        downsample_attention_stages: as in `AAResNet`; the default is the paper's detection setting (see the module docstring).
         name: model name, default "aa_retinanet_r{depth}".
 
     Returns:

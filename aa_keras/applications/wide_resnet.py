@@ -126,10 +126,16 @@ def AAWideResNet(
     conv runs its attention on the input average-pooled to its output size.
 
     Args:
-        depth, width, include_top, weights, pooling, classes, classifier_activation: as in
-            `WideResNet`.
+        depth: as in `WideResNet`.
+        width: as in `WideResNet`.
+        include_top: as in `WideResNet`.
+        weights: as in `WideResNet`.
         input_shape: (H, W, C) with a fixed H and W (at least 4), default (32, 32, 3).
-        depth_k, depth_v: kappa and upsilon, fractions of each augmented conv's filters.
+        pooling: as in `WideResNet`.
+        classes: as in `WideResNet`.
+        classifier_activation: as in `WideResNet`.
+        depth_k: kappa, the key depth as a fraction of each augmented conv's filters.
+        depth_v: upsilon, the value depth in the same form.
         num_heads: attention heads of every augmented conv.
         min_key_depth_per_head: lower bound of the key depth per head (0 to disable).
         position_encoding: one of `aa_keras.layers.POSITION_ENCODINGS`.

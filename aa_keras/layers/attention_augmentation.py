@@ -131,9 +131,13 @@ class AttentionAugmentation2D(keras.layers.Layer):
         padding: `"same"` or `"valid"`, of the convolution.
         activation: applied to the concatenated output; None for linear.
         use_bias: whether the `conv`, `qkv` and `attn_out` projections have biases.
-        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
-        kernel_constraint, bias_constraint: as in `keras.layers.Conv2D`, for the `conv`, `qkv`
-            and `attn_out` kernels and biases.
+        kernel_initializer: as in `keras.layers.Conv2D`, for the `conv`, `qkv` and `attn_out`
+            kernels.
+        bias_initializer: likewise, for their biases.
+        kernel_regularizer: likewise, for their kernels.
+        bias_regularizer: likewise, for their biases.
+        kernel_constraint: likewise, for their kernels.
+        bias_constraint: likewise, for their biases.
         max_size: (H, W) input size the relative embeddings are built for when the input's
             spatial dims are None. Any input up to the built size works exactly; larger ones
             need resampled tables (`aa_keras.applications.resize_model`). The other position
@@ -165,21 +169,45 @@ class AttentionAugmentation2D(keras.layers.Layer):
             layer, created only with dropout > 0).
 
     Call arguments:
-        inputs: (B, H, W, C) tensor.
-        return_attention_scores: bool, also return the attention weights (as
-            `keras.layers.MultiHeadAttention` does: the softmax before dropout, while the output
-            is computed from the dropped weights in a training call). The attention then runs
-            unblocked (on TensorFlow, on the TensorFlow-op path whatever
-            `attention_implementation` says), for
-            grids of at most `MAX_ATTENTION_SCORES` weights per example;
-            `aa_keras.visualize.attention_maps` gives chosen rows of larger ones.
-        training: bool or None; dropout applies only when True.
+        - `inputs`: (B, H, W, C) tensor.
+        - `return_attention_scores`: bool, also return the attention weights (as
+          `keras.layers.MultiHeadAttention` does: the softmax before dropout, while the output
+          is computed from the dropped weights in a training call). The attention then runs
+          unblocked (on TensorFlow, on the TensorFlow-op path whatever
+          `attention_implementation` says), for grids of at most `MAX_ATTENTION_SCORES` (2**24)
+          weights per example; `aa_keras.visualize.attention_maps` gives chosen rows of larger
+          ones.
+        - `training`: bool or None; dropout applies only when True.
 
     Returns:
         (B, H_out, W_out, filters) tensor, the convolution's channels first; with
         `return_attention_scores`, the tuple (outputs, scores), scores the (B, Nh, Ha, Wa, Ha, Wa)
         softmax weights (float32, float64 for a float64 layer) over the (Ha, Wa) attention grid,
         query position first. An empty batch (B = 0) gives empty outputs and zero gradients.
+
+    Raises:
+        ValueError: at construction, an invalid argument (the message names it and what it
+            accepts): depths that are not multiples of `num_heads` or exceed `filters`, an
+            unknown `position_encoding`, `attention_implementation` or `padding`,
+            `"channels_first"`, `"fused"` with dropout, with a float64 dtype or on a backend other
+            than TensorFlow; at build, an input that is not (B, H, W, C) with a known C, an input
+            of unknown spatial size with relative position encoding and no `max_size`, or an
+            input larger than `max_size`.
+        RuntimeError: `attention_implementation="fused"` traced where the kernel cannot run (a
+            GPU or TPU, XLA, a kernel that did not compile); the message says which.
+
+    Example:
+        ```python
+        import keras
+        from aa_keras.layers import AttentionAugmentation2D
+
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(inputs)
+        # 128 channels: 104 from a 3x3 convolution, 24 from 8-head self-attention.
+        x = AttentionAugmentation2D(128, 3, depth_k=0.2, depth_v=0.2, num_heads=8)(x)
+        outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, outputs)
+        ```
     """
 
     def __init__(
@@ -651,7 +679,7 @@ class AttentionAugmentation2D(keras.layers.Layer):
 
 def attention_layers(model):
     """Every `AttentionAugmentation2D` in `model` (a layer or model), those of nested models
-    included (a keras-hub detector's backbone), in graph order."""
+    included (a keras-hub detector's backbone), in graph order, as a list."""
     if isinstance(model, AttentionAugmentation2D):
         return [model]
     return [found for layer in getattr(model, "layers", ()) for found in attention_layers(layer)]
@@ -664,6 +692,23 @@ def use_attention_implementation(model, implementation):
 
     The exporters trace with "tf_ops", so that their files hold standard ops only. Functions
     traced before the context (e.g. a compiled `predict_function`) keep what they traced.
+
+    Args:
+        model: a layer or model; its `AttentionAugmentation2D` layers, nested ones included.
+        implementation: one of `ATTENTION_IMPLEMENTATIONS`: "auto", "fused" or "tf_ops".
+
+    Yields:
+        `model`.
+
+    Raises:
+        ValueError: an unknown `implementation`.
+
+    Example:
+        ```python
+        with use_attention_implementation(model, "tf_ops"):
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)  # standard ops only
+            tflite_model = converter.convert()
+        ```
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(

@@ -154,7 +154,8 @@ def query_cells(queries, image_size, grid_size):
 
     Args:
         queries: int array (..., 2) of (y, x) pixels.
-        image_size, grid_size: (height, width) of the image and of the grid.
+        image_size: (height, width) of the image.
+        grid_size: (height, width) of the grid.
 
     Returns:
         int array (..., 2) of (row, column) cells.
@@ -187,6 +188,14 @@ def attention_maps(model, images, queries, layers=None):
     Raises:
         ValueError: a model without AA layers, an unknown layer name, images that do not fit the
             model, or queries outside the images.
+
+    Example:
+        ```python
+        from aa_keras.visualize import attention_maps
+
+        maps = attention_maps(model, images, queries=[(9, 2), (16, 16)])  # (y, x) pixels
+        maps["block3_aa"].shape   # (B, 2 queries, Nh, Ha, Wa): that layer's attention grid
+        ```
     """
     chosen = _chosen_calls(model, layers)
     if len(model.inputs) != 1:
