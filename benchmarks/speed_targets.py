@@ -1,13 +1,14 @@
 """The training-speed and memory ratios that issue 26 sets targets for, in one run.
 
-    python -m benchmarks.speed_targets                                  # everything (about 10 min)
+    python -m benchmarks.speed_targets                                  # everything (about 12 min)
     python -m benchmarks.speed_targets --parts=layer,memory            # only the layer rows
 
 Rows (each ratio AA / its twin, both measured side by side in one fresh subprocess, every
 function once per round, rounds interleaved, medians; graph mode, no XLA, float32):
 - `networks`: the train step (training-mode forward, gradients of sum(output * fixed upstream)
-  with respect to every weight) of AA-WRN-28-10 / WRN-28-10 at 32x32, batch 32, and of
-  AAResNet-50 / ResNet-50 at 224x224, batch 4 (`aa_keras.applications.build_model`).
+  with respect to every weight) of AA-WRN-28-10 / WRN-28-10 at 32x32, batch 32 (3 rounds), and
+  of AAResNet-50 / ResNet-50 at 224x224, batch 4 (9 rounds) (`aa_keras.applications.build_model`);
+  wall time, and also this process's CPU time, which other load disturbs less.
 - `layer`: `AttentionAugmentation2D` / `keras.layers.Conv2D` train step (gradients with respect to
   the input and every weight), batch 8, 3x3, 8 heads, dk = dv = 0.2 x filters, at bench_layer's
   shapes (256 channels at 14, 28, 56) and at the WRN's (160/320/640 channels at 32/16/8); timed by
@@ -188,8 +189,8 @@ def main(argv):
         "benchmark": "speed_targets",
         "revision": revision.strip(),
         "description": "Issue 26's targets: AA / twin train-step time and peak memory ratios, side by side.",
-        "command": "python -m benchmarks.speed_targets " + " ".join(
-            FLAGS[n].serialize() for n in ("parts", "networks", "network_rounds", "layer_min_seconds")),
+        "command": "python -m benchmarks.speed_targets " + " ".join(filter(None, (
+            FLAGS[n].serialize() for n in ("parts", "networks", "network_rounds", "layer_min_seconds")))),
         "machine": {"cpus": os.cpu_count(), "processor": _cpu_model(),
                     "load_average_at_end": [float(x) for x in load]},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
