@@ -31,6 +31,17 @@ def _lookup(record, path):
     return record
 
 
+def _cell(record, column):
+    """The column's value in record; None (shown as "-") where the column says `optional: true`
+    and the record lacks the key."""
+    try:
+        return _lookup(record, column["key"])
+    except KeyError:
+        if column.get("optional"):
+            return None
+        raise
+
+
 def _format(value, spec):
     if value is None:
         return "-"
@@ -56,7 +67,7 @@ def _table(data, entry):
         "|" + "---|" * len(columns),
     ]
     for record in _records(data, entry):
-        cells = [_format(_lookup(record, column["key"]), column.get("format", "")) for column in columns]
+        cells = [_format(_cell(record, column), column.get("format", "")) for column in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,108 @@
+"""Arithmetic rate of the fused attention kernel against Conv2D's, per CPU second (issue 26).
+
+    python -m benchmarks.kernel_efficiency                 # WRN's 32x32 / 16x16 / 8x8, the layer's 14 / 28
+    python -m benchmarks.kernel_efficiency --shapes=wrn32 --calls=3
+
+On a shared machine wall time depends on the load; the CPU time of this process does much less.
+For each shape: the fused op's forward and its gradient op (q, k (B, H, W, Nh, dkh),
+v (B, H, W, Nh, dvh), relative tables), and the train step of the Conv2D the layer replaces
+(3x3, `filters` in and out, same batch and grid), each called `--calls` times after one warm-up;
+reported: wall and CPU milliseconds per call, and GFLOP per CPU second, counting 2 FLOPs per
+multiply-add of the products only (the kernel: q k^T and p v forward; q k^T again, dO v^T,
+dS k, dS^T q and p^T dO backward; the relative logits, the softmax and the exponentials are not
+counted; Conv2D: forward, input gradient and weight gradient, 3 x 2 x B H W 9 C F). A kernel
+that also spends time on exponentials and softmax shows a lower rate than its arithmetic allows.
+The JSON goes to `--output`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+SHAPES = {  # name: (batch, size, heads, dkh, dvh, conv filters)
+    "wrn32": (8, 32, 8, 20, 2, 160),
+    "wrn16": (8, 16, 8, 20, 4, 320),
+    "wrn8": (8, 8, 8, 20, 8, 640),
+    "layer14": (8, 14, 8, 6, 6, 256),
+    "layer28": (8, 28, 8, 6, 6, 256),
+}
+
+
+def _measure(fn, calls):
+    """(wall ms, CPU ms) per call, after one warm-up call."""
+    fn()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - wall) / calls * 1e3, (time.process_time() - cpu) / calls * 1e3
+
+
+def _row(name, calls):
+    from aa_keras.ops import fused_attention
+
+    batch, size, heads, dkh, dvh, filters = SHAPES[name]
+    seeds = iter(range(100))
+    normal = lambda *shape: tf.random.normal(shape, seed=next(seeds))  # noqa: E731
+    q, k = normal(batch, size, size, heads, dkh) * dkh**-0.5, normal(batch, size, size, heads, dkh)
+    v, d_out = normal(batch, size, size, heads, dvh), normal(batch, size, size, heads, dvh)
+    tables = normal(2 * size - 1, dkh) * 0.1, normal(2 * size - 1, dkh) * 0.1
+    kernels = fused_attention.library()
+    out, stats = kernels.aa_fused_attention(q, k, v, *tables, relative=True)
+    forward = tf.function(lambda: kernels.aa_fused_attention(q, k, v, *tables, relative=True))
+    gradient = tf.function(lambda: kernels.aa_fused_attention_grad(q, k, v, *tables, out, stats, d_out, relative=True))
+    conv = keras.layers.Conv2D(filters, 3, padding="same")
+    x = normal(batch, size, size, filters)
+    conv.build(x.shape)
+    upstream = tf.random.normal(x.shape, seed=7)
+
+    @tf.function
+    def conv_step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(conv(x) * upstream)
+        return tape.gradient(loss, [x, *conv.trainable_variables])
+
+    logits = batch * heads * (size * size) ** 2
+    flops = {
+        "fused forward": 2 * logits * (dkh + dvh),
+        "fused gradient": 2 * logits * (3 * dkh + 2 * dvh),
+        "conv2d train step": 3 * 2 * batch * size * size * 9 * filters * filters,
+    }
+    row = {"shape": name, "batch": batch, "size": size, "heads": heads, "dkh": dkh, "dvh": dvh, "filters": filters}
+    for part, fn in (("fused forward", forward), ("fused gradient", gradient), ("conv2d train step", conv_step)):
+        wall_ms, cpu_ms = _measure(fn, calls)
+        row[part] = {"wall_ms": wall_ms, "cpu_ms": cpu_ms, "gflop": flops[part] / 1e9,
+                     "gflop_per_cpu_s": flops[part] / 1e9 / (cpu_ms / 1e3)}
+        print(f"{name:8s} {part:18s} wall {wall_ms:9.1f} ms  cpu {cpu_ms:9.1f} ms  "
+              f"{row[part]['gflop_per_cpu_s']:6.1f} GFLOP/cpu-s", flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--output", default="benchmarks/results/kernel_efficiency.json")
+    args = parser.parse_args()
+    rows = [_row(name, args.calls) for name in args.shapes.split(",")]
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    results = {
+        "benchmark": "kernel_efficiency",
+        "command": f"python -m benchmarks.kernel_efficiency --shapes={args.shapes} --calls={args.calls}",
+        "machine": {"cpus": os.cpu_count(), "processor": model},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "flops_counted": "2 per multiply-add of the matrix products (see the module docstring)",
+        "rows": rows,
+    }
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
