@@ -227,7 +227,7 @@ def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, n
                 f.write(flatbuffer)
             tflite.check_builtin_ops(tflite.list_ops(flatbuffer), what=name)
             runners[name] = tflite.TFLiteRunner(path, threads)
-        latency = side_by_side_ms(runners, images[:1], rounds)
+        latency = side_by_side_ms(runners, images[:1], rounds, threads=threads)
         rows = {
             name: {
                 "latency_ms": latency[name],
