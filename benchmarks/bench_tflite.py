@@ -22,16 +22,20 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
 from aa_keras.applications import build_model
 from aa_keras.export import classification as export_classification
-from aa_keras.export import export, model_source, parity, report, tflite
+from aa_keras.export import export, mobile_attention, model_source, parity, report, tflite
 
 KINDS = (*export_classification.TFLITE_KINDS, "onnx")
+# The kinds also written with the layer's own attention graph, for the side-by-side.
+LAYER_GRAPH_KINDS = ("tflite_float32", "tflite_int8")
 PAIRS = ("small", "resnet50")
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "bench_tflite.json")
 
@@ -128,46 +132,75 @@ def load_pair(name, small_model, small_baseline, num_images, num_calibration):
     return model, twin, None, calibration
 
 
-def bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round=None):
-    """Rows {pair, artifact, threads, size and latency of both, ratio, top-1 agreements}."""
+def delegation(flatbuffer, threads=1):
+    """{"partitions": XNNPACK's delegate partitions in LiteRT's execution plan of the whole
+    model, "not_taken": the op types left outside them, sorted}."""
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
+    interpreter.allocate_tensors()
+    plan = [op["op_name"] for op in interpreter._get_ops_details()]
+    return {"partitions": plan.count("DELEGATE"), "not_taken": sorted(set(plan) - {"DELEGATE"})}
+
+
+def _delegation(kind, path):
+    """`delegation` of a TFLite file; None for ONNX."""
+    if kind == "onnx":
+        return None
+    with open(path, "rb") as f:
+        return delegation(f.read())
+
+
+def bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round=None, kinds=KINDS):
+    """Rows {pair, artifact, threads, size and latency of both, ratio, top-1 agreements, the AA
+    file's XNNPACK delegation}. The AA model's TFLite files are the exporter's (each attention as
+    `mobile_attention`'s graph); its float32 and int8 files with the layer's own graph (the
+    recipe before) are timed in the same rounds, in rows of artifact "<kind> layer graph"."""
     shape = model_source.image_shape(model, None)
+    old_kinds = [kind for kind in LAYER_GRAPH_KINDS if kind in kinds]
     artifacts = {}
-    for label, network in (("aa", model), ("conv", twin)):
+    for label, network, written, steps in (
+        ("aa", model, kinds, mobile_attention.DEFAULT_STEPS),
+        ("conv", twin, kinds, mobile_attention.DEFAULT_STEPS),
+        ("aa_layer_graph", model, old_kinds, ()),
+    ):
         artifacts[label] = export_classification.write_artifacts(
-            network, os.path.join(directory, name, label), KINDS, shape, 1, False, calibration
+            network, os.path.join(directory, name, label), written, shape, 1, False, calibration, attention_steps=steps
         )
     agreement = {}
     if images is not None:
-        for label, network in (("aa", model), ("conv", twin)):
+        for label, network in (("aa", model), ("conv", twin), ("aa_layer_graph", model)):
             reference = parity.predict(lambda x: np.asarray(network(x, training=False)), images, 1)
-            for kind in KINDS:
+            for kind in artifacts[label]:
                 runner = _runner(kind, artifacts[label][kind]["path"], 1)
                 outputs = parity.predict(runner, images, 1)
                 agreement[label, kind] = parity.metrics(outputs, reference)["top1_agreement"]
     batch = calibration[:1] if images is None else images[:1]
     rows = []
-    for kind in KINDS:
+    for kind in kinds:
+        aa_labels = ("aa", "aa_layer_graph") if kind in old_kinds else ("aa",)
         for count in threads:
-            runners = {label: _runner(kind, artifacts[label][kind]["path"], count) for label in ("aa", "conv")}
+            runners = {label: _runner(kind, artifacts[label][kind]["path"], count) for label in (*aa_labels, "conv")}
             stats = side_by_side_stats(runners, batch, rounds, per_round)
-            (aa_ms, clock), (conv_ms, _) = (latency_ms(stats[label], count) for label in ("aa", "conv"))
-            rows.append({
-                "pair": name,
-                "artifact": kind,
-                "threads": count,
-                "runtime": runners["aa"].runtime,
-                "aa_size_bytes": report.size_bytes(artifacts["aa"][kind]["path"]),
-                "conv_size_bytes": report.size_bytes(artifacts["conv"][kind]["path"]),
-                "clock": clock,
-                "aa_ms": aa_ms,
-                "conv_ms": conv_ms,
-                "aa_vs_conv": aa_ms / conv_ms,
-                "aa_timing": stats["aa"],
-                "conv_timing": stats["conv"],
-                "aa_top1_agreement": agreement.get(("aa", kind)),
-                "conv_top1_agreement": agreement.get(("conv", kind)),
-            })
-            print(format_table(rows[-1:], header=False), flush=True)
+            conv_ms, clock = latency_ms(stats["conv"], count)
+            for label in aa_labels:
+                aa_ms, _ = latency_ms(stats[label], count)
+                rows.append({
+                    "pair": name,
+                    "artifact": kind if label == "aa" else f"{kind} layer graph",
+                    "threads": count,
+                    "runtime": runners[label].runtime,
+                    "aa_size_bytes": report.size_bytes(artifacts[label][kind]["path"]),
+                    "conv_size_bytes": report.size_bytes(artifacts["conv"][kind]["path"]),
+                    "clock": clock,
+                    "aa_ms": aa_ms,
+                    "conv_ms": conv_ms,
+                    "aa_vs_conv": aa_ms / conv_ms,
+                    "aa_timing": stats[label],
+                    "conv_timing": stats["conv"],
+                    "aa_top1_agreement": agreement.get((label, kind)),
+                    "conv_top1_agreement": agreement.get(("conv", kind)),
+                    "aa_delegation": _delegation(kind, artifacts[label][kind]["path"]),
+                })
+                print(format_table(rows[-1:], header=False), flush=True)
     return rows
 
 
@@ -177,11 +210,13 @@ def format_table(rows, header=True):
     if header:
         lines += [
             "| pair | artifact | threads | AA MiB | conv MiB | clock | AA ms | conv ms | AA / conv | AA / conv wall medians "
-            "| spread AA, conv (wall) | AA top-1 vs Keras | conv top-1 vs Keras |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| spread AA, conv (wall) | AA top-1 vs Keras | conv top-1 vs Keras | AA partitions, ops XNNPACK leaves |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for row in rows:
         aa, conv = row["aa_timing"], row["conv_timing"]
+        found = row.get("aa_delegation")
+        delegation = "-" if found is None else f"{found['partitions']}: {' '.join(found['not_taken']) or 'none'}"
         agreement = [
             "-" if row[key] is None else f"{row[key]:.3f}" for key in ("aa_top1_agreement", "conv_top1_agreement")
         ]
@@ -189,7 +224,7 @@ def format_table(rows, header=True):
             f"| {row['pair']} | {row['artifact']} | {row['threads']} | {row['aa_size_bytes'] / 2**20:.2f} | "
             f"{row['conv_size_bytes'] / 2**20:.2f} | {row['clock']} | {row['aa_ms']:.3f} | {row['conv_ms']:.3f} | "
             f"{row['aa_vs_conv']:.2f} | {aa['wall_median_ms'] / conv['wall_median_ms']:.2f} | "
-            f"{aa['wall_spread']:.2f}, {conv['wall_spread']:.2f} | {agreement[0]} | {agreement[1]} |"
+            f"{aa['wall_spread']:.2f}, {conv['wall_spread']:.2f} | {agreement[0]} | {agreement[1]} | {delegation} |"
         )
     return "\n".join(lines)
 
@@ -222,6 +257,7 @@ def main(argv=None):
     parser.add_argument("--small_model", default="runs/quick/aa_small/model.keras")
     parser.add_argument("--small_baseline", default="runs/quick/conv_small/model.keras")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, from {KINDS}")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds of the small pair (~50 ms each)")
     parser.add_argument("--rounds_224", type=int, default=10, help="interleaved timing rounds at 224x224 (1 run each)")
     parser.add_argument("--num_images", type=int, default=200, help="test images of the small pair")
@@ -238,6 +274,9 @@ def main(argv=None):
         threads = []
     if not threads or min(threads) < 1:
         parser.error(f"Invalid `--threads`: received {args.threads!r}, expected positive ints like 1,2.")
+    kinds = [kind.strip() for kind in args.kinds.split(",")]
+    if not kinds or any(kind not in KINDS for kind in kinds):
+        parser.error(f"Invalid `--kinds`: received {args.kinds!r}, expected names from {KINDS}.")
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for name in pairs:
@@ -249,9 +288,11 @@ def main(argv=None):
                 args.calibration_images if name == "small" else args.calibration_images_224,
             )
             rounds, per_round = (args.rounds, None) if name == "small" else (args.rounds_224, 1)
-            rows += bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round)
+            rows += bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round, kinds)
     table = format_table(rows)
     result = {
+        "command": "python -m benchmarks.bench_tflite " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": versions(),
         "batch": 1,
         "rounds": {"small": args.rounds, "resnet50": args.rounds_224},

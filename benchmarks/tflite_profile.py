@@ -39,8 +39,11 @@ from ai_edge_litert.tools import flatbuffer_utils
 from aa_keras.export import report, tflite
 from benchmarks.bench_tflite import side_by_side_ms
 
-# The exporter's int8 recipe (`tflite.convert`): each attention block float up to the softmax.
-EXPORT_VARIANT = "int8 float attention block but P v (export)"
+# The int8 recipe of `tflite.convert` on the layer's own graph: each attention block float up to
+# the softmax; and the exporter's: the same on `mobile_attention`'s graph, with its float32.
+EXPORT_VARIANT = "int8 float attention block but P v"
+MOBILE_VARIANT = "int8 mobile attention graph (export)"
+MOBILE_FLOAT = "float32 mobile attention graph (export)"
 # The node LiteRT puts in the execution plan for a partition that a delegate took.
 _DELEGATE_NODE = "DELEGATE"
 
@@ -190,11 +193,19 @@ def attention_core_nodes(flatbuffer):
     return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
-def int8_variants(saved_model_dir, calibration_batches):
-    """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring)."""
+def int8_variants(saved_model_dir, calibration_batches, mobile_dir=None):
+    """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring);
+    with `mobile_dir`, the SavedModel of `mobile_attention.rebuild(model)`, also its float32 and
+    int8 files."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     calibrated = tflite.calibrate(converter, calibration_batches)
-    return {
+    mobile = {}
+    if mobile_dir is not None:
+        mobile = {
+            MOBILE_FLOAT: tflite.convert(mobile_dir, "float32"),
+            MOBILE_VARIANT: tflite.convert(mobile_dir, "int8", calibration_batches),
+        }
+    return mobile | {
         "float32": tflite.convert(saved_model_dir, "float32"),
         "int8 default": tflite.quantize_int8(calibrated),
         "int8 float BATCH_MATMUL, SOFTMAX": tflite.quantize_int8(calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)),
@@ -209,7 +220,7 @@ def int8_variants(saved_model_dir, calibration_batches):
 def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, num_calibration=100):
     """The variants of `int8_variants` for a `.keras` classifier: latency side by side and top-1
     agreement with the Keras model; returns ({name: row}, {name: flatbuffer})."""
-    from aa_keras.export import classification, export, model_source, parity, saved_model
+    from aa_keras.export import classification, export, mobile_attention, model_source, parity, saved_model
 
     model = model_source.load_keras_file(keras_path, "keras_path")
     shape = model_source.image_shape(model, None)
@@ -219,7 +230,9 @@ def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, n
     with tempfile.TemporaryDirectory() as directory:
         source = os.path.join(directory, "saved_model")
         saved_model.write_saved_model(model, source, shape, batch=1)
-        variants = int8_variants(source, calibration)
+        mobile = os.path.join(directory, "mobile_saved_model")
+        saved_model.write_saved_model(mobile_attention.rebuild(model), mobile, shape, batch=1)
+        variants = int8_variants(source, calibration, mobile)
         runners = {}
         for name, flatbuffer in variants.items():
             path = os.path.join(directory, f"{len(runners)}.tflite")
@@ -268,7 +281,7 @@ def main(argv=None):
             )
         flatbuffers.update(
             (name, variants[name])
-            for name in ("float32", "int8 float BATCH_MATMUL, SOFTMAX", EXPORT_VARIANT)
+            for name in ("float32", MOBILE_FLOAT, EXPORT_VARIANT, MOBILE_VARIANT)
         )
     profiles = {}
     for name, flatbuffer in flatbuffers.items():

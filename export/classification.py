@@ -8,7 +8,8 @@ Artifacts (for the model, and under `baseline/` for the baseline model):
                           `metadata`: image_shape, batch, class_names (see export.saved_model)
     labels.txt            the class names, one a line in index order (when known)
     model_float32.tflite, model_float16.tflite, model_dynamic.tflite, model_int8.tflite
-                          batch `batch`; int8 takes int8 images and gives int8 scores
+                          batch `batch`; int8 takes int8 images and gives int8 scores; each
+                          attention block as `export.mobile_attention`'s graph (the same function)
     model.onnx            images (B, H, W, C) float32 -> predictions
     export_report.json    per artifact (`export.report.artifact_row`): size, median latency,
                           parity metrics and check, ops
@@ -27,7 +28,7 @@ import numpy as np
 from aa_keras.programs import files
 from aa_keras.validation import is_int
 
-from . import model_source, parity, report, saved_model, tflite
+from . import mobile_attention, model_source, parity, report, saved_model, tflite
 from .parity import ParityError
 from .staging import REPORT_FILE, check_output_dir, staged_output
 
@@ -57,9 +58,13 @@ def _artifact_path(directory, kind):
     return os.path.join(directory, f"model_{kind.removeprefix('tflite_')}.tflite")
 
 
-def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, calibration_images, class_names=None):
+def write_artifacts(
+    model, directory, kinds, image_shape, batch, uint8_input, calibration_images, class_names=None,
+    attention_steps=mobile_attention.DEFAULT_STEPS,
+):
     """Writes the artifacts `kinds` of `model` into `directory`, and `labels.txt` with
-    `class_names` unless they are None.
+    `class_names` unless they are None. The TFLite files are converted from
+    `mobile_attention.rebuild(model, attention_steps)` (`()`: the layer's own graph).
 
     Returns:
         {kind: {"path": ..., "ops": sorted op names}} (ops only for TFLite and ONNX).
@@ -77,7 +82,7 @@ def write_artifacts(model, directory, kinds, image_shape, batch, uint8_input, ca
     tflite_kinds = [kind for kind in kinds if kind in TFLITE_KINDS]
     if tflite_kinds:
         source = tempfile.mkdtemp(prefix=".tflite_source-", dir=directory)
-        saved_model.write_saved_model(model, source, image_shape, batch=batch)
+        saved_model.write_saved_model(mobile_attention.rebuild(model, attention_steps), source, image_shape, batch=batch)
         calibration = parity.batches(calibration_images, batch)[0] if "tflite_int8" in tflite_kinds else None
         for kind in tflite_kinds:
             flatbuffer = tflite.convert(source, kind.removeprefix("tflite_"), calibration)

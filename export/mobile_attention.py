@@ -30,6 +30,9 @@ from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.layers.relative_tables import relative_offsets, table_length
 
 STEPS = ("scale", "split", "pool", "fold")
+# What the exporter applies (`classification.write_artifacts`): `fold` was slower on the trained
+# small pair, in float32 and int8 (benchmarks/results/attention_graph_steps_small.json).
+DEFAULT_STEPS = ("scale", "split", "pool")
 
 
 def _pool_window(layer, height, width):
@@ -165,9 +168,9 @@ class MobileAttention2D(keras.layers.Layer):
         return self.source.compute_output_shape(input_shape)
 
 
-def rebuild(model, steps=STEPS):
+def rebuild(model, steps=DEFAULT_STEPS):
     """`model` with every `AttentionAugmentation2D` that `can_rebuild` as a `MobileAttention2D`
-    (the other layers shared, not copied); `model` itself when it has none.
+    (the other layers shared, not copied); `model` itself when it has none or `steps` is empty.
 
     Args:
         model: a functional or Sequential Keras model.
@@ -179,6 +182,8 @@ def rebuild(model, steps=STEPS):
             return MobileAttention2D(layer, layer.input.shape[1:], steps)
         return layer
 
-    if not any(isinstance(layer, AttentionAugmentation2D) and can_rebuild(layer) for layer in model._flatten_layers()):
+    if not steps or not any(
+        isinstance(layer, AttentionAugmentation2D) and can_rebuild(layer) for layer in model._flatten_layers()
+    ):
         return model
     return keras.models.clone_model(model, clone_function=clone, recursive=True)
