@@ -8,11 +8,13 @@ layer's graph; + `scale`; + `split`; + `pool`; + `fold`, all of `mobile_attentio
 converted to float32 and to int8 by `tflite.convert` (the exporter's recipe), and timed side by
 side with the conv twin's file of the same kind (`bench_tflite.side_by_side_stats`, 1 thread,
 batch 1, process CPU time), with the top-1 agreement with Keras on the test images, the ops
-XNNPACK leaves and the number of delegate partitions (`bench_tflite.delegation`).
+XNNPACK leaves and the number of delegate partitions (`bench_tflite.delegation`); and the test
+accuracy of the Keras model and of each AA file on `--accuracy_images` labelled test images.
 """
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 
@@ -46,6 +48,7 @@ def convert_variants(model, twin, calibration, directory, kinds=("float32", "int
             paths[label, kind] = os.path.join(directory, f"{index}_{kind}.tflite")
             with open(paths[label, kind], "wb") as f:
                 f.write(flatbuffer)
+        shutil.rmtree(source)  # 200 MB at 224x224
     return paths
 
 
@@ -89,12 +92,35 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
+def labelled_test_images(model, count):
+    """(images snapped to 8 bits, labels) of the first `count` glyph_pairs test images."""
+    from aa_keras.data import classification as data
+    from aa_keras.export import classification
+
+    size = model.input.shape[1]
+    dataset = data.build_dataset("glyph_pairs", "test", size, global_batch_size=None, training=False)
+    pairs = list(dataset.take(count).as_numpy_iterator())
+    images = np.stack([np.asarray(image, np.float32) for image, _ in pairs])
+    return classification.snap_to_8_bit(images), np.array([int(label) for _, label in pairs])
+
+
+def test_accuracy(paths, model, count):
+    """{variant name: test accuracy} of the Keras model and of every file in `paths`."""
+    images, labels = labelled_test_images(model, count)
+    scores = {"keras": parity.predict(lambda x: np.asarray(model(x, training=False)), images, 1)}
+    for (label, kind), path in paths.items():
+        if label != "conv":
+            scores[f"{label} {kind}"] = parity.predict(tflite.TFLiteRunner(path, 1), images, 1)
+    return {name: float(np.mean(np.argmax(value, -1) == labels)) for name, value in scores.items()} | {"images": len(labels)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="small", choices=bench_tflite.PAIRS)
     parser.add_argument("--small_model", default="runs/quick/aa_small/model.keras")
     parser.add_argument("--small_baseline", default="runs/quick/conv_small/model.keras")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--accuracy_images", type=int, default=2000, help="test images for the small pair's accuracy")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "attention_graph_steps.json"))
     args = parser.parse_args(argv)
@@ -105,8 +131,10 @@ def main(argv=None):
     if any(name not in VARIANTS for name in names):
         parser.error(f"Invalid `--variants`: received {args.variants!r}, expected names from {list(VARIANTS)}.")
     with tempfile.TemporaryDirectory() as directory:
-        rows, _ = bench(model, twin, images, calibration, args.rounds, directory, {name: VARIANTS[name] for name in names})
+        rows, paths = bench(model, twin, images, calibration, args.rounds, directory, {name: VARIANTS[name] for name in names})
+        accuracy = test_accuracy(paths, model, args.accuracy_images) if args.pair == "small" else None
     print(format_rows(rows))
+    print("test accuracy:", accuracy)
     result = {
         "command": "python -m benchmarks.attention_graph_steps " + " ".join(argv or __import__("sys").argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -116,6 +144,7 @@ def main(argv=None):
         "batch": 1,
         "clock": "process_cpu",
         "rows": rows,
+        "test_accuracy": accuracy,
     }
     report.write_json(args.output, result)
     print(f"Wrote {args.output}")

@@ -133,12 +133,31 @@ def load_pair(name, small_model, small_baseline, num_images, num_calibration):
 
 
 def delegation(flatbuffer, threads=1):
-    """{"partitions": XNNPACK's delegate partitions in LiteRT's execution plan of the whole
-    model, "not_taken": the op types left outside them, sorted}."""
+    """{"partitions": the number of XNNPACK delegate partitions in LiteRT's whole-model plan,
+    "not_taken": the op types it leaves to LiteRT's own kernels, sorted}.
+
+    The interpreter lists the model's nodes and, after them, one DELEGATE node per partition
+    whose inputs and outputs are the partition's; a node belongs to a partition when it writes
+    a tensor reached backward from the partition's outputs without crossing its inputs."""
     interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
     interpreter.allocate_tensors()
-    plan = [op["op_name"] for op in interpreter._get_ops_details()]
-    return {"partitions": plan.count("DELEGATE"), "not_taken": sorted(set(plan) - {"DELEGATE"})}
+    nodes = interpreter._get_ops_details()
+    original = [node for node in nodes if node["op_name"] != "DELEGATE"]
+    producer = {int(t): node["index"] for node in original for t in node["outputs"]}
+    taken = set()
+    for partition in (node for node in nodes if node["op_name"] == "DELEGATE"):
+        inputs = {int(t) for t in partition["inputs"]}
+        stack = [int(t) for t in partition["outputs"]]
+        while stack:
+            t = stack.pop()
+            if t in inputs or t not in producer or producer[t] in taken:
+                continue
+            taken.add(producer[t])
+            stack += [int(u) for u in nodes[producer[t]]["inputs"] if u >= 0]
+    return {
+        "partitions": len(nodes) - len(original),
+        "not_taken": sorted({node["op_name"] for node in original if node["index"] not in taken}),
+    }
 
 
 def _delegation(kind, path):
