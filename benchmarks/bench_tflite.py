@@ -34,8 +34,9 @@ from aa_keras.export import classification as export_classification
 from aa_keras.export import export, mobile_attention, model_source, parity, report, tflite
 
 KINDS = (*export_classification.TFLITE_KINDS, "onnx")
-# The kinds also written with the layer's own attention graph, for the side-by-side.
-LAYER_GRAPH_KINDS = ("tflite_float32", "tflite_int8")
+# The kinds that the exporter converts from `mobile_attention`'s graph, also written with the
+# layer's own graph for the side-by-side.
+LAYER_GRAPH_KINDS = ("tflite_int8",)
 PAIRS = ("small", "resnet50")
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "results", "bench_tflite.json")
 
@@ -170,9 +171,9 @@ def _delegation(kind, path):
 
 def bench_pair(name, model, twin, images, calibration, threads, rounds, directory, per_round=None, kinds=KINDS):
     """Rows {pair, artifact, threads, size and latency of both, ratio, top-1 agreements, the AA
-    file's XNNPACK delegation}. The AA model's TFLite files are the exporter's (each attention as
-    `mobile_attention`'s graph); its float32 and int8 files with the layer's own graph (the
-    recipe before) are timed in the same rounds, in rows of artifact "<kind> layer graph"."""
+    file's XNNPACK delegation}. The AA model's files are the exporter's (int8: each attention as
+    `mobile_attention`'s graph); its int8 file with the layer's own graph (the recipe before) is
+    timed in the same rounds, in rows of artifact "tflite_int8 layer graph"."""
     shape = model_source.image_shape(model, None)
     old_kinds = [kind for kind in LAYER_GRAPH_KINDS if kind in kinds]
     artifacts = {}

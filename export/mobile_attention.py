@@ -12,14 +12,15 @@ math in `aa_keras` is untouched. The rearrangements, each optional (`STEPS`):
 - `pool`: the average pool of a strided layer (2x2 / stride 2 'same' on an even grid, or any
   'valid' pool) is folded into the q, k, v projections: a k x k / stride-s convolution with the
   1x1 kernel divided by k^2 over the window computes the same sums as pool-then-project (no
-  AVERAGE_POOL_2D, which XNNPACK refuses in int8);
+  AVERAGE_POOL_2D, which XNNPACK refuses in int8); with `downsample_attention` the further
+  3x3 / stride-2 'same' pool joins it (a 3k x 3k / stride-2s convolution, padded as that pool
+  pads, its edge windows scaled by 9 / the positions inside);
 - `fold`: the relative logits enter the content product through the exact fold of
   `../shared/DESIGN.md`: logit(i, j) = [q_i ; a_i ; b_i] . [k_j ; onehot_W(wj) ; onehot_H(hj)]
   with a_i[x] = q_i . rel_width[x - wi + W - 1] and b_i[y] = q_i . rel_height[y - hi + H - 1]:
   one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits.
 
-A layer with `downsample_attention`, a sine or coordconv encoding, or a dtype other than float32
-is kept as it is. A `MobileAttention2D` is for tracing an export only: it is not serializable.
+A layer with a sine or coordconv encoding, or a dtype other than float32, is kept as it is. A `MobileAttention2D` is for tracing an export only: it is not serializable.
 """
 
 import keras
@@ -48,11 +49,50 @@ def _pool_window(layer, height, width):
     return (1, 1), (1, 1)
 
 
+def _same_pool_counts(length, window=3, stride=2):
+    """(padding before, padding after, positions inside each window) of a 'same' average pool
+    along one axis of `length`, as TensorFlow pads it."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + window - length, 0)
+    before = total // 2
+    starts = np.arange(out) * stride - before
+    inside = np.minimum(starts + window, length) - np.maximum(starts, 0)
+    return before, total - before, inside
+
+
+def _folded_pool(layer, height, width):
+    """The pools that `layer` applies before attention as one convolution, or None where they
+    cannot be folded: {"window", "strides", "padding" ([before, after] per spatial axis),
+    "area" (the first pool's window size), "counts" (None, or the (H, W, 1) positions inside each
+    window of the downsampling 3x3 / stride-2 pool when they vary)}."""
+    first = _pool_window(layer, height, width)
+    if first is None:
+        return None
+    window, strides = first
+    plan = {"window": window, "strides": strides, "padding": [[0, 0], [0, 0]], "area": window[0] * window[1], "counts": None}
+    if not layer.downsample_attention:
+        return plan
+    if window != strides:  # a 'valid' pool with overlapping or gapped windows
+        return None
+    # A 3x3 / stride-2 'same' pool of the pooled grid: 3 cells of `window` pixels, stride 2 cells.
+    pooled = (height // strides[0], width // strides[1]) if layer.padding == "same" else (
+        (height - window[0]) // strides[0] + 1, (width - window[1]) // strides[1] + 1
+    )
+    axes = [_same_pool_counts(length) for length in pooled]
+    plan["window"] = (3 * window[0], 3 * window[1])
+    plan["strides"] = (2 * strides[0], 2 * strides[1])
+    plan["padding"] = [[before * step, after * step] for (before, after, _), step in zip(axes, strides)]
+    counts = np.outer(axes[0][2], axes[1][2]).astype(np.float32)[:, :, None]
+    plan["area"] *= 9
+    if np.any(counts != 9):
+        plan["counts"] = counts
+    return plan
+
+
 def can_rebuild(layer):
     """Whether `rebuild` replaces `layer`, an `AttentionAugmentation2D`."""
     return (
-        not layer.downsample_attention
-        and layer.position_encoding in ("relative", "none")
+        layer.position_encoding in ("relative", "none")
         and layer.compute_dtype == "float32"
         and None not in layer.input.shape[1:3]
     )
@@ -83,18 +123,27 @@ class MobileAttention2D(keras.layers.Layer):
         self.source = source
         self.heads, self.dkh, self.dvh = source.num_heads, source.dkh, source.dvh
         height, width, _ = input_shape
-        window = _pool_window(source, height, width)
-        self.pool_folded = "pool" in steps and window is not None
-        self.window, self.pool_strides = window if self.pool_folded else ((1, 1), (1, 1))
+        plan = _folded_pool(source, height, width) if "pool" in steps else None
+        self.pool_folded = plan is not None
+        if plan is None:
+            plan = {"window": (1, 1), "strides": (1, 1), "padding": [[0, 0], [0, 0]], "area": 1, "counts": None}
+        self.window, self.pool_strides, self.inverse_counts = plan["window"], plan["strides"], None
+        self.padding = [[0, 0], *plan["padding"], [0, 0]]
+        if plan["counts"] is not None:
+            # The window sums over area / 9 pixels per cell, the mean over the cells inside: x 9 / counts.
+            self.inverse_counts = 9.0 / plan["counts"]
         self.grid = source._attention_size(height, width)
+        self.output_size = tuple(
+            -(-length // stride) if source.padding == "same" else (length - kernel) // stride + 1
+            for length, kernel, stride in zip((height, width), source.kernel_size, source.strides)
+        )
         kernel = np.asarray(source.qkv.kernel)[0, 0]
         bias = np.asarray(source.qkv.bias) if source.use_bias else np.zeros(kernel.shape[-1], np.float32)
         if "scale" in steps:
             kernel, bias = kernel.copy(), bias.copy()
             kernel[:, : source.dk] *= source.dkh**-0.5
             bias[: source.dk] *= source.dkh**-0.5
-        area = self.window[0] * self.window[1]
-        kernel = np.broadcast_to(kernel / area, (*self.window, *kernel.shape)).astype(np.float32)
+        kernel = np.broadcast_to(kernel / plan["area"], (*self.window, *kernel.shape)).astype(np.float32)
         bounds = [0, source.dk, 2 * source.dk, 2 * source.dk + source.dv]
         names = ("q", "k", "v") if "split" in steps else ("qkv",)
         parts = list(zip(bounds[:-1], bounds[1:])) if "split" in steps else [(0, bounds[-1])]
@@ -122,9 +171,14 @@ class MobileAttention2D(keras.layers.Layer):
         x = inputs
         if not self.pool_folded:
             x = self.source._pool_to_output_size(inputs)
-        outputs = [
-            tf.nn.conv2d(x, w, self.pool_strides, "VALID") + b for w, b in self.projections
-        ]
+            if self.source.downsample_attention:
+                x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
+        outputs = []
+        for w, b in self.projections:
+            y = tf.nn.conv2d(x, w, self.pool_strides, self.padding)
+            if self.inverse_counts is not None:
+                y = y * tf.constant(self.inverse_counts)
+            outputs.append(y + b)
         if len(outputs) == 1:
             outputs = tf.split(outputs[0], [self.source.dk, self.source.dk, self.source.dv], axis=-1)
         q, k, v = outputs
@@ -161,6 +215,8 @@ class MobileAttention2D(keras.layers.Layer):
         weights = tf.nn.softmax(self._logits(q, k), axis=-1)
         attn = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])
         attn = self.source.attn_out(tf.reshape(attn, [-1, *self.grid, self.source.dv]))
+        if self.source.downsample_attention:
+            attn = tf.image.resize(attn, self.output_size, "bilinear")
         outputs = [attn] if self.source.conv is None else [self.source.conv(inputs), attn]
         return self.source.activation(tf.concat(outputs, axis=-1))
 
