@@ -28,6 +28,7 @@ VARIANTS = {
     "+ scale": ("scale",),
     "+ split": ("scale", "split"),
     "+ pool": ("scale", "split", "pool"),
+    "+ depthwise pool": ("scale", "split", "depthwise_pool"),
     "+ fold": ("scale", "split", "pool", "fold"),
 }
 
@@ -52,15 +53,15 @@ def convert_variants(model, twin, calibration, directory, kinds=("float32", "int
     return paths
 
 
-def bench(model, twin, images, calibration, rounds, directory, variants=VARIANTS):
-    paths = convert_variants(model, twin, calibration, directory, variants=variants)
+def bench(model, twin, images, calibration, rounds, directory, variants=VARIANTS, kinds=("float32", "int8")):
+    paths = convert_variants(model, twin, calibration, directory, kinds, variants)
     references = {}
     if images is not None:
         for network in (model, twin):
             references[network] = parity.predict(lambda x: np.asarray(network(x, training=False)), images, 1)
     batch = calibration[:1] if images is None else images[:1]
     rows = {}
-    for kind in ("float32", "int8"):
+    for kind in kinds:
         runners = {label: tflite.TFLiteRunner(paths[label, kind], 1) for label in (*variants, "conv")}
         stats = bench_tflite.side_by_side_stats(runners, batch, rounds)
         for label, runner in runners.items():
@@ -76,7 +77,7 @@ def bench(model, twin, images, calibration, rounds, directory, variants=VARIANTS
                 )["top1_agreement"],
                 "delegation": bench_tflite.delegation(flatbuffer),
             }
-    for label in (*variants, "conv"):
+    for label in (*variants, "conv") if len(kinds) == 2 else ():
         rows[f"{label} int8"]["int8_speedup_vs_float32"] = rows[f"{label} float32"]["ms"] / rows[f"{label} int8"]["ms"]
     return rows, paths
 
@@ -120,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--small_model", default="runs/quick/aa_small/model.keras")
     parser.add_argument("--small_baseline", default="runs/quick/conv_small/model.keras")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--kinds", default="float32,int8", choices=("float32,int8", "int8", "float32"))
     parser.add_argument("--accuracy_images", type=int, default=2000, help="test images for the small pair's accuracy")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "attention_graph_steps.json"))
@@ -131,7 +133,7 @@ def main(argv=None):
     if any(name not in VARIANTS for name in names):
         parser.error(f"Invalid `--variants`: received {args.variants!r}, expected names from {list(VARIANTS)}.")
     with tempfile.TemporaryDirectory() as directory:
-        rows, paths = bench(model, twin, images, calibration, args.rounds, directory, {name: VARIANTS[name] for name in names})
+        rows, paths = bench(model, twin, images, calibration, args.rounds, directory, {name: VARIANTS[name] for name in names}, tuple(args.kinds.split(",")))
         accuracy = test_accuracy(paths, model, args.accuracy_images) if args.pair == "small" else None
     print(format_rows(rows))
     print("test accuracy:", accuracy)

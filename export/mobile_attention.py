@@ -15,6 +15,9 @@ math in `aa_keras` is untouched. The rearrangements, each optional (`STEPS`):
   AVERAGE_POOL_2D, which XNNPACK refuses in int8); with `downsample_attention` the further
   3x3 / stride-2 'same' pool joins it (a 3k x 3k / stride-2s convolution, padded as that pool
   pads, its edge windows scaled by 9 / the positions inside);
+- `depthwise_pool`, instead of `pool`: the same pools as zero-padded depthwise convolutions with
+  weights 1 / window area (their edge windows rescaled), before 1x1 projections: k^2 MACs per
+  input channel instead of k^2 times the projection's;
 - `fold`: the relative logits enter the content product through the exact fold of
   `../shared/DESIGN.md`: logit(i, j) = [q_i ; a_i ; b_i] . [k_j ; onehot_W(wj) ; onehot_H(hj)]
   with a_i[x] = q_i . rel_width[x - wi + W - 1] and b_i[y] = q_i . rel_height[y - hi + H - 1]:
@@ -30,7 +33,7 @@ import tensorflow as tf
 from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.layers.relative_tables import relative_offsets, table_length
 
-STEPS = ("scale", "split", "pool", "fold")
+STEPS = ("scale", "split", "pool", "depthwise_pool", "fold")
 # What the exporter applies (`classification.write_artifacts`): `fold` was slower on the trained
 # small pair, in float32 and int8 (benchmarks/results/attention_graph_steps_small.json).
 DEFAULT_STEPS = ("scale", "split", "pool")
@@ -89,6 +92,32 @@ def _folded_pool(layer, height, width):
     return plan
 
 
+def _depthwise_pool_stages(layer, height, width):
+    """The average pools that `layer` applies before attention as [(window, strides, paddings
+    ([before, after] per spatial axis), (H, W, 1) window area / positions inside, or None where
+    every window is whole)], for `MobileAttention2D._pool`."""
+    stages = []
+    if layer.padding == "same" and layer.strides != (1, 1):
+        axes = [_same_pool_counts(length, stride, stride) for length, stride in zip((height, width), layer.strides)]
+        stages.append((layer.strides, layer.strides, axes))
+        height, width = (len(axis[2]) for axis in axes)
+    elif layer.padding == "valid" and (layer.kernel_size != (1, 1) or layer.strides != (1, 1)):
+        stages.append((layer.kernel_size, layer.strides, None))
+        height, width = ((length - k) // s + 1 for length, k, s in zip((height, width), layer.kernel_size, layer.strides))
+    if layer.downsample_attention:
+        stages.append(((3, 3), (2, 2), [_same_pool_counts(length) for length in (height, width)]))
+    result = []
+    for window, strides, axes in stages:
+        paddings, scale = [[0, 0], [0, 0]], None
+        if axes is not None:
+            paddings = [[before, after] for before, after, _ in axes]
+            counts = np.outer(axes[0][2], axes[1][2]).astype(np.float32)[:, :, None]
+            if np.any(counts != window[0] * window[1]):
+                scale = window[0] * window[1] / counts
+        result.append((window, strides, paddings, scale))
+    return result
+
+
 def can_rebuild(layer):
     """Whether `rebuild` replaces `layer`, an `AttentionAugmentation2D`."""
     return (
@@ -120,9 +149,12 @@ class MobileAttention2D(keras.layers.Layer):
         if unknown:
             raise ValueError(f"Invalid `steps`: received {sorted(steps)}, unknown {unknown}; expected a subset of {STEPS}.")
         self.steps = tuple(step for step in STEPS if step in steps)
+        if "pool" in steps and "depthwise_pool" in steps:
+            raise ValueError(f"Invalid `steps`: received {sorted(steps)}; 'pool' and 'depthwise_pool' exclude each other.")
         self.source = source
         self.heads, self.dkh, self.dvh = source.num_heads, source.dkh, source.dvh
         height, width, _ = input_shape
+        self.pool_stages = _depthwise_pool_stages(source, height, width) if "depthwise_pool" in steps else None
         plan = _folded_pool(source, height, width) if "pool" in steps else None
         self.pool_folded = plan is not None
         if plan is None:
@@ -169,7 +201,9 @@ class MobileAttention2D(keras.layers.Layer):
 
     def _qkv(self, inputs):
         x = inputs
-        if not self.pool_folded:
+        if self.pool_stages is not None:
+            x = self._pool(x)
+        elif not self.pool_folded:
             x = self.source._pool_to_output_size(inputs)
             if self.source.downsample_attention:
                 x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
@@ -185,6 +219,18 @@ class MobileAttention2D(keras.layers.Layer):
         if "scale" not in self.steps:
             q = q * (self.dkh**-0.5)
         return self._heads(q, self.dkh), self._heads(k, self.dkh), self._heads(v, self.dvh)
+
+    def _pool(self, x):
+        """The layer's average pools as zero-padded depthwise convolutions (XNNPACK takes them in
+        int8, where it refuses AVERAGE_POOL_2D), windows cut by the padding rescaled."""
+        for window, strides, paddings, scale in self.pool_stages:
+            if any(before or after for before, after in paddings):
+                x = tf.pad(x, [[0, 0], *paddings, [0, 0]])
+            mean = np.full((*window, x.shape[-1], 1), 1.0 / (window[0] * window[1]), np.float32)
+            x = tf.nn.depthwise_conv2d(x, tf.constant(mean), [1, *strides, 1], "VALID")
+            if scale is not None:
+                x = x * tf.constant(scale)
+        return x
 
     def _logits(self, q, k):
         """(B, Nh, HW, HW) logits of (B, Nh, HW, dkh) q and k."""

@@ -27,7 +27,10 @@ def _model(position_encoding, strides, padding="same", filters=16, use_bias=True
     return keras.Model(inputs, outputs)
 
 
-STEP_SETS = [("scale",), ("split",), ("pool",), ("fold",), mobile_attention.DEFAULT_STEPS, mobile_attention.STEPS]
+STEP_SETS = [
+    ("scale",), ("split",), ("pool",), ("depthwise_pool",), ("fold",), mobile_attention.DEFAULT_STEPS,
+    ("scale", "split", "pool", "fold"), ("scale", "split", "depthwise_pool", "fold"),
+]
 
 
 @pytest.mark.parametrize("position_encoding", ["relative", "none"])
@@ -72,7 +75,9 @@ def test_layers_it_cannot_rebuild_are_kept():
     assert mobile_attention.rebuild(model) is model
 
 
-def test_unknown_steps_are_an_error():
+def test_unknown_or_exclusive_steps_are_an_error():
     keras.utils.set_random_seed(0)
     with pytest.raises(ValueError, match="unknown \\['softmax'\\]"):
         mobile_attention.rebuild(_model("relative", 2), ("scale", "softmax"))
+    with pytest.raises(ValueError, match="exclude each other"):
+        mobile_attention.rebuild(_model("relative", 2), ("pool", "depthwise_pool"))
