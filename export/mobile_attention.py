@@ -34,9 +34,11 @@ from aa_keras.layers import AttentionAugmentation2D
 from aa_keras.layers.relative_tables import relative_offsets, table_length
 
 STEPS = ("scale", "split", "pool", "depthwise_pool", "fold")
-# What the exporter applies (`classification.write_artifacts`): `fold` was slower on the trained
-# small pair, in float32 and int8 (benchmarks/results/attention_graph_steps_small.json).
-DEFAULT_STEPS = ("scale", "split", "pool")
+# What the exporter applies to int8 (`classification.write_artifacts`), by
+# benchmarks/results/attention_graph_steps_*.json: `depthwise_pool` rather than `pool` (the
+# folded 6x6 and 3x3 windows multiplied AAResNet-50's projections: 32.0 against 30.9 ms for the
+# layer's graph, 29.2 with depthwise pools); `fold` was slower on the small pair.
+DEFAULT_STEPS = ("scale", "split", "depthwise_pool")
 
 
 def _pool_window(layer, height, width):

@@ -56,14 +56,14 @@ def test_rebuilt_model_matches_the_original_in_float32(position_encoding, stride
 def test_pool_is_folded_only_where_no_window_is_padded():
     keras.utils.set_random_seed(0)
     folded = {
-        (padding, size): mobile_attention.rebuild(_model("relative", 2, padding, size=size)).get_layer("aa2").pool_folded
+        (padding, size): mobile_attention.rebuild(_model("relative", 2, padding, size=size), ("pool",)).get_layer("aa2").pool_folded
         for padding, size in (("same", 8), ("same", 7), ("valid", 7))
     }
     assert folded == {("same", 8): True, ("same", 7): False, ("valid", 7): True}
     # With downsampling, a 'valid' 3x3 / stride-2 pool's overlapping windows are not folded.
-    layer = mobile_attention.rebuild(_model("relative", 2, "valid", size=9, downsample=True)).get_layer("aa2")
+    layer = mobile_attention.rebuild(_model("relative", 2, "valid", size=9, downsample=True), ("pool",)).get_layer("aa2")
     assert not layer.pool_folded
-    layer = mobile_attention.rebuild(_model("relative", 2, "same", size=12, downsample=True)).get_layer("aa2")
+    layer = mobile_attention.rebuild(_model("relative", 2, "same", size=12, downsample=True), ("pool",)).get_layer("aa2")
     assert layer.pool_folded and layer.window == (6, 6) and layer.inverse_counts is not None
 
 
