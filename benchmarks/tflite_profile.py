@@ -10,10 +10,11 @@ BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's first reci
 attention's core kept float (`attention_core_nodes`: the products, the sums and reshapes between
 them, the softmax); each attention block kept float from the split of the qkv projection to the
 attention output (`tflite.attention_block_nodes`: the exporter's second recipe); and the same
-up to the softmax, the product with v in int8 with v symmetric (the exporter's recipe,
-`tflite.convert`; see `benchmarks/int8_symmetric_kv.py`). The six are timed side by side
+up to the softmax, the product with v in int8 with v symmetric (`tflite.convert`; see
+`benchmarks/int8_symmetric_kv.py`); and the exporter's: that recipe on
+`export.mobile_attention`'s graph, with that graph's float32. The eight are timed side by side
 (`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images, and
-float32, the op-name variant and the exporter's are profiled operator by operator.
+both float32 files and both int8 files of `tflite.convert` are profiled operator by operator.
 
 LiteRT's Python interpreter has no per-operator profiler, so each operator of the model's main
 subgraph is cut out into a one-operator model (same tensors, quantization and constants; its
