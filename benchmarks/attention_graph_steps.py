@@ -133,7 +133,8 @@ def main(argv=None):
     if any(name not in VARIANTS for name in names):
         parser.error(f"Invalid `--variants`: received {args.variants!r}, expected names from {list(VARIANTS)}.")
     with tempfile.TemporaryDirectory() as directory:
-        rows, paths = bench(model, twin, images, calibration, args.rounds, directory, {name: VARIANTS[name] for name in names}, tuple(args.kinds.split(",")))
+        variants = {name: VARIANTS[name] for name in names}
+        rows, paths = bench(model, twin, images, calibration, args.rounds, directory, variants, tuple(args.kinds.split(",")))
         accuracy = test_accuracy(paths, model, args.accuracy_images) if args.pair == "small" else None
     print(format_rows(rows))
     print("test accuracy:", accuracy)

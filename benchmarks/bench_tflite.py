@@ -49,8 +49,9 @@ def side_by_side_stats(runners, batch, rounds, per_round=None, warmup_s=0.5, rou
     `per_round` runs of each runner (None: as many as last about `round_s` seconds, at least 1,
     from the warm-up's mean). Every round is timed twice: by the wall clock and by the process's
     CPU time (`time.process_time`, all its threads). With one interpreter thread the process's
-    CPU time is the latency without the time the scheduler gave other processes: on this 2-core machine under a load of 9, AAResNet-50 / ResNet-50 int8 at 224 took
-    22.5-23.1 ms of CPU per run (ResNet-50) while the wall clock read 45-72 ms, and the ratio of
+    CPU time is the latency without the time the scheduler gave other processes: on this 2-core
+    machine under a load of 9, AAResNet-50 / ResNet-50 int8 at 224 took 22.5-23.1 ms of CPU per
+    run (ResNet-50) while the wall clock read 45-72 ms, and the ratio of
     the best wall-clock rounds ranged 1.09-1.79 over six trials against 1.33-1.37 by CPU time.
 
     Returns:

@@ -23,7 +23,8 @@ math in `aa_keras` is untouched. The rearrangements, each optional (`STEPS`):
   with a_i[x] = q_i . rel_width[x - wi + W - 1] and b_i[y] = q_i . rel_height[y - hi + H - 1]:
   one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits.
 
-A layer with a sine or coordconv encoding, or a dtype other than float32, is kept as it is. A `MobileAttention2D` is for tracing an export only: it is not serializable.
+A layer with a sine or coordconv encoding, or a dtype other than float32, is kept as it is. A
+`MobileAttention2D` is for tracing an export only: it is not serializable.
 """
 
 import keras
