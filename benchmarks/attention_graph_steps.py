@@ -15,6 +15,7 @@ accuracy of the Keras model and of each AA file on `--accuracy_images` labelled 
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -139,7 +140,7 @@ def main(argv=None):
     print(format_rows(rows))
     print("test accuracy:", accuracy)
     result = {
-        "command": "python -m benchmarks.attention_graph_steps " + " ".join(argv or __import__("sys").argv[1:]),
+        "command": "python -m benchmarks.attention_graph_steps " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": bench_tflite.versions(),
         "pair": args.pair,
