@@ -55,8 +55,13 @@ def _single_op_models(flatbuffer):
     subgraph = model.subgraphs[0]
     constant = {i for i, t in enumerate(subgraph.tensors) if model.buffers[t.buffer].data is not None}
     operators = subgraph.operators
+    empty = type(model.buffers[0])()
     for index, op in enumerate(operators):
         single = copy.copy(model)
+        # Only the operator's own constants are kept: a 224x224 model's other weights, copied
+        # for each of its hundreds of operators, would make the profile take hours.
+        used = {subgraph.tensors[i].buffer for i in (*op.inputs, *op.outputs) if i >= 0}
+        single.buffers = [buffer if b in used else empty for b, buffer in enumerate(model.buffers)]
         graph = copy.copy(subgraph)
         graph.operators = [op]
         graph.inputs = [i for i in op.inputs if i >= 0 and i not in constant]
