@@ -30,7 +30,9 @@ import argparse
 import collections
 import copy
 import os
+import sys
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +40,7 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.export import report, tflite
-from benchmarks.bench_tflite import side_by_side_ms
+from benchmarks.bench_tflite import side_by_side_ms, versions
 
 # The int8 recipe of `tflite.convert` on the layer's own graph: each attention block float up to
 # the softmax; and the exporter's: the same on `mobile_attention`'s graph, with its float32.
@@ -295,6 +297,9 @@ def main(argv=None):
         profiles[name] = profile(flatbuffer, args.threads, args.runs)
         print(format_profile(name, profiles[name]))
     results["profiles"] = profiles
+    results["command"] = "python -m benchmarks.tflite_profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["versions"] = versions()
     if args.json:
         report.write_json(args.json, results)
 
