@@ -10,10 +10,11 @@ BATCH_MATMUL and SOFTMAX kept float (`denylisted_ops`: the exporter's first reci
 attention's core kept float (`attention_core_nodes`: the products, the sums and reshapes between
 them, the softmax); each attention block kept float from the split of the qkv projection to the
 attention output (`tflite.attention_block_nodes`: the exporter's second recipe); and the same
-up to the softmax, the product with v in int8 with v symmetric (the exporter's recipe,
-`tflite.convert`; see `benchmarks/int8_symmetric_kv.py`). The six are timed side by side
+up to the softmax, the product with v in int8 with v symmetric (`tflite.convert`; see
+`benchmarks/int8_symmetric_kv.py`); and the exporter's: that recipe on
+`export.mobile_attention`'s graph, with that graph's float32. The eight are timed side by side
 (`bench_tflite.side_by_side_ms`), checked against the Keras model's top-1 on test images, and
-float32, the op-name variant and the exporter's are profiled operator by operator.
+both float32 files and both int8 files of `tflite.convert` are profiled operator by operator.
 
 LiteRT's Python interpreter has no per-operator profiler, so each operator of the model's main
 subgraph is cut out into a one-operator model (same tensors, quantization and constants; its
@@ -29,7 +30,9 @@ import argparse
 import collections
 import copy
 import os
+import sys
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -37,10 +40,13 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
 from aa_keras.export import report, tflite
-from benchmarks.bench_tflite import side_by_side_ms
+from benchmarks.bench_tflite import side_by_side_ms, versions
 
-# The exporter's int8 recipe (`tflite.convert`): each attention block float up to the softmax.
-EXPORT_VARIANT = "int8 float attention block but P v (export)"
+# The int8 recipe of `tflite.convert` on the layer's own graph: each attention block float up to
+# the softmax; and the exporter's: the same on `mobile_attention`'s graph, with its float32.
+EXPORT_VARIANT = "int8 float attention block but P v"
+MOBILE_VARIANT = "int8 mobile attention graph (export)"
+MOBILE_FLOAT = "float32 mobile attention graph (export)"
 # The node LiteRT puts in the execution plan for a partition that a delegate took.
 _DELEGATE_NODE = "DELEGATE"
 
@@ -51,8 +57,13 @@ def _single_op_models(flatbuffer):
     subgraph = model.subgraphs[0]
     constant = {i for i, t in enumerate(subgraph.tensors) if model.buffers[t.buffer].data is not None}
     operators = subgraph.operators
+    empty = type(model.buffers[0])()
     for index, op in enumerate(operators):
         single = copy.copy(model)
+        # Only the operator's own constants are kept: a 224x224 model's other weights, copied
+        # for each of its hundreds of operators, would make the profile take hours.
+        used = {subgraph.tensors[i].buffer for i in (*op.inputs, *op.outputs) if i >= 0}
+        single.buffers = [buffer if b in used else empty for b, buffer in enumerate(model.buffers)]
         graph = copy.copy(subgraph)
         graph.operators = [op]
         graph.inputs = [i for i in op.inputs if i >= 0 and i not in constant]
@@ -190,11 +201,19 @@ def attention_core_nodes(flatbuffer):
     return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
-def int8_variants(saved_model_dir, calibration_batches):
-    """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring)."""
+def int8_variants(saved_model_dir, calibration_batches, mobile_dir=None):
+    """{name: flatbuffer}: float32 and the int8 variants compared (see the module docstring);
+    with `mobile_dir`, the SavedModel of `mobile_attention.rebuild(model)`, also its float32 and
+    int8 files."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     calibrated = tflite.calibrate(converter, calibration_batches)
-    return {
+    mobile = {}
+    if mobile_dir is not None:
+        mobile = {
+            MOBILE_FLOAT: tflite.convert(mobile_dir, "float32"),
+            MOBILE_VARIANT: tflite.convert(mobile_dir, "int8", calibration_batches),
+        }
+    return mobile | {
         "float32": tflite.convert(saved_model_dir, "float32"),
         "int8 default": tflite.quantize_int8(calibrated),
         "int8 float BATCH_MATMUL, SOFTMAX": tflite.quantize_int8(calibrated, denylisted_ops=list(tflite.INT8_FLOAT_OPS)),
@@ -209,7 +228,7 @@ def int8_variants(saved_model_dir, calibration_batches):
 def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, num_calibration=100):
     """The variants of `int8_variants` for a `.keras` classifier: latency side by side and top-1
     agreement with the Keras model; returns ({name: row}, {name: flatbuffer})."""
-    from aa_keras.export import classification, export, model_source, parity, saved_model
+    from aa_keras.export import classification, export, mobile_attention, model_source, parity, saved_model
 
     model = model_source.load_keras_file(keras_path, "keras_path")
     shape = model_source.image_shape(model, None)
@@ -219,7 +238,9 @@ def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, n
     with tempfile.TemporaryDirectory() as directory:
         source = os.path.join(directory, "saved_model")
         saved_model.write_saved_model(model, source, shape, batch=1)
-        variants = int8_variants(source, calibration)
+        mobile = os.path.join(directory, "mobile_saved_model")
+        saved_model.write_saved_model(mobile_attention.rebuild(model), mobile, shape, batch=1)
+        variants = int8_variants(source, calibration, mobile)
         runners = {}
         for name, flatbuffer in variants.items():
             path = os.path.join(directory, f"{len(runners)}.tflite")
@@ -227,7 +248,7 @@ def compare_int8_recipes(keras_path, dataset, threads, rounds, num_images=200, n
                 f.write(flatbuffer)
             tflite.check_builtin_ops(tflite.list_ops(flatbuffer), what=name)
             runners[name] = tflite.TFLiteRunner(path, threads)
-        latency = side_by_side_ms(runners, images[:1], rounds)
+        latency = side_by_side_ms(runners, images[:1], rounds, threads=threads)
         rows = {
             name: {
                 "latency_ms": latency[name],
@@ -268,7 +289,7 @@ def main(argv=None):
             )
         flatbuffers.update(
             (name, variants[name])
-            for name in ("float32", "int8 float BATCH_MATMUL, SOFTMAX", EXPORT_VARIANT)
+            for name in ("float32", MOBILE_FLOAT, EXPORT_VARIANT, MOBILE_VARIANT)
         )
     profiles = {}
     for name, flatbuffer in flatbuffers.items():
@@ -276,6 +297,9 @@ def main(argv=None):
         profiles[name] = profile(flatbuffer, args.threads, args.runs)
         print(format_profile(name, profiles[name]))
     results["profiles"] = profiles
+    results["command"] = "python -m benchmarks.tflite_profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["versions"] = versions()
     if args.json:
         report.write_json(args.json, results)
 

@@ -21,8 +21,10 @@ trained aa_small (0.279 against 0.309 ms, 1 thread) and 4% at AAResNet-50 224 (1
 q k^T runs in int8 too, was slower (0.321 ms): in XNNPACK the int8 logits (q k^T, relative
 logits, their sums) take longer than the float ones, and an int8 softmax runs on LiteRT's
 builtin kernel (the model with it: 0.531 ms). A BATCH_MATMUL outside the attention blocks is
-int8 with the same symmetric right-hand input. XNNPACK runs every op but SPLIT_V and an
-AVERAGE_POOL_2D. The ops are left out of the quantization with the MLIR quantizer's
+int8 with the same symmetric right-hand input. On the layer's own graph XNNPACK runs every op
+but SPLIT_V and an AVERAGE_POOL_2D; the exporter (`classification.write_artifacts`) converts
+`mobile_attention`'s graph instead (the same function, without either op), which XNNPACK takes
+whole. The ops are left out of the quantization with the MLIR quantizer's
 `denylisted_nodes`, the mechanism of `tf.lite.experimental.QuantizationDebugger`, applied to the
 converter's own calibrated model; the rest is quantized exactly as the converter does by default
 (a model without attention gives the default int8 model).
@@ -76,9 +78,10 @@ def _operator_maps(model):
     return graph, names, tensors, producer, consumers
 
 
-# Where an attention block's float island ends: the qkv and output projections, and what joins
-# the attention output to the convolution's.
-_BLOCK_BOUNDARY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION")
+# Where an attention block's float island ends: the qkv and output projections (the join of the
+# attention output with the convolution's lies beyond the output projection; the
+# CONCATENATIONs of `mobile_attention`'s folded logits lie inside the island).
+_BLOCK_BOUNDARY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def attention_block_nodes(flatbuffer):

@@ -242,17 +242,23 @@ def test_profile_times_every_operator(converted):
 def test_bench_pair_rows_and_table(models, tmp_path):
     images = export_classification.snap_to_8_bit(quadrant_images(20, seed=1)[0])
     calibration = quadrant_images(16, seed=2)[0]
+    kinds = ("tflite_float32", "tflite_int8", "onnx")
     rows = bench_tflite.bench_pair(
-        "tiny", models["aa"], models["conv"], images, calibration, [1], 2, str(tmp_path)
+        "tiny", models["aa"], models["conv"], images, calibration, [1], 2, str(tmp_path), kinds=kinds
     )
-    assert [row["artifact"] for row in rows] == list(bench_tflite.KINDS)
+    assert [row["artifact"] for row in rows] == ["tflite_float32", "tflite_int8", "tflite_int8 layer graph", "onnx"]
     for row in rows:
-        assert row["aa_ms"] > 0 and row["conv_ms"] > 0
+        assert row["aa_ms"] > 0 and row["conv_ms"] > 0 and row["clock"] == "process_cpu"
         assert row["aa_vs_conv"] == pytest.approx(row["aa_ms"] / row["conv_ms"])
         assert row["aa_size_bytes"] > 0 and 0.0 <= row["aa_top1_agreement"] <= 1.0
+        assert row["aa_timing"]["wall_spread"] >= 1.0 and row["aa_timing"]["rounds"] == 2
     by_kind = {row["artifact"]: row for row in rows}
     assert by_kind["tflite_float32"]["aa_top1_agreement"] == 1.0
-    assert by_kind["tflite_int8"]["aa_top1_agreement"] >= 0.97
+    for kind in ("tflite_int8", "tflite_int8 layer graph"):
+        assert by_kind[kind]["aa_top1_agreement"] >= 0.97
+    # The exporter's graph leaves XNNPACK nothing; the layer's leaves its SPLIT_V.
+    assert by_kind["tflite_int8"]["aa_delegation"] == {"partitions": 1, "not_taken": []}
+    assert "SPLIT_V" in by_kind["tflite_int8 layer graph"]["aa_delegation"]["not_taken"]
     table = bench_tflite.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| tiny | onnx | 1 |" in table
 
