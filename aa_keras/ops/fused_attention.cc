@@ -49,17 +49,7 @@ using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
 // Query rows processed together: they share every load of a key or value row.
-constexpr int kRows = 8;
-// At most this many of them in the products whose accumulators are rows x a depth chunk.
-constexpr int kQuad = 4;
-static_assert(kRows <= 2 * kQuad, "InQuads splits a block of rows in two groups");
-
-// Calls fn(integral_constant<int, R>, t0) for rows t0..t0+R-1 of T: groups of at most kQuad.
-template <int T, typename Fn>
-void InQuads(Fn fn) {
-  fn(std::integral_constant<int, std::min(T, kQuad)>(), 0);
-  if constexpr (T > kQuad) fn(std::integral_constant<int, T - kQuad>(), kQuad);
-}
+constexpr int kRows = 4;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
 // register-tiled matrix products over the block, each dK^T / dV^T tile loaded and stored once
@@ -206,10 +196,10 @@ void ForEachDepthChunk(int64_t depth, Fn fn) {
   }
 }
 
-// AddProducts for T <= kQuad rows, over depth chunks whose T x D coefficients stay in registers
-// (each chunk adds its products to rows): faster than the tiles below at depth <= kChunk.
+// rows[t][j] += sum_d a[t][d] * bt[d * stride + j] for t < T, j < stride: the logits of T
+// queries against the transposed keys bt (depth, stride), or dO v^T against the values.
 template <int T>
-void AddChunkProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
+void AddProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
   ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
     constexpr int D = decltype(chunk)::value;
     float coef[T][D];
@@ -227,43 +217,6 @@ void AddChunkProducts(float* const* rows, const float* const* a, const float* bt
       for (int t = 0; t < T; ++t) Store(rows[t] + j, Load(rows[t] + j) + acc[t]);
     }
   });
-}
-
-// rows[t][j] += sum_d a[t][d] * bt[d * stride + j] for t < T, j < stride: the logits of T
-// queries against the transposed keys bt (depth, stride). Register tiles of T rows x J vectors
-// of columns accumulate over the whole depth (each loaded key vector used T times, each
-// coefficient, a broadcast from memory, J times), then are added to rows once.
-template <int T, int J>
-__attribute__((always_inline)) inline void ProductTile(float* const* rows, const float* const* a, const float* b,
-                                                       int64_t depth, int64_t stride, int64_t j) {
-  // The products are summed before they are added to rows (the relative logits), which may be
-  // large: one rounding at that magnitude instead of one per product.
-  Vec acc[T][J] = {};
-  for (int64_t d = 0; d < depth; ++d) {
-    Vec bd[J];
-    for (int jj = 0; jj < J; ++jj) bd[jj] = Load(b + d * stride + j + jj * kLanes);
-    for (int t = 0; t < T; ++t) {
-      const float c = a[t][d];
-      for (int jj = 0; jj < J; ++jj) acc[t][jj] += c * bd[jj];
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int jj = 0; jj < J; ++jj) {
-      float* r = rows[t] + j + jj * kLanes;
-      Store(r, Load(r) + acc[t][jj]);
-    }
-}
-
-template <int T>
-void AddProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
-  if (depth <= kChunk) {
-    InQuads<T>([&](auto quad, int t0) { AddChunkProducts<decltype(quad)::value>(rows + t0, a + t0, bt, depth, stride); });
-    return;
-  }
-  constexpr int kTile = 16 / T;  // vectors of columns per tile: T x kTile accumulators
-  int64_t j = 0;
-  for (; j + kTile * kLanes <= stride; j += kTile * kLanes) ProductTile<T, kTile>(rows, a, bt, depth, stride, j);
-  for (; j < stride; j += kLanes) ProductTile<T, 1>(rows, a, bt, depth, stride, j);
 }
 
 // out[t][d] = sum_j rows[t][j] * bt[d * stride + j]: dLogits times keys.
@@ -527,10 +480,7 @@ void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws,
     row_max[t] = RowMax(rows[t], s.stride);
     out_rows[t] = out + (first + t) * s.heads * s.dv;
   }
-  InQuads<T>([&](auto quad, int t0) {
-    SoftmaxTimesValues<decltype(quad)::value>(rows + t0, row_max + t0, ws.vt.data(), s.dv, s.stride, inv_sum + t0,
-                                              out_rows + t0);
-  });
+  SoftmaxTimesValues<T>(rows, row_max, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
   // The backward pass recomputes the weights as exp(logit - max) / sum, which (unlike
   // exp(logit - log-sum-exp)) keeps them exact to rounding however large the logits.
   for (int t = 0; t < T; ++t) {
@@ -601,9 +551,7 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
     }
     for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
-  InQuads<T>([&](auto quad, int t0) {
-    RowDots<decltype(quad)::value>(d_logits + t0, ws.kt.data(), s.dk, s.stride, d_q_rows + t0);
-  });
+  RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, d_q_rows);
   if (!s.relative) return;
   float* d_table_h_t = ws.d_tables_t.data();
   float* d_table_w_t = d_table_h_t + s.dk * s.table_h;
@@ -619,34 +567,17 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   }
 }
 
-// Calls fn(integral_constant<int, rest>, first) if 0 < rest <= T.
-template <int T, typename Fn>
-void RemainderRows(int64_t rest, int64_t first, Fn fn) {
-  if constexpr (T > 0) {
-    if (rest == T)
-      fn(std::integral_constant<int, T>(), first);
-    else
-      RemainderRows<T - 1>(rest, first, fn);
-  }
-}
-
-// Calls fn<T>(first) for blocks of R queries and the remainder.
-template <int R, typename Fn>
-void ForEachRowBlockOf(int64_t n, Fn fn) {
-  int64_t first = 0;
-  for (; first + R <= n; first += R) fn(std::integral_constant<int, R>(), first);
-  RemainderRows<R - 1>(n - first, first, fn);
-}
-
-// Blocks of kRows queries where the keys are deeper than one chunk (the logits' tiles of
-// kRows rows, each loaded key vector used kRows times), else of kQuad: at depth <= kChunk the
-// chunked products are as fast and kRows rows only crowd L1.
+// Calls fn<T>(first) for blocks of kRows queries and the remainder.
 template <typename Fn>
-void ForEachRowBlock(const Sizes& s, int64_t n, Fn fn) {
-  if (s.dk > kChunk)
-    ForEachRowBlockOf<kRows>(n, fn);
-  else
-    ForEachRowBlockOf<kQuad>(n, fn);
+void ForEachRowBlock(int64_t n, Fn fn) {
+  int64_t first = 0;
+  for (; first + kRows <= n; first += kRows) fn(std::integral_constant<int, kRows>(), first);
+  switch (n - first) {
+    case 3: fn(std::integral_constant<int, 3>(), first); break;
+    case 2: fn(std::integral_constant<int, 2>(), first); break;
+    case 1: fn(std::integral_constant<int, 1>(), first); break;
+    default: break;
+  }
 }
 
 // An InvalidArgument status whose message is the pieces concatenated.
@@ -672,10 +603,7 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   s->dk = q.dim_size(4);
   s->dv = v.dim_size(4);
   s->n = s->height * s->width;
-  // With keys deeper than a chunk, the logits' tiles read all dk rows of the transposed keys at
-  // once: a row pitch of a multiple of 512 floats (2 KB) would put them in the same few L1 sets
-  // (4 KB aliasing at 32 x 32), so such a pitch gets one more vector of padding.
-  s->stride = Padded(s->n) % 512 == 0 && s->dk > kChunk ? Padded(s->n) + kLanes : Padded(s->n);
+  s->stride = Padded(s->n);
   s->relative = relative;
   s->table_h = s->table_w = 0;
   if (!relative) return absl::OkStatus();
@@ -766,7 +694,7 @@ class FusedAttentionOp : public AttentionOpBase {
         LoadKeysAndValues(s, unit, ws);
         float* unit_out = out_data + s.ValueOffset(u);
         float* unit_stats = stats_data + u * s.n * 2;
-        ForEachRowBlock(s, s.n, [&](auto rows_in_block, int64_t first) {
+        ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
           ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, unit_out, unit_stats);
         });
       }
@@ -817,7 +745,7 @@ class FusedAttentionGradOp : public AttentionOpBase {
         float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
         for (int64_t block = 0; block < s.n; block += ws.block_rows) {
           const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
-          ForEachRowBlock(s, count, [&](auto rows_in_block, int64_t slot) {
+          ForEachRowBlock(count, [&](auto rows_in_block, int64_t slot) {
             BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
                                                          static_cast<int>(slot), ws, unit_d_q);
           });
