@@ -11,14 +11,12 @@ from test_fused_attention import _inputs, _output_and_gradients
 DEPTHS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (8, 8), (13, 13), (20, 2), (3, 8)]
 # (height, width): 35 positions (not a multiple of the kernel's 16 lanes), a grid wider than 16,
 # and 90 positions: more than one block of the backward pass (64 rows at most), the last one of
-# 26 rows, which ends in 2 (not kRows = 4).
-GRIDS = [(5, 7), (3, 18), (9, 10)]
+# 26 rows, which ends in 2 (not kRows = 4); 15 and 21 positions end in 3 and 1 rows (and in 7
+# and 5 with 8-row groups, tried in f6a6efd).
+GRIDS = [(5, 7), (3, 18), (9, 10), (3, 5), (3, 7)]
 
 
-@pytest.mark.parametrize("relative", [True, False], ids=["relative", "none"])
-@pytest.mark.parametrize("grid", GRIDS, ids=lambda grid: "x".join(map(str, grid)))
-@pytest.mark.parametrize("depths", DEPTHS, ids=lambda depths: "dk{}_dv{}".format(*depths))
-def test_kernel_matches_tensorflow_ops_at_small_depths(depths, grid, relative):
+def _check(depths, grid, relative):
     inputs = _inputs(2, 2, *grid, *depths, scale=1.0, seed=sum(depths) + sum(grid))
     fused = _output_and_gradients(relative, True, *inputs)
     expected = _output_and_gradients(relative, False, *inputs)
@@ -28,3 +26,15 @@ def test_kernel_matches_tensorflow_ops_at_small_depths(depths, grid, relative):
         assert np.abs(wanted).max() > 0, name  # the comparison is not trivial
         tolerance = 1e-5 * np.abs(wanted).max() + 1e-6
         assert np.abs(actual.numpy() - wanted).max() < tolerance, name
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "none"])
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda grid: "x".join(map(str, grid)))
+@pytest.mark.parametrize("depths", DEPTHS, ids=lambda depths: "dk{}_dv{}".format(*depths))
+def test_kernel_matches_tensorflow_ops_at_small_depths(depths, grid, relative):
+    _check(depths, grid, relative)
+
+
+def test_kernel_matches_tensorflow_ops_at_the_wrn_32x32_grid():
+    # 1024 positions: the row pitch gets one more vector (a multiple of 512 floats is avoided).
+    _check((20, 2), (32, 32), True)
