@@ -168,10 +168,7 @@ class MobileAttention2D(keras.layers.Layer):
             # The window sums over area / 9 pixels per cell, the mean over the cells inside: x 9 / counts.
             self.inverse_counts = 9.0 / plan["counts"]
         self.grid = source._attention_size(height, width)
-        self.output_size = tuple(
-            -(-length // stride) if source.padding == "same" else (length - kernel) // stride + 1
-            for length, kernel, stride in zip((height, width), source.kernel_size, source.strides)
-        )
+        self.output_size = tuple(source.compute_output_shape((None, height, width, None))[1:3])
         kernel = np.asarray(source.qkv.kernel)[0, 0]
         bias = np.asarray(source.qkv.bias) if source.use_bias else np.zeros(kernel.shape[-1], np.float32)
         if "scale" in steps:
