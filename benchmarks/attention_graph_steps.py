@@ -31,6 +31,7 @@ VARIANTS = {
     "+ pool": ("scale", "split", "pool"),
     "+ depthwise pool": ("scale", "split", "depthwise_pool"),
     "+ fold": ("scale", "split", "pool", "fold"),
+    "+ depthwise pool + fold": ("scale", "split", "depthwise_pool", "fold"),
 }
 
 
