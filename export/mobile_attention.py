@@ -21,7 +21,8 @@ math in `aa_keras` is untouched. The rearrangements, each optional (`STEPS`):
 - `fold`: the relative logits enter the content product through the exact fold of
   `../shared/DESIGN.md`: logit(i, j) = [q_i ; a_i ; b_i] . [k_j ; onehot_W(wj) ; onehot_H(hj)]
   with a_i[x] = q_i . rel_width[x - wi + W - 1] and b_i[y] = q_i . rel_height[y - hi + H - 1]:
-  one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits.
+  one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits, which
+  `tflite.convert` runs in int8 (zero point 0 on the extended keys).
 
 A layer with a sine or coordconv encoding, or a dtype other than float32, is kept as it is. A
 `MobileAttention2D` is for tracing an export only: it is not serializable.
@@ -38,8 +39,10 @@ STEPS = ("scale", "split", "pool", "depthwise_pool", "fold")
 # What the exporter applies to int8 (`classification.write_artifacts`), by
 # benchmarks/results/attention_graph_steps_*.json: `depthwise_pool` rather than `pool` (the
 # folded 6x6 and 3x3 windows multiplied AAResNet-50's projections: 32.0 against 30.9 ms for the
-# layer's graph, 29.2 with depthwise pools); `fold` was slower on the small pair.
-DEFAULT_STEPS = ("scale", "split", "depthwise_pool")
+# layer's graph, 29.2 with depthwise pools); `fold`, with the logits in int8 (`tflite.convert`):
+# 27.8 against 29.7 ms at 224, 0.322 against 0.339 ms on the trained small pair (with float
+# logits it was slower there).
+DEFAULT_STEPS = ("scale", "split", "depthwise_pool", "fold")
 
 
 def _pool_window(layer, height, width):
