@@ -245,7 +245,7 @@ def symmetric_matmul_rhs(quantized, calibrated):
             quantized_tensors = [graph.tensors[t] for t in group]
         else:
             source = float_ops.get(graph.tensors[op.outputs[0]].name)
-            if source is None:
+            if op.inputs[1] in fixed or source is None or float_model.buffers[float_graph.tensors[source.inputs[1]].buffer].data is None:
                 continue
             values = float_values(float_graph.tensors[source.inputs[1]])
             scale = max(float(np.abs(values).max()), np.finfo(np.float32).tiny) / 127

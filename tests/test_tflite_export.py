@@ -224,6 +224,24 @@ def test_int8_recipe_runs_the_folded_logits_in_int8_on_symmetric_extended_keys(m
     assert _top1_agreement(recipe, model, images, tmp_path) >= 0.97
 
 
+def test_symmetric_matmul_rhs_leaves_a_model_input_as_it_is():
+    """A right-hand input that is the model's int8 input has neither a producer nor constant
+    values: it keeps its zero point (it was read as a constant and failed)."""
+    rng = np.random.default_rng(0)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 6, 4), tf.float32)])
+    def product(x):
+        return tf.matmul(x, x, transpose_b=True)
+
+    batches = [rng.uniform(size=(1, 6, 4)).astype(np.float32) for _ in range(8)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([product.get_concrete_function()], product)
+    calibrated = tflite.calibrate(converter, batches)
+    quantized = tflite.quantize_int8(calibrated)
+    ((types, zero_point),) = _batch_matmuls(quantized)
+    assert types == ["int8", "int8"] and zero_point != 0
+    assert tflite.symmetric_matmul_rhs(quantized, calibrated) == quantized
+
+
 def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
     images = export_classification.snap_to_8_bit(quadrant_images(200, seed=1)[0])
     assert _top1_agreement(converted["aa"][1], models["aa"], images, tmp_path) >= 0.97
