@@ -259,10 +259,13 @@ class MobileAttention2D(keras.layers.Layer):
         )
         return logits + tf.reshape(relative, [-1, self.heads, positions, positions])
 
+    def _attend(self, logits, v):
+        """(B, Nh, HW, dvh) softmax(logits) v."""
+        return tf.matmul(tf.nn.softmax(logits, axis=-1), v)
+
     def call(self, inputs):
         q, k, v = self._qkv(inputs)
-        weights = tf.nn.softmax(self._logits(q, k), axis=-1)
-        attn = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])
+        attn = tf.transpose(self._attend(self._logits(q, k), v), [0, 2, 1, 3])
         attn = self.source.attn_out(tf.reshape(attn, [-1, *self.grid, self.source.dv]))
         if self.source.downsample_attention:
             attn = tf.image.resize(attn, self.output_size, "bilinear")
@@ -273,18 +276,19 @@ class MobileAttention2D(keras.layers.Layer):
         return self.source.compute_output_shape(input_shape)
 
 
-def rebuild(model, steps=DEFAULT_STEPS):
+def rebuild(model, steps=DEFAULT_STEPS, layer_class=MobileAttention2D):
     """`model` with every `AttentionAugmentation2D` that `can_rebuild` as a `MobileAttention2D`
     (the other layers shared, not copied); `model` itself when it has none or `steps` is empty.
 
     Args:
         model: a functional or Sequential Keras model.
         steps: the rearrangements to apply, a subset of `STEPS`.
+        layer_class: `MobileAttention2D` or a subclass of it (a benchmark's variant).
     """
 
     def clone(layer):
         if isinstance(layer, AttentionAugmentation2D) and can_rebuild(layer):
-            return MobileAttention2D(layer, layer.input.shape[1:], steps)
+            return layer_class(layer, layer.input.shape[1:], steps)
         return layer
 
     if not steps or not any(
