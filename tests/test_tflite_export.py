@@ -1,5 +1,5 @@
 """The int8 TFLite recipe (each attention float up to the softmax, the product with v in int8
-with v symmetric), the per-operator profiler and the TFLite benchmark's pieces, on small trained
+with v symmetric, folded logits in int8), the per-operator profiler and the TFLite benchmark's pieces, on small trained
 models; the whole detector's TFLite file and its detection matching."""
 
 import keras
