@@ -6,10 +6,11 @@ TFLite of an AA model with the layer's own graph and with each rearrangement add
 For the trained small pair (`bench_tflite.load_pair("small")`) the AA model's variants (the
 layer's graph; + `scale`; + `split`; + `pool` or + `depthwise_pool`; + `fold` on either, the
 folded logits then int8 in `tflite.convert`'s recipe) are converted to float32 and to int8 by
-`tflite.convert` (the exporter's recipe), and timed side by side with the conv twin's file of the same kind (`bench_tflite.side_by_side_stats`, 1 thread,
-batch 1, process CPU time), with the top-1 agreement with Keras on the test images, the ops
-XNNPACK leaves and the number of delegate partitions (`bench_tflite.delegation`); and the test
-accuracy of the Keras model and of each AA file on `--accuracy_images` labelled test images.
+`tflite.convert` (the exporter's recipe), and timed side by side with the conv twin's file of
+the same kind (`bench_tflite.side_by_side_stats`, 1 thread, batch 1, process CPU time), with the
+top-1 agreement with Keras on the test images, the ops XNNPACK leaves and the number of delegate
+partitions (`bench_tflite.delegation`); and the test accuracy of the Keras model and of each AA
+file on `--accuracy_images` labelled test images.
 """
 
 import argparse
