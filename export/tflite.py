@@ -197,7 +197,7 @@ def symmetric_matmul_rhs(quantized, calibrated):
     model = flatbuffer_utils.read_model_from_bytearray(quantized)
     graph, names, _, producer, consumers = _operator_maps(model)
     float_model = flatbuffer_utils.read_model_from_bytearray(calibrated)
-    float_graph, float_names, *_ = _operator_maps(float_model)
+    float_graph, *_ = _operator_maps(float_model)
     float_ops = {float_graph.tensors[op.outputs[0]].name: op for op in float_graph.operators}
 
     def float_values(tensor):
