@@ -4,12 +4,13 @@ TFLite of an AA model with the layer's own graph and with each rearrangement add
     python -m benchmarks.attention_graph_steps --small_model=... --small_baseline=...
 
 For the trained small pair (`bench_tflite.load_pair("small")`) the AA model's variants (the
-layer's graph; + `scale`; + `split`; + `pool`; + `fold`, all of `mobile_attention.STEPS`) are
-converted to float32 and to int8 by `tflite.convert` (the exporter's recipe), and timed side by
-side with the conv twin's file of the same kind (`bench_tflite.side_by_side_stats`, 1 thread,
-batch 1, process CPU time), with the top-1 agreement with Keras on the test images, the ops
-XNNPACK leaves and the number of delegate partitions (`bench_tflite.delegation`); and the test
-accuracy of the Keras model and of each AA file on `--accuracy_images` labelled test images.
+layer's graph; + `scale`; + `split`; + `pool` or + `depthwise_pool`; + `fold` on either, the
+folded logits then int8 in `tflite.convert`'s recipe) are converted to float32 and to int8 by
+`tflite.convert` (the exporter's recipe), and timed side by side with the conv twin's file of
+the same kind (`bench_tflite.side_by_side_stats`, 1 thread, batch 1, process CPU time), with the
+top-1 agreement with Keras on the test images, the ops XNNPACK leaves and the number of delegate
+partitions (`bench_tflite.delegation`); and the test accuracy of the Keras model and of each AA
+file on `--accuracy_images` labelled test images, and its top-1 agreement with Keras on them.
 """
 
 import argparse
@@ -31,6 +32,7 @@ VARIANTS = {
     "+ pool": ("scale", "split", "pool"),
     "+ depthwise pool": ("scale", "split", "depthwise_pool"),
     "+ fold": ("scale", "split", "pool", "fold"),
+    "+ depthwise pool + fold": ("scale", "split", "depthwise_pool", "fold"),
 }
 
 
@@ -107,13 +109,17 @@ def labelled_test_images(model, count):
 
 
 def test_accuracy(paths, model, count):
-    """{variant name: test accuracy} of the Keras model and of every file in `paths`."""
+    """({variant name: test accuracy} of the Keras model and of every file in `paths`,
+    {variant name: top-1 agreement with the Keras model} of every file), on `count` test images."""
     images, labels = labelled_test_images(model, count)
     scores = {"keras": parity.predict(lambda x: np.asarray(model(x, training=False)), images, 1)}
     for (label, kind), path in paths.items():
         if label != "conv":
             scores[f"{label} {kind}"] = parity.predict(tflite.TFLiteRunner(path, 1), images, 1)
-    return {name: float(np.mean(np.argmax(value, -1) == labels)) for name, value in scores.items()} | {"images": len(labels)}
+    predicted = {name: np.argmax(value, -1) for name, value in scores.items()}
+    accuracy = {name: float(np.mean(top1 == labels)) for name, top1 in predicted.items()}
+    agreement = {name: float(np.mean(top1 == predicted["keras"])) for name, top1 in predicted.items() if name != "keras"}
+    return accuracy | {"images": len(labels)}, agreement | {"images": len(labels)}
 
 
 def main(argv=None):
@@ -136,9 +142,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as directory:
         variants = {name: VARIANTS[name] for name in names}
         rows, paths = bench(model, twin, images, calibration, args.rounds, directory, variants, tuple(args.kinds.split(",")))
-        accuracy = test_accuracy(paths, model, args.accuracy_images) if args.pair == "small" else None
+        accuracy, agreement = test_accuracy(paths, model, args.accuracy_images) if args.pair == "small" else (None, None)
     print(format_rows(rows))
     print("test accuracy:", accuracy)
+    print("top-1 agreement with Keras on the test images:", agreement)
     result = {
         "command": "python -m benchmarks.attention_graph_steps " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -149,6 +156,7 @@ def main(argv=None):
         "clock": "process_cpu",
         "rows": rows,
         "test_accuracy": accuracy,
+        "test_top1_agreement": agreement,
     }
     report.write_json(args.output, result)
     print(f"Wrote {args.output}")

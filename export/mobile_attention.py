@@ -21,7 +21,8 @@ math in `aa_keras` is untouched. The rearrangements, each optional (`STEPS`):
 - `fold`: the relative logits enter the content product through the exact fold of
   `../shared/DESIGN.md`: logit(i, j) = [q_i ; a_i ; b_i] . [k_j ; onehot_W(wj) ; onehot_H(hj)]
   with a_i[x] = q_i . rel_width[x - wi + W - 1] and b_i[y] = q_i . rel_height[y - hi + H - 1]:
-  one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits.
+  one BATCH_MATMUL of depth dkh + W + H, no broadcast ADDs over the (HW x HW) logits, which
+  `tflite.convert` runs in int8 (zero point 0 on the extended keys).
 
 A layer with a sine or coordconv encoding, or a dtype other than float32, is kept as it is. A
 `MobileAttention2D` is for tracing an export only: it is not serializable.
@@ -38,8 +39,10 @@ STEPS = ("scale", "split", "pool", "depthwise_pool", "fold")
 # What the exporter applies to int8 (`classification.write_artifacts`), by
 # benchmarks/results/attention_graph_steps_*.json: `depthwise_pool` rather than `pool` (the
 # folded 6x6 and 3x3 windows multiplied AAResNet-50's projections: 32.0 against 30.9 ms for the
-# layer's graph, 29.2 with depthwise pools); `fold` was slower on the small pair.
-DEFAULT_STEPS = ("scale", "split", "depthwise_pool")
+# layer's graph, 29.2 with depthwise pools); `fold`, with the logits in int8 (`tflite.convert`):
+# 27.8 against 29.7 ms at 224, 0.322 against 0.339 ms on the trained small pair (with float
+# logits it was slower there).
+DEFAULT_STEPS = ("scale", "split", "depthwise_pool", "fold")
 
 
 def _pool_window(layer, height, width):
@@ -256,10 +259,13 @@ class MobileAttention2D(keras.layers.Layer):
         )
         return logits + tf.reshape(relative, [-1, self.heads, positions, positions])
 
+    def _attend(self, logits, v):
+        """(B, Nh, HW, dvh) softmax(logits) v."""
+        return tf.matmul(tf.nn.softmax(logits, axis=-1), v)
+
     def call(self, inputs):
         q, k, v = self._qkv(inputs)
-        weights = tf.nn.softmax(self._logits(q, k), axis=-1)
-        attn = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])
+        attn = tf.transpose(self._attend(self._logits(q, k), v), [0, 2, 1, 3])
         attn = self.source.attn_out(tf.reshape(attn, [-1, *self.grid, self.source.dv]))
         if self.source.downsample_attention:
             attn = tf.image.resize(attn, self.output_size, "bilinear")
@@ -270,18 +276,19 @@ class MobileAttention2D(keras.layers.Layer):
         return self.source.compute_output_shape(input_shape)
 
 
-def rebuild(model, steps=DEFAULT_STEPS):
+def rebuild(model, steps=DEFAULT_STEPS, layer_class=MobileAttention2D):
     """`model` with every `AttentionAugmentation2D` that `can_rebuild` as a `MobileAttention2D`
     (the other layers shared, not copied); `model` itself when it has none or `steps` is empty.
 
     Args:
         model: a functional or Sequential Keras model.
         steps: the rearrangements to apply, a subset of `STEPS`.
+        layer_class: `MobileAttention2D` or a subclass of it (a benchmark's variant).
     """
 
     def clone(layer):
         if isinstance(layer, AttentionAugmentation2D) and can_rebuild(layer):
-            return MobileAttention2D(layer, layer.input.shape[1:], steps)
+            return layer_class(layer, layer.input.shape[1:], steps)
         return layer
 
     if not steps or not any(

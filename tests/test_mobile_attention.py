@@ -28,8 +28,8 @@ def _model(position_encoding, strides, padding="same", filters=16, use_bias=True
 
 
 STEP_SETS = [
-    ("scale",), ("split",), ("pool",), ("depthwise_pool",), ("fold",), mobile_attention.DEFAULT_STEPS,
-    ("scale", "split", "pool", "fold"), ("scale", "split", "depthwise_pool", "fold"),
+    ("scale",), ("split",), ("pool",), ("depthwise_pool",), ("fold",), ("scale", "split", "depthwise_pool"),
+    ("scale", "split", "pool", "fold"), mobile_attention.DEFAULT_STEPS,
 ]
 
 

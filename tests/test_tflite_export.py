@@ -1,5 +1,5 @@
 """The int8 TFLite recipe (each attention float up to the softmax, the product with v in int8
-with v symmetric), the per-operator profiler and the TFLite benchmark's pieces, on small trained
+with v symmetric, folded logits in int8), the per-operator profiler and the TFLite benchmark's pieces, on small trained
 models; the whole detector's TFLite file and its detection matching."""
 
 import keras
@@ -16,7 +16,7 @@ from aa_keras.export import detection as export_detection
 from aa_keras.export import detection_checks, detection_conversion, detection_runner, detection_signatures
 from aa_keras.export import export as exporter
 from aa_keras.export.settings import ExportSettings
-from aa_keras.export import parity, saved_model, tflite
+from aa_keras.export import mobile_attention, parity, saved_model, tflite
 from benchmarks import bench_tflite, tflite_profile
 
 
@@ -189,6 +189,57 @@ def test_symmetric_matmul_rhs_follows_a_split_to_its_data_input(tmp_path):
         errors[label] = np.abs(parity.predict(tflite.TFLiteRunner(str(path)), inputs, 1) - reference).mean()
     # Symmetric v has about half the resolution of the asymmetric one: a small loss, not a wrong model.
     assert errors["symmetric"] < 1.5 * errors["default"] < 0.1 * np.abs(reference).mean()
+
+
+def test_int8_recipe_runs_the_folded_logits_in_int8_on_symmetric_extended_keys(models, tmp_path):
+    """With `mobile_attention`'s `fold`, the logits (q k^T and both relative terms, one
+    BATCH_MATMUL of [q ; a ; b] with [k ; one-hot keys]) are int8 with zero point 0 on the
+    extended keys, whose one-hot entries are exact; only the softmax stays float, and XNNPACK
+    takes every op."""
+    model = models["aa"]
+    source = str(tmp_path / "saved_model")
+    saved_model.write_saved_model(
+        mobile_attention.rebuild(model, ("scale", "split", "depthwise_pool", "fold")), source, (SIZE, SIZE, 3), batch=1
+    )
+    calibration, _ = parity.batches(quadrant_images(64, seed=2)[0], 1)
+    recipe = tflite.convert(source, "int8", calibration)
+    ops = _op_types(recipe)
+    assert [types for name, types in ops if name == "SOFTMAX"] == [["float32"]]
+    assert sum(name == "DEQUANTIZE" for name, _ in ops) == sum(name == "QUANTIZE" for name, _ in ops) == 1
+    assert [z for _, z in _batch_matmuls(recipe)] == [0] * 4  # two relative products, the logits, P v
+    assert all(types == ["int8", "int8"] for types, _ in _batch_matmuls(recipe))
+    interpreter = Interpreter(model_content=recipe)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    details = interpreter._get_ops_details()
+    computed = {t for op in details for t in op["outputs"]}
+    (onehot,) = [
+        tensors[t] for op in details if op["op_name"] == "CONCATENATION" for t in op["inputs"] if t not in computed
+    ]
+    scale, zero_point = onehot["quantization"]
+    values = (interpreter.get_tensor(onehot["index"]).astype(np.float32) - zero_point) * scale
+    assert zero_point == 0 and set(np.unique(values)) == {0.0, 1.0}
+    assert all(ok for _, ok in tflite_profile.xnnpack_ops(recipe))
+    images = export_classification.snap_to_8_bit(quadrant_images(200, seed=1)[0])
+    assert _top1_agreement(recipe, model, images, tmp_path) >= 0.97
+
+
+def test_symmetric_matmul_rhs_leaves_a_model_input_as_it_is():
+    """A right-hand input that is the model's int8 input has neither a producer nor constant
+    values: it keeps its zero point (it was read as a constant and failed)."""
+    rng = np.random.default_rng(0)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 6, 4), tf.float32)])
+    def product(x):
+        return tf.matmul(x, x, transpose_b=True)
+
+    batches = [rng.uniform(size=(1, 6, 4)).astype(np.float32) for _ in range(8)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([product.get_concrete_function()], product)
+    calibrated = tflite.calibrate(converter, batches)
+    quantized = tflite.quantize_int8(calibrated)
+    ((types, zero_point),) = _batch_matmuls(quantized)
+    assert types == ["int8", "int8"] and zero_point != 0
+    assert tflite.symmetric_matmul_rhs(quantized, calibrated) == quantized
 
 
 def test_int8_recipe_agrees_with_keras(converted, models, tmp_path):
