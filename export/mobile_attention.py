@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from aa_keras.layers import AttentionAugmentation2D
+from aa_keras.layers.attention_augmentation import same_padding
 from aa_keras.layers.relative_tables import relative_offsets, table_length
 
 STEPS = ("scale", "split", "pool", "depthwise_pool", "fold")
@@ -61,12 +62,10 @@ def _pool_window(layer, height, width):
 def _same_pool_counts(length, window=3, stride=2):
     """(padding before, padding after, positions inside each window) of a 'same' average pool
     along one axis of `length`, as TensorFlow pads it."""
-    out = -(-length // stride)
-    total = max((out - 1) * stride + window - length, 0)
-    before = total // 2
-    starts = np.arange(out) * stride - before
+    before, after = same_padding(length, window, stride)
+    starts = np.arange(-(-length // stride)) * stride - before
     inside = np.minimum(starts + window, length) - np.maximum(starts, 0)
-    return before, total - before, inside
+    return before, after, inside
 
 
 def _folded_pool(layer, height, width):

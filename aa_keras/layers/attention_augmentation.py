@@ -61,6 +61,13 @@ def _conv_output_length(length, kernel, stride, padding):
     return (length - kernel) // stride + 1
 
 
+def same_padding(length, window, stride):
+    """(before, after): the zeros that a 'same' pool or convolution of `window` and `stride`
+    pads along an axis of `length`, as TensorFlow pads them (the odd one after)."""
+    total = max((-(-length // stride) - 1) * stride + window - length, 0)
+    return total // 2, total - total // 2
+
+
 def _on_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
@@ -75,8 +82,7 @@ def _average_pool_same(x, pool_size, strides):
         return ops.average_pool(x, pool_size, strides, "same", "channels_last")
     pads = [(0, 0)]
     for length, pool, stride in zip(ops.shape(x)[1:3], pool_size, strides):
-        total = max((-(-length // stride) - 1) * stride + pool - length, 0)
-        pads.append((total // 2, total - total // 2))
+        pads.append(same_padding(length, pool, stride))
     pads.append((0, 0))
     sums = ops.average_pool(ops.pad(x, pads), pool_size, strides, "valid", "channels_last")
     inside = ops.pad(ops.ones((1, *ops.shape(x)[1:3], 1), x.dtype), pads)
