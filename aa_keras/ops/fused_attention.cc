@@ -58,8 +58,10 @@ constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
 // register-tiled matrix products over the block, each dK^T / dV^T tile loaded and stored once
-// per block instead of once per kRows queries. As many rows (a multiple of kRows, at most
-// kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large grids.
+// per block instead of once per kRows queries. As many rows (a multiple of the row group, kRows
+// or kWideRows, at most kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large
+// grids; the backward pass then groups the queries, and recomputes their logits, as the forward
+// pass did.
 constexpr int kMaxBlock = 64;
 #ifndef AA_BLOCK_BYTES
 #define AA_BLOCK_BYTES (1024 * 1024)
@@ -413,7 +415,8 @@ struct Workspace {
       : row_capacity(RowCapacity(s.stride)),
         rel_capacity(Padded(s.height) + Padded(s.width)),
         block_rows(static_cast<int>(
-            std::clamp<int64_t>(kBlockBytes / (2 * sizeof(float) * row_capacity) / kRows * kRows, kRows, kMaxBlock))),
+            std::clamp<int64_t>(kBlockBytes / (2 * sizeof(float) * row_capacity) / GroupRows(s) * GroupRows(s),
+                                GroupRows(s), kMaxBlock))),
         kt(s.dk * s.stride),
         vt(s.dv * s.stride),
         rows(GroupRows(s) * row_capacity),
