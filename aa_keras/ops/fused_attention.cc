@@ -50,11 +50,18 @@ using tensorflow::shape_inference::ShapeHandle;
 
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
+// Where the keys are deeper than one chunk (kChunk channels), query rows processed together by
+// the wide path: their logits in register tiles of kWideRows rows x 2 vectors of keys over the
+// whole depth (ProductTile; each loaded key vector used 8 times, not 4), the rest of their work
+// in two groups of kRows. Each path has its own copy of the ops' unit loops (WithGroupRows).
+constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
 // register-tiled matrix products over the block, each dK^T / dV^T tile loaded and stored once
-// per block instead of once per kRows queries. As many rows (a multiple of kRows, at most
-// kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large grids.
+// per block instead of once per kRows queries. As many rows (a multiple of the row group, kRows
+// or kWideRows, at most kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large
+// grids; the backward pass then groups the queries, and recomputes their logits, as the forward
+// pass did.
 constexpr int kMaxBlock = 64;
 #ifndef AA_BLOCK_BYTES
 #define AA_BLOCK_BYTES (1024 * 1024)
@@ -182,8 +189,13 @@ inline Vec Exp(Vec x) {
 constexpr int kChunk = 6;
 
 // Calls fn(integral_constant<int, D>, first) for each chunk [first, first + D) of depth.
+//
+// This, RowDots and the chunk bodies of RowDots and SoftmaxTimesValues are always inlined: the
+// wide path calls them as well, and GCC, which inlines a function called once whatever its size,
+// then outlined them (by its size limits) in the kRows path too, which made the depths <= kChunk
+// 2-8% slower (f6a6efd).
 template <typename Fn>
-void ForEachDepthChunk(int64_t depth, Fn fn) {
+__attribute__((always_inline)) inline void ForEachDepthChunk(int64_t depth, Fn fn) {
   for (int64_t first = 0; first < depth; first += kChunk) {
     switch (std::min<int64_t>(kChunk, depth - first)) {
       case 1: fn(std::integral_constant<int, 1>(), first); break;
@@ -219,10 +231,42 @@ void AddProducts(float* const* rows, const float* const* a, const float* bt, int
   });
 }
 
+// AddProducts for depth > kChunk: register tiles of T rows x J vectors of columns accumulate
+// over the whole depth (each loaded key vector used T times, each coefficient, a broadcast from
+// memory, J times), then are added to rows once.
+template <int T, int J>
+__attribute__((always_inline)) inline void ProductTile(float* const* rows, const float* const* a, const float* bt,
+                                                       int64_t depth, int64_t stride, int64_t j) {
+  // The products are summed before they are added to rows, as in AddProducts.
+  Vec acc[T][J] = {};
+  for (int64_t d = 0; d < depth; ++d) {
+    Vec bd[J];
+    for (int jj = 0; jj < J; ++jj) bd[jj] = Load(bt + d * stride + j + jj * kLanes);
+    for (int t = 0; t < T; ++t) {
+      const float c = a[t][d];
+      for (int jj = 0; jj < J; ++jj) acc[t][jj] += c * bd[jj];
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int jj = 0; jj < J; ++jj) {
+      float* r = rows[t] + j + jj * kLanes;
+      Store(r, Load(r) + acc[t][jj]);
+    }
+}
+
+template <int T>
+void AddTileProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
+  constexpr int kTile = 16 / T;  // vectors of columns per tile: T x kTile accumulators
+  int64_t j = 0;
+  for (; j + kTile * kLanes <= stride; j += kTile * kLanes) ProductTile<T, kTile>(rows, a, bt, depth, stride, j);
+  for (; j < stride; j += kLanes) ProductTile<T, 1>(rows, a, bt, depth, stride, j);
+}
+
 // out[t][d] = sum_j rows[t][j] * bt[d * stride + j]: dLogits times keys.
 template <int T>
-void RowDots(const float* const* rows, const float* bt, int64_t depth, int64_t stride, float* const* out) {
-  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+__attribute__((always_inline)) inline void RowDots(const float* const* rows, const float* bt, int64_t depth,
+                                                   int64_t stride, float* const* out) {
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) __attribute__((always_inline)) {
     constexpr int D = decltype(chunk)::value;
     const float* b = bt + first * stride;
     Vec acc[T][D] = {};
@@ -361,6 +405,9 @@ struct Unit {
   const float* table_w_t;  // (dk, table_w)
 };
 
+// Query rows processed together at most: kWideRows where the keys are deeper than one chunk.
+inline int GroupRows(const Sizes& s) { return s.dk > kChunk ? kWideRows : kRows; }
+
 // A thread's buffers. Rows hold RowCapacity(stride) floats; the relative rows hold the
 // Padded(H) and Padded(W) relative logits (or their gradients) of a query.
 struct Workspace {
@@ -368,11 +415,12 @@ struct Workspace {
       : row_capacity(RowCapacity(s.stride)),
         rel_capacity(Padded(s.height) + Padded(s.width)),
         block_rows(static_cast<int>(
-            std::clamp<int64_t>(kBlockBytes / (2 * sizeof(float) * row_capacity) / kRows * kRows, kRows, kMaxBlock))),
+            std::clamp<int64_t>(kBlockBytes / (2 * sizeof(float) * row_capacity) / GroupRows(s) * GroupRows(s),
+                                GroupRows(s), kMaxBlock))),
         kt(s.dk * s.stride),
         vt(s.dv * s.stride),
-        rows(kRows * row_capacity),
-        rel((backward ? 2 : 1) * kRows * rel_capacity),
+        rows(GroupRows(s) * row_capacity),
+        rel((backward ? 2 : 1) * GroupRows(s) * rel_capacity),
         width_scratch(Padded(s.width)),
         d_kt(backward ? s.dk * s.stride : 0),
         d_vt(backward ? s.dv * s.stride : 0),
@@ -419,7 +467,10 @@ void Logits(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws) {
       for (int64_t x = 0; x < s.width; x += kLanes) Store(r + x, bias + Load(rel_w + x));
     }
   }
-  AddProducts<T>(rows, a, ws.kt.data(), s.dk, s.stride);
+  if constexpr (T > kRows)
+    AddTileProducts<T>(rows, a, ws.kt.data(), s.dk, s.stride);
+  else
+    AddProducts<T>(rows, a, ws.kt.data(), s.dk, s.stride);
   for (int t = 0; t < T; ++t) std::fill(rows[t] + s.n, rows[t] + s.stride, kPad);
 }
 
@@ -440,7 +491,7 @@ float RowMax(const float* row, int64_t stride) {
 template <int T>
 void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* vt, int64_t depth, int64_t stride,
                         float* inv_sum, float* const* out) {
-  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) {
+  ForEachDepthChunk(depth, [&](auto chunk, int64_t first) __attribute__((always_inline)) {
     constexpr int D = decltype(chunk)::value;
     const bool compute_weights = first == 0;
     const bool store_weights = compute_weights && depth > D;
@@ -480,7 +531,13 @@ void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws,
     row_max[t] = RowMax(rows[t], s.stride);
     out_rows[t] = out + (first + t) * s.heads * s.dv;
   }
-  SoftmaxTimesValues<T>(rows, row_max, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
+  if constexpr (T > kRows) {
+    static_assert(T == 2 * kRows, "the wide path's rows in two groups of kRows");
+    for (int t0 = 0; t0 < T; t0 += kRows)
+      SoftmaxTimesValues<kRows>(rows + t0, row_max + t0, ws.vt.data(), s.dv, s.stride, inv_sum + t0, out_rows + t0);
+  } else {
+    SoftmaxTimesValues<T>(rows, row_max, ws.vt.data(), s.dv, s.stride, inv_sum, out_rows);
+  }
   // The backward pass recomputes the weights as exp(logit - max) / sum, which (unlike
   // exp(logit - log-sum-exp)) keeps them exact to rounding however large the logits.
   for (int t = 0; t < T; ++t) {
@@ -551,14 +608,20 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
     }
     for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
-  RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, d_q_rows);
+  if constexpr (T > kRows) {
+    static_assert(T == 2 * kRows, "the wide path's rows in two groups of kRows");
+    for (int t0 = 0; t0 < T; t0 += kRows) RowDots<kRows>(d_logits + t0, ws.kt.data(), s.dk, s.stride, d_q_rows + t0);
+  } else {
+    RowDots<T>(d_logits, ws.kt.data(), s.dk, s.stride, d_q_rows);
+  }
   if (!s.relative) return;
   float* d_table_h_t = ws.d_tables_t.data();
   float* d_table_w_t = d_table_h_t + s.dk * s.table_h;
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
-    float* d_rel_h = ws.RelH(kRows + t);
-    float* d_rel_w = ws.RelW(kRows + t, s);
+    // After the rows of Logits' relative logits (kRows of them, or T of the wide path's).
+    float* d_rel_h = ws.RelH(std::max(T, kRows) + t);
+    float* d_rel_w = ws.RelW(std::max(T, kRows) + t, s);
     RelativeLogitGradients(s, d_logits[t], d_rel_h, d_rel_w);
     RelativeGradients(q_rows[t], d_rel_h, unit.table_h_t, s.dk, s.table_h, s.table_h / 2 - i / s.width, s.height,
                       d_q_rows[t], d_table_h_t);
@@ -567,17 +630,30 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   }
 }
 
-// Calls fn<T>(first) for blocks of kRows queries and the remainder.
-template <typename Fn>
+// Calls fn<T>(first) for blocks of G queries (kRows, or kWideRows), then of kRows, and the
+// remainder.
+template <int G, typename Fn>
 void ForEachRowBlock(int64_t n, Fn fn) {
   int64_t first = 0;
-  for (; first + kRows <= n; first += kRows) fn(std::integral_constant<int, kRows>(), first);
+  for (; first + G <= n; first += G) fn(std::integral_constant<int, G>(), first);
+  if constexpr (G > kRows)
+    for (; first + kRows <= n; first += kRows) fn(std::integral_constant<int, kRows>(), first);
   switch (n - first) {
     case 3: fn(std::integral_constant<int, 3>(), first); break;
     case 2: fn(std::integral_constant<int, 2>(), first); break;
     case 1: fn(std::integral_constant<int, 1>(), first); break;
     default: break;
   }
+}
+
+// Calls fn(integral_constant<int, GroupRows(s)>()): each row group size G instantiates its own
+// copy of an op's unit loop, with the row blocks of ForEachRowBlock<G>.
+template <typename Fn>
+void WithGroupRows(const Sizes& s, Fn fn) {
+  if (GroupRows(s) == kWideRows)
+    fn(std::integral_constant<int, kWideRows>());
+  else
+    fn(std::integral_constant<int, kRows>());
 }
 
 // An InvalidArgument status whose message is the pieces concatenated.
@@ -603,7 +679,10 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   s->dk = q.dim_size(4);
   s->dv = v.dim_size(4);
   s->n = s->height * s->width;
-  s->stride = Padded(s->n);
+  // The wide path's logit tiles read all dk rows of the transposed keys at once: a row pitch of
+  // a multiple of 512 floats (2 KB) would put them in the same few L1 sets (4 KB aliasing at
+  // 32 x 32), so such a pitch gets one more vector of padding there.
+  s->stride = Padded(s->n) % 512 == 0 && s->dk > kChunk ? Padded(s->n) + kLanes : Padded(s->n);
   s->relative = relative;
   s->table_h = s->table_w = 0;
   if (!relative) return absl::OkStatus();
@@ -687,17 +766,19 @@ class FusedAttentionOp : public AttentionOpBase {
     const std::vector<float> tables_t = TransposedTables(s, context);
     float* out_data = out->flat<float>().data();
     float* stats_data = stats->flat<float>().data();
-    ShardUnits(context, s, [&](int64_t begin, int64_t end) {
-      Workspace ws(s, /*backward=*/false);
-      for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, context, tables_t);
-        LoadKeysAndValues(s, unit, ws);
-        float* unit_out = out_data + s.ValueOffset(u);
-        float* unit_stats = stats_data + u * s.n * 2;
-        ForEachRowBlock(s.n, [&](auto rows_in_block, int64_t first) {
-          ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, unit_out, unit_stats);
-        });
-      }
+    WithGroupRows(s, [&](auto group) {
+      ShardUnits(context, s, [&](int64_t begin, int64_t end) {
+        Workspace ws(s, /*backward=*/false);
+        for (int64_t u = begin; u < end; ++u) {
+          const Unit unit = UnitInputs(s, u, context, tables_t);
+          LoadKeysAndValues(s, unit, ws);
+          float* unit_out = out_data + s.ValueOffset(u);
+          float* unit_stats = stats_data + u * s.n * 2;
+          ForEachRowBlock<decltype(group)::value>(s.n, [&](auto rows_in_block, int64_t first) {
+            ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, unit_out, unit_stats);
+          });
+        }
+      });
     });
   }
 };
@@ -731,34 +812,37 @@ class FusedAttentionGradOp : public AttentionOpBase {
       return;
     }
     const std::vector<float> tables_t = TransposedTables(s, context);
-    ShardUnits(context, s, [&](int64_t begin, int64_t end) {
-      Workspace ws(s, /*backward=*/true);
-      for (int64_t u = begin; u < end; ++u) {
-        const Unit unit = UnitInputs(s, u, context, tables_t);
-        LoadKeysAndValues(s, unit, ws);
-        std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
-        std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
-        std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
-        const float* unit_out = out.flat<float>().data() + s.ValueOffset(u);
-        const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
-        const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
-        float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
-        for (int64_t block = 0; block < s.n; block += ws.block_rows) {
-          const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
-          ForEachRowBlock(count, [&](auto rows_in_block, int64_t slot) {
-            BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
-                                                         static_cast<int>(slot), ws, unit_d_q);
-          });
-          BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
-                      ws.row_capacity, count, s.dk, s.stride);
-          BlockUpdate(ws.d_vt.data(), unit_d_out + block * s.heads * s.dv, s.heads * s.dv, ws.block_p.data(),
-                      ws.row_capacity, count, s.dv, s.stride);
+    WithGroupRows(s, [&](auto group) {
+      ShardUnits(context, s, [&](int64_t begin, int64_t end) {
+        Workspace ws(s, /*backward=*/true);
+        for (int64_t u = begin; u < end; ++u) {
+          const Unit unit = UnitInputs(s, u, context, tables_t);
+          LoadKeysAndValues(s, unit, ws);
+          std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
+          std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
+          std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
+          const float* unit_out = out.flat<float>().data() + s.ValueOffset(u);
+          const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
+          const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
+          float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
+          for (int64_t block = 0; block < s.n; block += ws.block_rows) {
+            const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
+            ForEachRowBlock<decltype(group)::value>(count, [&](auto rows_in_block, int64_t slot) {
+              BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
+                                                           static_cast<int>(slot), ws, unit_d_q);
+            });
+            BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
+                        ws.row_capacity, count, s.dk, s.stride);
+            BlockUpdate(ws.d_vt.data(), unit_d_out + block * s.heads * s.dv, s.heads * s.dv, ws.block_p.data(),
+                        ws.row_capacity, count, s.dv, s.stride);
+          }
+          TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk,
+                        d_k->flat<float>().data() + s.KeyOffset(u));
+          TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
+                        d_v->flat<float>().data() + s.ValueOffset(u));
+          std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
         }
-        TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk, d_k->flat<float>().data() + s.KeyOffset(u));
-        TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
-                      d_v->flat<float>().data() + s.ValueOffset(u));
-        std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
-      }
+      });
     });
     if (!s.relative) return;
     std::vector<float> d_tables_t(table_size, 0.0f);
