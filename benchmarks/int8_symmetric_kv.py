@@ -16,8 +16,10 @@ glyph_pairs; 16 random images at 224x224), builtin ops only:
 - `int8 symmetric k and v, int8 softmax`: the converter's full int8 model, rewritten;
 - `int8 symmetric k and v, float softmax`: the same with SOFTMAX left float (`denylisted_ops`),
   which XNNPACK runs (its softmax is float only) between DEQUANTIZE and QUANTIZE;
-- `int8 block float but P v int8 (export)`: the exporter's recipe now (`tflite.convert`): each
-  block float up to the softmax, the product with v in int8 with v symmetric.
+- `int8 block float but P v int8 (export)`: `tflite.convert`'s recipe on the layer's own graph:
+  each block float up to the softmax, the product with v in int8 with v symmetric (the
+  exporter's int8 file converts `mobile_attention`'s graph instead, whose folded logits run in
+  int8 too).
 
 For each pair (`small`: the default run's trained aa_small / conv_small; `resnet50`:
 AAResNet-50 / ResNet-50 at 224x224, random weights) the AA model's float32 file, its int8
