@@ -61,7 +61,8 @@ constexpr int kWideRows = 2 * kRows;
 // per block instead of once per kRows queries. As many rows (a multiple of the row group, kRows
 // or kWideRows, at most kMaxBlock) as fit the two buffers in kBlockBytes, to stay in L2 at large
 // grids; the backward pass then groups the queries, and recomputes their logits, as the forward
-// pass did.
+// pass did. (The wide path adds dV^T += dO^T P as it computes P, row group by row group: see
+// BackwardRows.)
 constexpr int kMaxBlock = 64;
 #ifndef AA_BLOCK_BYTES
 #define AA_BLOCK_BYTES (1024 * 1024)
@@ -595,16 +596,26 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
     for (int64_t e = 0; e < s.dv; ++e) row_dot[t] += d_out_rows[t][e] * o[e];
   }
   // In one pass: P = exp(logits - max) / sum, dP = dO v^T and dS = P * (dP - rowsum(dO * O)).
+  // The wide path also adds these rows' value gradients, dV^T += dO^T P, with the same dO
+  // coefficients: P is not stored, nor read again by BlockUpdate (at dvh 2, a pass over the
+  // block for 2 products per loaded vector).
   const float* vt = ws.vt.data();
+  float* d_vt = ws.d_vt.data();
   for (int64_t j = 0; j < s.stride; j += kLanes) {
     Vec p[T], dp[T] = {};
     for (int t = 0; t < T; ++t) {
       p[t] = Exp(Load(logits[t] + j) - row_max[t]) * inv_sum[t];
-      Store(probs[t] + j, p[t]);
+      if constexpr (T <= kRows) Store(probs[t] + j, p[t]);
     }
     for (int64_t e = 0; e < s.dv; ++e) {
       const Vec ve = Load(vt + e * s.stride + j);
       for (int t = 0; t < T; ++t) dp[t] += d_out_rows[t][e] * ve;
+      if constexpr (T > kRows) {
+        Vec d_ve = d_out_rows[0][e] * p[0];
+        for (int t = 1; t < T; ++t) d_ve += d_out_rows[t][e] * p[t];
+        float* d = d_vt + e * s.stride + j;
+        Store(d, Load(d) + d_ve);
+      }
     }
     for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
@@ -833,8 +844,12 @@ class FusedAttentionGradOp : public AttentionOpBase {
             });
             BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
                         ws.row_capacity, count, s.dk, s.stride);
-            BlockUpdate(ws.d_vt.data(), unit_d_out + block * s.heads * s.dv, s.heads * s.dv, ws.block_p.data(),
-                        ws.row_capacity, count, s.dv, s.stride);
+            // Groups of kWideRows rows have added their value gradients (BackwardRows).
+            constexpr int G = decltype(group)::value;
+            const int summed = G > kRows ? count / G * G : 0;
+            if (G == kRows || summed < count)
+              BlockUpdate(ws.d_vt.data(), unit_d_out + (block + summed) * s.heads * s.dv, s.heads * s.dv,
+                          ws.BlockP(summed), ws.row_capacity, count - summed, s.dv, s.stride);
           }
           TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk,
                         d_k->flat<float>().data() + s.KeyOffset(u));
