@@ -302,12 +302,13 @@ __attribute__((always_inline)) inline void BlockTile(float* bt, const float* a, 
   for (int t = 1; t < count; ++t) {
     Vec r[J];
     for (int jj = 0; jj < J; ++jj) r[jj] = Load(rows + t * row_step + jj * kLanes);
-    // GCC 12 (AVX-512) folds each row load into its D = 4 multiply-adds as a memory operand:
-    // 20 loads per 16 multiply-adds (BlockUpdate at depth 4 took 12.0 us, at depth 5 7.4 us;
-    // 6.8 us at depth 4 with this). An empty asm that takes the vectors in registers makes it
-    // load each once; the arithmetic is unchanged.
+    // GCC 12 (AVX-512) folds each row load into its D <= 4 multiply-adds as a memory operand:
+    // at D = 4, 20 loads per 16 multiply-adds (BlockUpdate at depth 4 took 12.0 us, at depth 5
+    // 7.4 us; 6.8 us at depth 4 with this; depth 2 5.7-6.5 -> 3.9-5.2 us, depth 3 7.5-8.6 ->
+    // 4.5 us). An empty asm that takes the vectors in registers makes it load each once; the
+    // arithmetic is unchanged. Not at D = 1, where it is slower (3.2-3.9 -> 4.1-5.7 us).
 #if defined(__GNUC__) && defined(__AVX512F__)
-    if constexpr (D == 4)
+    if constexpr (D >= 2 && D <= 4)
       for (int jj = 0; jj < J; ++jj) asm("" : "+v"(r[jj]));
 #endif
     for (int d = 0; d < D; ++d) {
