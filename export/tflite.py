@@ -101,14 +101,20 @@ def attention_block_nodes(flatbuffer):
         op = graph.operators[i]
         return [producer[t] for t in op.inputs if t in producer] + [j for t in op.outputs for j in consumers.get(t, [])]
 
-    stack = [i for i, name in enumerate(names) if name == "SOFTMAX"]
-    kept = set(stack)
+    kept = _reach([i for i, name in enumerate(names) if name == "SOFTMAX"], neighbours, names)
+    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
+
+
+def _reach(starts, neighbours, names):
+    """The ops `starts` and every op reached from them through `neighbours(i)` without crossing
+    a `_BLOCK_BOUNDARY` op."""
+    kept, stack = set(starts), list(starts)
     while stack:
         for j in neighbours(stack.pop()):
             if j not in kept and names[j] not in _BLOCK_BOUNDARY:
                 kept.add(j)
                 stack.append(j)
-    return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
+    return kept
 
 
 def weighted_sum_nodes(flatbuffer):
@@ -139,23 +145,20 @@ def folded_logits_nodes(flatbuffer):
     a constant) and of every op before them inside the attention block: the heads' reshapes and
     transposes of q and k, the relative logits' products with the tables, their
     concatenations."""
-    graph, names, tensors, producer, consumers = operator_graph(flatbuffer)
-    kept = set()
+    graph, names, tensors, producer, _ = operator_graph(flatbuffer)
+    folded = []
     for softmax in (i for i, name in enumerate(names) if name == "SOFTMAX"):
         logits = producer.get(graph.operators[softmax].inputs[0])
         if logits is None or names[logits] != "BATCH_MATMUL":
             continue
         keys = producer.get(graph.operators[logits].inputs[1])
-        if keys is None or names[keys] != "CONCATENATION" or all(t in producer for t in graph.operators[keys].inputs):
-            continue
-        stack = [logits]
-        kept.add(logits)
-        while stack:
-            for t in graph.operators[stack.pop()].inputs:
-                j = producer.get(t)
-                if j is not None and j not in kept and names[j] not in _BLOCK_BOUNDARY:
-                    kept.add(j)
-                    stack.append(j)
+        if keys is not None and names[keys] == "CONCATENATION" and any(t not in producer for t in graph.operators[keys].inputs):
+            folded.append(logits)
+
+    def inputs(i):
+        return [producer[t] for t in graph.operators[i].inputs if t in producer]
+
+    kept = _reach(folded, inputs, names)
     return [tensors[t] for i in sorted(kept) for t in graph.operators[i].outputs]
 
 
@@ -200,18 +203,16 @@ def symmetric_matmul_rhs(quantized, calibrated):
     float_graph, *_ = _operator_maps(float_model)
     float_ops = {float_graph.tensors[op.outputs[0]].name: op for op in float_graph.operators}
 
-    def float_values(tensor):
-        return np.frombuffer(bytes(float_model.buffers[tensor.buffer].data), np.float32)
-
     def float_constant(t):
-        """The float values of constant t of `quantized` (an input of an op of the group) in
-        `calibrated`, or None."""
+        """The float values in `calibrated` of constant t of `quantized` (found through an op
+        reading it), or None."""
         for i in consumers.get(t, []):
             source = float_ops.get(graph.tensors[graph.operators[i].outputs[0]].name)
             if source is not None:
                 tensor = float_graph.tensors[source.inputs[list(graph.operators[i].inputs).index(t)]]
-                if tensor.type == schema.TensorType.FLOAT32 and float_model.buffers[tensor.buffer].data is not None:
-                    return float_values(tensor)
+                data = float_model.buffers[tensor.buffer].data
+                if tensor.type == schema.TensorType.FLOAT32 and data is not None:
+                    return np.frombuffer(bytes(data), np.float32)
         return None
 
     def requantize(tensor, values, scale):
@@ -244,10 +245,9 @@ def symmetric_matmul_rhs(quantized, calibrated):
                 requantize(graph.tensors[t], values, scale)
             quantized_tensors = [graph.tensors[t] for t in group]
         else:
-            source = float_ops.get(graph.tensors[op.outputs[0]].name)
-            if op.inputs[1] in fixed or source is None or float_model.buffers[float_graph.tensors[source.inputs[1]].buffer].data is None:
+            values = None if op.inputs[1] in fixed else float_constant(op.inputs[1])
+            if values is None:
                 continue
-            values = float_values(float_graph.tensors[source.inputs[1]])
             scale = max(float(np.abs(values).max()), np.finfo(np.float32).tiny) / 127
             requantize(tensor, values, scale)
             quantized_tensors = [tensor]
