@@ -74,17 +74,17 @@ def main(argv=None):
         runners = {label: tflite.TFLiteRunner(path, 1) for label, path in paths.items()}
         stats = bench_tflite.side_by_side_stats(runners, images[:1], args.rounds)
         test_images, labels = attention_graph_steps.labelled_test_images(model, args.accuracy_images)
-        references = {
-            count: np.argmax(parity.predict(lambda x: np.asarray(model(x, training=False)), data, 1), -1)
-            for count, data in ((200, images), (len(labels), test_images))
-        }
+        image_sets = {200: images, len(labels): test_images}
+
+        def top1_of(predict):
+            return {count: np.argmax(parity.predict(predict, data, 1), -1) for count, data in image_sets.items()}
+
+        references = top1_of(lambda x: np.asarray(model(x, training=False)))
         rows = {}
         for label, runner in runners.items():
-            top1 = {
-                count: float(np.mean(np.argmax(parity.predict(runner, data, 1), -1) == references[count]))
-                for count, data in ((200, images), (len(labels), test_images))
-            }
-            scores = np.argmax(parity.predict(runner, test_images, 1), -1)
+            predicted = top1_of(runner)
+            top1 = {count: float(np.mean(predicted[count] == references[count])) for count in image_sets}
+            scores = predicted[len(labels)]
             rows[label] = {
                 "ms": stats[label]["cpu_ms"],
                 "timing": stats[label],
