@@ -224,7 +224,12 @@ void AddProducts(float* const* rows, const float* const* a, const float* bt, int
       // be large: one rounding at that magnitude instead of one per product.
       Vec acc[T] = {};
       for (int d = 0; d < D; ++d) {
-        const Vec bd = Load(b + d * stride + j);
+        Vec bd = Load(b + d * stride + j);
+        // Each key vector loaded once, not T times (see BlockTile; forward and gradient ops
+        // 1.04-1.12x at dk = 6).
+#if defined(__GNUC__) && defined(__AVX512F__)
+        asm("" : "+v"(bd));
+#endif
         for (int t = 0; t < T; ++t) acc[t] += coef[t][d] * bd;
       }
       for (int t = 0; t < T; ++t) Store(rows[t] + j, Load(rows[t] + j) + acc[t]);
@@ -275,7 +280,12 @@ __attribute__((always_inline)) inline void RowDots(const float* const* rows, con
       Vec r[T];
       for (int t = 0; t < T; ++t) r[t] = Load(rows[t] + j);
       for (int d = 0; d < D; ++d) {
-        const Vec bd = Load(b + d * stride + j);
+        Vec bd = Load(b + d * stride + j);
+        // As in SoftmaxTimesValues: each key vector loaded once, not T times (gradient op
+        // 1.02-1.09x; see BlockTile).
+#if defined(__GNUC__) && defined(__AVX512F__)
+        asm("" : "+v"(bd));
+#endif
         for (int t = 0; t < T; ++t) acc[t][d] += r[t] * bd;
       }
     }
@@ -495,16 +505,33 @@ float RowMax(const float* row, int64_t stride) {
   return result;
 }
 
+// Value depths up to which SoftmaxTimesValues computes the weights in its product loop. Deeper,
+// the T x D accumulators and the exponential's constants exceed the 32 vector registers (at
+// T = 4, D = 6 GCC spilled accumulators and loaded each value vector T times): the weights are
+// then computed in a pass of their own first, in place (forward op 1.03-1.17x at dv = 6,
+// benchmarks/results/NOTES_backward.md).
+constexpr int kWeightsInProductLoop = 4;
+
 // out[t][d] = sum_j p[t][j] v[j][d] with p[t] = softmax of rows[t], given its max; returns
-// 1 / the sum of exp in inv_sum. The first depth chunk computes the weights (and stores them
-// in rows if more chunks follow), together with the first channels.
+// 1 / the sum of exp in inv_sum. Where depth <= kWeightsInProductLoop the depth chunk's loop
+// computes the weights; deeper, a first pass stores them in rows and every chunk loads them.
 template <int T>
 void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* vt, int64_t depth, int64_t stride,
                         float* inv_sum, float* const* out) {
+  const bool weights_first = depth > kWeightsInProductLoop;
+  if (weights_first) {
+    Vec sum[T] = {};
+    for (int64_t j = 0; j < stride; j += kLanes)
+      for (int t = 0; t < T; ++t) {
+        const Vec p = Exp(Load(rows[t] + j) - row_max[t]);
+        sum[t] += p;
+        Store(rows[t] + j, p);
+      }
+    for (int t = 0; t < T; ++t) inv_sum[t] = 1.0f / Sum(sum[t]);
+  }
   ForEachDepthChunk(depth, [&](auto chunk, int64_t first) __attribute__((always_inline)) {
     constexpr int D = decltype(chunk)::value;
-    const bool compute_weights = first == 0;
-    const bool store_weights = compute_weights && depth > D;
+    const bool compute_weights = !weights_first;  // depth is one chunk: first == 0
     const float* b = vt + first * stride;
     Vec acc[T][D] = {};
     Vec sum[T] = {};
@@ -515,11 +542,16 @@ void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* v
         if (compute_weights) {
           p[t] = Exp(p[t] - row_max[t]);
           sum[t] += p[t];
-          if (store_weights) Store(rows[t] + j, p[t]);
         }
       }
       for (int d = 0; d < D; ++d) {
-        const Vec bd = Load(b + d * stride + j);
+        Vec bd = Load(b + d * stride + j);
+        // GCC 12 folds the value vector's load into each of its T multiply-adds (see BlockTile).
+        // Where the weights are loaded, the empty asm keeps it in a register (forward op 5-7%
+        // faster at dv = 6); beside the exponentials it was slower (0.87x at dv = 4).
+#if defined(__GNUC__) && defined(__AVX512F__)
+        if (!compute_weights) asm("" : "+v"(bd));
+#endif
         for (int t = 0; t < T; ++t) acc[t][d] += p[t] * bd;
       }
     }
