@@ -2,6 +2,8 @@
 
     python -m benchmarks.profile_step                                    # AA-WRN-28-10, 32x32, batch 32
     python -m benchmarks.profile_step --batch=4 --depth=10 --width=2     # a quick look
+    python -m benchmarks.profile_step --batch=8 --layer_shapes=256:14,256:28,320:16,640:8 --paths=fused \
+        --rounds=15 --output=benchmarks/results/profile_layer.json      # the layer alone, no network
 
 Measured side by side in one process, every function once per round, rounds interleaved, the
 median reported (milliseconds, graph mode, no XLA):
@@ -21,6 +23,16 @@ median reported (milliseconds, graph mode, no XLA):
   `tf_ops attention` (with its hand-written gradient), for comparison with the fused op.
 - `rest of the network`: the AA step minus its attention layers' train steps (and, to compare, the
   WRN step minus its Conv2D twins').
+- two comparisons, not parts of the step (`layer overhead` leaves them out): `compare: layer without
+  attention op`, the layer's train step with the attention output replaced by v (its projections,
+  split, output projection, conv branch and concatenation: what surrounds the kernel), and `compare:
+  qkv projection as matmul`, the qkv projection as a matrix product of the same weights instead of
+  the 1x1 Conv2D the layer runs.
+
+With `--layer_shapes` (filters:size pairs) there is no network: the layer of bench_layer's
+configuration (3x3, 8 heads, dk = dv = 0.2 x filters, batch `--batch`) at each shape against its
+Conv2D twin, each row's share given against the twin's step (issue 26's item 3: the cost around
+the kernel at small maps).
 
 The table gives each row's milliseconds per step for all `count` layers and its share of the AA
 step. Isolated parts do not add up exactly to the layer (the runtime overlaps independent ops in
@@ -46,19 +58,25 @@ flags.DEFINE_integer("width", 10, "WRN widening factor.")
 flags.DEFINE_list("paths", ["fused", "tf_ops"], "Attention paths whose parts are timed: fused, tf_ops.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (median reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed rounds first.", lower_bound=1)
+flags.DEFINE_list("layer_shapes", [], "filters:size pairs: profile the layer alone at these shapes (no network).")
 flags.DEFINE_string("output", "benchmarks/results/profile_step.json", "Where to write the JSON.")
 
 _RANDOM = {}
 
 
-def _random(shape):
-    """A fixed normal tensor of `shape`, one per shape (the large ones are shared)."""
+def _random(shape, role="input"):
+    """A fixed normal tensor of `shape`, one per shape and role (the large ones are shared).
+
+    Upstream gradients have a role of their own: where a layer's output has its input's shape,
+    the input must not serve as its upstream gradient too (oneDNN's Conv2D train step took
+    26.6 ms instead of 18.8 ms at 256 channels, 14x14, batch 8 when both were one tensor).
+    """
     import tensorflow as tf
 
-    shape = tuple(int(d) for d in shape)
-    if shape not in _RANDOM:
-        _RANDOM[shape] = tf.random.normal(shape, seed=len(_RANDOM))
-    return _RANDOM[shape]
+    key = (tuple(int(d) for d in shape), role)
+    if key not in _RANDOM:
+        _RANDOM[key] = tf.random.normal(key[0], seed=len(_RANDOM))
+    return _RANDOM[key]
 
 
 def _forward_and_train(fn, inputs, variables=()):
@@ -66,7 +84,7 @@ def _forward_and_train(fn, inputs, variables=()):
     sum(fn(*inputs) * fixed upstream) with respect to `inputs` and `variables`."""
     import tensorflow as tf
 
-    upstream = tf.nest.map_structure(lambda t: _random(t.shape), fn(*inputs))
+    upstream = tf.nest.map_structure(lambda t: _random(t.shape, "upstream"), fn(*inputs))
 
     def train():
         with tf.GradientTape() as tape:
@@ -88,7 +106,7 @@ def _fused_parts(layer, q, k, v):
     relative = layer.rel_height is not None
     tables = (layer.rel_height, layer.rel_width) if relative else (tf.zeros([0]), tf.zeros([0]))
     out, stats = kernels.aa_fused_attention(q, k, v, *tables, relative=relative)
-    d_out = _random(out.shape)
+    d_out = _random(out.shape, "upstream")
     forward = tf.function(lambda: kernels.aa_fused_attention(q, k, v, *tables, relative=relative), autograph=False)
     backward = tf.function(
         lambda: kernels.aa_fused_attention_grad(q, k, v, *tables, out, stats, d_out, relative=relative),
@@ -174,6 +192,21 @@ def _layer_parts(layer, x):
         conv = layer.conv(x)
         parts["conv branch"] = (layer.conv, (x,), layer.conv.trainable_variables)
         parts["concatenation"] = (lambda a, b: tf.concat([a, b], axis=-1), (conv, attn), ())
+
+    def without_attention(x):  # AttentionAugmentation2D.call with v in place of the attention output
+        v = layer._attention_inputs(x)[2]
+        attn = layer.attn_out(tf.reshape(v, [batch, height, width, layer.dv]))
+        return attn if layer.conv is None else tf.concat([layer.conv(x), attn], axis=-1)
+
+    def qkv_matmul(pooled):  # the 1x1 projection as (B H W, C) x (C, F)
+        kernel = tf.reshape(layer.qkv.kernel, [pooled.shape[-1], -1])
+        qkv = tf.matmul(tf.reshape(pooled, [-1, pooled.shape[-1]]), kernel)
+        qkv = qkv if layer.qkv.bias is None else qkv + layer.qkv.bias
+        return tf.reshape(qkv, [batch, height, width, kernel.shape[-1]])
+
+    if not layer.downsample_attention:
+        parts["compare: layer without attention op"] = (without_attention, (x,), layer.trainable_variables)
+    parts["compare: qkv projection as matmul"] = (qkv_matmul, (pooled,), layer.qkv.trainable_variables)
     timed = {name: ("autodiff", *_forward_and_train(*part)) for name, part in parts.items()}
     if "fused" in FLAGS.paths:
         timed.update(_fused_parts(layer, q, k, v))
@@ -187,7 +220,7 @@ def _network_step(model):
     import tensorflow as tf
 
     x = _random((FLAGS.batch, FLAGS.image_size, FLAGS.image_size, 3))
-    upstream = _random((FLAGS.batch, *model.output.shape[1:]))
+    upstream = _random((FLAGS.batch, *model.output.shape[1:]), "upstream")
 
     @tf.function(autograph=False)
     def step():
@@ -226,16 +259,39 @@ def _time(functions):
     return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
+def _standalone_layers():
+    """[(1, layer, Conv2D twin, input shape)] at `--layer_shapes`, built (bench_layer's configuration)."""
+    import keras
+
+    from aa_keras.layers import AttentionAugmentation2D
+
+    layers = []
+    for shape in FLAGS.layer_shapes:
+        filters, size = (int(n) for n in shape.split(":"))
+        input_shape = (FLAGS.batch, size, size, filters)
+        layer = AttentionAugmentation2D(filters, 3, depth_k=0.2, depth_v=0.2, num_heads=8, name=f"layer_{filters}_at_{size}")
+        conv = keras.layers.Conv2D(filters, 3, padding="same")
+        layer.build(input_shape)
+        conv.build(input_shape)
+        layers.append((1, layer, conv, input_shape))
+    return layers
+
+
 def _profile():
-    """Builds the networks and every timed function, times them; returns the results."""
+    """Builds the networks (or the standalone layers) and every timed function, times them;
+    returns the results."""
     from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
 
-    shape = (FLAGS.image_size, FLAGS.image_size, 3)
-    model = AAWideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
-    twin = WideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
-    functions = {"aa network": _network_step(model), "wrn network": _network_step(twin)}
+    if FLAGS.layer_shapes:
+        functions, distinct = {}, _standalone_layers()
+    else:
+        shape = (FLAGS.image_size, FLAGS.image_size, 3)
+        model = AAWideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
+        twin = WideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
+        functions = {"aa network": _network_step(model), "wrn network": _network_step(twin)}
+        distinct = _distinct_layers(model, twin)
     layers = []
-    for i, (count, layer, conv, input_shape) in enumerate(_distinct_layers(model, twin)):
+    for i, (count, layer, conv, input_shape) in enumerate(distinct):
         x = _random(input_shape)
         info = {
             "name": layer.name, "count": count, "input_shape": list(input_shape), "filters": layer.filters,
@@ -255,8 +311,7 @@ def _profile():
 
 def _summarise(medians, layers):
     """The results dict: networks, per layer its step, its conv twin's and its parts'
-    {forward_ms, gradient_ms}, and the rest of the network."""
-    aa, wrn = medians["aa network"], medians["wrn network"]
+    {forward_ms, gradient_ms}, and the rest of the network (without networks, the layers only)."""
     attention_total = conv_total = 0.0
     for i, info in enumerate(layers):
         info["layer_ms"] = medians[i, "layer", "train"]
@@ -268,10 +323,15 @@ def _summarise(medians, layers):
             forward = medians[i, name, "forward"]
             second = medians[i, name, kind]
             parts[name] = {"forward_ms": forward, "gradient_ms": second if kind == "op" else second - forward}
-        fused_sum = sum(p["forward_ms"] + p["gradient_ms"] for n, p in parts.items() if not n.startswith("tf_ops"))
+        fused_sum = sum(
+            p["forward_ms"] + p["gradient_ms"] for n, p in parts.items() if not n.startswith(("tf_ops", "compare"))
+        )
         if "fused attention" in parts:
             parts["layer overhead"] = {"forward_ms": None, "gradient_ms": None, "total_ms": info["layer_ms"] - fused_sum}
         info["parts"] = parts
+    if "aa network" not in medians:
+        return {"layers": layers}
+    aa, wrn = medians["aa network"], medians["wrn network"]
     return {
         "aa_step_ms": aa,
         "wrn_step_ms": wrn,
@@ -289,22 +349,30 @@ def _fmt(value, digits=1):
 
 
 def _table(results):
-    aa = results["aa_step_ms"]
-
-    def share(ms):
-        return f"{100 * ms / aa:.1f}%"
-
-    lines = [
-        f"AA-WRN-{FLAGS.depth}-{FLAGS.width} train step {aa:.0f} ms, WRN {results['wrn_step_ms']:.0f} ms: "
-        f"ratio {results['aa_over_wrn']:.2f}; batch {FLAGS.batch}, {FLAGS.image_size}x{FLAGS.image_size}",
-        "",
-        "| layer | count | part | forward ms | gradient ms | ms per step (x count) | % of AA step |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    network = "aa_step_ms" in results
+    if network:
+        aa = results["aa_step_ms"]
+        lines = [
+            f"AA-WRN-{FLAGS.depth}-{FLAGS.width} train step {aa:.0f} ms, WRN {results['wrn_step_ms']:.0f} ms: "
+            f"ratio {results['aa_over_wrn']:.2f}; batch {FLAGS.batch}, {FLAGS.image_size}x{FLAGS.image_size}",
+            "",
+            "| layer | count | part | forward ms | gradient ms | ms per step (x count) | % of AA step |",
+        ]
+    else:
+        lines = [
+            f"AttentionAugmentation2D (3x3, 8 heads, dk = dv = 0.2 x filters) against Conv2D; batch {FLAGS.batch}",
+            "",
+            "| layer | count | part | forward ms | gradient ms | ms per step | / Conv2D twin |",
+        ]
+    lines.append("|---|---|---|---|---|---|---|")
     for info in results["layers"]:
         label = (f"{info['name']}: {info['input_shape'][3]}->{info['filters']}, grid {info['grid'][0]}x{info['grid'][1]}, "
                  f"dkh {info['dkh']}, dvh {info['dvh']}")
         count = info["count"]
+
+        def share(ms, info=info):
+            return f"{100 * ms / aa:.1f}%" if network else f"{ms / info['conv_ms']:.2f}"
+
         rows = [("whole layer", None, None, info["layer_ms"]), ("Conv2D twin", None, None, info["conv_ms"])]
         for name, part in info["parts"].items():
             total = part.get("total_ms", (part["forward_ms"] or 0) + (part["gradient_ms"] or 0))
@@ -314,6 +382,12 @@ def _table(results):
                 f"| {label if row == 0 else ''} | {count if row == 0 else ''} | {name} | {_fmt(forward)} | {_fmt(gradient)} | {count * total:.1f} | "
                 f"{share(count * total)} |"
             )
+    if not network:
+        return "\n".join(lines)
+
+    def share(ms):
+        return f"{100 * ms / aa:.1f}%"
+
     lines += [
         f"| all attention layers | | | | | {results['attention_layers_ms']:.1f} | "
         f"{share(results['attention_layers_ms'])} |",
@@ -329,7 +403,7 @@ def main(argv):
     del argv
     results = {
         "config": {name: FLAGS[name].value for name in ("batch", "image_size", "depth", "width", "paths", "rounds",
-                                                        "warmup")},
+                                                        "warmup", "layer_shapes")},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         **_profile(),
     }
