@@ -185,6 +185,12 @@ MUTANTS = (
     M("small_conv_baseline_widths", "aa_keras/applications/small_nets.py",
       "CONV_BLOCK_WIDTHS = (64, 114, 114)", "CONV_BLOCK_WIDTHS = (64, 128, 128)",
       ("tests/test_training.py", "-k", "small_networks_match")),
+    # aa_keras/ops: the fused kernel (compiled anew for the mutated source).
+    M("kernel_weights_first_not_summed", "aa_keras/ops/fused_attention.cc",
+      "        sum[t] += p;\n        Store(rows[t] + j, p);", "        Store(rows[t] + j, p);",
+      ("tests/test_kernel_depths.py",)),
+    M("kernel_value_chunks_all_first", "aa_keras/ops/fused_attention.cc",
+      "const float* b = vt + first * stride;", "const float* b = vt;", ("tests/test_kernel_depths.py",)),
     # aa_keras/layers: the layer and the TensorFlow-op attention.
     M("layer_q_not_scaled", "aa_keras/layers/attention_augmentation.py",
       "self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)",
