@@ -1,7 +1,7 @@
 """Where the time of an AA-WRN train step goes: per attention layer and per part (issue 26).
 
     python -m benchmarks.profile_step                                    # AA-WRN-28-10, 32x32, batch 32
-    python -m benchmarks.profile_step --batch=4 --depth=10 --width=2     # a quick look
+    python -m benchmarks.profile_step --batch=4 --depth=10 --width=6     # a quick look
     python -m benchmarks.profile_step --batch=8 --layer_shapes=256:14,256:28,320:16,640:8 --paths=fused \
         --rounds=15 --output=benchmarks/results/profile_layer.json      # the layer alone, no network
 
@@ -350,6 +350,11 @@ def _fmt(value, digits=1):
 
 def _table(results):
     network = "aa_step_ms" in results
+
+    def share(ms, info=None):
+        """ms as a share of the AA step, or (layers alone) over the layer's Conv2D twin."""
+        return f"{100 * ms / results['aa_step_ms']:.1f}%" if network else f"{ms / info['conv_ms']:.2f}"
+
     if network:
         aa = results["aa_step_ms"]
         lines = [
@@ -369,10 +374,6 @@ def _table(results):
         label = (f"{info['name']}: {info['input_shape'][3]}->{info['filters']}, grid {info['grid'][0]}x{info['grid'][1]}, "
                  f"dkh {info['dkh']}, dvh {info['dvh']}")
         count = info["count"]
-
-        def share(ms, info=info):
-            return f"{100 * ms / aa:.1f}%" if network else f"{ms / info['conv_ms']:.2f}"
-
         rows = [("whole layer", None, None, info["layer_ms"]), ("Conv2D twin", None, None, info["conv_ms"])]
         for name, part in info["parts"].items():
             total = part.get("total_ms", (part["forward_ms"] or 0) + (part["gradient_ms"] or 0))
@@ -380,14 +381,10 @@ def _table(results):
         for row, (name, forward, gradient, total) in enumerate(rows):
             lines.append(
                 f"| {label if row == 0 else ''} | {count if row == 0 else ''} | {name} | {_fmt(forward)} | {_fmt(gradient)} | {count * total:.1f} | "
-                f"{share(count * total)} |"
+                f"{share(count * total, info)} |"
             )
     if not network:
         return "\n".join(lines)
-
-    def share(ms):
-        return f"{100 * ms / aa:.1f}%"
-
     lines += [
         f"| all attention layers | | | | | {results['attention_layers_ms']:.1f} | "
         f"{share(results['attention_layers_ms'])} |",
