@@ -1,7 +1,10 @@
-"""Where the time of an AA-WRN train step goes: per attention layer and per part (issue 26).
+"""Where the time of an AA network's train step goes (AA-WRN-28-10 by default): per attention layer and
+per part (issue 26).
 
     python -m benchmarks.profile_step                                    # AA-WRN-28-10, 32x32, batch 32
     python -m benchmarks.profile_step --batch=4 --depth=10 --width=6     # a quick look
+    python -m benchmarks.profile_step --pair=aa_resnet50:resnet50 --image_size=224 --batch=4 --paths=fused \
+        --rounds=5 --output=benchmarks/results/profile_step_resnet50.json  # AAResNet-50 against ResNet-50
     python -m benchmarks.profile_step --batch=8 --layer_shapes=256:14,256:28,320:16,640:8 --paths=fused \
         --rounds=15 --output=benchmarks/results/profile_layer.json      # the layer alone, no network
 
@@ -22,7 +25,10 @@ median reported (milliseconds, graph mode, no XLA):
   logits`, `softmax`, `weighted sum` (each differentiated by TensorFlow) and the whole
   `tf_ops attention` (with its hand-written gradient), for comparison with the fused op.
 - `rest of the network`: the AA step minus its attention layers' train steps (and, to compare, the
-  WRN step minus its Conv2D twins').
+  twin's step minus its Conv2D twins').
+
+`--pair=aa_name:twin_name` profiles two networks of `aa_keras.applications.build_model` (at
+`--image_size`) instead of AA-WRN-`depth`-`width` and its WRN.
 - two comparisons, not parts of the step (`layer overhead` leaves them out): `compare: layer without
   attention op`, the layer's train step with the attention output replaced by v (its projections,
   split, output projection, conv branch and concatenation: what surrounds the kernel), and `compare:
@@ -55,6 +61,7 @@ flags.DEFINE_integer("batch", 32, "Batch size (the paper's CIFAR shape: 32x32 im
 flags.DEFINE_integer("image_size", 32, "Image height and width.")
 flags.DEFINE_integer("depth", 28, "WRN depth, 6n + 4.")
 flags.DEFINE_integer("width", 10, "WRN widening factor.")
+flags.DEFINE_string("pair", "", "aa_name:twin_name of build_model, instead of the WRNs (e.g. aa_resnet50:resnet50).")
 flags.DEFINE_list("paths", ["fused", "tf_ops"], "Attention paths whose parts are timed: fused, tf_ops.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (median reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed rounds first.", lower_bound=1)
@@ -165,7 +172,12 @@ def _layer_parts(layer, x):
     """The layer's parts, each (kind, forward, train or backward), on its input x (B, H, W, C)."""
     import tensorflow as tf
 
+    from aa_keras.layers.attention_augmentation import _average_pool_same
+
     pooled = layer._pool_to_output_size(x)
+    output_size = pooled.shape[1:3]
+    if layer.downsample_attention:  # the attention grid, as AttentionAugmentation2D._attention_inputs
+        pooled = _average_pool_same(pooled, (3, 3), (2, 2))
     batch, height, width = pooled.shape[:3]
     qkv = layer.qkv(pooled)
 
@@ -178,6 +190,8 @@ def _layer_parts(layer, x):
     q, k, v = split_heads(qkv)
     heads_out = _random(v.shape)
     attn = layer.attn_out(tf.reshape(heads_out, [batch, height, width, layer.dv]))
+    if layer.downsample_attention:  # back to the output grid, as AttentionAugmentation2D.call
+        attn = layer._resize_bilinear(attn, output_size)
     parts = {}
     if layer.strides != (1, 1):
         parts["pool"] = (layer._pool_to_output_size, (x,), ())
@@ -277,18 +291,33 @@ def _standalone_layers():
     return layers
 
 
+def _pair_names():
+    """(AA network, twin) names for the table."""
+    if FLAGS.pair:
+        return tuple(FLAGS.pair.split(":"))
+    return f"AA-WRN-{FLAGS.depth}-{FLAGS.width}", f"WRN-{FLAGS.depth}-{FLAGS.width}"
+
+
+def _networks():
+    """(AA network, twin): `--pair`'s, or AA-WRN-depth-width and its WRN."""
+    from aa_keras.applications import build_model
+    from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
+
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    if FLAGS.pair:
+        aa_name, twin_name = FLAGS.pair.split(":")
+        return build_model(aa_name, input_shape=shape), build_model(twin_name, input_shape=shape)
+    return AAWideResNet(FLAGS.depth, FLAGS.width, input_shape=shape), WideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
+
+
 def _profile():
     """Builds the networks (or the standalone layers) and every timed function, times them;
     returns the results."""
-    from aa_keras.applications.wide_resnet import AAWideResNet, WideResNet
-
     if FLAGS.layer_shapes:
         functions, distinct = {}, _standalone_layers()
     else:
-        shape = (FLAGS.image_size, FLAGS.image_size, 3)
-        model = AAWideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
-        twin = WideResNet(FLAGS.depth, FLAGS.width, input_shape=shape)
-        functions = {"aa network": _network_step(model), "wrn network": _network_step(twin)}
+        model, twin = _networks()
+        functions = {"aa network": _network_step(model), "twin network": _network_step(twin)}
         distinct = _distinct_layers(model, twin)
     layers = []
     for i, (count, layer, conv, input_shape) in enumerate(distinct):
@@ -331,15 +360,15 @@ def _summarise(medians, layers):
         info["parts"] = parts
     if "aa network" not in medians:
         return {"layers": layers}
-    aa, wrn = medians["aa network"], medians["wrn network"]
+    aa, twin = medians["aa network"], medians["twin network"]
     return {
         "aa_step_ms": aa,
-        "wrn_step_ms": wrn,
-        "aa_over_wrn": aa / wrn,
+        "twin_step_ms": twin,
+        "aa_over_twin": aa / twin,
         "attention_layers_ms": attention_total,
         "conv_twins_ms": conv_total,
         "rest_of_aa_network_ms": aa - attention_total,
-        "rest_of_wrn_ms": wrn - conv_total,
+        "rest_of_twin_ms": twin - conv_total,
         "layers": layers,
     }
 
@@ -350,6 +379,7 @@ def _fmt(value, digits=1):
 
 def _table(results):
     network = "aa_step_ms" in results
+    aa_name, twin_name = _pair_names()
 
     def share(ms, info=None):
         """ms as a share of the AA step, or (layers alone) over the layer's Conv2D twin."""
@@ -358,8 +388,8 @@ def _table(results):
     if network:
         aa = results["aa_step_ms"]
         lines = [
-            f"AA-WRN-{FLAGS.depth}-{FLAGS.width} train step {aa:.0f} ms, WRN {results['wrn_step_ms']:.0f} ms: "
-            f"ratio {results['aa_over_wrn']:.2f}; batch {FLAGS.batch}, {FLAGS.image_size}x{FLAGS.image_size}",
+            f"{aa_name} train step {aa:.0f} ms, {twin_name} {results['twin_step_ms']:.0f} ms: "
+            f"ratio {results['aa_over_twin']:.2f}; batch {FLAGS.batch}, {FLAGS.image_size}x{FLAGS.image_size}",
             "",
             "| layer | count | part | forward ms | gradient ms | ms per step (x count) | % of AA step |",
         ]
@@ -391,7 +421,7 @@ def _table(results):
         f"| their Conv2D twins | | | | | {results['conv_twins_ms']:.1f} | {share(results['conv_twins_ms'])} |",
         f"| rest of the AA network | | | | | {results['rest_of_aa_network_ms']:.1f} | "
         f"{share(results['rest_of_aa_network_ms'])} |",
-        f"| rest of the WRN | | | | | {results['rest_of_wrn_ms']:.1f} | {share(results['rest_of_wrn_ms'])} |",
+        f"| rest of {twin_name} | | | | | {results['rest_of_twin_ms']:.1f} | {share(results['rest_of_twin_ms'])} |",
     ]
     return "\n".join(lines)
 
@@ -399,8 +429,8 @@ def _table(results):
 def main(argv):
     del argv
     results = {
-        "config": {name: FLAGS[name].value for name in ("batch", "image_size", "depth", "width", "paths", "rounds",
-                                                        "warmup", "layer_shapes")},
+        "config": {name: FLAGS[name].value for name in ("batch", "image_size", "depth", "width", "pair", "paths",
+                                                        "rounds", "warmup", "layer_shapes")},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         **_profile(),
     }
