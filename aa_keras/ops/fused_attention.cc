@@ -84,6 +84,16 @@ inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{} + x; }
 
+// Keeps a loaded vector in a register. GCC 12 (AVX-512) folds a vector's load into each
+// multiply-add that uses it, as a memory operand: a vector used by T rows is then loaded T times.
+// An empty asm that takes x in a register makes it load x once; the arithmetic is unchanged.
+// Other compilers and targets: nothing. Where it pays is measured per loop (see its callers).
+__attribute__((always_inline)) inline void LoadOnce(Vec& x) {
+#if defined(__GNUC__) && defined(__AVX512F__)
+  asm("" : "+v"(x));
+#endif
+}
+
 // The sum of the lanes: the upper half added onto the lower half until one lane is left (a
 // fixed order, so results do not depend on the compiler). With __builtin_shufflevector (Clang,
 // GCC 12+) the halves are register shuffles: GCC compiles the plain loop over a lane array to a
@@ -225,11 +235,7 @@ void AddProducts(float* const* rows, const float* const* a, const float* bt, int
       Vec acc[T] = {};
       for (int d = 0; d < D; ++d) {
         Vec bd = Load(b + d * stride + j);
-        // Each key vector loaded once, not T times (see BlockTile; forward and gradient ops
-        // 1.04-1.12x at dk = 6).
-#if defined(__GNUC__) && defined(__AVX512F__)
-        asm("" : "+v"(bd));
-#endif
+        LoadOnce(bd);  // forward and gradient ops 1.04-1.12x at dk = 6
         for (int t = 0; t < T; ++t) acc[t] += coef[t][d] * bd;
       }
       for (int t = 0; t < T; ++t) Store(rows[t] + j, Load(rows[t] + j) + acc[t]);
@@ -281,11 +287,7 @@ __attribute__((always_inline)) inline void RowDots(const float* const* rows, con
       for (int t = 0; t < T; ++t) r[t] = Load(rows[t] + j);
       for (int d = 0; d < D; ++d) {
         Vec bd = Load(b + d * stride + j);
-        // As in SoftmaxTimesValues: each key vector loaded once, not T times (gradient op
-        // 1.02-1.09x; see BlockTile).
-#if defined(__GNUC__) && defined(__AVX512F__)
-        asm("" : "+v"(bd));
-#endif
+        LoadOnce(bd);  // gradient op 1.02-1.09x
         for (int t = 0; t < T; ++t) acc[t][d] += r[t] * bd;
       }
     }
@@ -312,15 +314,12 @@ __attribute__((always_inline)) inline void BlockTile(float* bt, const float* a, 
   for (int t = 1; t < count; ++t) {
     Vec r[J];
     for (int jj = 0; jj < J; ++jj) r[jj] = Load(rows + t * row_step + jj * kLanes);
-    // GCC 12 (AVX-512) folds each row load into its D <= 4 multiply-adds as a memory operand:
-    // at D = 4, 20 loads per 16 multiply-adds (BlockUpdate at depth 4 took 12.0 us, at depth 5
-    // 7.4 us; 6.8 us at depth 4 with this; depth 2 5.7-6.5 -> 3.9-5.2 us, depth 3 7.5-8.6 ->
-    // 4.5 us). An empty asm that takes the vectors in registers makes it load each once; the
-    // arithmetic is unchanged. Not at D = 1, where it is slower (3.2-3.9 -> 4.1-5.7 us).
-#if defined(__GNUC__) && defined(__AVX512F__)
+    // Without LoadOnce, at D = 4, 20 loads per 16 multiply-adds (BlockUpdate at depth 4 took
+    // 12.0 us, at depth 5 7.4 us; 6.8 us at depth 4 with it; depth 2 5.7-6.5 -> 3.9-5.2 us,
+    // depth 3 7.5-8.6 -> 4.5 us). Not at D = 1, where it is slower (3.2-3.9 -> 4.1-5.7 us); from
+    // D = 5 on GCC loads each row vector once by itself.
     if constexpr (D >= 2 && D <= 4)
-      for (int jj = 0; jj < J; ++jj) asm("" : "+v"(r[jj]));
-#endif
+      for (int jj = 0; jj < J; ++jj) LoadOnce(r[jj]);
     for (int d = 0; d < D; ++d) {
       const float c = a[t * a_step + d];
       for (int jj = 0; jj < J; ++jj) acc[d][jj] += c * r[jj];
@@ -546,12 +545,9 @@ void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* v
       }
       for (int d = 0; d < D; ++d) {
         Vec bd = Load(b + d * stride + j);
-        // GCC 12 folds the value vector's load into each of its T multiply-adds (see BlockTile).
-        // Where the weights are loaded, the empty asm keeps it in a register (forward op 5-7%
-        // faster at dv = 6); beside the exponentials it was slower (0.87x at dv = 4).
-#if defined(__GNUC__) && defined(__AVX512F__)
-        if (!compute_weights) asm("" : "+v"(bd));
-#endif
+        // Where the weights are loaded: forward op 5-7% faster at dv = 6; beside the
+        // exponentials it was slower (0.87x at dv = 4).
+        if (!compute_weights) LoadOnce(bd);
         for (int t = 0; t < T; ++t) acc[t][d] += p[t] * bd;
       }
     }
