@@ -67,6 +67,14 @@ flags.DEFINE_integer("rounds", 3, "Timed rounds (median reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed rounds first.", lower_bound=1)
 flags.DEFINE_list("layer_shapes", [], "filters:size pairs: profile the layer alone at these shapes (no network).")
 flags.DEFINE_string("output", "benchmarks/results/profile_step.json", "Where to write the JSON.")
+flags.register_validator(
+    "layer_shapes",
+    lambda shapes: all(len(s.split(":")) == 2 and all(n.isdigit() and int(n) > 0 for n in s.split(":")) for s in shapes),
+    "--layer_shapes takes filters:size pairs of positive integers, e.g. 256:14,320:16",
+)
+flags.register_validator(
+    "pair", lambda pair: not pair or len(pair.split(":")) == 2, "--pair takes aa_name:twin_name, e.g. aa_resnet50:resnet50"
+)
 
 _RANDOM = {}
 
