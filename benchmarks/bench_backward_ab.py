@@ -30,6 +30,8 @@ SHAPES = [  # name, batch, H, W, heads, dkh, dvh
     ("layer28", None, 28, 28, 8, 6, 6),
     ("layer56", None, 56, 56, 8, 6, 6),
     ("wrnlayer32", None, 32, 32, 8, 4, 4),  # speed_targets' 160-channel layer: dk = dv = 0.2 F
+    ("wrnlayer16", None, 16, 16, 8, 8, 8),  # its 320-channel layer
+    ("resnet14", None, 14, 14, 8, 20, 3),  # AAResNet-50's stage-4 layers (stage 3's: dvh 2)
 ]
 
 

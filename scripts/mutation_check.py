@@ -191,6 +191,12 @@ MUTANTS = (
       ("tests/test_kernel_depths.py",)),
     M("kernel_value_chunks_all_first", "aa_keras/ops/fused_attention.cc",
       "const float* b = vt + first * stride;", "const float* b = vt;", ("tests/test_kernel_depths.py",)),
+    M("kernel_relative_logits_first_query_offset", "aa_keras/ops/fused_attention.cc",
+      "Load(table_t + d * length_t + offset[t] + y)", "Load(table_t + d * length_t + offset[0] + y)",
+      ("tests/test_kernel_depths.py",)),
+    M("kernel_table_gradient_channels_packed", "aa_keras/ops/fused_attention.cc",
+      "float* de = d_table_t + d * TableGradientStride(length_t) + offset;",
+      "float* de = d_table_t + d * length_t + offset;", ("tests/test_kernel_depths.py",)),
     # aa_keras/layers: the layer and the TensorFlow-op attention.
     M("layer_q_not_scaled", "aa_keras/layers/attention_augmentation.py",
       "self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)",

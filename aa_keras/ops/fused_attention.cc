@@ -136,9 +136,9 @@ inline int64_t Padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 //     depth row reaches past the table's end by up to kLanes - 1;
 //   - the relative rows of a query are read as Padded(H) and Padded(W) floats.
 // Every such buffer is allocated with that slack: rows with RowCapacity(stride), the transposed
-// tables and their gradients with kLanes floats after them, the relative rows padded. The lanes
-// past the logical end hold garbage that is overwritten (the next grid row), masked
-// (FirstLanes, the kPad padding) or never read back. scripts/kernel_asan.sh runs the kernel's
+// tables with kLanes floats after them, their gradients with TableGradientStride floats per
+// channel, the relative rows padded. The lanes past the logical end hold garbage that is
+// overwritten (the next grid row), masked (FirstLanes, the kPad padding) or never read back. scripts/kernel_asan.sh runs the kernel's
 // tests under AddressSanitizer, which would report any access outside these allocations.
 inline int64_t RowCapacity(int64_t stride) { return stride + kLanes; }
 
@@ -364,27 +364,37 @@ void TransposeBack(const float* xt, int64_t n, int64_t depth, int64_t stride, in
     for (int64_t d = 0; d < depth; ++d) x[j * step + d] = xt[d * stride + j];
 }
 
-// out[y] = sum_d q[d] * table_t[d * length_t + offset + y] for y < length: one query's relative
-// logits against every grid row (or column), from the transposed table (depth, length_t).
-// Computed in whole vectors: out holds Padded(length) floats, whose lanes past length are
-// garbage, and table_t has kLanes floats of slack.
-void RelativeLogits(const float* q, const float* table_t, int64_t depth, int64_t length_t, int64_t offset,
-                    int64_t length, float* out) {
+// out[t][y] = sum_d q[t][d] * table_t[d * length_t + offset[t] + y] for t < T, y < length: T
+// queries' relative logits against every grid row (or column), from the transposed table
+// (depth, length_t). Computed in whole vectors: out[t] holds Padded(length) floats, whose lanes
+// past length are garbage, and table_t has kLanes floats of slack. The T queries' sums are
+// independent chains of multiply-adds: one query's chain alone waits on each multiply-add's
+// latency (at 14x14 and 20 channels, 70% of Logits' time went to that).
+template <int T>
+void RelativeLogits(const float* const* q, const float* table_t, int64_t depth, int64_t length_t,
+                    const int64_t* offset, int64_t length, float* const* out) {
   for (int64_t y = 0; y < length; y += kLanes) {
-    Vec acc = {};
-    for (int64_t d = 0; d < depth; ++d) acc += q[d] * Load(table_t + d * length_t + offset + y);
-    Store(out + y, acc);
+    Vec acc[T] = {};
+    for (int64_t d = 0; d < depth; ++d)
+      for (int t = 0; t < T; ++t) acc[t] += q[t][d] * Load(table_t + d * length_t + offset[t] + y);
+    for (int t = 0; t < T; ++t) Store(out[t] + y, acc[t]);
   }
 }
 
+// Floats between the channels of a relative table's gradient in the workspace: more than a
+// window of Padded(L) offsets can reach past the table's length_t entries, so that a channel's
+// window never overlaps the next channel's (a load of a vector that a store has just written in
+// part waits for that store to reach the cache: at 8x8, the gradient op was 1.3x slower).
+inline int64_t TableGradientStride(int64_t length_t) { return Padded(length_t) + kLanes; }
+
 // The gradients of RelativeLogits given g = dL/d(out), Padded(length) floats with zeros past
-// length: d_q[d] += sum_y g[y] * table_t[...], d_table_t[d * length_t + offset + y] += q[d] * g[y]
-// (d_table_t with kLanes floats of slack).
+// length: d_q[d] += sum_y g[y] * table_t[...], d_table_t[d * TableGradientStride(length_t) +
+// offset + y] += q[d] * g[y].
 void RelativeGradients(const float* q, const float* g, const float* table_t, int64_t depth, int64_t length_t,
                        int64_t offset, int64_t length, float* d_q, float* d_table_t) {
   for (int64_t d = 0; d < depth; ++d) {
     const float* e = table_t + d * length_t + offset;
-    float* de = d_table_t + d * length_t + offset;
+    float* de = d_table_t + d * TableGradientStride(length_t) + offset;
     Vec sum = {};
     for (int64_t y = 0; y < length; y += kLanes) {
       const Vec gy = Load(g + y);
@@ -440,10 +450,9 @@ struct Workspace {
         vt(s.dv * s.stride),
         rows(GroupRows(s) * row_capacity),
         rel((backward ? 2 : 1) * GroupRows(s) * rel_capacity),
-        width_scratch(Padded(s.width)),
         d_kt(backward ? s.dk * s.stride : 0),
         d_vt(backward ? s.dv * s.stride : 0),
-        d_tables_t(backward ? s.dk * (s.table_h + s.table_w) + kLanes : 0),
+        d_tables_t(backward ? s.dk * (TableGradientStride(s.table_h) + TableGradientStride(s.table_w)) : 0),
         block_p(backward ? block_rows * row_capacity : 0),
         block_ds(backward ? block_rows * row_capacity : 0) {}
 
@@ -457,7 +466,8 @@ struct Workspace {
   int64_t row_capacity;
   int64_t rel_capacity;
   int block_rows;  // of block_p and block_ds
-  std::vector<float> kt, vt, rows, rel, width_scratch, d_kt, d_vt, d_tables_t, block_p, block_ds;
+  // d_tables_t: the relative tables' gradients, transposed, TableGradientStride floats per channel.
+  std::vector<float> kt, vt, rows, rel, d_kt, d_vt, d_tables_t, block_p, block_ds;
 };
 
 // Logits of queries first..first+T-1 into ws.Row(0..T-1): relative terms, then q k^T; padding
@@ -466,25 +476,31 @@ template <int T>
 void Logits(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws) {
   float* rows[T];
   const float* a[T];
+  float* rel_h[T];
+  float* rel_w[T];
+  int64_t offset_h[T], offset_w[T];
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
     rows[t] = ws.Row(t);
     a[t] = unit.q + i * s.heads * s.dk;
-    if (!s.relative) {
-      std::fill(rows[t], rows[t] + s.n, 0.0f);
-      continue;
-    }
-    float* rel_h = ws.RelH(t);
-    float* rel_w = ws.RelW(t, s);
-    RelativeLogits(a[t], unit.table_h_t, s.dk, s.table_h, s.table_h / 2 - i / s.width, s.height, rel_h);
-    RelativeLogits(a[t], unit.table_w_t, s.dk, s.table_w, s.table_w / 2 - i % s.width, s.width, rel_w);
+    rel_h[t] = ws.RelH(t);
+    rel_w[t] = ws.RelW(t, s);
+    offset_h[t] = s.table_h / 2 - i / s.width;
+    offset_w[t] = s.table_w / 2 - i % s.width;
+  }
+  if (!s.relative) {
+    for (int t = 0; t < T; ++t) std::fill(rows[t], rows[t] + s.n, 0.0f);
+  } else {
+    RelativeLogits<T>(a, unit.table_h_t, s.dk, s.table_h, offset_h, s.height, rel_h);
+    RelativeLogits<T>(a, unit.table_w_t, s.dk, s.table_w, offset_w, s.width, rel_w);
     // Whole vectors per grid row: the lanes past the row's end are overwritten by the next
     // grid row, or land in the padding and the buffer's slack.
-    for (int64_t y = 0; y < s.height; ++y) {
-      const float bias = rel_h[y];
-      float* r = rows[t] + y * s.width;
-      for (int64_t x = 0; x < s.width; x += kLanes) Store(r + x, bias + Load(rel_w + x));
-    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t y = 0; y < s.height; ++y) {
+        const float bias = rel_h[t][y];
+        float* r = rows[t] + y * s.width;
+        for (int64_t x = 0; x < s.width; x += kLanes) Store(r + x, bias + Load(rel_w[t] + x));
+      }
   }
   if constexpr (T > kRows)
     AddTileProducts<T>(rows, a, ws.kt.data(), s.dk, s.stride);
@@ -664,7 +680,7 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   }
   if (!s.relative) return;
   float* d_table_h_t = ws.d_tables_t.data();
-  float* d_table_w_t = d_table_h_t + s.dk * s.table_h;
+  float* d_table_w_t = d_table_h_t + s.dk * TableGradientStride(s.table_h);
   for (int t = 0; t < T; ++t) {
     const int64_t i = first + t;
     // After the rows of Logits' relative logits (kRows of them, or T of the wide path's).
@@ -892,7 +908,13 @@ class FusedAttentionGradOp : public AttentionOpBase {
                         d_k->flat<float>().data() + s.KeyOffset(u));
           TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
                         d_v->flat<float>().data() + s.ValueOffset(u));
-          std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
+          float* unit_d_table = unit_d_tables.flat<float>().data() + u * table_size;
+          const float* d_table = ws.d_tables_t.data();
+          for (int64_t length_t : {s.table_h, s.table_w})
+            for (int64_t d = 0; d < s.dk; ++d) {
+              unit_d_table = std::copy_n(d_table, length_t, unit_d_table);
+              d_table += TableGradientStride(length_t);
+            }
         }
       });
     });
