@@ -12,6 +12,8 @@ multiply-add of the products only (the kernel: q k^T and p v forward; q k^T agai
 dS k, dS^T q and p^T dO backward; the relative logits, the softmax and the exponentials are not
 counted; Conv2D: forward, input gradient and weight gradient, 3 x 2 x B H W 9 C F). A kernel
 that also spends time on exponentials and softmax shows a lower rate than its arithmetic allows.
+The yardstick comes first: the rate of a 2048 x 2048 x 2048 float32 `tf.matmul`, the most
+multiply-adds per second this machine does (`profile_step` uses it for the kernel's floor).
 The JSON goes to `--output`.
 """
 
@@ -31,6 +33,34 @@ SHAPES = {  # name: (batch, size, heads, dkh, dvh, conv filters)
     "layer14": (8, 14, 8, 6, 6, 256),
     "layer28": (8, 28, 8, 6, 6, 256),
 }
+
+
+# Operations on the multiply-add pipes of the kernel's exponential (`Exp` in
+# aa_keras/ops/fused_attention.cc); the forward op takes one per logit, and the gradient op one
+# more (it recomputes the softmax weights instead of keeping them).
+EXP_MULTIPLY_ADDS = 7
+
+
+def attention_flops(batch, heads, positions, dkh, dvh):
+    """FLOPs of the fused ops at one shape, 2 per multiply-add: "fused forward" and "fused gradient"
+    (their matrix products), "exponentials" (both ops' exponentials, 2 per multiply-add-pipe
+    operation, so that all three take the same time per unit at a matrix product's rate)."""
+    logits = batch * heads * positions**2
+    return {
+        "fused forward": 2 * logits * (dkh + dvh),
+        "fused gradient": 2 * logits * (3 * dkh + 2 * dvh),
+        "exponentials": 2 * 2 * logits * EXP_MULTIPLY_ADDS,
+    }
+
+
+def matmul_function(size=2048):
+    """(tf.function, FLOPs): the product of two fixed size x size float32 matrices, whose rate is
+    the best this machine does with multiply-adds (the yardstick of the kernel's floor)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size), seed=1)
+    b = tf.random.normal((size, size), seed=2)
+    return tf.function(lambda: tf.matmul(a, b), autograph=False), 2 * size**3
 
 
 def _measure(fn, calls):
@@ -67,12 +97,8 @@ def _row(name, calls):
             loss = tf.reduce_sum(conv(x) * upstream)
         return tape.gradient(loss, [x, *conv.trainable_variables])
 
-    logits = batch * heads * (size * size) ** 2
-    flops = {
-        "fused forward": 2 * logits * (dkh + dvh),
-        "fused gradient": 2 * logits * (3 * dkh + 2 * dvh),
-        "conv2d train step": 3 * 2 * batch * size * size * 9 * filters * filters,
-    }
+    flops = attention_flops(batch, heads, size * size, dkh, dvh)
+    flops["conv2d train step"] = 3 * 2 * batch * size * size * 9 * filters * filters
     row = {"shape": name, "batch": batch, "size": size, "heads": heads, "dkh": dkh, "dvh": dvh, "filters": filters}
     for part, fn in (("fused forward", forward), ("fused gradient", gradient), ("conv2d train step", conv_step)):
         wall_ms, cpu_ms = _measure(fn, calls)
@@ -89,6 +115,9 @@ def main():
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--output", default="benchmarks/results/kernel_efficiency.json")
     args = parser.parse_args()
+    matmul, matmul_flops = matmul_function()
+    matmul_rate = matmul_flops / 1e9 / (_measure(matmul, args.calls)[1] / 1e3)
+    print(f"matmul 2048 x 2048 x 2048: {matmul_rate:6.1f} GFLOP/cpu-s", flush=True)
     rows = [_row(name, args.calls) for name in args.shapes.split(",")]
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
@@ -98,6 +127,7 @@ def main():
         "machine": {"cpus": os.cpu_count(), "processor": model},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "flops_counted": "2 per multiply-add of the matrix products (see the module docstring)",
+        "matmul_gflop_per_cpu_s": matmul_rate,
         "rows": rows,
     }
     with open(args.output, "w") as f:

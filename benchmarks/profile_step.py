@@ -40,6 +40,16 @@ configuration (3x3, 8 heads, dk = dv = 0.2 x filters, batch `--batch`) at each s
 Conv2D twin, each row's share given against the twin's step (issue 26's item 3: the cost around
 the kernel at small maps).
 
+Floors (what a faster kernel could give at most): every round also times a 2048 x 2048 x 2048
+float32 `tf.matmul`, the most multiply-adds per second this machine does. For each attention
+layer, `floor: fused attention` is the fused ops' work at that rate (as counted by
+`kernel_efficiency.attention_flops`): `products` (their matrix products only: no kernel does less)
+and `products and exponentials` (plus the exponentials, one per logit in each op, at the
+multiply-add operations the kernel's exponential takes); `floor: whole layer` is the layer's step
+with its fused attention's time replaced by that floor, and for a network the AA step with every
+layer's so replaced. The relative logits, the softmax's other passes, loads and stores are left
+out: a real kernel stays above these floors.
+
 The table gives each row's milliseconds per step for all `count` layers and its share of the AA
 step. Isolated parts do not add up exactly to the layer (the runtime overlaps independent ops in
 the layer and runs each part alone here): `layer overhead` holds the difference, negative when
@@ -47,6 +57,7 @@ the layer overlaps more than its parts do. The machine may be shared: compare wi
 The JSON goes to `--output`.
 """
 
+import functools
 import json
 import os
 import platform
@@ -327,6 +338,7 @@ def _profile():
         model, twin = _networks()
         functions = {"aa network": _network_step(model), "twin network": _network_step(twin)}
         distinct = _distinct_layers(model, twin)
+    functions["matmul"] = _matmul_yardstick()[0]
     layers = []
     for i, (count, layer, conv, input_shape) in enumerate(distinct):
         x = _random(input_shape)
@@ -344,6 +356,27 @@ def _profile():
             functions[i, name, kind] = second
     medians = _time(functions)
     return _summarise(medians, layers)
+
+
+@functools.cache
+def _matmul_yardstick():
+    """kernel_efficiency's matrix product (tf.function, FLOPs), made once."""
+    from benchmarks.kernel_efficiency import matmul_function
+
+    return matmul_function()
+
+
+def _kernel_floor(info, matmul_ms):
+    """The fused attention's floor at one layer's shapes, in ms at the matrix product's rate:
+    {"products": forward and gradient products, "products and exponentials": with both ops'
+    exponentials as the kernel computes them}; see kernel_efficiency.attention_flops."""
+    from benchmarks.kernel_efficiency import attention_flops
+
+    flops = attention_flops(info["input_shape"][0], info["heads"], info["grid"][0] * info["grid"][1], info["dkh"],
+                            info["dvh"])
+    ms_per_flop = matmul_ms / _matmul_yardstick()[1]
+    products = (flops["fused forward"] + flops["fused gradient"]) * ms_per_flop
+    return {"products": products, "products and exponentials": products + flops["exponentials"] * ms_per_flop}
 
 
 def _summarise(medians, layers):
@@ -365,11 +398,23 @@ def _summarise(medians, layers):
         )
         if "fused attention" in parts:
             parts["layer overhead"] = {"forward_ms": None, "gradient_ms": None, "total_ms": info["layer_ms"] - fused_sum}
+            fused = parts["fused attention"]["forward_ms"] + parts["fused attention"]["gradient_ms"]
+            info["kernel_floor_ms"] = _kernel_floor(info, medians["matmul"])
+            info["layer_at_kernel_floor_ms"] = {
+                name: info["layer_ms"] - fused + floor for name, floor in info["kernel_floor_ms"].items()
+            }
         info["parts"] = parts
+    floors = {"matmul_ms": medians["matmul"], "matmul_gflop_per_s": _matmul_yardstick()[1] / medians["matmul"] / 1e6}
     if "aa network" not in medians:
-        return {"layers": layers}
+        return {**floors, "layers": layers}
     aa, twin = medians["aa network"], medians["twin network"]
+    if all("kernel_floor_ms" in info for info in layers):
+        floors["aa_step_at_kernel_floor_ms"] = {
+            name: aa - sum(info["count"] * (info["layer_ms"] - info["layer_at_kernel_floor_ms"][name]) for info in layers)
+            for name in layers[0]["kernel_floor_ms"]
+        }
     return {
+        **floors,
         "aa_step_ms": aa,
         "twin_step_ms": twin,
         "aa_over_twin": aa / twin,
@@ -416,21 +461,29 @@ def _table(results):
         for name, part in info["parts"].items():
             total = part.get("total_ms", (part["forward_ms"] or 0) + (part["gradient_ms"] or 0))
             rows.append((name, part["forward_ms"], part["gradient_ms"], total))
+        for name, floor in info.get("kernel_floor_ms", {}).items():
+            rows.append((f"floor: fused attention, {name} at the matmul rate", None, None, floor))
+            rows.append(("floor: whole layer, its fused attention at that floor", None, None,
+                         info["layer_at_kernel_floor_ms"][name]))
         for row, (name, forward, gradient, total) in enumerate(rows):
             lines.append(
                 f"| {label if row == 0 else ''} | {count if row == 0 else ''} | {name} | {_fmt(forward)} | {_fmt(gradient)} | {count * total:.1f} | "
                 f"{share(count * total, info)} |"
             )
-    if not network:
-        return "\n".join(lines)
-    lines += [
-        f"| all attention layers | | | | | {results['attention_layers_ms']:.1f} | "
-        f"{share(results['attention_layers_ms'])} |",
-        f"| their Conv2D twins | | | | | {results['conv_twins_ms']:.1f} | {share(results['conv_twins_ms'])} |",
-        f"| rest of the AA network | | | | | {results['rest_of_aa_network_ms']:.1f} | "
-        f"{share(results['rest_of_aa_network_ms'])} |",
-        f"| rest of {twin_name} | | | | | {results['rest_of_twin_ms']:.1f} | {share(results['rest_of_twin_ms'])} |",
-    ]
+    if network:
+        lines += [
+            f"| all attention layers | | | | | {results['attention_layers_ms']:.1f} | "
+            f"{share(results['attention_layers_ms'])} |",
+            f"| their Conv2D twins | | | | | {results['conv_twins_ms']:.1f} | {share(results['conv_twins_ms'])} |",
+            f"| rest of the AA network | | | | | {results['rest_of_aa_network_ms']:.1f} | "
+            f"{share(results['rest_of_aa_network_ms'])} |",
+            f"| rest of {twin_name} | | | | | {results['rest_of_twin_ms']:.1f} | {share(results['rest_of_twin_ms'])} |",
+        ]
+    lines += ["", f"matmul 2048 x 2048 x 2048 (the floors' yardstick): {results['matmul_ms']:.1f} ms, "
+                  f"{results['matmul_gflop_per_s']:.0f} GFLOP/s"]
+    for name, ms in results.get("aa_step_at_kernel_floor_ms", {}).items():
+        lines.append(f"{aa_name} with every fused attention at its floor ({name}): {ms:.0f} ms, "
+                     f"ratio {ms / results['twin_step_ms']:.2f}")
     return "\n".join(lines)
 
 
