@@ -4,9 +4,13 @@ Each source is compiled (same flags as aa_keras.ops.fused_attention) into a libr
 with its ops renamed (AaFusedAttention -> Aa<Tag>FusedAttention), so both load side by side.
 The gradient op alone is timed (forward outputs computed once), or with `--op forward` the
 forward op, old and new alternately in interleaved rounds; medians reported, with the ratio
-old / new (> 1: new is faster) and the max abs difference of each output.
+old / new (> 1: new is faster) and the max abs difference of each output. With `--op network`,
+the train step of AA-WRN-28-10 at 32x32 (batch `--batch`), traced once on each library (the
+layer's `fused_attention.library()` pointed at it while tracing): a kernel change measured in
+the network, in one process (runs of separate processes differed by up to 8% in this step).
 
     python benchmarks/bench_backward_ab.py --old-rev HEAD~1 [--batch 8] [--rounds 15] [--op forward]
+    python benchmarks/bench_backward_ab.py --old-rev HEAD~1 --op network --batch 32 --rounds 7
 """
 
 import argparse
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -60,7 +65,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--only", default="")
     parser.add_argument("--json", default="")
-    parser.add_argument("--op", choices=["gradient", "forward"], default="gradient")
+    parser.add_argument("--op", choices=["gradient", "forward", "network"], default="gradient")
     args = parser.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     old_src = subprocess.run(["git", "show", f"{args.old_rev}:aa_keras/ops/fused_attention.cc"], cwd=root,
@@ -70,6 +75,11 @@ def main():
     new_src = open(args.new_file).read()
     workdir = tempfile.mkdtemp()
     libs = {"old": build(old_src, "Old", workdir), "new": build(new_src, "New", workdir)}
+    if args.op == "network":
+        results = {"wrn28_10": _network(libs, args.batch, args.rounds)}
+        if args.json:
+            json.dump(results, open(args.json, "w"), indent=1)
+        return
     rng = np.random.default_rng(0)
     results = {}
     for name, _, h, w, nh, dk, dv in SHAPES:
@@ -94,29 +104,72 @@ def main():
             fns[key] = f
         diffs = [float(np.max(np.abs(a - c))) for a, c in zip(grads["old"], grads["new"])]
         scale = [float(np.max(np.abs(a))) for a in grads["old"]]
-        times = {"old": [], "new": []}
-        cpu = {"old": [], "new": []}  # this process's CPU time: less sensitive to other load
-        reps = max(1, int(0.3 / max(1e-4, _time(fns["old"]))))
-        for r in range(args.rounds):
-            order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
-            for key in order:
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(reps):
-                    fns[key]()
-                times[key].append((time.perf_counter() - t0) / reps)
-                cpu[key].append((time.process_time() - c0) / reps)
-        med = {key: float(np.median(t)) for key, t in times.items()}
-        med_cpu = {key: float(np.median(t)) for key, t in cpu.items()}
-        results[name] = {"op": args.op, "batch": b, "old_ms": med["old"] * 1e3, "new_ms": med["new"] * 1e3,
-                         "ratio_old_over_new": med["old"] / med["new"],
-                         "old_cpu_ms": med_cpu["old"] * 1e3, "new_cpu_ms": med_cpu["new"] * 1e3,
-                         "cpu_ratio_old_over_new": med_cpu["old"] / med_cpu["new"],
-                         "max_abs_diff": diffs, "max_abs": scale}
-        print(f"{name:8s} b={b} old {med['old']*1e3:8.2f} ms  new {med['new']*1e3:8.2f} ms  "
-              f"old/new {med['old']/med['new']:.2f} (CPU time {med_cpu['old']/med_cpu['new']:.2f})  "
-              f"maxdiff {max(diffs):.2e} (scale {max(scale):.2e})", flush=True)
+        results[name] = {"op": args.op, "batch": b, **_interleaved(fns, args.rounds), "max_abs_diff": diffs,
+                         "max_abs": scale}
+        _report(name, results[name])
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
+
+
+def _interleaved(fns, rounds):
+    """Medians of fns["old"] and fns["new"] called alternately (each round's order swapped), wall
+    and this process's CPU time (less sensitive to other load), in ms, and their ratios."""
+    times = {"old": [], "new": []}
+    cpu = {"old": [], "new": []}
+    reps = max(1, int(0.3 / max(1e-4, _time(fns["old"]))))
+    for r in range(rounds):
+        order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+        for key in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(reps):
+                fns[key]()
+            times[key].append((time.perf_counter() - t0) / reps)
+            cpu[key].append((time.process_time() - c0) / reps)
+    med = {key: float(np.median(t)) for key, t in times.items()}
+    med_cpu = {key: float(np.median(t)) for key, t in cpu.items()}
+    return {"old_ms": med["old"] * 1e3, "new_ms": med["new"] * 1e3, "ratio_old_over_new": med["old"] / med["new"],
+            "old_cpu_ms": med_cpu["old"] * 1e3, "new_cpu_ms": med_cpu["new"] * 1e3,
+            "cpu_ratio_old_over_new": med_cpu["old"] / med_cpu["new"]}
+
+
+def _report(name, row):
+    print(f"{name:8s} b={row['batch']} old {row['old_ms']:8.2f} ms  new {row['new_ms']:8.2f} ms  "
+          f"old/new {row['ratio_old_over_new']:.2f} (CPU time {row['cpu_ratio_old_over_new']:.2f})  "
+          f"maxdiff {max(row['max_abs_diff']):.2e} (scale {max(row['max_abs']):.2e})", flush=True)
+
+
+def _network(libs, batch, rounds):
+    """AA-WRN-28-10's train step (gradients of sum(output * fixed upstream) with respect to every
+    weight) on each library, interleaved; the max abs difference of the gradients (the network's
+    other float32 ops are not bitwise repeatable run to run: 2.5e-6 with one source on both sides)."""
+    from aa_keras.applications.wide_resnet import AAWideResNet
+
+    model = AAWideResNet(28, 10, input_shape=(32, 32, 3))
+    x = tf.random.normal((batch, 32, 32, 3), seed=1)
+    upstream = tf.random.normal((batch, *model.output.shape[1:]), seed=2)
+    library = fa.library
+    fns, grads = {}, {}
+    try:
+        for key, (lib, tag) in libs.items():
+            kernels = types.SimpleNamespace(aa_fused_attention=op(lib, tag, ""),
+                                            aa_fused_attention_grad=op(lib, tag, "_grad"))
+            fa.library = lambda kernels=kernels: kernels
+
+            @tf.function(autograph=False)
+            def step():
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_sum(model(x, training=True) * upstream)
+                return tape.gradient(loss, model.trainable_variables)
+
+            grads[key] = [g.numpy() for g in step()]  # traced here, on this library
+            fns[key] = step
+    finally:
+        fa.library = library
+    row = {"op": "network", "batch": batch, **_interleaved(fns, rounds),
+           "max_abs_diff": [float(np.max(np.abs(a - c))) for a, c in zip(grads["old"], grads["new"])],
+           "max_abs": [float(np.max(np.abs(a))) for a in grads["old"]]}
+    _report("wrn28_10", row)
+    return row
 
 
 def _time(f):

@@ -410,7 +410,8 @@ def _summarise(medians, layers):
     aa, twin = medians["aa network"], medians["twin network"]
     if all("kernel_floor_ms" in info for info in layers):
         floors["aa_step_at_kernel_floor_ms"] = {
-            name: aa - sum(info["count"] * (info["layer_ms"] - info["layer_at_kernel_floor_ms"][name]) for info in layers)
+            name: aa - sum(info["count"] * (info["layer_ms"] - info["layer_at_kernel_floor_ms"][name])
+                           for info in layers)
             for name in layers[0]["kernel_floor_ms"]
         }
     return {

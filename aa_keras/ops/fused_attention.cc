@@ -138,8 +138,9 @@ inline int64_t Padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 // Every such buffer is allocated with that slack: rows with RowCapacity(stride), the transposed
 // tables with kLanes floats after them, their gradients with TableGradientStride floats per
 // channel, the relative rows padded. The lanes past the logical end hold garbage that is
-// overwritten (the next grid row), masked (FirstLanes, the kPad padding) or never read back. scripts/kernel_asan.sh runs the kernel's
-// tests under AddressSanitizer, which would report any access outside these allocations.
+// overwritten (the next grid row), masked (FirstLanes, the kPad padding) or never read back.
+// scripts/kernel_asan.sh runs the kernel's tests under AddressSanitizer, which would report any
+// access outside these allocations.
 inline int64_t RowCapacity(int64_t stride) { return stride + kLanes; }
 
 // 2^(i / 16) for i = 0..15, rounded to float.
