@@ -420,6 +420,11 @@ struct Sizes {
   int64_t table_w;
 
   int64_t units() const { return batch * heads; }
+  // Floats of both relative tables' gradients, transposed, TableGradientStride floats per channel
+  // (none without relative logits).
+  int64_t table_gradient_size() const {
+    return relative ? dk * (TableGradientStride(table_h) + TableGradientStride(table_w)) : 0;
+  }
   // Offsets of (batch, head) unit u's first row in q or k, and in v or out; rows are
   // heads * dk (heads * dv) floats apart.
   int64_t KeyOffset(int64_t u) const { return (u / heads) * n * heads * dk + (u % heads) * dk; }
@@ -453,7 +458,7 @@ struct Workspace {
         rel((backward ? 2 : 1) * GroupRows(s) * rel_capacity),
         d_kt(backward ? s.dk * s.stride : 0),
         d_vt(backward ? s.dv * s.stride : 0),
-        d_tables_t(backward ? s.dk * (TableGradientStride(s.table_h) + TableGradientStride(s.table_w)) : 0),
+        d_tables_t(backward ? s.table_gradient_size() : 0),
         block_p(backward ? block_rows * row_capacity : 0),
         block_ds(backward ? block_rows * row_capacity : 0) {}
 
@@ -467,7 +472,6 @@ struct Workspace {
   int64_t row_capacity;
   int64_t rel_capacity;
   int block_rows;  // of block_p and block_ds
-  // d_tables_t: the relative tables' gradients, transposed, TableGradientStride floats per channel.
   std::vector<float> kt, vt, rows, rel, d_kt, d_vt, d_tables_t, block_p, block_ds;
 };
 
@@ -867,7 +871,7 @@ class FusedAttentionGradOp : public AttentionOpBase {
     for (int i = 0; i < 5; ++i) OP_REQUIRES_OK(context, context->allocate_output(i, context->input(i).shape(), &grads[i]));
     Tensor *d_q = grads[0], *d_k = grads[1], *d_v = grads[2], *d_rel_height = grads[3], *d_rel_width = grads[4];
     // Each unit's gradients of the transposed tables, summed over units at the end.
-    const int64_t table_size = s.dk * (s.table_h + s.table_w);
+    const int64_t table_size = s.table_gradient_size();
     Tensor unit_d_tables;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({s.units(), table_size}),
                                                    &unit_d_tables));
@@ -909,13 +913,7 @@ class FusedAttentionGradOp : public AttentionOpBase {
                         d_k->flat<float>().data() + s.KeyOffset(u));
           TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
                         d_v->flat<float>().data() + s.ValueOffset(u));
-          float* unit_d_table = unit_d_tables.flat<float>().data() + u * table_size;
-          const float* d_table = ws.d_tables_t.data();
-          for (int64_t length_t : {s.table_h, s.table_w})
-            for (int64_t d = 0; d < s.dk; ++d) {
-              unit_d_table = std::copy_n(d_table, length_t, unit_d_table);
-              d_table += TableGradientStride(length_t);
-            }
+          std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
         }
       });
     });
@@ -924,9 +922,10 @@ class FusedAttentionGradOp : public AttentionOpBase {
     const float* units_data = unit_d_tables.flat<float>().data();
     for (int64_t u = 0; u < s.units(); ++u)
       for (int64_t e = 0; e < table_size; ++e) d_tables_t[e] += units_data[u * table_size + e];
-    TransposeBack(d_tables_t.data(), s.table_h, s.dk, s.table_h, s.dk, d_rel_height->flat<float>().data());
-    TransposeBack(d_tables_t.data() + s.dk * s.table_h, s.table_w, s.dk, s.table_w, s.dk,
-                  d_rel_width->flat<float>().data());
+    TransposeBack(d_tables_t.data(), s.table_h, s.dk, TableGradientStride(s.table_h), s.dk,
+                  d_rel_height->flat<float>().data());
+    TransposeBack(d_tables_t.data() + s.dk * TableGradientStride(s.table_h), s.table_w, s.dk,
+                  TableGradientStride(s.table_w), s.dk, d_rel_width->flat<float>().data());
   }
 };
 
