@@ -56,8 +56,6 @@ def attention_flops(batch, heads, positions, dkh, dvh):
 def matmul_function(size=2048):
     """(tf.function, FLOPs): the product of two fixed size x size float32 matrices, whose rate is
     the best this machine does with multiply-adds (the yardstick of the kernel's floor)."""
-    import tensorflow as tf
-
     a = tf.random.normal((size, size), seed=1)
     b = tf.random.normal((size, size), seed=2)
     return tf.function(lambda: tf.matmul(a, b), autograph=False), 2 * size**3
