@@ -122,7 +122,7 @@ def _time_worker(size, impls):
 def time_rounds(functions):
     """Times {impl: {kind: fn}} in interleaved rounds (each runs every function once):
     `--warmup` untimed rounds, then at least `--repeats` and about `--min_seconds` of timed ones.
-    Returns {impl: {f"{kind}_s": median seconds}}."""
+    Returns {impl: {f"{kind}_s": median seconds, f"{kind}_rounds_s": each timed round's seconds}}."""
     impls = list(functions)
     times = {impl: {kind: [] for kind in functions[impl]} for impl in impls}
 
@@ -142,7 +142,10 @@ def time_rounds(functions):
         for (impl, kind), elapsed in run_round().items():
             times[impl][kind].append(elapsed)
     return {
-        impl: {f"{kind}_s": sorted(values)[len(values) // 2] for kind, values in kinds.items()}
+        impl: {
+            **{f"{kind}_s": sorted(values)[len(values) // 2] for kind, values in kinds.items()},
+            **{f"{kind}_rounds_s": values for kind, values in kinds.items()},
+        }
         for impl, kinds in times.items()
     }
 
