@@ -56,6 +56,12 @@ NETWORKS = {
 # (filters, size, target ratio): bench_layer's shapes, then the WRN's.
 LAYER_SHAPES = [(256, 14, 1.15), (256, 28, 1.3), (256, 56, 2.5), (160, 32, 1.3), (320, 16, 1.15), (640, 8, 1.15)]
 MEMORY_SIZES = [(56, 1.25), (112, 1.25)]
+PARTS = ("networks", "layer", "memory")
+
+flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
+                         message=f"--parts takes a comma-separated list of {', '.join(PARTS)}.")
+flags.register_validator("networks", lambda names: set(names) <= set(NETWORKS),
+                         message=f"--networks takes a comma-separated list of {', '.join(NETWORKS)}.")
 
 
 def _network_pair(name):
@@ -216,7 +222,7 @@ def main(argv):
         print(json.dumps(_network_pair(FLAGS.worker)))
         return
     rows = []
-    for part, make in (("networks", _network_rows), ("layer", _layer_rows), ("memory", _memory_rows)):
+    for part, make in zip(PARTS, (_network_rows, _layer_rows, _memory_rows)):
         if part in FLAGS.parts:
             rows += make()
     for row in rows:
