@@ -39,8 +39,10 @@ import time
 
 from absl import app, flags, logging
 
+PARTS = ("networks", "layer", "memory")
+
 FLAGS = flags.FLAGS
-flags.DEFINE_list("parts", ["networks", "layer", "memory"], "Which rows: networks, layer, memory.")
+flags.DEFINE_list("parts", list(PARTS), "Which rows: networks, layer, memory.")
 flags.DEFINE_list("networks", ["wrn28_10", "resnet50"], "Network pairs: wrn28_10, resnet50.")
 flags.DEFINE_integer("network_rounds", None, "Timed rounds per network pair (default: 7 for WRN, 9 for ResNet-50).")
 flags.DEFINE_float("layer_min_seconds", 6.0, "Seconds of timed rounds per layer shape (at least 5 rounds).")
@@ -56,7 +58,6 @@ NETWORKS = {
 # (filters, size, target ratio): bench_layer's shapes, then the WRN's.
 LAYER_SHAPES = [(256, 14, 1.15), (256, 28, 1.3), (256, 56, 2.5), (160, 32, 1.3), (320, 16, 1.15), (640, 8, 1.15)]
 MEMORY_SIZES = [(56, 1.25), (112, 1.25)]
-PARTS = ("networks", "layer", "memory")
 
 flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
                          message=f"--parts takes a comma-separated list of {', '.join(PARTS)}.")
