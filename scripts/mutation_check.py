@@ -237,6 +237,10 @@ MUTANTS = (
       ("tests/test_batch_norm.py", "-k", "mirrored")),
     M("trainer_re_estimates_over_one_batch", "training/trainer.py",
       "steps=-(-images // global_batch)", "steps=1", ("tests/test_batch_norm_training.py", "-k", "short_run")),
+    # benchmarks/speed_targets.py: each AA round's time over its twin's, not each side sorted.
+    M("speed_targets_rounds_sorted_apart", "benchmarks/speed_targets.py",
+      "zip(aa_rounds or [], twin_rounds or [])", "zip(sorted(aa_rounds or []), sorted(twin_rounds or []))",
+      ("tests/test_speed_targets.py",)),
 )  # fmt: skip
 
 

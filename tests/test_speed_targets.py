@@ -6,11 +6,17 @@ from benchmarks import speed_targets
 
 
 def test_round_ratios_pair_each_round_with_its_twin():
-    # Paired by round: 0.5, 1, 2, 4, 8. Sorting each side first would pair 1/1, 2/2, ...: all 1.
-    quartiles = speed_targets._round_ratios([1, 2, 4, 8, 16], [2, 2, 2, 2, 2])["round_ratios"]
-    assert quartiles == pytest.approx({"q1": 1.0, "median": 2.0, "q3": 4.0})
+    # Rounds 0.5, 4, 0.5; each side sorted first would pair 1/1, 2/2, 4/4 (all 1), as would the
+    # ratio of the medians (2 / 2).
+    paired = speed_targets._round_ratios([1, 4, 2], [2, 1, 4])["round_ratios"]
+    assert paired == pytest.approx({"q1": 0.5, "median": 0.5, "q3": 2.25})
     drifting = speed_targets._round_ratios([3, 6, 1.5], [1, 2, 0.5])["round_ratios"]  # the machine's speed moved
     assert drifting == pytest.approx({"q1": 3.0, "median": 3.0, "q3": 3.0})
+
+
+def test_round_ratios_quartiles():
+    quartiles = speed_targets._round_ratios([1, 2, 4, 8, 16], [2, 2, 2, 2, 2])["round_ratios"]
+    assert quartiles == pytest.approx({"q1": 1.0, "median": 2.0, "q3": 4.0})
 
 
 def test_round_ratios_need_two_rounds():
