@@ -102,10 +102,7 @@ def main():
                     q, k, v, rh, rw, out, stats, d_out, relative=True))
             grads[key] = [g.numpy() for g in f()]
             fns[key] = f
-        diffs = [float(np.max(np.abs(a - c))) for a, c in zip(grads["old"], grads["new"])]
-        scale = [float(np.max(np.abs(a))) for a in grads["old"]]
-        results[name] = {"op": args.op, "batch": b, **_interleaved(fns, args.rounds), "max_abs_diff": diffs,
-                         "max_abs": scale}
+        results[name] = {"op": args.op, "batch": b, **_interleaved(fns, args.rounds), **_differences(grads)}
         _report(name, results[name])
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
@@ -130,6 +127,13 @@ def _interleaved(fns, rounds):
     return {"old_ms": med["old"] * 1e3, "new_ms": med["new"] * 1e3, "ratio_old_over_new": med["old"] / med["new"],
             "old_cpu_ms": med_cpu["old"] * 1e3, "new_cpu_ms": med_cpu["new"] * 1e3,
             "cpu_ratio_old_over_new": med_cpu["old"] / med_cpu["new"]}
+
+
+def _differences(outputs):
+    """{"max_abs_diff", "max_abs"}: per output, the max abs difference of outputs["old"] and
+    outputs["new"] (lists of arrays), and the max abs value of the old one (its scale)."""
+    return {"max_abs_diff": [float(np.max(np.abs(a - c))) for a, c in zip(outputs["old"], outputs["new"])],
+            "max_abs": [float(np.max(np.abs(a))) for a in outputs["old"]]}
 
 
 def _report(name, row):
@@ -165,9 +169,7 @@ def _network(libs, batch, rounds):
             fns[key] = step
     finally:
         fa.library = library
-    row = {"op": "network", "batch": batch, **_interleaved(fns, rounds),
-           "max_abs_diff": [float(np.max(np.abs(a - c))) for a, c in zip(grads["old"], grads["new"])],
-           "max_abs": [float(np.max(np.abs(a))) for a in grads["old"]]}
+    row = {"op": "network", "batch": batch, **_interleaved(fns, rounds), **_differences(grads)}
     _report("wrn28_10", row)
     return row
 
