@@ -1,6 +1,12 @@
 """The fused CPU attention kernel: where it is used, and that it computes what the TensorFlow-op
 path computes (outputs and every gradient)."""
 
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -118,7 +124,7 @@ def _output_and_gradients(relative, fused, q, k, v, rel_height, rel_width):
 )
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["logits~1", "logits~100"])
 def test_kernel_matches_tensorflow_ops(relative, size, scale):
-    """Sizes below, at and above a multiple of the kernel's 16 lanes, one position, depth 1,
+    """Sizes below, at and above a multiple of the kernel's 8 or 16 lanes, one position, depth 1,
     depths above the kernel's 6-channel chunks (value depth 13: three chunks, the weights stored
     between them); logits ~100 (exp overflows float32 above 88) test the max subtraction."""
     inputs = _inputs(*size, scale=scale, seed=sum(size))
@@ -197,6 +203,28 @@ def test_kernel_compiles_without_warnings(monkeypatch, tmp_path, caplog):
     assert {"-Wall", "-Wextra"} <= set(command) and "-w" not in command
     assert fused_attention.build().exists()
     assert "warned" not in caplog.text
+
+
+def _has_avx512():
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " avx512f" in line for line in f)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"), reason="x86-64 Linux")
+def test_kernel_at_the_other_vector_width(monkeypatch, tmp_path, caplog):
+    """The kernel's vectors are 16 floats with AVX-512 and 8 without (AVX2): the build this CPU does
+    not make compiles without warnings too, and where this CPU can run it (an AVX-512 CPU, the
+    8-float build) it passes the small-depth parity tests in a process of its own."""
+    avx512 = _has_avx512()
+    flag = "-mno-avx512f" if avx512 else "-mavx512f"
+    monkeypatch.setenv(fused_attention.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(fused_attention.FLAGS_VARIABLE, flag)
+    assert fused_attention.build().exists()
+    assert "warned" not in caplog.text
+    if avx512:
+        tests = str(pathlib.Path(__file__).with_name("test_kernel_depths.py"))
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", tests], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -9,12 +9,12 @@ from test_fused_attention import _inputs, _output_and_gradients
 # (dkh, dvh): each chunk size of the kernel's depth loops alone (1 to 5), one full chunk and a
 # remainder (8 = 6 + 2, 13 = 6 + 6 + 1), and the AA-WRN-28-10's heads (dkh 20, dvh 2 / 8).
 DEPTHS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (8, 8), (13, 13), (20, 2), (3, 8)]
-# (height, width): 35 positions (not a multiple of the kernel's 16 lanes), a grid wider than 16,
-# and 90 positions: more than one block of the backward pass (64 rows at most), the last one of
-# 26 rows, which ends in 2 (not kRows = 4); 15 and 21 positions end in 3 and 1 rows (with the
-# 8-row groups of keys deeper than 6: in a group of 4 and then 3 or 1 rows); 16 wide, each vector
-# of keys is one grid row.
-GRIDS = [(5, 7), (3, 18), (9, 10), (3, 5), (3, 7), (2, 16)]
+# (height, width): 35 positions (not a multiple of the kernel's 16 or 8 lanes), a grid wider than
+# 16, and 90 positions: more than one block of the backward pass (64 rows at most), the last one
+# of 26 rows, which ends in 2 (not kRows = 4); 15 and 21 positions end in 3 and 1 rows (with the
+# 8-row groups of keys deeper than 6: in a group of 4 and then 3 or 1 rows); 16 and 8 wide, each
+# vector of keys is one grid row (with 16 and 8 lanes: AVX-512 and AVX2 builds).
+GRIDS = [(5, 7), (3, 18), (9, 10), (3, 5), (3, 7), (2, 16), (3, 8)]
 
 
 def _check(depths, grid, relative):

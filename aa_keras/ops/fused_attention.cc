@@ -51,9 +51,9 @@ using tensorflow::shape_inference::ShapeHandle;
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
 // Where the keys are deeper than one chunk (kChunk channels), query rows processed together by
-// the wide path: their logits in register tiles of kWideRows rows x 2 vectors of keys over the
-// whole depth (ProductTile; each loaded key vector used 8 times, not 4), the rest of their work
-// in two groups of kRows. Each path has its own copy of the ops' unit loops (WithGroupRows).
+// the wide path: their logits in register tiles of kWideRows rows x 2 vectors of keys (1 with 16
+// vector registers: AddTileProducts) over the whole depth (ProductTile; each loaded key vector
+// used 8 times, not 4), the rest of their work in two groups of kRows. Each path has its own copy of the ops' unit loops (WithGroupRows).
 constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
@@ -68,9 +68,20 @@ constexpr int kMaxBlock = 64;
 #define AA_BLOCK_BYTES (1024 * 1024)
 #endif
 constexpr int64_t kBlockBytes = AA_BLOCK_BYTES;
-// Floats per vector. Rows are padded to a multiple of it; padded logits are set to kPad, whose
-// weight is negligible (see Exp), and padded key and value columns are 0.
-constexpr int kLanes = 16;
+// Floats per vector: a register's with AVX-512 (32 of them), else 8, an AVX2 register's (16 of
+// them; other targets split a vector into their own registers). Rows are padded to a multiple of
+// it; padded logits are set to kPad, whose weight is negligible (see Exp), and padded key and
+// value columns are 0. The register tiles below are sized by kVectorRegisters: tiles made for
+// 32 registers spill on a 16-register target, where 16-float vectors made the kernel 4-12x
+// slower than these (see benchmarks/results/NOTES_backward.md, eleventh pass).
+#if defined(__AVX512F__)
+#define AA_LANES 16
+constexpr int kVectorRegisters = 32;
+#else
+#define AA_LANES 8
+constexpr int kVectorRegisters = 16;
+#endif
+constexpr int kLanes = AA_LANES;
 constexpr float kPad = -1e30f;
 
 // GCC/Clang vector extensions: the compiler maps them to the widest registers it has. Loads
@@ -91,6 +102,8 @@ inline Vec Splat(float x) { return Vec{} + x; }
 __attribute__((always_inline)) inline void LoadOnce(Vec& x) {
 #if defined(__GNUC__) && defined(__AVX512F__)
   asm("" : "+v"(x));
+#else
+  (void)x;
 #endif
 }
 
@@ -99,13 +112,16 @@ __attribute__((always_inline)) inline void LoadOnce(Vec& x) {
 // GCC 12+) the halves are register shuffles: GCC compiles the plain loop over a lane array to a
 // loop through the stack. Compilers without it (GCC before 12) build the plain loop.
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
-typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
-static_assert(kLanes == 16, "Sum halves 16 lanes down to 4, then adds those in the same order");
+typedef float Eight __attribute__((vector_size(8 * sizeof(float))));
+typedef float Four __attribute__((vector_size(4 * sizeof(float))));
 inline float Sum(Vec x) {
-  const Half h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+#if AA_LANES == 16
+  const Eight h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  const Eight h = x;
+#endif
+  const Four q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
 }
 #else
@@ -120,7 +136,11 @@ inline float Sum(Vec x) {
 
 // Lanes 0..count-1 of x, the others 0.
 inline Vec FirstLanes(Vec x, int64_t count) {
+#if AA_LANES == 16
   const IVec lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#else
+  const IVec lane = {0, 1, 2, 3, 4, 5, 6, 7};
+#endif
   return lane < static_cast<int32_t>(count) ? x : Vec{};
 }
 
@@ -149,18 +169,20 @@ alignas(64) constexpr float kExp2Sixteenths[16] = {
     0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
     0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
 
-// kExp2Sixteenths[i & 15] for each lane: one register permute (vpermps) with AVX-512.
+// kExp2Sixteenths[i & 15] for each lane: one register permute (vpermps) with AVX-512, two and
+// a blend with AVX2 (GCC).
 inline Vec Exp2Sixteenths(IVec i) {
-  static_assert(kLanes == 16, "one 16-float table vector");
-  const Vec table = Load(kExp2Sixteenths);
 #if defined(__clang__) && defined(__AVX512F__)
-  return (Vec)_mm512_permutexvar_ps((__m512i)i, (__m512)table);
+  return (Vec)_mm512_permutexvar_ps((__m512i)i, (__m512)Load(kExp2Sixteenths));
 #elif defined(__clang__)
   Vec out;
-  for (int lane = 0; lane < kLanes; ++lane) out[lane] = table[i[lane] & 15];
+  for (int lane = 0; lane < kLanes; ++lane) out[lane] = kExp2Sixteenths[i[lane] & 15];
   return out;
+#elif AA_LANES == 16
+  return __builtin_shuffle(Load(kExp2Sixteenths), i);  // GCC: indices modulo 16
 #else
-  return __builtin_shuffle(table, i);  // GCC: indices modulo 16
+  // GCC: indices modulo 16 into the two 8-float halves of the table.
+  return __builtin_shuffle(Load(kExp2Sixteenths), Load(kExp2Sixteenths + kLanes), i);
 #endif
 }
 
@@ -269,7 +291,7 @@ __attribute__((always_inline)) inline void ProductTile(float* const* rows, const
 
 template <int T>
 void AddTileProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
-  constexpr int kTile = 16 / T;  // vectors of columns per tile: T x kTile accumulators
+  constexpr int kTile = kVectorRegisters / 2 / T;  // vectors of columns per tile: T x kTile accumulators
   int64_t j = 0;
   for (; j + kTile * kLanes <= stride; j += kTile * kLanes) ProductTile<T, kTile>(rows, a, bt, depth, stride, j);
   for (; j < stride; j += kLanes) ProductTile<T, 1>(rows, a, bt, depth, stride, j);
@@ -337,7 +359,8 @@ __attribute__((always_inline)) inline void BlockTile(float* bt, const float* a, 
 // the key (value) gradients of a block of queries from their dS (P) rows and q (dO) rows.
 void BlockUpdate(float* bt, const float* a, int64_t a_step, const float* rows, int64_t row_step, int count,
                  int64_t depth, int64_t stride) {
-  constexpr int kTile = 4;  // vectors of columns per tile: 6 x 4 accumulators in registers
+  // Vectors of columns per tile: up to 6 x 4 accumulators in registers (6 x 2 with 16 registers).
+  constexpr int kTile = kVectorRegisters / 8;
   // Column tiles outside, depth chunks inside: a tile's count x kTile vectors of the block stay
   // in L1 across the depth chunks.
   auto tile = [&](auto vectors, int64_t j) {

@@ -9,7 +9,8 @@ and, with `"auto"` (the default), where such an op can run and be kept:
 - TensorFlow sees no GPU or TPU (the kernel is for CPU);
 - the graph is not being compiled by XLA (`jit_compile=True`);
 - the library compiles: on first use it is compiled with the C++ compiler (`$CXX`, default
-  `g++`) against the installed TensorFlow, for this CPU, into `$AA_KERAS_CACHE_DIR` (default
+  `g++`) against the installed TensorFlow, for this CPU (`-march=native`: 16-float vectors where
+  it has AVX-512, 8-float ones elsewhere), into `$AA_KERAS_CACHE_DIR` (default
   `~/.cache/aa_keras`), keyed by the source, the flags (extra ones from `AA_KERAS_CXXFLAGS`),
   the TensorFlow version and the CPU;
   `python -m aa_keras.ops` builds it ahead. If compiling fails, a warning says why and the
