@@ -14,6 +14,12 @@ counted; Conv2D: forward, input gradient and weight gradient, 3 x 2 x B H W 9 C 
 that also spends time on exponentials and softmax shows a lower rate than its arithmetic allows.
 The yardstick comes first: the rate of a 2048 x 2048 x 2048 float32 `tf.matmul`, the most
 multiply-adds per second this machine does (`profile_step` uses it for the kernel's floor).
+A second yardstick per shape, "library products": the same seven products (q k^T, p v; q k^T,
+dO v^T, dS k, dS^T q, p^T dO) as one `tf.matmul` each per head, at each head's full shape
+((N, dkh) x (dkh, N) and so on, N = size^2), for `LIBRARY_HEADS` heads in one `tf.function`
+(scaled to the shape's batch x heads) and each output reduced to one element, so that the
+(N, N) products stay in the caches instead of going to memory as an unfused attention's do: what
+the machine's matrix-product library takes for the kernel's products alone at its shapes.
 The JSON goes to `--output`.
 """
 
@@ -61,6 +67,39 @@ def matmul_function(size=2048):
     return tf.function(lambda: tf.matmul(a, b), autograph=False), 2 * size**3
 
 
+# Heads timed by the "library products" yardstick (the shape's batch x heads if fewer).
+LIBRARY_HEADS = 8
+
+
+def library_products(heads, positions, dkh, dvh):
+    """(tf.function, heads it covers): the fused ops' seven matrix products per head as
+    `tf.matmul`s, each output reduced to one element (see the module docstring)."""
+    seeds = iter(range(200, 300))
+    normal = lambda *shape: tf.random.normal(shape, seed=next(seeds))  # noqa: E731
+    heads = min(heads, LIBRARY_HEADS)
+    q, k = normal(heads, positions, dkh), normal(heads, positions, dkh)
+    v, d_out = normal(heads, positions, dvh), normal(heads, positions, dvh)
+    weights = normal(heads, positions, positions)  # p, and dS in the gradient's products
+
+    @tf.function(autograph=False)
+    def products():
+        corners = []
+        for h in range(heads):
+            outputs = (
+                tf.matmul(q[h], k[h], transpose_b=True),  # forward: logits
+                tf.matmul(weights[h], v[h]),  # forward: p v
+                tf.matmul(q[h], k[h], transpose_b=True),  # gradient: the logits again
+                tf.matmul(d_out[h], v[h], transpose_b=True),  # dP = dO v^T
+                tf.matmul(weights[h], k[h]),  # dQ = dS k
+                tf.matmul(weights[h], q[h], transpose_a=True),  # dK = dS^T q
+                tf.matmul(weights[h], d_out[h], transpose_a=True),  # dV = p^T dO
+            )
+            corners += [o[0, 0] for o in outputs]
+        return tf.add_n(corners)
+
+    return products, heads
+
+
 def _measure(fn, calls):
     """(wall ms, CPU ms) per call, after one warm-up call."""
     fn()
@@ -95,15 +134,25 @@ def _row(name, calls):
             loss = tf.reduce_sum(conv(x) * upstream)
         return tape.gradient(loss, [x, *conv.trainable_variables])
 
+    products, heads_timed = library_products(batch * heads, size * size, dkh, dvh)
     flops = attention_flops(batch, heads, size * size, dkh, dvh)
     flops["conv2d train step"] = 3 * 2 * batch * size * size * 9 * filters * filters
+    flops["library products"] = flops["fused forward"] + flops["fused gradient"]
     row = {"shape": name, "batch": batch, "size": size, "heads": heads, "dkh": dkh, "dvh": dvh, "filters": filters}
-    for part, fn in (("fused forward", forward), ("fused gradient", gradient), ("conv2d train step", conv_step)):
-        wall_ms, cpu_ms = _measure(fn, calls)
+    parts = (("fused forward", forward, 1), ("fused gradient", gradient, 1), ("conv2d train step", conv_step, 1),
+             ("library products", products, batch * heads / heads_timed))
+    for part, fn, scale in parts:
+        wall_ms, cpu_ms = (t * scale for t in _measure(fn, calls))
         row[part] = {"wall_ms": wall_ms, "cpu_ms": cpu_ms, "gflop": flops[part] / 1e9,
                      "gflop_per_cpu_s": flops[part] / 1e9 / (cpu_ms / 1e3)}
         print(f"{name:8s} {part:18s} wall {wall_ms:9.1f} ms  cpu {cpu_ms:9.1f} ms  "
               f"{row[part]['gflop_per_cpu_s']:6.1f} GFLOP/cpu-s", flush=True)
+    fused_ms = row["fused forward"]["cpu_ms"] + row["fused gradient"]["cpu_ms"]
+    row["fused / library products"] = fused_ms / row["library products"]["cpu_ms"]
+    row["library products / conv2d train step"] = (row["library products"]["cpu_ms"]
+                                                   / row["conv2d train step"]["cpu_ms"])
+    print(f"{name:8s} fused forward + gradient / library products {row['fused / library products']:.2f}, "
+          f"library products / Conv2D step {row['library products / conv2d train step']:.2f}", flush=True)
     return row
 
 

@@ -211,10 +211,13 @@ def _table(rows):
     return "\n".join(lines)
 
 
-def _cpu_model():
+def _cpu():
+    """(model name, the vector extensions the fused kernel's build depends on: avx512f, avx2)."""
     with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.machine()
+        lines = f.read().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return names[0] if names else platform.machine(), [f for f in ("avx512f", "avx2") if f in flags]
 
 
 def main(argv):
@@ -238,7 +241,7 @@ def main(argv):
         "command": "python -m benchmarks.speed_targets " + " ".join(filter(None, (
             FLAGS[n].serialize() for n in ("parts", "networks", "network_rounds", "layer_min_seconds",
                                            "memory_runs")))),
-        "machine": {"cpus": os.cpu_count(), "processor": _cpu_model(),
+        "machine": {"cpus": os.cpu_count(), "processor": _cpu()[0], "vector_extensions": _cpu()[1],
                     "load_average_at_end": [float(x) for x in load]},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
