@@ -53,7 +53,8 @@ constexpr int kRows = 4;
 // Where the keys are deeper than one chunk (kChunk channels), query rows processed together by
 // the wide path: their logits in register tiles of kWideRows rows x 2 vectors of keys (1 with 16
 // vector registers: AddTileProducts) over the whole depth (ProductTile; each loaded key vector
-// used 8 times, not 4), the rest of their work in two groups of kRows. Each path has its own copy of the ops' unit loops (WithGroupRows).
+// used 8 times, not 4), the rest of their work in two groups of kRows. Each path has its own
+// copy of the ops' unit loops (WithGroupRows).
 constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
