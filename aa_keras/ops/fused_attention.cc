@@ -614,7 +614,14 @@ void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws,
     row_max[t] = RowMax(rows[t], s.stride);
     out_rows[t] = out + (first + t) * s.heads * s.dv;
   }
-  if constexpr (T > kRows) {
+  // With 16 vector registers the weights-first product loop's 4 x 6 accumulators spill: there
+  // the rows go in pairs (forward op 1.1-1.2x at dv = 6 and 8 on AVX2; where the loop computes
+  // the weights, dv <= 4, pairs were slower).
+  const bool pairs = kVectorRegisters == 16 && T % 2 == 0 && s.dv > kWeightsInProductLoop;
+  if (pairs) {
+    for (int t0 = 0; t0 + 2 <= T; t0 += 2)
+      SoftmaxTimesValues<2>(rows + t0, row_max + t0, ws.vt.data(), s.dv, s.stride, inv_sum + t0, out_rows + t0);
+  } else if constexpr (T > kRows) {
     static_assert(T == 2 * kRows, "the wide path's rows in two groups of kRows");
     for (int t0 = 0; t0 < T; t0 += kRows)
       SoftmaxTimesValues<kRows>(rows + t0, row_max + t0, ws.vt.data(), s.dv, s.stride, inv_sum + t0, out_rows + t0);
