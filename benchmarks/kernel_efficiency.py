@@ -32,6 +32,8 @@ import time
 import keras
 import tensorflow as tf
 
+from benchmarks import speed_targets
+
 SHAPES = {  # name: (batch, size, heads, dkh, dvh, conv filters)
     "wrn32": (8, 32, 8, 20, 2, 160),
     "wrn16": (8, 16, 8, 20, 4, 320),
@@ -166,12 +168,11 @@ def main():
     matmul_rate = matmul_flops / 1e9 / (_measure(matmul, args.calls)[1] / 1e3)
     print(f"matmul 2048 x 2048 x 2048: {matmul_rate:6.1f} GFLOP/cpu-s", flush=True)
     rows = [_row(name, args.calls) for name in args.shapes.split(",")]
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    processor, vector_extensions = speed_targets._cpu()
     results = {
         "benchmark": "kernel_efficiency",
         "command": f"python -m benchmarks.kernel_efficiency --shapes={args.shapes} --calls={args.calls}",
-        "machine": {"cpus": os.cpu_count(), "processor": model},
+        "machine": {"cpus": os.cpu_count(), "processor": processor, "vector_extensions": vector_extensions},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "flops_counted": "2 per multiply-add of the matrix products (see the module docstring)",
         "matmul_gflop_per_cpu_s": matmul_rate,

@@ -205,17 +205,12 @@ def test_kernel_compiles_without_warnings(monkeypatch, tmp_path, caplog):
     assert "warned" not in caplog.text
 
 
-def _has_avx512():
-    with open("/proc/cpuinfo") as f:
-        return any(line.startswith("flags") and " avx512f" in line for line in f)
-
-
 @pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"), reason="x86-64 Linux")
 def test_kernel_at_the_other_vector_width(monkeypatch, tmp_path, caplog):
     """The kernel's vectors are 16 floats with AVX-512 and 8 without (AVX2): the build this CPU does
     not make compiles without warnings too, and where this CPU can run it (an AVX-512 CPU, the
     8-float build) it passes the small-depth parity tests in a process of its own."""
-    avx512 = _has_avx512()
+    avx512 = "avx512f" in fused_attention._cpu_description().split()
     flag = "-mno-avx512f" if avx512 else "-mavx512f"
     monkeypatch.setenv(fused_attention.CACHE_VARIABLE, str(tmp_path))
     monkeypatch.setenv(fused_attention.FLAGS_VARIABLE, flag)
