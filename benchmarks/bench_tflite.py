@@ -32,6 +32,7 @@ from ai_edge_litert.interpreter import Interpreter
 from aa_keras.applications import build_model
 from aa_keras.export import classification as export_classification
 from aa_keras.export import export, mobile_attention, model_source, parity, report, tflite
+from benchmarks import machine
 
 KINDS = (*export_classification.TFLITE_KINDS, "onnx")
 # The kinds that the exporter converts from `mobile_attention`'s graph, also written with the
@@ -257,19 +258,10 @@ def versions():
     } | {
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpu": cpu_model(),
+        "cpu": machine.cpu()[0],
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
 
 
 def main(argv=None):

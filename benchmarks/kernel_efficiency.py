@@ -32,7 +32,7 @@ import time
 import keras
 import tensorflow as tf
 
-from benchmarks import speed_targets
+from benchmarks import machine
 
 SHAPES = {  # name: (batch, size, heads, dkh, dvh, conv filters)
     "wrn32": (8, 32, 8, 20, 2, 160),
@@ -168,7 +168,7 @@ def main():
     matmul_rate = matmul_flops / 1e9 / (_measure(matmul, args.calls)[1] / 1e3)
     print(f"matmul 2048 x 2048 x 2048: {matmul_rate:6.1f} GFLOP/cpu-s", flush=True)
     rows = [_row(name, args.calls) for name in args.shapes.split(",")]
-    processor, vector_extensions = speed_targets._cpu()
+    processor, vector_extensions = machine.cpu()
     results = {
         "benchmark": "kernel_efficiency",
         "command": f"python -m benchmarks.kernel_efficiency --shapes={args.shapes} --calls={args.calls}",

@@ -31,13 +31,14 @@ run. The JSON goes to `--output`.
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
+
+from benchmarks import machine
 
 PARTS = ("networks", "layer", "memory")
 
@@ -211,15 +212,6 @@ def _table(rows):
     return "\n".join(lines)
 
 
-def _cpu():
-    """(model name, the vector extensions the fused kernel's build depends on: avx512f, avx2)."""
-    with open("/proc/cpuinfo") as f:
-        lines = f.read().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return names[0] if names else platform.machine(), [f for f in ("avx512f", "avx2") if f in flags]
-
-
 def main(argv):
     del argv
     if FLAGS.worker:
@@ -234,7 +226,7 @@ def main(argv):
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     revision = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
-    processor, vector_extensions = _cpu()
+    processor, vector_extensions = machine.cpu()
     results = {
         "benchmark": "speed_targets",
         "revision": revision.strip(),

@@ -1,0 +1,16 @@
+"""The CPU a benchmark ran on, for its JSON record (no flags, no TensorFlow: any benchmark may
+import it)."""
+
+import platform
+
+
+def cpu():
+    """(model name, the vector extensions the fused kernel's build depends on: avx512f, avx2)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return names[0] if names else platform.machine(), [f for f in ("avx512f", "avx2") if f in flags]
