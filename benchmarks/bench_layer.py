@@ -23,12 +23,13 @@ figures to compare: the machine may be shared.
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
+
+from benchmarks import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["7", "14", "28", "56"], "Spatial sizes for the timings.")
@@ -245,7 +246,7 @@ def main(argv):
         return
     results = {
         "config": {name: FLAGS[name].value for name in _WORKER_FLAGS},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine.record(),
         "time": {},
         "memory": {},
     }

@@ -26,7 +26,6 @@ The JSON goes to `--output`.
 import argparse
 import datetime
 import json
-import os
 import time
 
 import keras
@@ -168,11 +167,10 @@ def main():
     matmul_rate = matmul_flops / 1e9 / (_measure(matmul, args.calls)[1] / 1e3)
     print(f"matmul 2048 x 2048 x 2048: {matmul_rate:6.1f} GFLOP/cpu-s", flush=True)
     rows = [_row(name, args.calls) for name in args.shapes.split(",")]
-    processor, vector_extensions = machine.cpu()
     results = {
         "benchmark": "kernel_efficiency",
         "command": f"python -m benchmarks.kernel_efficiency --shapes={args.shapes} --calls={args.calls}",
-        "machine": {"cpus": os.cpu_count(), "processor": processor, "vector_extensions": vector_extensions},
+        "machine": machine.record(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "flops_counted": "2 per multiply-add of the matrix products (see the module docstring)",
         "matmul_gflop_per_cpu_s": matmul_rate,

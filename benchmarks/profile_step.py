@@ -59,13 +59,12 @@ The JSON goes to `--output`.
 
 import functools
 import json
-import os
-import platform
 import time
 
 from absl import app, flags, logging
 
 from aa_keras.programs import files
+from benchmarks import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "Batch size (the paper's CIFAR shape: 32x32 images).")
@@ -493,7 +492,7 @@ def main(argv):
     results = {
         "config": {name: FLAGS[name].value for name in ("batch", "image_size", "depth", "width", "pair", "paths",
                                                         "rounds", "warmup", "layer_shapes")},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine.record(),
         **_profile(),
     }
     table = _table(results)

@@ -226,7 +226,6 @@ def main(argv):
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     revision = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
-    processor, vector_extensions = machine.cpu()
     results = {
         "benchmark": "speed_targets",
         "revision": revision.strip(),
@@ -234,8 +233,7 @@ def main(argv):
         "command": "python -m benchmarks.speed_targets " + " ".join(filter(None, (
             FLAGS[n].serialize() for n in ("parts", "networks", "network_rounds", "layer_min_seconds",
                                            "memory_runs")))),
-        "machine": {"cpus": os.cpu_count(), "processor": processor, "vector_extensions": vector_extensions,
-                    "load_average_at_end": [float(x) for x in load]},
+        "machine": {**machine.record(), "load_average_at_end": [float(x) for x in load]},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
     }
