@@ -96,13 +96,17 @@ inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{} + x; }
 
-// Keeps a loaded vector in a register. GCC 12 (AVX-512) folds a vector's load into each
-// multiply-add that uses it, as a memory operand: a vector used by T rows is then loaded T times.
-// An empty asm that takes x in a register makes it load x once; the arithmetic is unchanged.
-// Other compilers and targets: nothing. Where it pays is measured per loop (see its callers).
+// Keeps a loaded vector in a register. GCC 12 folds a vector's load into each multiply-add that
+// uses it, as a memory operand: a vector used by T rows is then loaded T times. An empty asm
+// that takes x in a register makes it load x once; the arithmetic is unchanged. Where it pays
+// was measured per loop with AVX-512 (see its callers); AVX2 builds apply it at the same loops
+// (forward and gradient ops 0.91-1.22x, most shapes faster: benchmarks/results/NOTES_backward.md,
+// twelfth pass). Other compilers and targets: nothing.
 __attribute__((always_inline)) inline void LoadOnce(Vec& x) {
 #if defined(__GNUC__) && defined(__AVX512F__)
   asm("" : "+v"(x));
+#elif defined(__GNUC__) && defined(__AVX2__)
+  asm("" : "+x"(x));
 #else
   (void)x;
 #endif
