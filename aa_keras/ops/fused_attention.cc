@@ -100,7 +100,8 @@ inline Vec Splat(float x) { return Vec{} + x; }
 // uses it, as a memory operand: a vector used by T rows is then loaded T times. An empty asm
 // that takes x in a register makes it load x once; the arithmetic is unchanged. Where it pays
 // was measured per loop with AVX-512 (see its callers); AVX2 builds apply it at the same loops
-// (forward and gradient ops 0.91-1.22x, most shapes faster: benchmarks/results/NOTES_backward.md,
+// (forward and gradient ops, three runs: 0.94-1.25x at dk = dv = 4 and 6 on 28x28 to 56x56
+// grids, 17 of 18 figures at or above 1; 0.90-1.18x at the other shapes: NOTES_backward.md,
 // twelfth pass). Other compilers and targets: nothing.
 __attribute__((always_inline)) inline void LoadOnce(Vec& x) {
 #if defined(__GNUC__) && defined(__AVX512F__)
