@@ -714,7 +714,8 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
     for (int t = 0; t < T; ++t) Store(d_logits[t] + j, p[t] * (dp[t] - row_dot[t]));
   }
   // With 16 vector registers RowDots' 4 x D accumulators, 4 row vectors and a key vector do not
-  // fit from D = 3 on: there the rows go in pairs (gradient op 1.05-1.15x on AVX2, bit-identical).
+  // fit from D = 3 on: there the rows go in pairs (bit-identical; gradient op on AVX2, two runs:
+  // 0.95-1.31x, 15 of 18 figures 1.04 or more: NOTES_backward.md, twelfth pass).
   if (kVectorRegisters == 16 && T % 2 == 0 && s.dk > 2) {
     for (int t0 = 0; t0 < T; t0 += 2) RowDots<2>(d_logits + t0, ws.kt.data(), s.dk, s.stride, d_q_rows + t0);
   } else if constexpr (T > kRows) {
