@@ -15,6 +15,7 @@ import tensorflow as tf
 from aa_keras.layers import AttentionAugmentation2D, attention_layers, use_attention_implementation
 from aa_keras.layers.attention import multi_head_attention_2d
 from aa_keras.ops import fused_attention
+from benchmarks import machine
 
 
 def test_kernel_builds_and_applies_on_this_cpu():
@@ -210,7 +211,7 @@ def test_kernel_at_the_other_vector_width(monkeypatch, tmp_path, caplog):
     """The kernel's vectors are 16 floats with AVX-512 and 8 without (AVX2): the build this CPU does
     not make compiles without warnings too, and where this CPU can run it (an AVX-512 CPU, the
     8-float build) it passes the small-depth parity tests in a process of its own."""
-    avx512 = "avx512f" in fused_attention._cpu_description().split()
+    avx512 = "avx512f" in machine.cpu()[1]
     flag = "-mno-avx512f" if avx512 else "-mavx512f"
     monkeypatch.setenv(fused_attention.CACHE_VARIABLE, str(tmp_path))
     monkeypatch.setenv(fused_attention.FLAGS_VARIABLE, flag)
