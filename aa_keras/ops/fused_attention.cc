@@ -569,8 +569,10 @@ void SoftmaxTimesValues(float* const* rows, const float* row_max, const float* v
                         float* inv_sum, float* const* out) {
   // The chunk loop is compiled once per case (compute_weights: std::true_type or false_type).
   // With the case a runtime flag, the loop where the weights are loaded was allocated registers
-  // beside the exponential's constants: with 16 vector registers GCC kept 6 of its 12
-  // accumulators (T = 2, D = 6) on the stack (forward op 1.07-1.12x at dv = 6 on AVX2).
+  // beside the exponential's constants, and GCC kept accumulators on the stack at D = 6: 6 of 12
+  // with 16 vector registers (T = 2), 2 of 24 with 32 (T = 4). Forward op on AVX2: 1.12-1.17x
+  // at 28x28, 56x56 and the 160-channel layer's shape, 0.92-1.09x at the others (two runs;
+  // NOTES_backward.md, thirteenth pass).
   auto chunks = [&](auto compute_weights) __attribute__((always_inline)) {
     ForEachDepthChunk(depth, [&](auto chunk, int64_t first) __attribute__((always_inline)) {
       constexpr int D = decltype(chunk)::value;
