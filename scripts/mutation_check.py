@@ -187,7 +187,7 @@ MUTANTS = (
       ("tests/test_training.py", "-k", "small_networks_match")),
     # aa_keras/ops: the fused kernel (compiled anew for the mutated source).
     M("kernel_weights_first_not_summed", "aa_keras/ops/fused_attention.cc",
-      "        sum[t] += p;\n        Store(rows[t] + j, p);", "        Store(rows[t] + j, p);",
+      "      sum[t] += p;\n      Store(rows[t] + j, p);", "      Store(rows[t] + j, p);",
       ("tests/test_kernel_depths.py",)),
     M("kernel_value_chunks_all_first", "aa_keras/ops/fused_attention.cc",
       "const float* b = vt + first * stride;", "const float* b = vt;", ("tests/test_kernel_depths.py",)),
