@@ -147,14 +147,22 @@ def test_ctrl_c_on_the_command_line_is_one_line(color_folder, tmp_path):
         sys.executable, "-m", "aa_keras.training.train", "--model=conv_small", f"--dataset={color_folder}",
         f"--model_dir={tmp_path}", "--epochs=50", "--batch_size=16", "--checkpoint_steps=2",
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: a run still going 120 s after Ctrl-C is stopped with SIGABRT, which
+    # makes it print every thread's Python stack; the failure then shows where it was.
+    environment = dict(os.environ, PYTHONFAULTHANDLER="1")
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = tmp_path / "conv_small" / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None and not tf.train.latest_checkpoint(str(checkpoints)):
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the run went on for 120 s after Ctrl-C; its stacks and stderr:\n{stderr[-6000:]}")
     assert process.returncode == 1
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
