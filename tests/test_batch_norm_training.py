@@ -143,14 +143,22 @@ def test_a_failed_checkpoint_save_leaves_no_partial_files(color_folder, tmp_path
 
 
 def test_ctrl_c_on_the_command_line_is_one_line(color_folder, tmp_path):
-    command = [
-        sys.executable, "-m", "aa_keras.training.train", "--model=conv_small", f"--dataset={color_folder}",
-        f"--model_dir={tmp_path}", "--epochs=50", "--batch_size=16", "--checkpoint_steps=2",
+    arguments = [
+        "--model=conv_small", f"--dataset={color_folder}", f"--model_dir={tmp_path}", "--epochs=50",
+        "--batch_size=16", "--checkpoint_steps=2",
     ]  # fmt: skip
-    # PYTHONFAULTHANDLER: a run still going 120 s after Ctrl-C is stopped with SIGABRT, which
-    # makes it print every thread's Python stack; the failure then shows where it was.
+    # The run starts as from a shell: Ctrl-C unblocked and handled by Python, whatever this test
+    # process inherited or was left with (a child keeps an ignored or blocked SIGINT across exec).
+    # PYTHONFAULTHANDLER: a run still going 120 s after Ctrl-C is stopped with SIGABRT, which makes
+    # it print every thread's Python stack; the failure then shows where it was.
+    start = (
+        "import runpy, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['train'] + {arguments!r}; runpy.run_module('aa_keras.training.train', run_name='__main__')"
+    )
     environment = dict(os.environ, PYTHONFAULTHANDLER="1")
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", start], cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     checkpoints = tmp_path / "conv_small" / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None and not tf.train.latest_checkpoint(str(checkpoints)):
@@ -160,9 +168,12 @@ def test_ctrl_c_on_the_command_line_is_one_line(color_folder, tmp_path):
     try:
         _, stderr = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
+        with open(f"/proc/{process.pid}/status") as status:
+            signals = [line.strip() for line in status if line.startswith("Sig")]
         process.send_signal(signal.SIGABRT)
-        _, stderr = process.communicate(timeout=60)
-        pytest.fail(f"the run went on for 120 s after Ctrl-C; its stacks and stderr:\n{stderr[-6000:]}")
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the run went on for 120 s after Ctrl-C; its signal state {signals}, the end of its output "
+                    f"{stdout[-1500:]!r}, its stacks and stderr:\n{stderr[:3000]}\n...\n{stderr[-6000:]}")  # fmt: skip
     assert process.returncode == 1
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
