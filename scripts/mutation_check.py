@@ -271,16 +271,24 @@ def fresh_copy(files, copy):
         os.symlink(os.path.join("..", folder), os.path.join(copy, link))
 
 
+def original_count(mutant, root):
+    """How many times `mutant`'s original text occurs in its file under `root` (0 without the
+    file): a mutant applies where it is 1, and is "stale" elsewhere."""
+    path = os.path.join(root, mutant.path)
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return f.read().count(mutant.original)
+
+
 def apply(mutant, copy):
     """Plants `mutant` in `copy`; False (and nothing changed) when its original text does not
     occur exactly once."""
-    path = os.path.join(copy, mutant.path)
-    if not os.path.isfile(path):
+    if original_count(mutant, copy) != 1:
         return False
+    path = os.path.join(copy, mutant.path)
     with open(path) as f:
         text = f.read()
-    if text.count(mutant.original) != 1:
-        return False
     with open(path, "w") as f:
         f.write(text.replace(mutant.original, mutant.replacement))
     return True
