@@ -847,6 +847,45 @@ void LoadKeysAndValues(const Sizes& s, const Unit& unit, Workspace& ws) {
   Transpose(unit.v, s.n, s.dv, s.heads * s.dv, s.stride, ws.vt.data());
 }
 
+// The forward op for one unit, its rows in groups of G: out and stats point at the unit's first
+// output row and its (n, 2) statistics.
+template <int G>
+void ForwardUnit(const Sizes& s, const Unit& unit, Workspace& ws, float* out, float* stats) {
+  LoadKeysAndValues(s, unit, ws);
+  ForEachRowBlock<G>(s.n, [&](auto rows_in_block, int64_t first) {
+    ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, out, stats);
+  });
+}
+
+// The gradient op for one unit, its rows in groups of G: out, d_out, d_q, d_k and d_v point at
+// the unit's first row, stats at its (n, 2) statistics; d_tables_t receives the unit's
+// table_gradient_size() floats of transposed table gradients.
+template <int G>
+void BackwardUnit(const Sizes& s, const Unit& unit, const float* out, const float* stats, const float* d_out,
+                  Workspace& ws, float* d_q, float* d_k, float* d_v, float* d_tables_t) {
+  LoadKeysAndValues(s, unit, ws);
+  std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
+  std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
+  std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
+  for (int64_t block = 0; block < s.n; block += ws.block_rows) {
+    const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
+    ForEachRowBlock<G>(count, [&](auto rows_in_block, int64_t slot) {
+      BackwardRows<decltype(rows_in_block)::value>(s, unit, out, stats, d_out, block + slot, static_cast<int>(slot),
+                                                   ws, d_q);
+    });
+    BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
+                ws.row_capacity, count, s.dk, s.stride);
+    // Groups of kWideRows rows have added their value gradients (BackwardRows).
+    const int summed = G > kRows ? count / G * G : 0;
+    if (G == kRows || summed < count)
+      BlockUpdate(ws.d_vt.data(), d_out + (block + summed) * s.heads * s.dv, s.heads * s.dv, ws.BlockP(summed),
+                  ws.row_capacity, count - summed, s.dv, s.stride);
+  }
+  TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk, d_k);
+  TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv, d_v);
+  std::copy_n(ws.d_tables_t.begin(), s.table_gradient_size(), d_tables_t);
+}
+
 void ShardUnits(OpKernelContext* context, const Sizes& s, const std::function<void(int64_t, int64_t)>& work) {
   const auto& pool = *context->device()->tensorflow_cpu_worker_threads();
   const int64_t cost = s.n * s.n * (s.dk + s.dv + 8);
@@ -890,13 +929,8 @@ class FusedAttentionOp : public AttentionOpBase {
       ShardUnits(context, s, [&](int64_t begin, int64_t end) {
         Workspace ws(s, /*backward=*/false);
         for (int64_t u = begin; u < end; ++u) {
-          const Unit unit = UnitInputs(s, u, context, tables_t);
-          LoadKeysAndValues(s, unit, ws);
-          float* unit_out = out_data + s.ValueOffset(u);
-          float* unit_stats = stats_data + u * s.n * 2;
-          ForEachRowBlock<decltype(group)::value>(s.n, [&](auto rows_in_block, int64_t first) {
-            ForwardRows<decltype(rows_in_block)::value>(s, unit, first, ws, unit_out, unit_stats);
-          });
+          ForwardUnit<decltype(group)::value>(s, UnitInputs(s, u, context, tables_t), ws,
+                                              out_data + s.ValueOffset(u), stats_data + u * s.n * 2);
         }
       });
     });
@@ -936,35 +970,11 @@ class FusedAttentionGradOp : public AttentionOpBase {
       ShardUnits(context, s, [&](int64_t begin, int64_t end) {
         Workspace ws(s, /*backward=*/true);
         for (int64_t u = begin; u < end; ++u) {
-          const Unit unit = UnitInputs(s, u, context, tables_t);
-          LoadKeysAndValues(s, unit, ws);
-          std::fill(ws.d_kt.begin(), ws.d_kt.end(), 0.0f);
-          std::fill(ws.d_vt.begin(), ws.d_vt.end(), 0.0f);
-          std::fill(ws.d_tables_t.begin(), ws.d_tables_t.end(), 0.0f);
-          const float* unit_out = out.flat<float>().data() + s.ValueOffset(u);
-          const float* unit_stats = stats.flat<float>().data() + u * s.n * 2;
-          const float* unit_d_out = d_out.flat<float>().data() + s.ValueOffset(u);
-          float* unit_d_q = d_q->flat<float>().data() + s.KeyOffset(u);
-          for (int64_t block = 0; block < s.n; block += ws.block_rows) {
-            const int count = static_cast<int>(std::min<int64_t>(ws.block_rows, s.n - block));
-            ForEachRowBlock<decltype(group)::value>(count, [&](auto rows_in_block, int64_t slot) {
-              BackwardRows<decltype(rows_in_block)::value>(s, unit, unit_out, unit_stats, unit_d_out, block + slot,
-                                                           static_cast<int>(slot), ws, unit_d_q);
-            });
-            BlockUpdate(ws.d_kt.data(), unit.q + block * s.heads * s.dk, s.heads * s.dk, ws.block_ds.data(),
-                        ws.row_capacity, count, s.dk, s.stride);
-            // Groups of kWideRows rows have added their value gradients (BackwardRows).
-            constexpr int G = decltype(group)::value;
-            const int summed = G > kRows ? count / G * G : 0;
-            if (G == kRows || summed < count)
-              BlockUpdate(ws.d_vt.data(), unit_d_out + (block + summed) * s.heads * s.dv, s.heads * s.dv,
-                          ws.BlockP(summed), ws.row_capacity, count - summed, s.dv, s.stride);
-          }
-          TransposeBack(ws.d_kt.data(), s.n, s.dk, s.stride, s.heads * s.dk,
-                        d_k->flat<float>().data() + s.KeyOffset(u));
-          TransposeBack(ws.d_vt.data(), s.n, s.dv, s.stride, s.heads * s.dv,
-                        d_v->flat<float>().data() + s.ValueOffset(u));
-          std::copy_n(ws.d_tables_t.begin(), table_size, unit_d_tables.flat<float>().data() + u * table_size);
+          BackwardUnit<decltype(group)::value>(
+              s, UnitInputs(s, u, context, tables_t), out.flat<float>().data() + s.ValueOffset(u),
+              stats.flat<float>().data() + u * s.n * 2, d_out.flat<float>().data() + s.ValueOffset(u), ws,
+              d_q->flat<float>().data() + s.KeyOffset(u), d_k->flat<float>().data() + s.KeyOffset(u),
+              d_v->flat<float>().data() + s.ValueOffset(u), unit_d_tables.flat<float>().data() + u * table_size);
         }
       });
     });
