@@ -118,15 +118,19 @@ __attribute__((always_inline)) inline void LoadOnce(Vec& x) {
 // GCC 12+) the halves are register shuffles: GCC compiles the plain loop over a lane array to a
 // loop through the stack. Compilers without it (GCC before 12) build the plain loop.
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define AA_SHUFFLES 1
 typedef float Eight __attribute__((vector_size(8 * sizeof(float))));
 typedef float Four __attribute__((vector_size(4 * sizeof(float))));
-inline float Sum(Vec x) {
+// The sum's first step down to 8 lanes (none with 8-lane vectors).
+inline Eight EightLanes(Vec x) {
 #if AA_LANES == 16
-  const Eight h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
 #else
-  const Eight h = x;
+  return x;
 #endif
+}
+inline float Sum(Vec x) {
+  const Eight h = EightLanes(x);
   const Four q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
 }
@@ -139,6 +143,38 @@ inline float Sum(Vec x) {
   return lanes[0];
 }
 #endif
+
+// out[r] = Sum(x[r]) for r < R, with Sum's additions in Sum's order (bit-identical). For R = 8
+// with shuffles: the 8 sums together, in whole vectors (each of Sum's three steps for all rows
+// in 2 shuffles and an addition per pair of vectors: 21 operations and a store with 8-float
+// vectors, where 8 Sums take 64 and 8 stores).
+template <int R>
+__attribute__((always_inline)) inline void Sums(const Vec* x, float* out) {
+#if defined(AA_SHUFFLES)
+  if constexpr (R == 8) {
+    // Rows r and r + 4 share a vector: [lanes 0-3 of row r's halves summed | row r + 4's].
+    Eight pairs[4];
+    for (int r = 0; r < 4; ++r) {
+      const Eight a = EightLanes(x[r]), b = EightLanes(x[r + 4]);
+      pairs[r] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+                 __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+    // Each 4-lane group's q[0] + q[2] and q[1] + q[3], for rows (0, 1 | 4, 5) and (2, 3 | 6, 7).
+    Eight quads[2];
+    for (int i = 0; i < 2; ++i) {
+      const Eight a = pairs[2 * i], b = pairs[2 * i + 1];
+      quads[i] = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13) +
+                 __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    // (q[0] + q[2]) + (q[1] + q[3]): rows 0-7 in order.
+    const Eight sums = __builtin_shufflevector(quads[0], quads[1], 0, 2, 8, 10, 4, 6, 12, 14) +
+                       __builtin_shufflevector(quads[0], quads[1], 1, 3, 9, 11, 5, 7, 13, 15);
+    std::memcpy(out, &sums, sizeof(sums));
+    return;
+  }
+#endif
+  for (int r = 0; r < R; ++r) out[r] = Sum(x[r]);
+}
 
 // Lanes 0..count-1 of x, the others 0.
 inline Vec FirstLanes(Vec x, int64_t count) {
@@ -653,25 +689,34 @@ void ForwardRows(const Sizes& s, const Unit& unit, int64_t first, Workspace& ws,
 
 // The relative-logit gradients of one query from its dS row: sums over each grid row into
 // d_rel_h, over each grid column into d_rel_w (Padded(H) and Padded(W) floats, zeros past H
-// and W). The last vector of a grid row is cut to the row's end. Each column vector is summed
-// in a register over all grid rows (a sum kept in memory would wait on its own last store).
+// and W). The last vector of a grid row is cut to the row's end. One pass, in blocks of 8 grid
+// rows (then 4, 2, 1): each vector of the row is added to its grid row's sum (in a register; a
+// block's sums reduced together by Sums) and to its column's sum, which is read and written
+// once per block (a sum kept in memory and updated every row would wait on its own last
+// store). The additions are those of one pass per sum, in the same order.
 void RelativeLogitGradients(const Sizes& s, const float* ds, float* d_rel_h, float* d_rel_w) {
   const int64_t last = (s.width - 1) / kLanes * kLanes;
-  auto part = [&](int64_t y, int64_t x) {
-    const Vec v = Load(ds + y * s.width + x);
-    return x == last ? FirstLanes(v, s.width - last) : v;
+  auto rows = [&](auto count, int64_t y0) __attribute__((always_inline)) {
+    constexpr int R = decltype(count)::value;
+    Vec row_sum[R] = {};
+    for (int64_t x = 0; x < s.width; x += kLanes) {
+      Vec column_sum = y0 == 0 ? Vec{} : Load(d_rel_w + x);
+      for (int r = 0; r < R; ++r) {
+        Vec v = Load(ds + (y0 + r) * s.width + x);
+        if (x == last) v = FirstLanes(v, s.width - last);
+        row_sum[r] += v;
+        column_sum += v;
+      }
+      Store(d_rel_w + x, column_sum);
+    }
+    Sums<R>(row_sum, d_rel_h + y0);
   };
-  for (int64_t x = 0; x < s.width; x += kLanes) {
-    Vec column_sum = {};
-    for (int64_t y = 0; y < s.height; ++y) column_sum += part(y, x);
-    Store(d_rel_w + x, column_sum);
-  }
-  std::fill(d_rel_h, d_rel_h + Padded(s.height), 0.0f);
-  for (int64_t y = 0; y < s.height; ++y) {
-    Vec row_sum = {};
-    for (int64_t x = 0; x < s.width; x += kLanes) row_sum += part(y, x);
-    d_rel_h[y] = Sum(row_sum);
-  }
+  int64_t y = 0;
+  for (; y + 8 <= s.height; y += 8) rows(std::integral_constant<int, 8>(), y);
+  if (y + 4 <= s.height) rows(std::integral_constant<int, 4>(), y), y += 4;
+  if (y + 2 <= s.height) rows(std::integral_constant<int, 2>(), y), y += 2;
+  if (y < s.height) rows(std::integral_constant<int, 1>(), y);
+  std::fill(d_rel_h + s.height, d_rel_h + Padded(s.height), 0.0f);
 }
 
 template <int T>
