@@ -14,8 +14,9 @@ outside TensorFlow's runtime, is compiled with the kernel's own flags, then:
 - run under Valgrind's cachegrind (instructions counted exactly; caches simulated with this
   machine's L1 data cache and its L2 as the last level): with one call and with two, the
   difference being one call's own counts, per function (inlined code counts in the function it
-  is inlined into). From these: instructions per logit, instructions per cycle (IPC), loads and
-  stores per logit, and L1 and L2 misses per thousand logits.
+  is inlined into). From these: instructions per logit, instructions per cycle (IPC), and L1
+  and L2 misses per thousand logits. (Cachegrind's counts of data reads are left out: it counts
+  some vector instructions' memory operands as several reads.)
 
 An IPC near what the core sustains for vector code says the instruction count bounds the kernel;
 a low IPC with few misses says dependency chains do; many L2 misses say memory does. Needs
@@ -51,7 +52,7 @@ def compile_harness(output):
     subprocess.run(command, check=True)
 
 
-def _run(command):
+def run_harness(command):
     """The JSON line the harness printed last."""
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -62,7 +63,9 @@ def _cache_bytes(level, kind):
     for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         read = lambda name: (index / name).read_text().strip()  # noqa: E731
         if read("level") == str(level) and read("type") == kind:
-            return int(read("size").rstrip("K")) * 1024, int(read("coherency_line_size")), int(read("ways_of_associativity"))
+            size = read("size")
+            scale = {"K": 1024, "M": 1024 * 1024}.get(size[-1], 1)
+            return int(size.rstrip("KM")) * scale, int(read("coherency_line_size")), int(read("ways_of_associativity"))
     return None
 
 
@@ -76,8 +79,14 @@ def _cachegrind_counts(command, workdir):
             caches.append(f"{flag}={found[0]},{found[2]},{found[1]}")
     subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", *caches, f"--cachegrind-out-file={out}",
                     *command], check=True, capture_output=True, text=True)
+    return parse_cachegrind(pathlib.Path(out).read_text())
+
+
+def parse_cachegrind(text):
+    """{function: Counter of events} from a cachegrind output file's text (its "events:" line,
+    "fn=" lines and "line count count ..." lines)."""
     events, counts, function = [], collections.defaultdict(collections.Counter), None
-    for line in pathlib.Path(out).read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("events:"):
             events = line.split()[1:]
         elif line.startswith("fn="):
@@ -104,7 +113,7 @@ def one_call_counts(binary, op, shape_args, workdir):
 def measure(binary, name, op, units, calls, cycles_per_second, workdir):
     """One row: the op at shape `name`, natively and under cachegrind."""
     _, _, size, _, heads, dkh, dvh = next(s for s in SHAPES if s[0] == name)
-    timed = _run([binary, op, str(size), str(dkh), str(dvh), str(units), str(calls)])
+    timed = run_harness([binary, op, str(size), str(dkh), str(dvh), str(units), str(calls)])
     counted = one_call_counts(binary, op, [str(size), str(dkh), str(dvh), str(units)], workdir)
     logits = units * (size * size) ** 2
     total = sum(counted.values(), collections.Counter())
@@ -118,7 +127,6 @@ def measure(binary, name, op, units, calls, cycles_per_second, workdir):
         "shape": name, "op": op, "size": size, "heads": heads, "dkh": dkh, "dvh": dvh,
         "ns_per_logit": ns, "cycles_per_logit": cycles,
         "instructions_per_logit": per_logit("Ir"), "ipc": per_logit("Ir") / cycles,
-        "loads_per_logit": per_logit("Dr"), "stores_per_logit": per_logit("Dw"),
         "l1_misses_per_1000_logits": 1000 * (per_logit("D1mr") + per_logit("D1mw")),
         "l2_misses_per_1000_logits": 1000 * (per_logit("DLmr") + per_logit("DLmw")),
         "instructions_per_logit_by_function": {f: round(v, 3) for f, v in functions.most_common() if v >= 0.05},
@@ -139,7 +147,7 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         binary = os.path.join(workdir, "kernel_harness")
         compile_harness(binary)
-        cycles_per_second = _run([binary, "clock"])["cycles_per_second"]
+        cycles_per_second = run_harness([binary, "clock"])["cycles_per_second"]
         print(f"clock: {cycles_per_second / 1e9:.2f} GHz", flush=True)
         rows = []
         for name in names:
@@ -148,8 +156,7 @@ def main():
                 rows.append(row)
                 top = ", ".join(f"{f} {v:.2f}" for f, v in list(row["instructions_per_logit_by_function"].items())[:4])
                 print(f"{name:10s} {op:8s} {row['ns_per_logit']:6.3f} ns {row['cycles_per_logit']:6.2f} cycles "
-                      f"{row['instructions_per_logit']:6.2f} instructions (IPC {row['ipc']:.2f}) per logit; "
-                      f"loads {row['loads_per_logit']:.2f}, stores {row['stores_per_logit']:.2f}; misses per 1000: "
+                      f"{row['instructions_per_logit']:6.2f} instructions (IPC {row['ipc']:.2f}) per logit; misses per 1000: "
                       f"L1 {row['l1_misses_per_1000_logits']:.1f}, L2 {row['l2_misses_per_1000_logits']:.2f}; {top}",
                       flush=True)
     results = {
