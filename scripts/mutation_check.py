@@ -197,6 +197,16 @@ MUTANTS = (
     M("kernel_table_gradient_channels_packed", "aa_keras/ops/fused_attention.cc",
       "float* de = d_table_t + d * TableGradientStride(length_t) + offset;",
       "float* de = d_table_t + d * length_t + offset;", ("tests/test_kernel_depths.py",)),
+    M("kernel_relative_column_sums_per_block", "aa_keras/ops/fused_attention.cc",
+      "Vec column_sum = y0 == 0 ? Vec{} : Load(d_rel_w + x);", "Vec column_sum = Vec{};",
+      ("tests/test_kernel_depths.py",)),
+    M("kernel_row_sums_interleaved", "aa_keras/ops/fused_attention.cc",
+      "__builtin_shufflevector(quads[0], quads[1], 0, 2, 8, 10, 4, 6, 12, 14)",
+      "__builtin_shufflevector(quads[0], quads[1], 0, 8, 2, 10, 4, 12, 6, 14)", ("tests/test_kernel_depths.py",)),
+    # Compiled for CPUs without AVX-512 only (kSplat): on an AVX-512 CPU this mutant survives.
+    M("kernel_dp_splat_rows_swapped", "aa_keras/ops/fused_attention.cc",
+      "Store(d_out_splat + (e * T + t) * kLanes, Splat(d_out_rows[t][e]));",
+      "Store(d_out_splat + (e * T + t) * kLanes, Splat(d_out_rows[T - 1 - t][e]));", ("tests/test_kernel_depths.py",)),
     # aa_keras/layers: the layer and the TensorFlow-op attention.
     M("layer_q_not_scaled", "aa_keras/layers/attention_augmentation.py",
       "self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)",
