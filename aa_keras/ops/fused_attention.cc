@@ -761,8 +761,10 @@ void BackwardRows(const Sizes& s, const Unit& unit, const float* out, const floa
   // coefficients are splatted into whole vectors once, for the multiply-adds to take from
   // memory, and the value channels run in depth chunks of compile-time size (before: a
   // broadcast instruction per multiply-add and a loop per channel; gradient op on AVX2, two
-  // runs: 1.02-1.07x at 28x28 and 56x56, bit-identical). The wide path uses each broadcast
-  // twice (dP and dV): there coefficients from memory were slower (0.89-0.98x).
+  // runs: 1.02-1.07x at 28x28 and 56x56; identical results in groups of 4 rows, within 1-2
+  // units in the last place in a group of 1 row, whose old loop GCC's tuning for AMD Zen
+  // compiled as a multiply and an add per channel, not a multiply-add). The wide path uses each
+  // broadcast twice (dP and dV): there coefficients from memory were slower (0.89-0.98x).
   constexpr bool kSplat = T <= kRows && !kBroadcastOperands;
   const float* vt = ws.vt.data();
   float* d_vt = ws.d_vt.data();
