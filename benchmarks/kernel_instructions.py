@@ -30,7 +30,9 @@ import datetime
 import json
 import os
 import pathlib
+import platform
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -107,7 +109,7 @@ def one_call_counts(binary, op, shape_args, workdir):
     """{function: Counter} of one call of `op`: the counts of two calls minus those of one."""
     one = _cachegrind_counts([binary, op, *shape_args, "1"], workdir)
     two = _cachegrind_counts([binary, op, *shape_args, "2"], workdir)
-    return {f: two[f] - one.get(f, collections.Counter()) for f in two if two[f] - one.get(f, collections.Counter())}
+    return {f: counts for f in two if (counts := two[f] - one.get(f, collections.Counter()))}
 
 
 def measure(binary, name, op, units, calls, cycles_per_second, workdir):
@@ -140,6 +142,11 @@ def main():
     parser.add_argument("--calls", type=int, default=7, help="native calls timed (the fastest kept)")
     parser.add_argument("--output", default="benchmarks/results/kernel_instructions.json")
     args = parser.parse_args()
+    if args.units < 1 or args.calls < 1:
+        parser.error("--units and --calls must be at least 1")
+    missing = [tool for tool in ("valgrind", os.environ.get("CXX", "g++")) if shutil.which(tool) is None]
+    if missing or platform.machine() != "x86_64":
+        parser.error(f"needs x86-64 (this is {platform.machine()}), g++ (or $CXX) and valgrind; missing: {missing}")
     names = args.shapes.split(",")
     unknown = sorted(set(names) - {s[0] for s in SHAPES})
     if unknown:

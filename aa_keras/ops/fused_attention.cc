@@ -131,7 +131,8 @@ typedef float Four __attribute__((vector_size(4 * sizeof(float))));
 // The sum's first step down to 8 lanes (none with 8-lane vectors).
 inline Eight EightLanes(Vec x) {
 #if AA_LANES == 16
-  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
 #else
   return x;
 #endif
@@ -152,9 +153,9 @@ inline float Sum(Vec x) {
 #endif
 
 // out[r] = Sum(x[r]) for r < R, with Sum's additions in Sum's order (bit-identical). For R = 8
-// with shuffles: the 8 sums together, in whole vectors (each of Sum's three steps for all rows
-// in 2 shuffles and an addition per pair of vectors: 21 operations and a store with 8-float
-// vectors, where 8 Sums take 64 and 8 stores).
+// with shuffles: the 8 sums together, in whole vectors (after EightLanes, each of Sum's three
+// steps for all rows in 2 shuffles and an addition per pair of vectors: 21 operations and a
+// store with 8-float vectors, where 8 Sums take 64 and 8 stores).
 template <int R>
 __attribute__((always_inline)) inline void Sums(const Vec* x, float* out) {
 #if defined(AA_SHUFFLES)
