@@ -4,8 +4,9 @@
 //   kernel_harness forward|gradient SIZE DKH DVH UNITS CALLS
 //       the op on UNITS (batch, head) units of a SIZE x SIZE grid, 8 heads, relative logits,
 //       CALLS times (the gradient op after one forward call for its statistics); prints one JSON
-//       line: the fastest call's CPU seconds (of this process, which runs on one thread: a virtual
-//       machine's stolen time left out), the logits per call and a checksum of the outputs.
+//       line: the fastest call's CPU seconds (of this process, which runs on one thread; less
+//       sensitive to other load than the wall clock), the logits per call and a checksum of the
+//       outputs.
 //   kernel_harness clock
 //       the core's cycles per second: a chain of dependent integer additions (one per cycle) timed
 //       by the process's CPU clock; prints one JSON line.
