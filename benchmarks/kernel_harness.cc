@@ -63,8 +63,7 @@ int Run(const std::string& op, int size, int dkh, int dvh, int units, int calls)
   s.n = size * size;
   s.dk = dkh;
   s.dv = dvh;
-  // As ReadSizes.
-  s.stride = Padded(s.n) % 512 == 0 && s.dk > kChunk ? Padded(s.n) + kLanes : Padded(s.n);
+  s.stride = RowStride(s.n, s.dk);
   s.relative = true;
   s.table_h = s.table_w = 2 * size - 1;
   std::mt19937 generator(1);
@@ -73,31 +72,24 @@ int Run(const std::string& op, int size, int dkh, int dvh, int units, int calls)
                            v = Normal(generator, values, 1.0f), d_out = Normal(generator, values, 1.0f),
                            table_h = Normal(generator, s.table_h * dkh, 0.1f),
                            table_w = Normal(generator, s.table_w * dkh, 0.1f);
-  std::vector<float> tables_t(s.dk * (s.table_h + s.table_w) + kLanes);
-  Transpose(table_h.data(), s.table_h, s.dk, s.dk, s.table_h, tables_t.data());
-  Transpose(table_w.data(), s.table_w, s.dk, s.dk, s.table_w, tables_t.data() + s.dk * s.table_h);
+  const std::vector<float> tables_t = TransposedTables(s, table_h.data(), table_w.data());
   std::vector<float> out(values), stats(s.units() * s.n * 2), d_q(keys), d_k(keys), d_v(values),
       d_tables_t(s.units() * s.table_gradient_size());
-  auto unit_inputs = [&](int u) {
-    return Unit{q.data() + s.KeyOffset(u), k.data() + s.KeyOffset(u), v.data() + s.ValueOffset(u), tables_t.data(),
-                tables_t.data() + s.dk * s.table_h};
-  };
+  auto unit_inputs = [&](int u) { return UnitInputs(s, u, q.data(), k.data(), v.data(), tables_t); };
   // Made once, outside the timed calls (the op makes one per thread and call, for all its units).
   Workspace forward_ws(s, /*backward=*/false), gradient_ws(s, /*backward=*/true);
   auto forward = [&] {
     WithGroupRows(s, [&](auto group) {
-      Workspace& ws = forward_ws;
       for (int u = 0; u < units; ++u)
-        ForwardUnit<decltype(group)::value>(s, unit_inputs(u), ws, out.data() + s.ValueOffset(u),
+        ForwardUnit<decltype(group)::value>(s, unit_inputs(u), forward_ws, out.data() + s.ValueOffset(u),
                                             stats.data() + u * s.n * 2);
     });
   };
   auto gradient = [&] {
     WithGroupRows(s, [&](auto group) {
-      Workspace& ws = gradient_ws;
       for (int u = 0; u < units; ++u)
         BackwardUnit<decltype(group)::value>(s, unit_inputs(u), out.data() + s.ValueOffset(u),
-                                             stats.data() + u * s.n * 2, d_out.data() + s.ValueOffset(u), ws,
+                                             stats.data() + u * s.n * 2, d_out.data() + s.ValueOffset(u), gradient_ws,
                                              d_q.data() + s.KeyOffset(u), d_k.data() + s.KeyOffset(u),
                                              d_v.data() + s.ValueOffset(u),
                                              d_tables_t.data() + u * s.table_gradient_size());

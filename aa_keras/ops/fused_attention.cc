@@ -479,13 +479,22 @@ void RelativeGradients(const float* q, const float* g, const float* table_t, int
   }
 }
 
+// Floats between the rows of the transposed keys and values, and of the logit rows, for n
+// positions and dk key channels per head: n padded to a multiple of kLanes. The wide path's
+// logit tiles read all dk rows of the transposed keys at once: a row pitch of a multiple of 512
+// floats (2 KB) would put them in the same few L1 sets (4 KB aliasing at 32 x 32), so such a
+// pitch gets one more vector of padding there.
+inline int64_t RowStride(int64_t n, int64_t dk) {
+  return Padded(n) % 512 == 0 && dk > kChunk ? Padded(n) + kLanes : Padded(n);
+}
+
 struct Sizes {
   int64_t batch;
   int64_t heads;
   int64_t height;
   int64_t width;
   int64_t n;       // positions, height * width
-  int64_t stride;  // n padded to a multiple of kLanes
+  int64_t stride;  // RowStride(n, dk)
   int64_t dk;
   int64_t dv;
   bool relative;
@@ -879,10 +888,7 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   s->dk = q.dim_size(4);
   s->dv = v.dim_size(4);
   s->n = s->height * s->width;
-  // The wide path's logit tiles read all dk rows of the transposed keys at once: a row pitch of
-  // a multiple of 512 floats (2 KB) would put them in the same few L1 sets (4 KB aliasing at
-  // 32 x 32), so such a pitch gets one more vector of padding there.
-  s->stride = Padded(s->n) % 512 == 0 && s->dk > kChunk ? Padded(s->n) + kLanes : Padded(s->n);
+  s->stride = RowStride(s->n, s->dk);
   s->relative = relative;
   s->table_h = s->table_w = 0;
   if (!relative) return absl::OkStatus();
@@ -901,25 +907,25 @@ Status ReadSizes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   return absl::OkStatus();
 }
 
-// The relative tables transposed to (depth, rows), for contiguous windows of offsets, and
-// kLanes floats of slack.
-// (Inputs 3 and 4 of both ops.)
-std::vector<float> TransposedTables(const Sizes& s, OpKernelContext* context) {
+// The relative tables rel_height (table_h, dk) and rel_width (table_w, dk) transposed to
+// (depth, rows), for contiguous windows of offsets, and kLanes floats of slack.
+std::vector<float> TransposedTables(const Sizes& s, const float* rel_height, const float* rel_width) {
   std::vector<float> tables(s.dk * (s.table_h + s.table_w) + kLanes);
   if (!s.relative) return tables;
-  Transpose(context->input(3).flat<float>().data(), s.table_h, s.dk, s.dk, s.table_h, tables.data());
-  Transpose(context->input(4).flat<float>().data(), s.table_w, s.dk, s.dk, s.table_w,
-            tables.data() + s.dk * s.table_h);
+  Transpose(rel_height, s.table_h, s.dk, s.dk, s.table_h, tables.data());
+  Transpose(rel_width, s.table_w, s.dk, s.dk, s.table_w, tables.data() + s.dk * s.table_h);
   return tables;
 }
 
-// Unit u's view of inputs 0-2 (q, k, v) of both ops.
-Unit UnitInputs(const Sizes& s, int64_t u, OpKernelContext* context, const std::vector<float>& tables_t) {
-  return Unit{context->input(0).flat<float>().data() + s.KeyOffset(u),
-              context->input(1).flat<float>().data() + s.KeyOffset(u),
-              context->input(2).flat<float>().data() + s.ValueOffset(u), tables_t.data(),
+// Unit u's view of q, k and v (the whole tensors) and of the transposed tables.
+Unit UnitInputs(const Sizes& s, int64_t u, const float* q, const float* k, const float* v,
+                const std::vector<float>& tables_t) {
+  return Unit{q + s.KeyOffset(u), k + s.KeyOffset(u), v + s.ValueOffset(u), tables_t.data(),
               tables_t.data() + s.dk * s.table_h};
 }
+
+// Input i of an op, as floats.
+const float* InputData(OpKernelContext* context, int i) { return context->input(i).flat<float>().data(); }
 
 // The unit's keys and values, transposed into the workspace.
 void LoadKeysAndValues(const Sizes& s, const Unit& unit, Workspace& ws) {
@@ -1002,15 +1008,16 @@ class FusedAttentionOp : public AttentionOpBase {
     OP_REQUIRES_OK(context, context->allocate_output(0, context->input(2).shape(), &out));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({s.batch, s.heads, s.n, 2}), &stats));
     if (s.n == 0 || s.units() == 0) return;
-    const std::vector<float> tables_t = TransposedTables(s, context);
+    const std::vector<float> tables_t = TransposedTables(s, InputData(context, 3), InputData(context, 4));
     float* out_data = out->flat<float>().data();
     float* stats_data = stats->flat<float>().data();
     WithGroupRows(s, [&](auto group) {
       ShardUnits(context, s, [&](int64_t begin, int64_t end) {
         Workspace ws(s, /*backward=*/false);
         for (int64_t u = begin; u < end; ++u) {
-          ForwardUnit<decltype(group)::value>(s, UnitInputs(s, u, context, tables_t), ws,
-                                              out_data + s.ValueOffset(u), stats_data + u * s.n * 2);
+          const Unit unit =
+              UnitInputs(s, u, InputData(context, 0), InputData(context, 1), InputData(context, 2), tables_t);
+          ForwardUnit<decltype(group)::value>(s, unit, ws, out_data + s.ValueOffset(u), stats_data + u * s.n * 2);
         }
       });
     });
@@ -1045,13 +1052,14 @@ class FusedAttentionGradOp : public AttentionOpBase {
       d_rel_width->flat<float>().setZero();
       return;
     }
-    const std::vector<float> tables_t = TransposedTables(s, context);
+    const std::vector<float> tables_t = TransposedTables(s, InputData(context, 3), InputData(context, 4));
     WithGroupRows(s, [&](auto group) {
       ShardUnits(context, s, [&](int64_t begin, int64_t end) {
         Workspace ws(s, /*backward=*/true);
         for (int64_t u = begin; u < end; ++u) {
           BackwardUnit<decltype(group)::value>(
-              s, UnitInputs(s, u, context, tables_t), out.flat<float>().data() + s.ValueOffset(u),
+              s, UnitInputs(s, u, InputData(context, 0), InputData(context, 1), InputData(context, 2), tables_t),
+              out.flat<float>().data() + s.ValueOffset(u),
               stats.flat<float>().data() + u * s.n * 2, d_out.flat<float>().data() + s.ValueOffset(u), ws,
               d_q->flat<float>().data() + s.KeyOffset(u), d_k->flat<float>().data() + s.KeyOffset(u),
               d_v->flat<float>().data() + s.ValueOffset(u), unit_d_tables.flat<float>().data() + u * table_size);
