@@ -51,10 +51,10 @@ using tensorflow::shape_inference::ShapeHandle;
 // Query rows processed together: they share every load of a key or value row.
 constexpr int kRows = 4;
 // Where the keys are deeper than one chunk (kChunk channels), query rows processed together by
-// the wide path: their logits in register tiles of kWideRows rows x 2 vectors of keys (with 16
-// vector registers kRows rows x 2: AddTileProducts) over the whole depth (ProductTile; each
-// loaded key vector used 8 times, not 4), the rest of their work in two groups of kRows. Each path has its own
-// copy of the ops' unit loops (WithGroupRows).
+// the wide path: their logits in register tiles over the whole depth (ProductTile) of kWideRows
+// rows x 2 vectors of keys, each loaded key vector used 8 times, not 4 (with 16 vector registers,
+// tiles of kRows rows x 2: AddTileProducts), the rest of their work in two groups of kRows. Each
+// path has its own copy of the ops' unit loops (WithGroupRows).
 constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
 // their products into the key and value gradients: dK^T += Q^T dS, dV^T += dO^T P, as
@@ -327,8 +327,9 @@ __attribute__((always_inline)) inline void ProductTile(float* const* rows, const
   for (int64_t d = 0; d < depth; ++d) {
     Vec bd[J];
     for (int jj = 0; jj < J; ++jj) bd[jj] = Load(bt + d * stride + j + jj * kLanes);
-    // GCC folds each key vector's load into the multiply-adds that use it, one load per row, with
-    // AVX2 (AVX-512's multiply-adds take the broadcast coefficient from memory instead).
+    // With AVX2, GCC folds a key vector's load into every multiply-add that uses it (a load per
+    // row): kept in a register. AVX-512's tiles, whose multiply-adds take the coefficient as a
+    // broadcast memory operand, are left as they were.
     if constexpr (!kBroadcastOperands && J > 1)
       for (int jj = 0; jj < J; ++jj) LoadOnce(bd[jj]);
     for (int t = 0; t < T; ++t) {
@@ -347,8 +348,8 @@ template <int T>
 void AddTileProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
   // With 16 vector registers, kWideRows rows go as two groups of kRows in tiles of kRows x 2
   // vectors: 6 loads (2 key vectors, 4 broadcasts) per 8 multiply-adds where tiles of 8 rows x 1
-  // vector took 9 per 8 (forward op 1.03-1.10x at 20 channels per head on AVX2; the same sums in
-  // the same order).
+  // vector took 9 per 8 (forward op 1.04-1.07x at 20 channels per head on AVX2, gradient op
+  // 1.01-1.03x; the same sums in the same order).
   if constexpr (kVectorRegisters == 16 && T > kRows) {
     for (int t0 = 0; t0 < T; t0 += kRows) AddTileProducts<kRows>(rows + t0, a + t0, bt, depth, stride);
     return;
