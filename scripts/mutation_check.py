@@ -207,11 +207,11 @@ MUTANTS = (
     M("kernel_dp_splat_rows_swapped", "aa_keras/ops/fused_attention.cc",
       "Store(d_out_splat + (e * T + t) * kLanes, Splat(d_out_rows[t][e]));",
       "Store(d_out_splat + (e * T + t) * kLanes, Splat(d_out_rows[T - 1 - t][e]));", ("tests/test_kernel_depths.py",)),
-    # Compiled for CPUs without AVX-512 only (the wide path's logit tiles of kRows rows): on an
+    # Wrong only where the wide path's 8 rows take two tiles (16 vector registers, AVX2): on an
     # AVX-512 CPU this mutant survives.
     M("kernel_wide_tiles_first_rows", "aa_keras/ops/fused_attention.cc",
-      "AddTileProducts<kRows>(rows + t0, a + t0, bt, depth, stride);",
-      "AddTileProducts<kRows>(rows + t0, a, bt, depth, stride);", ("tests/test_kernel_depths.py",)),
+      "ProductTile<kTileRows, 2>(rows + t0, a + t0, bt, depth, stride, j);",
+      "ProductTile<kTileRows, 2>(rows + t0, a, bt, depth, stride, j);", ("tests/test_kernel_depths.py",)),
     # aa_keras/layers: the layer and the TensorFlow-op attention.
     M("layer_q_not_scaled", "aa_keras/layers/attention_augmentation.py",
       "self._split_heads(ops.cast(q, self._attention_dtype), self.dkh) * (self.dkh**-0.5)",

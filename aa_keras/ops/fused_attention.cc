@@ -52,8 +52,8 @@ using tensorflow::shape_inference::ShapeHandle;
 constexpr int kRows = 4;
 // Where the keys are deeper than one chunk (kChunk channels), query rows processed together by
 // the wide path: their logits in register tiles over the whole depth (ProductTile) of kWideRows
-// rows x 2 vectors of keys, each loaded key vector used 8 times, not 4 (with 16 vector registers,
-// tiles of kRows rows x 2: AddTileProducts), the rest of their work in two groups of kRows. Each
+// rows x 2 vectors of keys, each loaded key vector used 8 times, not 4 (tiles of 4 rows x 2 with
+// 16 vector registers: AddTileProducts), the rest of their work in two groups of kRows. Each
 // path has its own copy of the ops' unit loops (WithGroupRows).
 constexpr int kWideRows = 2 * kRows;
 // Query rows whose weights P and logit gradients dS the backward pass keeps before it adds
@@ -344,20 +344,21 @@ __attribute__((always_inline)) inline void ProductTile(float* const* rows, const
     }
 }
 
+// Tiles of kTileRows rows x 2 vectors of columns, 2 kTileRows accumulators in half the vector
+// registers: 8 rows with 32 registers, 4 with 16. (With 16, tiles of 8 rows x 1 vector loaded 9
+// vectors, a key vector and 8 broadcasts, per 8 multiply-adds, where 4 x 2 load 6: forward op
+// 1.04-1.07x at 20 channels per head on AVX2, gradient op 1.01-1.03x; the same sums in the same
+// order.)
 template <int T>
 void AddTileProducts(float* const* rows, const float* const* a, const float* bt, int64_t depth, int64_t stride) {
-  // With 16 vector registers, kWideRows rows go as two groups of kRows in tiles of kRows x 2
-  // vectors: 6 loads (2 key vectors, 4 broadcasts) per 8 multiply-adds where tiles of 8 rows x 1
-  // vector took 9 per 8 (forward op 1.04-1.07x at 20 channels per head on AVX2, gradient op
-  // 1.01-1.03x; the same sums in the same order).
-  if constexpr (kVectorRegisters == 16 && T > kRows) {
-    for (int t0 = 0; t0 < T; t0 += kRows) AddTileProducts<kRows>(rows + t0, a + t0, bt, depth, stride);
-    return;
+  constexpr int kTileRows = std::min(T, kVectorRegisters / 4);
+  static_assert(T % kTileRows == 0, "whole tiles of rows");
+  for (int t0 = 0; t0 < T; t0 += kTileRows) {
+    int64_t j = 0;
+    for (; j + 2 * kLanes <= stride; j += 2 * kLanes)
+      ProductTile<kTileRows, 2>(rows + t0, a + t0, bt, depth, stride, j);
+    for (; j < stride; j += kLanes) ProductTile<kTileRows, 1>(rows + t0, a + t0, bt, depth, stride, j);
   }
-  constexpr int kTile = kVectorRegisters / 2 / T;  // vectors of columns per tile: T x kTile accumulators
-  int64_t j = 0;
-  for (; j + kTile * kLanes <= stride; j += kTile * kLanes) ProductTile<T, kTile>(rows, a, bt, depth, stride, j);
-  for (; j < stride; j += kLanes) ProductTile<T, 1>(rows, a, bt, depth, stride, j);
 }
 
 // out[t][d] = sum_j rows[t][j] * bt[d * stride + j]: dLogits times keys.
