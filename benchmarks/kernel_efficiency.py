@@ -12,8 +12,9 @@ multiply-add of the products only (the kernel: q k^T and p v forward; q k^T agai
 dS k, dS^T q and p^T dO backward; the relative logits, the softmax and the exponentials are not
 counted; Conv2D: forward, input gradient and weight gradient, 3 x 2 x B H W 9 C F). A kernel
 that also spends time on exponentials and softmax shows a lower rate than its arithmetic allows.
-The yardstick comes first: the rate of a 2048 x 2048 x 2048 float32 `tf.matmul`, the most
-multiply-adds per second this machine does (`profile_step` uses it for the kernel's floor).
+The yardstick comes first: the rate of a 2048 x 2048 x 2048 float32 `tf.matmul`, TensorFlow's own
+rate for a large product (not the machine's best: on the AVX2 VM about two thirds of the cores'
+multiply-add peak, which `kernel_instructions` measures and `profile_step`'s floors use).
 A second yardstick per shape, "library products": the same seven products (q k^T, p v; q k^T,
 dO v^T, dS k, dS^T q, p^T dO) as one `tf.matmul` each per head, at each head's full shape
 ((N, dkh) x (dkh, N) and so on, N = size^2), for `LIBRARY_HEADS` heads in one `tf.function`
@@ -61,8 +62,8 @@ def attention_flops(batch, heads, positions, dkh, dvh):
 
 
 def matmul_function(size=2048):
-    """(tf.function, FLOPs): the product of two fixed size x size float32 matrices, whose rate is
-    the best this machine does with multiply-adds (the yardstick of the kernel's floor)."""
+    """(tf.function, FLOPs): the product of two fixed size x size float32 matrices: TensorFlow's
+    rate for a large product."""
     a = tf.random.normal((size, size), seed=1)
     b = tf.random.normal((size, size), seed=2)
     return tf.function(lambda: tf.matmul(a, b), autograph=False), 2 * size**3

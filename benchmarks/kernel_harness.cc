@@ -10,6 +10,9 @@
 //   kernel_harness clock
 //       the core's cycles per second: a chain of dependent integer additions (one per cycle) timed
 //       by the process's CPU clock; prints one JSON line.
+//   kernel_harness peak
+//       the core's float32 multiply-add peak: independent chains of multiply-adds on the kernel's
+//       vectors, in GFLOP (2 per lane and multiply-add) per CPU second; prints one JSON line.
 
 #include "../aa_keras/ops/fused_attention.cc"
 
@@ -46,6 +49,26 @@ int Clock() {
   std::fprintf(stderr, "clock: x86-64 only\n");
   return 1;
 #endif
+}
+
+int Peak() {
+  // 12 chains: more than a multiply-add's latency times the pipes that run them (4 x 2 on the
+  // x86-64 cores this ran on), fewer than the vector registers.
+  constexpr int kChains = 12;
+  const long iterations = 50000000;
+  const Vec b = Splat(0.999999f), c = Splat(1e-7f);
+  double best = 0.0, check = 0.0;
+  for (int round = 0; round < 5; ++round) {
+    Vec acc[kChains];
+    for (int i = 0; i < kChains; ++i) acc[i] = Splat(float(i));
+    const double start = CpuSeconds();
+    for (long i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = acc[k] * b + c;
+    best = std::max(best, 2.0 * kLanes * kChains * iterations / (CpuSeconds() - start) / 1e9);
+    for (int k = 0; k < kChains; ++k) check += acc[k][0];
+  }
+  std::printf("{\"gflop_per_second\": %.6g, \"check\": %.6g}\n", best, check);
+  return 0;
 }
 
 std::vector<float> Normal(std::mt19937& generator, size_t count, float scale) {
@@ -118,9 +141,10 @@ int Run(const std::string& op, int size, int dkh, int dvh, int units, int calls)
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "clock" && argc == 2) return Clock();
+  if (mode == "peak" && argc == 2) return Peak();
   if ((mode == "forward" || mode == "gradient") && argc == 7)
     return Run(mode, std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
                std::atoi(argv[6]));
-  std::fprintf(stderr, "usage: %s forward|gradient SIZE DKH DVH UNITS CALLS | clock\n", argv[0]);
+  std::fprintf(stderr, "usage: %s forward|gradient SIZE DKH DVH UNITS CALLS | clock | peak\n", argv[0]);
   return 2;
 }

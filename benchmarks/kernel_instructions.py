@@ -11,6 +11,9 @@ outside TensorFlow's runtime, is compiled with the kernel's own flags, then:
   nanoseconds per logit (one logit: one query-key pair);
 - `kernel_harness clock`: the core's cycles per second, from a chain of dependent integer
   additions (one per cycle), so cycles per logit = that rate x the time per logit;
+- `kernel_harness peak`: the core's float32 multiply-add peak (independent chains of the
+  kernel's vector multiply-adds), in GFLOP per CPU second: the yardstick of one core, where
+  `kernel_efficiency`'s matrix product is the library's;
 - run under Valgrind's cachegrind (instructions counted exactly; caches simulated with this
   machine's L1 data cache and its L2 as the last level): with one call and with two, the
   difference being one call's own counts, per function (inlined code counts in the function it
@@ -155,7 +158,9 @@ def main():
         binary = os.path.join(workdir, "kernel_harness")
         compile_harness(binary)
         cycles_per_second = run_harness([binary, "clock"])["cycles_per_second"]
-        print(f"clock: {cycles_per_second / 1e9:.2f} GHz", flush=True)
+        peak = run_harness([binary, "peak"])["gflop_per_second"]
+        print(f"clock: {cycles_per_second / 1e9:.2f} GHz; multiply-add peak: {peak:.1f} GFLOP per CPU second",
+              flush=True)
         rows = []
         for name in names:
             for op in ("forward", "gradient"):
@@ -173,6 +178,7 @@ def main():
         "machine": machine.record(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cycles_per_second": cycles_per_second,
+        "multiply_add_peak_gflop_per_cpu_second": peak,
         "rows": rows,
     }
     with open(args.output, "w") as f:

@@ -40,15 +40,25 @@ configuration (3x3, 8 heads, dk = dv = 0.2 x filters, batch `--batch`) at each s
 Conv2D twin, each row's share given against the twin's step (issue 26's item 3: the cost around
 the kernel at small maps).
 
-Floors (what a faster kernel could give at most): every round also times a 2048 x 2048 x 2048
-float32 `tf.matmul`, the most multiply-adds per second this machine does. For each attention
-layer, `floor: fused attention` is the fused ops' work at that rate (as counted by
+Floors (what a faster kernel could give at most): the yardstick is the cores' float32
+multiply-add peak, `benchmarks/kernel_harness.cc peak` (compiled with the kernel's flags, run once
+before the rounds) on one core times the cores this process may use. For each attention layer,
+`floor: fused attention` is the fused ops' work at that peak (as counted by
 `kernel_efficiency.attention_flops`): `products` (their matrix products only: no kernel does less)
 and `products and exponentials` (plus the exponentials, one per logit in each op, at the
 multiply-add operations the kernel's exponential takes); `floor: whole layer` is the layer's step
 with its fused attention's time replaced by that floor, and for a network the AA step with every
 layer's so replaced. The relative logits, the softmax's other passes, loads and stores are left
-out: a real kernel stays above these floors.
+out: no kernel goes below these floors. Every round also times a 2048 x 2048 x 2048 float32
+`tf.matmul`, reported with its share of the peak: TensorFlow's own rate for a large product.
+
+Budgets: where the profile's shapes are those of a target (`benchmarks/targets.py`: the layer at
+its six shapes with `--batch=8`, AA-WRN-28-10 at 32x32 with batch 32, AAResNet-50 at 224 with batch
+4), the row `target R: what it leaves the fused attention` is R times the twin's step minus the rest
+of the AA step (its fused attention taken out), and a line below the table says how much faster
+the fused attention would have to run to meet R, and at what share of the multiply-add peak its
+floor's work would then run (now: the floor over its measured time). A share above 100%: out of
+reach.
 
 The table gives each row's milliseconds per step for all `count` layers and its share of the AA
 step. Isolated parts do not add up exactly to the layer (the runtime overlaps independent ops in
@@ -59,12 +69,14 @@ The JSON goes to `--output`.
 
 import functools
 import json
+import os
+import tempfile
 import time
 
 from absl import app, flags, logging
 
 from aa_keras.programs import files
-from benchmarks import machine
+from benchmarks import machine, targets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "Batch size (the paper's CIFAR shape: 32x32 images).")
@@ -331,6 +343,7 @@ def _networks():
 def _profile():
     """Builds the networks (or the standalone layers) and every timed function, times them;
     returns the results."""
+    _multiply_add_peak()  # compiled and run before anything is timed
     if FLAGS.layer_shapes:
         functions, distinct = {}, _standalone_layers()
     else:
@@ -365,23 +378,52 @@ def _matmul_yardstick():
     return matmul_function()
 
 
-def _kernel_floor(info, matmul_ms):
-    """The fused attention's floor at one layer's shapes, in ms at the matrix product's rate:
+@functools.cache
+def _multiply_add_peak():
+    """(GFLOP per second of the cores this process may use, of one core): the float32 multiply-add
+    peak of one core (`kernel_harness peak`, built with the kernel's flags) times the cores."""
+    from benchmarks.kernel_instructions import compile_harness, run_harness
+
+    with tempfile.TemporaryDirectory() as workdir:
+        binary = os.path.join(workdir, "kernel_harness")
+        compile_harness(binary)
+        core = run_harness([binary, "peak"])["gflop_per_second"]
+    return core * len(os.sched_getaffinity(0)), core
+
+
+def _kernel_floor(info):
+    """The fused attention's floor at one layer's shapes, in ms at the cores' multiply-add peak:
     {"products": forward and gradient products, "products and exponentials": with both ops'
     exponentials as the kernel computes them}; see kernel_efficiency.attention_flops."""
     from benchmarks.kernel_efficiency import attention_flops
 
     flops = attention_flops(info["input_shape"][0], info["heads"], info["grid"][0] * info["grid"][1], info["dkh"],
                             info["dvh"])
-    ms_per_flop = matmul_ms / _matmul_yardstick()[1]
+    ms_per_flop = 1e-6 / _multiply_add_peak()[0]
     products = (flops["fused forward"] + flops["fused gradient"]) * ms_per_flop
     return {"products": products, "products and exponentials": products + flops["exponentials"] * ms_per_flop}
+
+
+def _layer_target(info):
+    """The target ratio of a `--layer_shapes` layer at targets.LAYER_BATCH, or None."""
+    if not FLAGS.layer_shapes or FLAGS.batch != targets.LAYER_BATCH:
+        return None
+    return next((t for f, size, t in targets.LAYER_SHAPES if (f, size) == (info["filters"], info["grid"][0])), None)
+
+
+def _network_target():
+    """The target ratio of the profiled network pair at its image size and batch, or None."""
+    names = tuple(FLAGS.pair.split(":")) if FLAGS.pair else (f"aa_wrn{FLAGS.depth}_{FLAGS.width}",
+                                                              f"wrn{FLAGS.depth}_{FLAGS.width}")
+    shape = (*names, FLAGS.image_size, FLAGS.batch)
+    return next((t for *pair, t in targets.NETWORKS.values() if tuple(pair) == shape), None)
 
 
 def _summarise(medians, layers):
     """The results dict: networks, per layer its step, its conv twin's and its parts'
     {forward_ms, gradient_ms}, and the rest of the network (without networks, the layers only)."""
-    attention_total = conv_total = 0.0
+    attention_total = conv_total = fused_total = 0.0
+    floor_totals = {}
     for i, info in enumerate(layers):
         info["layer_ms"] = medians[i, "layer", "train"]
         info["conv_ms"] = medians[i, "conv", "train"]
@@ -398,12 +440,20 @@ def _summarise(medians, layers):
         if "fused attention" in parts:
             parts["layer overhead"] = {"forward_ms": None, "gradient_ms": None, "total_ms": info["layer_ms"] - fused_sum}
             fused = parts["fused attention"]["forward_ms"] + parts["fused attention"]["gradient_ms"]
-            info["kernel_floor_ms"] = _kernel_floor(info, medians["matmul"])
+            info["kernel_floor_ms"] = _kernel_floor(info)
             info["layer_at_kernel_floor_ms"] = {
                 name: info["layer_ms"] - fused + floor for name, floor in info["kernel_floor_ms"].items()
             }
+            fused_total += info["count"] * fused
+            for name, floor in info["kernel_floor_ms"].items():
+                floor_totals[name] = floor_totals.get(name, 0.0) + info["count"] * floor
+            if (target := _layer_target(info)) is not None:
+                info["target_budget"] = targets.budget(target, info["conv_ms"], info["layer_ms"], fused, info["kernel_floor_ms"])
         info["parts"] = parts
-    floors = {"matmul_ms": medians["matmul"], "matmul_gflop_per_s": _matmul_yardstick()[1] / medians["matmul"] / 1e6}
+    peak, core_peak = _multiply_add_peak()
+    matmul_rate = _matmul_yardstick()[1] / medians["matmul"] / 1e6
+    floors = {"peak_gflop_per_s": peak, "core_peak_gflop_per_s": core_peak, "matmul_ms": medians["matmul"],
+              "matmul_gflop_per_s": matmul_rate}
     if "aa network" not in medians:
         return {**floors, "layers": layers}
     aa, twin = medians["aa network"], medians["twin network"]
@@ -413,6 +463,8 @@ def _summarise(medians, layers):
                            for info in layers)
             for name in layers[0]["kernel_floor_ms"]
         }
+        if (target := _network_target()) is not None:
+            floors["target_budget"] = targets.budget(target, twin, aa, fused_total, floor_totals)
     return {
         **floors,
         "aa_step_ms": aa,
@@ -462,9 +514,12 @@ def _table(results):
             total = part.get("total_ms", (part["forward_ms"] or 0) + (part["gradient_ms"] or 0))
             rows.append((name, part["forward_ms"], part["gradient_ms"], total))
         for name, floor in info.get("kernel_floor_ms", {}).items():
-            rows.append((f"floor: fused attention, {name} at the matmul rate", None, None, floor))
+            rows.append((f"floor: fused attention, {name} at the multiply-add peak", None, None, floor))
             rows.append(("floor: whole layer, its fused attention at that floor", None, None,
                          info["layer_at_kernel_floor_ms"][name]))
+        if "target_budget" in info:
+            rows.append((f"target {info['target_budget']['target']}: what it leaves the fused attention", None, None,
+                         info["target_budget"]["budget_ms"]))
         for row, (name, forward, gradient, total) in enumerate(rows):
             lines.append(
                 f"| {label if row == 0 else ''} | {count if row == 0 else ''} | {name} | {_fmt(forward)} | {_fmt(gradient)} | {count * total:.1f} | "
@@ -479,12 +534,34 @@ def _table(results):
             f"{share(results['rest_of_aa_network_ms'])} |",
             f"| rest of {twin_name} | | | | | {results['rest_of_twin_ms']:.1f} | {share(results['rest_of_twin_ms'])} |",
         ]
-    lines += ["", f"matmul 2048 x 2048 x 2048 (the floors' yardstick): {results['matmul_ms']:.1f} ms, "
-                  f"{results['matmul_gflop_per_s']:.0f} GFLOP/s"]
+    lines += ["", f"multiply-add peak (the floors' yardstick): {results['peak_gflop_per_s']:.0f} GFLOP/s "
+                  f"({results['core_peak_gflop_per_s']:.1f} per core); tf.matmul 2048 x 2048 x 2048: "
+                  f"{results['matmul_ms']:.1f} ms, {results['matmul_gflop_per_s']:.0f} GFLOP/s, "
+                  f"{100 * results['matmul_gflop_per_s'] / results['peak_gflop_per_s']:.0f}% of the peak"]
     for name, ms in results.get("aa_step_at_kernel_floor_ms", {}).items():
         lines.append(f"{aa_name} with every fused attention at its floor ({name}): {ms:.0f} ms, "
                      f"ratio {ms / results['twin_step_ms']:.2f}")
+    budgets = [(info["name"], info["target_budget"]) for info in results["layers"] if "target_budget" in info]
+    if "target_budget" in results:
+        budgets.append((f"{aa_name} (all its fused attention)", results["target_budget"]))
+    for name, budget in budgets:
+        lines.append(_budget_line(name, budget))
     return "\n".join(lines)
+
+
+def _budget_line(name, budget):
+    """One sentence on what a target leaves the fused attention (see targets.budget)."""
+    head = (f"{name}: at the target ratio {budget['target']} the fused attention may take "
+            f"{budget['budget_ms']:.1f} ms (now {budget['fused_attention_ms']:.1f})")
+    if budget["speedup_needed"] is None:
+        return head + ": nothing else fits; out of reach"
+    floor = "products and exponentials"
+    needed, now = budget["floor_share_needed"][floor], budget["floor_share_now"][floor]
+    if needed > 1:
+        return head + f": out of reach, below its floor ({floor} at the multiply-add peak)"
+    verdict = (f"{budget['speedup_needed']:.2f}x faster needed" if budget["speedup_needed"] > 1 else "within it")
+    return (head + f": {verdict}; its {floor} would run at {100 * needed:.0f}% of the multiply-add "
+            f"peak (now {100 * now:.0f}%)")
 
 
 def main(argv):

@@ -39,6 +39,7 @@ import time
 from absl import app, flags, logging
 
 from benchmarks import machine
+from benchmarks.targets import LAYER_BATCH, LAYER_SHAPES, MEMORY_SIZES, NETWORKS
 
 PARTS = ("networks", "layer", "memory")
 
@@ -51,14 +52,8 @@ flags.DEFINE_integer("memory_runs", 3, "Fresh processes per side and size for th
 flags.DEFINE_string("output", "benchmarks/results/speed_targets.json", "Where to write the JSON.")
 flags.DEFINE_string("worker", None, "Internal: time this network pair and print JSON.")
 
-# name: (AA model, twin, image size, batch, target ratio, timed rounds)
-NETWORKS = {
-    "wrn28_10": ("aa_wrn28_10", "wrn28_10", 32, 32, 1.35, 7),
-    "resnet50": ("aa_resnet50", "resnet50", 224, 4, 1.05, 9),
-}
-# (filters, size, target ratio): bench_layer's shapes, then the WRN's.
-LAYER_SHAPES = [(256, 14, 1.15), (256, 28, 1.3), (256, 56, 2.5), (160, 32, 1.3), (320, 16, 1.15), (640, 8, 1.15)]
-MEMORY_SIZES = [(56, 1.25), (112, 1.25)]
+# Timed rounds per network pair.
+NETWORK_ROUNDS = {"wrn28_10": 7, "resnet50": 9}
 
 flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
                          message=f"--parts takes a comma-separated list of {', '.join(PARTS)}.")
@@ -75,7 +70,7 @@ def _network_pair(name):
 
     from aa_keras.applications import build_model
 
-    aa_name, twin_name, size, batch, _, rounds = NETWORKS[name]
+    aa_name, twin_name, size, batch, _ = NETWORKS[name]
     x = tf.random.normal((batch, size, size, 3), seed=1)
     steps = {}
     for key, model_name in (("aa", aa_name), ("twin", twin_name)):
@@ -89,7 +84,7 @@ def _network_pair(name):
 
         steps[key] = tf.function(step, autograph=False)
     times = {f"{key}{kind}": [] for key in steps for kind in ("_s", "_cpu_s")}
-    for round_ in range(1 + (FLAGS.network_rounds or rounds)):  # the first round traces and warms up
+    for round_ in range(1 + (FLAGS.network_rounds or NETWORK_ROUNDS[name])):  # the first round traces and warms up
         for key, step in steps.items():
             start, cpu = time.perf_counter(), time.process_time()
             step()
@@ -111,7 +106,7 @@ def _run(command):
 
 
 def _layer_flags(filters):
-    return [f"--filters={filters}", "--batch=8", "--kernel_size=3", "--num_heads=8", "--depth=0.2"]
+    return [f"--filters={filters}", f"--batch={LAYER_BATCH}", "--kernel_size=3", "--num_heads=8", "--depth=0.2"]
 
 
 def _row(kind, shape, aa, twin, unit, target, command):
@@ -144,8 +139,8 @@ def _verdict(row):
 def _network_rows():
     rows = []
     for name in FLAGS.networks:
-        aa_name, twin_name, size, batch, target, rounds = NETWORKS[name]
-        rounds = FLAGS.network_rounds or rounds
+        aa_name, twin_name, size, batch, target = NETWORKS[name]
+        rounds = FLAGS.network_rounds or NETWORK_ROUNDS[name]
         logging.info("network pair %s", name)
         command = ["benchmarks.speed_targets", f"--worker={name}", f"--network_rounds={rounds}"]
         result = _run(command)
@@ -166,8 +161,8 @@ def _layer_rows():
         args = ["benchmarks.bench_layer", "--worker=time", f"--size={size}", "--impls=aa,conv",
                 *_layer_flags(filters), "--repeats=5", f"--min_seconds={FLAGS.layer_min_seconds}"]
         result = _run(args)
-        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": filters, "size": size, "batch": 8,
-                 "heads": 8, "depth_k": round(0.2 * filters), "depth_v": round(0.2 * filters)}
+        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": filters, "size": size,
+                 "batch": LAYER_BATCH, "heads": 8, "depth_k": round(0.2 * filters), "depth_v": round(0.2 * filters)}
         aa, conv = (result.get(i, {}).get("train_step_s") for i in ("aa", "conv"))
         row = _row("layer train step", shape, aa, conv, "s", target, "python -m " + " ".join(args))
         row.update(_round_ratios(*(result.get(i, {}).get("train_step_rounds_s") for i in ("aa", "conv"))))
@@ -186,7 +181,7 @@ def _memory_rows():
             runs[impl] = [_run(args).get("peak_rss_gib") for _ in range(FLAGS.memory_runs)]
             peaks[impl] = None if None in runs[impl] else statistics.median(runs[impl])
             commands.append("python -m " + " ".join(args))
-        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": 256, "size": size, "batch": 8,
+        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": 256, "size": size, "batch": LAYER_BATCH,
                  "heads": 8}
         row = _row("layer train step peak memory (VmHWM)", shape, peaks["aa"], peaks["conv"], "gib", target,
                    "; ".join(commands))

@@ -31,6 +31,8 @@ def test_harness_runs_both_ops_on_the_units_asked(harness):
         result = kernel_instructions.run_harness([harness, op, "6", "5", "3", "2", "2"])
         assert result["op"] == op and result["logits"] == 2 * 36**2
         assert result["seconds"] > 0 and math.isfinite(result["checksum"])
+    peak = kernel_instructions.run_harness([harness, "peak"])
+    assert peak["gflop_per_second"] > 0 and math.isfinite(peak["check"])
     wrong = subprocess.run([harness, "forward", "6"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "usage" in wrong.stderr
 
