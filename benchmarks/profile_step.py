@@ -381,7 +381,9 @@ def _matmul_yardstick():
 @functools.cache
 def _multiply_add_peak():
     """(GFLOP per second of the cores this process may use, of one core): the float32 multiply-add
-    peak of one core (`kernel_harness peak`, built with the kernel's flags) times the cores."""
+    peak of one core (`kernel_harness peak`, built with the kernel's flags) times the cores (two
+    processes at once each kept it on the AVX2 VM; where two hardware threads share a core, this
+    counts it twice: a lower floor, still one no kernel goes below)."""
     from benchmarks.kernel_instructions import compile_harness, run_harness
 
     with tempfile.TemporaryDirectory() as workdir:
