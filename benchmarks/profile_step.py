@@ -40,10 +40,10 @@ configuration (3x3, 8 heads, dk = dv = 0.2 x filters, batch `--batch`) at each s
 Conv2D twin, each row's share given against the twin's step (issue 26's item 3: the cost around
 the kernel at small maps).
 
-Floors (what a faster kernel could give at most): the yardstick is the cores' float32
-multiply-add peak, `benchmarks/kernel_harness.cc peak` (compiled with the kernel's flags, run once
-before the rounds) on one core times the cores this process may use. For each attention layer,
-`floor: fused attention` is the fused ops' work at that peak (as counted by
+Floors (what a faster kernel could give at most; with `--paths` holding `fused`): the yardstick
+is the cores' float32 multiply-add peak, `benchmarks/kernel_harness.cc peak` (compiled with the
+kernel's flags, run once before the rounds) on one core times the cores this process may use. For
+each attention layer, `floor: fused attention` is the fused ops' work at that peak (as counted by
 `kernel_efficiency.attention_flops`): `products` (their matrix products only: no kernel does less)
 and `products and exponentials` (plus the exponentials, one per logit in each op, at the
 multiply-add operations the kernel's exponential takes); `floor: whole layer` is the layer's step
@@ -343,7 +343,8 @@ def _networks():
 def _profile():
     """Builds the networks (or the standalone layers) and every timed function, times them;
     returns the results."""
-    _multiply_add_peak()  # compiled and run before anything is timed
+    if "fused" in FLAGS.paths:
+        _multiply_add_peak()  # the floors' yardstick, compiled and run before anything is timed
     if FLAGS.layer_shapes:
         functions, distinct = {}, _standalone_layers()
     else:
@@ -452,10 +453,9 @@ def _summarise(medians, layers):
             if (target := _layer_target(info)) is not None:
                 info["target_budget"] = targets.budget(target, info["conv_ms"], info["layer_ms"], fused, info["kernel_floor_ms"])
         info["parts"] = parts
-    peak, core_peak = _multiply_add_peak()
-    matmul_rate = _matmul_yardstick()[1] / medians["matmul"] / 1e6
-    floors = {"peak_gflop_per_s": peak, "core_peak_gflop_per_s": core_peak, "matmul_ms": medians["matmul"],
-              "matmul_gflop_per_s": matmul_rate}
+    floors = {"matmul_ms": medians["matmul"], "matmul_gflop_per_s": _matmul_yardstick()[1] / medians["matmul"] / 1e6}
+    if "fused" in FLAGS.paths:  # the floors, of the fused attention only
+        floors["peak_gflop_per_s"], floors["core_peak_gflop_per_s"] = _multiply_add_peak()
     if "aa network" not in medians:
         return {**floors, "layers": layers}
     aa, twin = medians["aa network"], medians["twin network"]
@@ -536,10 +536,12 @@ def _table(results):
             f"{share(results['rest_of_aa_network_ms'])} |",
             f"| rest of {twin_name} | | | | | {results['rest_of_twin_ms']:.1f} | {share(results['rest_of_twin_ms'])} |",
         ]
-    lines += ["", f"multiply-add peak (the floors' yardstick): {results['peak_gflop_per_s']:.0f} GFLOP/s "
-                  f"({results['core_peak_gflop_per_s']:.1f} per core); tf.matmul 2048 x 2048 x 2048: "
-                  f"{results['matmul_ms']:.1f} ms, {results['matmul_gflop_per_s']:.0f} GFLOP/s, "
-                  f"{100 * results['matmul_gflop_per_s'] / results['peak_gflop_per_s']:.0f}% of the peak"]
+    matmul = f"tf.matmul 2048 x 2048 x 2048: {results['matmul_ms']:.1f} ms, {results['matmul_gflop_per_s']:.0f} GFLOP/s"
+    if "peak_gflop_per_s" in results:
+        matmul = (f"multiply-add peak (the floors' yardstick): {results['peak_gflop_per_s']:.0f} GFLOP/s "
+                  f"({results['core_peak_gflop_per_s']:.1f} per core); {matmul}, "
+                  f"{100 * results['matmul_gflop_per_s'] / results['peak_gflop_per_s']:.0f}% of the peak")
+    lines += ["", matmul]
     for name, ms in results.get("aa_step_at_kernel_floor_ms", {}).items():
         lines.append(f"{aa_name} with every fused attention at its floor ({name}): {ms:.0f} ms, "
                      f"ratio {ms / results['twin_step_ms']:.2f}")
