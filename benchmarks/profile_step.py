@@ -49,7 +49,8 @@ and `products and exponentials` (plus the exponentials, one per logit in each op
 multiply-add operations the kernel's exponential takes); `floor: whole layer` is the layer's step
 with its fused attention's time replaced by that floor, and for a network the AA step with every
 layer's so replaced. The relative logits, the softmax's other passes, loads and stores are left
-out: no kernel goes below these floors. Every round also times a 2048 x 2048 x 2048 float32
+out: no kernel goes below `products`, nor one with this kernel's exponential below `products and
+exponentials`. Every round also times a 2048 x 2048 x 2048 float32
 `tf.matmul`, reported with its share of the peak: TensorFlow's own rate for a large product.
 
 Budgets: where the profile's shapes are those of a target (`benchmarks/targets.py`: the layer at
