@@ -256,6 +256,10 @@ MUTANTS = (
     M("speed_targets_rounds_sorted_apart", "benchmarks/speed_targets.py",
       "zip(aa_rounds or [], twin_rounds or [])", "zip(sorted(aa_rounds or []), sorted(twin_rounds or []))",
       ("tests/test_speed_targets.py",)),
+    # benchmarks/targets.py: the budget counts the fused attention's own time as already spent.
+    M("targets_budget_charges_the_attention", "benchmarks/targets.py",
+      "allowed = target * twin_ms - (step_ms - fused_ms)", "allowed = target * twin_ms - step_ms",
+      ("tests/test_targets.py",)),
 )  # fmt: skip
 
 
