@@ -452,7 +452,8 @@ def _summarise(medians, layers):
             for name, floor in info["kernel_floor_ms"].items():
                 floor_totals[name] = floor_totals.get(name, 0.0) + info["count"] * floor
             if (target := _layer_target(info)) is not None:
-                info["target_budget"] = targets.budget(target, info["conv_ms"], info["layer_ms"], fused, info["kernel_floor_ms"])
+                info["target_budget"] = targets.budget(target, info["conv_ms"], info["layer_ms"], fused,
+                                                       info["kernel_floor_ms"])
         info["parts"] = parts
     floors = {"matmul_ms": medians["matmul"], "matmul_gflop_per_s": _matmul_yardstick()[1] / medians["matmul"] / 1e6}
     if "fused" in FLAGS.paths:  # the floors, of the fused attention only
