@@ -462,11 +462,7 @@ def _summarise(medians, layers):
         return {**floors, "layers": layers}
     aa, twin = medians["aa network"], medians["twin network"]
     if all("kernel_floor_ms" in info for info in layers):
-        floors["aa_step_at_kernel_floor_ms"] = {
-            name: aa - sum(info["count"] * (info["layer_ms"] - info["layer_at_kernel_floor_ms"][name])
-                           for info in layers)
-            for name in layers[0]["kernel_floor_ms"]
-        }
+        floors["aa_step_at_kernel_floor_ms"] = {name: aa - fused_total + floor for name, floor in floor_totals.items()}
         if (target := _network_target()) is not None:
             floors["target_budget"] = targets.budget(target, twin, aa, fused_total, floor_totals)
     return {

@@ -84,7 +84,8 @@ def _network_pair(name):
 
         steps[key] = tf.function(step, autograph=False)
     times = {f"{key}{kind}": [] for key in steps for kind in ("_s", "_cpu_s")}
-    for round_ in range(1 + (FLAGS.network_rounds or NETWORK_ROUNDS[name])):  # the first round traces and warms up
+    rounds = FLAGS.network_rounds or NETWORK_ROUNDS[name]
+    for round_ in range(1 + rounds):  # the first round traces and warms up
         for key, step in steps.items():
             start, cpu = time.perf_counter(), time.process_time()
             step()
@@ -181,8 +182,8 @@ def _memory_rows():
             runs[impl] = [_run(args).get("peak_rss_gib") for _ in range(FLAGS.memory_runs)]
             peaks[impl] = None if None in runs[impl] else statistics.median(runs[impl])
             commands.append("python -m " + " ".join(args))
-        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": 256, "size": size, "batch": LAYER_BATCH,
-                 "heads": 8}
+        shape = {"aa": "AttentionAugmentation2D", "twin": "Conv2D", "filters": 256, "size": size,
+                 "batch": LAYER_BATCH, "heads": 8}
         row = _row("layer train step peak memory (VmHWM)", shape, peaks["aa"], peaks["conv"], "gib", target,
                    "; ".join(commands))
         rows.append({**row, "aa_gib_runs": runs["aa"], "twin_gib_runs": runs["conv"]})
